@@ -1,0 +1,79 @@
+//! `gatekeeper`: the node and operator CLI.
+//!
+//! Today it offers `keygen`. `node`, `admin`, `miner` and `devnet` arrive with the replicated-state,
+//! master-key and devnet issues (see README.md).
+
+#![forbid(unsafe_code)]
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use keyring::Sr25519Keypair;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gatekeeper",
+    version,
+    about = "Gatekeeper: a replicated key manager for confidential-compute networks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate an sr25519 key (e.g. a worker's identity) into a new file with mode 0600 and print
+    /// its public key. The file holds JSON {"seed": hex, "public_key": hex}.
+    Keygen {
+        /// Where to write the key. Refuses to overwrite unless --force.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn keygen(out: &PathBuf, force: bool) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = Sr25519Keypair::generate(&mut rand_core::OsRng);
+    let body = serde_json::json!({
+        "seed": hex::encode(key.seed()),
+        "public_key": hex::encode(key.public_key().as_bytes()),
+    });
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = match opts.open(out) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!(
+                "{} already exists; pass --force to overwrite it",
+                out.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", out.display())),
+    };
+    f.write_all(format!("{body}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("{}", hex::encode(key.public_key().as_bytes()));
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Keygen { out, force } => keygen(out, *force),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

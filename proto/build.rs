@@ -1,0 +1,28 @@
+//! Compiles the `.proto` files with protox (a pure-Rust protobuf compiler), so building Gatekeeper
+//! needs no system `protoc`. The encoded descriptor set is kept for gRPC reflection.
+
+use prost::Message;
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "gatekeeper/v1/common.proto",
+    "gatekeeper/v1/key.proto",
+    "gatekeeper/v1/peer.proto",
+    "gatekeeper/v1/admin.proto",
+    "gatekeeper/raft/v1/raft.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    let fds = protox::compile(PROTOS, [&root]).map_err(|e| format!("protox: {e:?}"))?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("gatekeeper_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

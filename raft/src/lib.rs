@@ -1,0 +1,74 @@
+//! Gatekeeper's replicated state on openraft 0.9.
+//!
+//! This crate holds the openraft type configuration. Storage (a fsyncing log plus a sled state
+//! machine), the gRPC network and the pure `GatekeeperState` apply logic land with the
+//! replicated-state issue; see docs/design.md for the plan.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::fmt;
+// `declare_raft_types!` names the default snapshot type `Cursor<Vec<u8>>` unqualified.
+use std::io::Cursor;
+
+/// A Raft node id.
+pub type NodeId = u64;
+
+/// A member's network addresses, stored in Raft membership.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Node {
+    /// host:port of the RaftService listener.
+    pub raft_address: String,
+    /// host:port of the KeyService / AdminService / PeerService listener.
+    pub api_address: String,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft={} api={}", self.raft_address, self.api_address)
+    }
+}
+
+/// An encoded state-machine command, exactly as carried in `gatekeeper.raft.v1.Entry.command`.
+/// The Raft layer never looks inside: the state machine owns the (versioned) encoding.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Command(pub Vec<u8>);
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Command({} bytes)", self.0.len())
+    }
+}
+
+/// The state machine's encoded reply to a command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommandReply(pub Vec<u8>);
+
+openraft::declare_raft_types!(
+    /// openraft type configuration for Gatekeeper.
+    pub TypeConfig:
+        D = Command,
+        R = CommandReply,
+        NodeId = NodeId,
+        Node = Node,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_entries_with_commands_round_trip_through_serde() {
+        let entry = openraft::Entry::<TypeConfig> {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42),
+            payload: openraft::EntryPayload::Normal(Command(vec![1, 2, 3])),
+        };
+        let json = serde_json::to_string(&entry).unwrap();
+        let back: openraft::Entry<TypeConfig> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.log_id, entry.log_id);
+        match back.payload {
+            openraft::EntryPayload::Normal(c) => assert_eq!(c, Command(vec![1, 2, 3])),
+            other => panic!("unexpected payload {other:?}"),
+        }
+    }
+}
