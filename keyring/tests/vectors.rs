@@ -3,7 +3,7 @@
 //! `keyring/tests/vectors.json` was computed once and is asserted forever: if any output changes,
 //! this test fails, because a changed derivation would silently change every worker's, cluster's
 //! and contract's key. Regenerate only for a deliberate, versioned format change:
-//! `GATEKEEPER_WRITE_VECTORS=1 cargo test -p gatekeeper-keyring --test vectors`.
+//! `GATEKEEPER_WRITE_VECTORS=1 cargo test -p keyring --test vectors`.
 
 use keyring::derive::{self, Scheme};
 use keyring::sign::{report_data, EvidenceDigest, KeyRequest, KeyTarget};

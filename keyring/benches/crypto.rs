@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the keyring's operations; later issues compare a key request's cost
-//! against these to state the crypto-bound limit. Run: `cargo bench -p gatekeeper-keyring`.
+//! against these to state the crypto-bound limit. Run: `cargo bench -p keyring`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use keyring::derive::{self, Scheme};
