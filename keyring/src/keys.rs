@@ -64,9 +64,13 @@ id32!(
 pub struct Sr25519PublicKey([u8; 32]);
 
 impl Sr25519PublicKey {
-    /// Parses 32 bytes and checks they decode to a Ristretto point.
+    /// Parses 32 bytes and checks they decode to a Ristretto point other than the identity
+    /// (anyone can forge signatures for the identity point, so it is never a valid key).
     pub fn from_slice(b: &[u8]) -> Result<Self> {
         let bytes: [u8; 32] = fixed("sr25519 public key", b)?;
+        if bytes == [0u8; 32] {
+            return Err(Error::InvalidPublicKey("sr25519"));
+        }
         schnorrkel::PublicKey::from_bytes(&bytes)
             .map_err(|_| Error::InvalidPublicKey("sr25519"))?;
         Ok(Self(bytes))
@@ -254,4 +258,43 @@ impl fmt::Debug for X25519SecretKey {
 /// Constant-time equality of two byte strings of equal length (false if lengths differ).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sr25519_public_key_parsing() {
+        let good = Sr25519Keypair::from_seed(&[1; 32]).public_key();
+        assert_eq!(Sr25519PublicKey::from_slice(good.as_bytes()).unwrap(), good);
+        // The identity point: a key anyone could forge signatures for.
+        assert_eq!(
+            Sr25519PublicKey::from_slice(&[0; 32]).unwrap_err(),
+            Error::InvalidPublicKey("sr25519")
+        );
+        // Not a Ristretto encoding.
+        assert_eq!(
+            Sr25519PublicKey::from_slice(&[0xff; 32]).unwrap_err(),
+            Error::InvalidPublicKey("sr25519")
+        );
+        assert!(matches!(
+            Sr25519PublicKey::from_slice(&[1; 31]).unwrap_err(),
+            Error::InvalidLength {
+                expected: 32,
+                got: 31,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn x25519_secret_round_trips_and_debug_hides_it() {
+        let sk = X25519SecretKey::generate(&mut rand_core::OsRng);
+        let back = X25519SecretKey::from_bytes(sk.to_bytes().as_ref()).unwrap();
+        assert_eq!(back.public_key(), sk.public_key());
+        let dbg = format!("{sk:?} {:?}", Sr25519Keypair::from_seed(&[3; 32]));
+        assert!(!dbg.contains(&hex::encode(sk.to_bytes().as_ref())));
+        assert!(!dbg.contains(&hex::encode([3u8; 32])));
+    }
 }

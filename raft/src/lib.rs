@@ -1,11 +1,12 @@
 //! Gatekeeper's replicated state on openraft 0.9.
 //!
-//! This crate holds the openraft type configuration. Storage (a fsyncing log plus a sled state
-//! machine), the gRPC network and the pure `GatekeeperState` apply logic land with the
-//! replicated-state issue; see docs/design.md for the plan.
+//! * [`state`] — `GatekeeperState`, the replicated state machine, with pure apply logic.
+//! * the openraft type configuration ([`TypeConfig`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod state;
 
 use std::fmt;
 // `declare_raft_types!` names the default snapshot type `Cursor<Vec<u8>>` unqualified.
