@@ -1,11 +1,15 @@
 //! Gatekeeper's replicated state on openraft 0.9.
 //!
 //! * [`state`] — `GatekeeperState`, the replicated state machine, with pure apply logic.
+//! * [`log_store`] — the Raft log and vote in a write-ahead log that fsyncs (raft-log).
+//! * [`sm_store`] — the state machine in sled, snapshots as atomically written files.
 //! * the openraft type configuration ([`TypeConfig`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod log_store;
+pub mod sm_store;
 pub mod state;
 
 use std::fmt;

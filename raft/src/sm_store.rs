@@ -1,0 +1,431 @@
+//! The state machine store: [`GatekeeperState`] in memory, persisted in sled, with snapshots as
+//! files written atomically.
+//!
+//! * After each applied batch the whole state record (`{format, last_applied, last_membership,
+//!   state}` as JSON, with its SHA-256) is written to sled under `sm/state`. sled does not fsync,
+//!   which is acceptable here: the state is rebuilt from the durable log (entries after
+//!   `last_applied` are re-applied) and the latest snapshot.
+//! * A **store id** ties the sled directory to the node: it is written both into sled and into
+//!   `<data_dir>/sm.id` when the store is created. A sled directory that fails to open, has lost
+//!   its id or state record, or whose record fails its checksum makes [`SmStore::open`] fail with
+//!   a clear error: the node refuses to start rather than serve wrong (or empty) state.
+//! * Snapshots are files `<data_dir>/snapshots/snapshot-<index>.json`: written to a temp file,
+//!   fsynced, renamed, and the directory fsynced, before openraft is told the snapshot exists (so
+//!   the log is purged only behind a durable snapshot).
+
+use crate::state::GatekeeperState;
+use crate::{CommandReply, Node, NodeId, TypeConfig};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{self, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+const STATE_KEY: &[u8] = b"sm/state";
+const ID_KEY: &[u8] = b"sm/id";
+const FORMAT: u32 = 1;
+
+/// Errors opening the state machine store. Each names the path involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SmOpenError {
+    /// sled could not open its directory.
+    #[error("cannot open state machine store {path}: {source}")]
+    Sled {
+        /// The sled directory.
+        path: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// The store is damaged or does not belong to this data dir.
+    #[error("state machine store {path} is corrupt: {reason}; restore it from backup, or wipe this node's data dir and rejoin it so it is rebuilt from a snapshot")]
+    Corrupt {
+        /// The sled directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Other IO on the data dir.
+    #[error("state machine store {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The IO error.
+        source: io::Error,
+    },
+}
+
+/// Applied state plus the Raft bookkeeping that goes with it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Applied {
+    /// Last applied log id.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// Last applied membership.
+    pub last_membership: StoredMembership<NodeId, Node>,
+    /// The state.
+    pub state: GatekeeperState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    format: u32,
+    applied: Applied,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    format: u32,
+    meta: SnapshotMeta<NodeId, Node>,
+    /// The snapshot data exactly as sent to peers (JSON of [`Applied`]).
+    data: String,
+    sha256: String,
+}
+
+/// The state machine store. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct SmStore {
+    applied: Arc<RwLock<Applied>>,
+    db: sled::Db,
+    snapshot_dir: PathBuf,
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+impl SmStore {
+    /// Opens the store under `data_dir` (`sm/` for sled, `sm.id`, `snapshots/`). Creates it on a
+    /// fresh data dir; refuses a damaged one.
+    pub fn open(data_dir: &Path) -> Result<Self, SmOpenError> {
+        let sled_dir = data_dir.join("sm");
+        let id_file = data_dir.join("sm.id");
+        let snapshot_dir = data_dir.join("snapshots");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SmOpenError::Io { path, source }
+        };
+        fs::create_dir_all(&snapshot_dir).map_err(io(&snapshot_dir))?;
+        let corrupt = |reason: String| SmOpenError::Corrupt {
+            path: sled_dir.clone(),
+            reason,
+        };
+
+        let fresh = !id_file.exists();
+        if fresh && sled_dir.exists() {
+            return Err(corrupt(format!(
+                "{} is missing but the sled directory exists",
+                id_file.display()
+            )));
+        }
+        let db = sled::open(&sled_dir).map_err(|source| SmOpenError::Sled {
+            path: sled_dir.clone(),
+            source,
+        })?;
+
+        let applied = if fresh {
+            let mut id = [0u8; 16];
+            getrandom_id(&mut id);
+            let id_hex = hex::encode(id);
+            let store = Self {
+                applied: Arc::new(RwLock::new(Applied::default())),
+                db,
+                snapshot_dir,
+            };
+            store
+                .db
+                .insert(ID_KEY, id_hex.as_bytes())
+                .map_err(|e| corrupt(e.to_string()))?;
+            store.persist().map_err(|e| corrupt(e.to_string()))?;
+            store.db.flush().map_err(|e| corrupt(e.to_string()))?;
+            write_atomic(&id_file, id_hex.as_bytes()).map_err(io(&id_file))?;
+            return Ok(store);
+        } else {
+            let want = fs::read_to_string(&id_file).map_err(io(&id_file))?;
+            let have = db
+                .get(ID_KEY)
+                .map_err(|e| corrupt(e.to_string()))?
+                .ok_or_else(|| corrupt("store id is missing (the sled data was lost)".into()))?;
+            if have.as_ref() != want.trim().as_bytes() {
+                return Err(corrupt(format!(
+                    "store id {} does not match {} in {}",
+                    String::from_utf8_lossy(&have),
+                    want.trim(),
+                    id_file.display()
+                )));
+            }
+            let raw = db
+                .get(STATE_KEY)
+                .map_err(|e| corrupt(e.to_string()))?
+                .ok_or_else(|| corrupt("state record is missing".into()))?;
+            decode_record(&raw).map_err(corrupt)?
+        };
+
+        let store = Self {
+            applied: Arc::new(RwLock::new(applied)),
+            db,
+            snapshot_dir,
+        };
+        // sled may lag (no fsync); the latest snapshot may be newer: start from the newer one.
+        if let Some(snap) = store
+            .read_latest_snapshot()
+            .map_err(|e| corrupt(format!("snapshot: {e}")))?
+        {
+            let current = store.read().last_applied;
+            if snap.meta.last_log_id > current {
+                let a: Applied = serde_json::from_str(&snap.data)
+                    .map_err(|e| corrupt(format!("snapshot data: {e}")))?;
+                *store.applied.write().expect("sm lock") = a;
+                store.persist().map_err(|e| corrupt(e.to_string()))?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// A read guard on the applied state (for reads served by the node).
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
+        self.applied.read().expect("sm lock poisoned")
+    }
+
+    fn persist(&self) -> Result<(), sled::Error> {
+        let bytes = encode_record(&self.read());
+        self.db.insert(STATE_KEY, bytes)?;
+        Ok(())
+    }
+
+    /// Flushes sled (best effort; called on graceful shutdown).
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush().map(|_| ())
+    }
+
+    fn snapshot_path(&self, index: u64) -> PathBuf {
+        self.snapshot_dir.join(format!("snapshot-{index:020}.json"))
+    }
+
+    fn read_latest_snapshot(&self) -> io::Result<Option<SnapshotFile>> {
+        let mut names: Vec<PathBuf> = fs::read_dir(&self.snapshot_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("snapshot-") && n.ends_with(".json"))
+            })
+            .collect();
+        names.sort();
+        let Some(path) = names.pop() else {
+            return Ok(None);
+        };
+        let bytes = fs::read(&path)?;
+        let f: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        if hex::encode(Sha256::digest(f.data.as_bytes())) != f.sha256 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: checksum mismatch", path.display()),
+            ));
+        }
+        Ok(Some(f))
+    }
+
+    fn write_snapshot(&self, meta: &SnapshotMeta<NodeId, Node>, data: String) -> io::Result<()> {
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let file = SnapshotFile {
+            format: FORMAT,
+            meta: meta.clone(),
+            sha256: hex::encode(Sha256::digest(data.as_bytes())),
+            data,
+        };
+        let path = self.snapshot_path(index);
+        write_atomic(&path, &serde_json::to_vec(&file).map_err(io::Error::other)?)?;
+        // Keep only the newest snapshot (it is durable now).
+        for e in fs::read_dir(&self.snapshot_dir)?.flatten() {
+            let p = e.path();
+            if p != path
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("snapshot-"))
+            {
+                let _ = fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn getrandom_id(out: &mut [u8; 16]) {
+    // Uniqueness, not secrecy: time and pid are enough to tell two stores apart.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let h = Sha256::digest(format!("{nanos}-{}", std::process::id()));
+    out.copy_from_slice(&h[..16]);
+}
+
+fn encode_record(a: &Applied) -> Vec<u8> {
+    let body = serde_json::to_vec(&Record {
+        format: FORMAT,
+        applied: a.clone(),
+    })
+    .expect("state serializes");
+    let mut out = Sha256::digest(&body).to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode_record(raw: &[u8]) -> Result<Applied, String> {
+    if raw.len() < 32 {
+        return Err("state record is truncated".into());
+    }
+    let (sum, body) = raw.split_at(32);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err("state record fails its checksum".into());
+    }
+    let r: Record = serde_json::from_slice(body).map_err(|e| format!("state record: {e}"))?;
+    if r.format != FORMAT {
+        return Err(format!("unknown state record format {}", r.format));
+    }
+    Ok(r.applied)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SmStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let (meta, data) = {
+            let a = self.read();
+            let index = a.last_applied.map_or(0, |l| l.index);
+            let term = a.last_applied.map_or(0, |l| l.leader_id.term);
+            let meta = SnapshotMeta {
+                last_log_id: a.last_applied,
+                last_membership: a.last_membership.clone(),
+                snapshot_id: format!("{term}-{index}"),
+            };
+            (meta, serde_json::to_string(&*a).map_err(sm_err)?)
+        };
+        let this = self.clone();
+        let m = meta.clone();
+        let d = data.clone();
+        tokio::task::spawn_blocking(move || this.write_snapshot(&m, d))
+            .await
+            .map_err(|e| snap_err(io::Error::other(e.to_string())))?
+            .map_err(snap_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.into_bytes())),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SmStore {
+    type SnapshotBuilder = SmStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        let a = self.read();
+        Ok((a.last_applied, a.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandReply>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        {
+            let mut a = self.applied.write().expect("sm lock poisoned");
+            for entry in entries {
+                a.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => replies.push(CommandReply(Vec::new())),
+                    EntryPayload::Normal(cmd) => {
+                        let reply = a.state.apply_encoded(&cmd.0);
+                        replies.push(CommandReply(
+                            serde_json::to_vec(&reply).expect("replies serialize"),
+                        ));
+                    }
+                    EntryPayload::Membership(m) => {
+                        a.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                        replies.push(CommandReply(Vec::new()));
+                    }
+                }
+            }
+        }
+        self.persist().map_err(sm_err)?;
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = String::from_utf8(snapshot.into_inner()).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        })?;
+        let mut a: Applied = serde_json::from_str(&data).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        })?;
+        a.last_applied = meta.last_log_id;
+        a.last_membership = meta.last_membership.clone();
+        let this = self.clone();
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || this.write_snapshot(&m, data))
+            .await
+            .map_err(|e| snap_err(io::Error::other(e.to_string())))?
+            .map_err(snap_err)?;
+        *self.applied.write().expect("sm lock poisoned") = a;
+        self.persist().map_err(sm_err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let f = self
+            .read_latest_snapshot()
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?;
+        Ok(f.map(|f| Snapshot {
+            meta: f.meta,
+            snapshot: Box::new(Cursor::new(f.data.into_bytes())),
+        }))
+    }
+}
