@@ -1,7 +1,10 @@
 //! `gatekeeper`: the node and operator CLI.
 //!
-//! Today it offers `keygen`. `node`, `admin`, `miner` and `devnet` arrive with the replicated-state,
-//! master-key and devnet issues (see README.md).
+//! * `node` — run a replica (docs/operations.md).
+//! * `admin` — operate a cluster over AdminService.
+//! * `keygen` — make an sr25519 key file.
+//!
+//! `miner` and `devnet` arrive with the master-key and devnet issues (see README.md).
 
 #![forbid(unsafe_code)]
 
@@ -10,6 +13,12 @@ use clap::{Parser, Subcommand};
 use keyring::Sr25519Keypair;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
+
+mod admin;
+mod admin_service;
+mod config;
+mod node;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,6 +33,23 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a gatekeeper node. Every config key can also be set as GATEKEEPER_<KEY>.
+    Node {
+        /// TOML configuration file (optional when everything comes from the environment).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Operate a cluster through a node's AdminService.
+    Admin {
+        /// host:port of a node's API listener.
+        #[arg(long, env = "GATEKEEPER_ENDPOINT")]
+        endpoint: String,
+        /// Per-call deadline in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
     /// Generate an sr25519 key (e.g. a worker's identity) into a new file with mode 0600 and print
     /// its public key. The file holds JSON {"seed": hex, "public_key": hex}.
     Keygen {
@@ -67,10 +93,34 @@ fn keygen(out: &PathBuf, force: bool) -> Result<()> {
     Ok(())
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn main() {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Keygen { out, force } => keygen(out, *force),
+    let result = match cli.command {
+        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Node { config } => {
+            config::NodeConfig::load(config.as_deref(), |k| std::env::var(k).ok()).and_then(|c| {
+                node::init_logging(c.log_format);
+                runtime()?.block_on(node::run(c))
+            })
+        }
+        Command::Admin {
+            endpoint,
+            timeout_secs,
+            command,
+        } => runtime().and_then(|rt| {
+            rt.block_on(admin::run(
+                &endpoint,
+                Duration::from_secs(timeout_secs),
+                command,
+            ))
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

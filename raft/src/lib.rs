@@ -3,12 +3,19 @@
 //! * [`state`] — `GatekeeperState`, the replicated state machine, with pure apply logic.
 //! * [`log_store`] — the Raft log and vote in a write-ahead log that fsyncs (raft-log).
 //! * [`sm_store`] — the state machine in sled, snapshots as atomically written files.
+//! * [`network`] — the Raft transport over gRPC (client with connection reuse, timeouts and
+//!   backoff; server; streamed snapshots; fault hooks); [`convert`] maps its messages.
+//! * [`replica`] — a running replica: writes forwarded to the leader, linearizable and stale
+//!   reads, membership changes, status.
 //! * the openraft type configuration ([`TypeConfig`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod convert;
 pub mod log_store;
+pub mod network;
+pub mod replica;
 pub mod sm_store;
 pub mod state;
 

@@ -1,0 +1,320 @@
+//! `gatekeeper.v1.AdminService` on a node.
+
+use crate::config::NodeConfig;
+use gatekeeper_proto::v1 as pb;
+use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
+use gatekeeper_proto::v1::admin_service_server::AdminService;
+use gatekeeper_raft::replica::{Replica, ReplicaError, StatusView};
+use gatekeeper_raft::state::{Command, Reply};
+use gatekeeper_raft::Node;
+use std::collections::BTreeMap;
+use tonic::{Request, Response, Status};
+
+/// The AdminService implementation.
+#[derive(Clone)]
+pub struct AdminServer {
+    replica: Replica,
+    config: NodeConfig,
+}
+
+impl AdminServer {
+    /// Serves `replica`.
+    pub fn new(replica: Replica, config: NodeConfig) -> Self {
+        Self { replica, config }
+    }
+
+    /// Connects to the leader's AdminService, for calls that must run there.
+    async fn leader_admin(&self) -> Result<AdminServiceClient<tonic::transport::Channel>, Status> {
+        let (id, addr) = self.replica.leader_api_address();
+        let addr = addr.ok_or_else(|| {
+            Status::unavailable(format!("no leader is known (last known: {id:?})"))
+        })?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .timeout(self.config.request_timeout() * 6)
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("leader {id:?} at {addr}: {e}")))?;
+        Ok(AdminServiceClient::new(ch))
+    }
+}
+
+/// Maps replica errors to the gRPC codes in docs/api.md.
+pub fn to_status(e: ReplicaError) -> Status {
+    match e {
+        ReplicaError::NoLeader { .. } | ReplicaError::TooStale { .. } | ReplicaError::Raft(_) => {
+            Status::unavailable(e.to_string())
+        }
+        ReplicaError::AlreadyInitialized => Status::failed_precondition(e.to_string()),
+        ReplicaError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        ReplicaError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn role(s: &str) -> pb::Role {
+    match s {
+        "leader" => pb::Role::Leader,
+        "follower" => pb::Role::Follower,
+        "candidate" => pb::Role::Candidate,
+        "learner" => pb::Role::Learner,
+        "uninitialized" => pb::Role::Uninitialized,
+        _ => pb::Role::Unspecified,
+    }
+}
+
+fn members_pb(s: &StatusView) -> Vec<pb::Member> {
+    s.members
+        .iter()
+        .map(|m| pb::Member {
+            node_id: m.id,
+            raft_address: m.raft_address.clone(),
+            api_address: m.api_address.clone(),
+            voter: m.voter,
+            identity_public_key: vec![],
+            hpke_public_key: vec![],
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServer {
+    async fn status(
+        &self,
+        _r: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.replica.status();
+        Ok(Response::new(pb::StatusResponse {
+            node_id: s.node_id,
+            role: role(&s.role) as i32,
+            leader_id: s.leader_id,
+            term: s.term,
+            last_log_index: s.last_log_index.unwrap_or(0),
+            last_applied: s.last_applied.unwrap_or(0),
+            commit_index: s.commit_index.unwrap_or(0),
+            members: members_pb(&s),
+            seal: None,
+            epochs: vec![],
+            gatekeeper_id: self
+                .replica
+                .sm
+                .read()
+                .state
+                .gatekeeper_id
+                .map(|g| g.0.to_vec())
+                .unwrap_or_default(),
+            chain: None,
+            audit_sequence: s.audit_sequence,
+        }))
+    }
+
+    async fn members(
+        &self,
+        _r: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let s = self.replica.status();
+        Ok(Response::new(pb::MembersResponse {
+            members: members_pb(&s),
+            leader_id: s.leader_id,
+        }))
+    }
+
+    async fn init(
+        &self,
+        request: Request<pb::InitRequest>,
+    ) -> Result<Response<pb::InitResponse>, Status> {
+        let r = request.into_inner();
+        if r.threshold != 0 || r.imported_master_secret.is_some() || r.scheme != 0 {
+            return Err(Status::unimplemented(
+                "threshold, scheme and master import arrive with the master-key issue; \
+                 send them unset for now",
+            ));
+        }
+        let mut members = BTreeMap::new();
+        if r.members.is_empty() {
+            members.insert(
+                self.config.node_id,
+                Node {
+                    raft_address: self.config.raft_address(),
+                    api_address: self.config.api_address(),
+                },
+            );
+        }
+        for m in r.members {
+            if members
+                .insert(
+                    m.node_id,
+                    Node {
+                        raft_address: m.raft_address,
+                        api_address: m.api_address,
+                    },
+                )
+                .is_some()
+            {
+                return Err(Status::invalid_argument(format!(
+                    "node id {} appears twice",
+                    m.node_id
+                )));
+            }
+        }
+        self.replica.initialize(members).await.map_err(to_status)?;
+        Ok(Response::new(pb::InitResponse::default()))
+    }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let r = request.into_inner();
+        if !self.replica.is_leader() {
+            return self.leader_admin().await?.join(r).await;
+        }
+        if self
+            .replica
+            .status()
+            .members
+            .iter()
+            .any(|m| m.id == r.node_id && m.voter)
+        {
+            return Err(Status::already_exists(format!(
+                "node {} is already a voter",
+                r.node_id
+            )));
+        }
+        let index = self
+            .replica
+            .join(
+                r.node_id,
+                Node {
+                    raft_address: r.raft_address,
+                    api_address: r.api_address,
+                },
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::JoinResponse {
+            log_index: index,
+            voter: true,
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        let r = request.into_inner();
+        if !self.replica.is_leader() {
+            return self.leader_admin().await?.leave(r).await;
+        }
+        if !self
+            .replica
+            .status()
+            .members
+            .iter()
+            .any(|m| m.id == r.node_id)
+        {
+            return Err(Status::not_found(format!(
+                "node {} is not a member",
+                r.node_id
+            )));
+        }
+        let index = self.replica.leave(r.node_id).await.map_err(to_status)?;
+        Ok(Response::new(pb::LeaveResponse { log_index: index }))
+    }
+
+    async fn rotate(
+        &self,
+        _r: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        Err(Status::unimplemented(
+            "rotation arrives with the master-key issue",
+        ))
+    }
+
+    async fn apply_dev_event(
+        &self,
+        _r: Request<pb::ApplyDevEventRequest>,
+    ) -> Result<Response<pb::ApplyDevEventResponse>, Status> {
+        Err(Status::unimplemented(
+            "development chain events arrive with the master-key issue",
+        ))
+    }
+
+    async fn write_canary(
+        &self,
+        request: Request<pb::WriteCanaryRequest>,
+    ) -> Result<Response<pb::WriteCanaryResponse>, Status> {
+        let r = request.into_inner();
+        if r.key.is_empty() || r.key.len() > 256 {
+            return Err(Status::invalid_argument("key must be 1 to 256 bytes"));
+        }
+        if r.value.len() > 4096 {
+            return Err(Status::invalid_argument("value must be at most 4096 bytes"));
+        }
+        let out = self
+            .replica
+            .write(&Command::Put {
+                key: r.key,
+                value: r.value,
+            })
+            .await
+            .map_err(to_status)?;
+        match out.reply {
+            Reply::Applied { audit_sequence } => Ok(Response::new(pb::WriteCanaryResponse {
+                log_index: out.log_id.index,
+                audit_sequence,
+                leader_id: out.leader_id,
+            })),
+            Reply::Duplicate => Err(Status::already_exists("duplicate")),
+            Reply::Rejected { code, message } => {
+                Err(Status::failed_precondition(format!("{code:?}: {message}")))
+            }
+        }
+    }
+
+    async fn read_canary(
+        &self,
+        request: Request<pb::ReadCanaryRequest>,
+    ) -> Result<Response<pb::ReadCanaryResponse>, Status> {
+        let r = request.into_inner();
+        let stale = r.consistency == pb::ReadConsistency::Stale as i32;
+        let read = |a: &gatekeeper_raft::sm_store::Applied| {
+            (
+                a.state.kv.get(&r.key).cloned(),
+                a.last_applied.map_or(0, |l| l.index),
+            )
+        };
+        let ((value, applied_index), staleness_ms) = if stale {
+            self.replica.read_stale(read).map_err(to_status)?
+        } else {
+            (
+                self.replica
+                    .read_linearizable(read)
+                    .await
+                    .map_err(to_status)?,
+                0,
+            )
+        };
+        Ok(Response::new(pb::ReadCanaryResponse {
+            value,
+            applied_index,
+            served_by: self.config.node_id,
+            staleness_ms,
+        }))
+    }
+
+    async fn set_fault(
+        &self,
+        request: Request<pb::SetFaultRequest>,
+    ) -> Result<Response<pb::SetFaultResponse>, Status> {
+        if !self.config.fault_hooks {
+            return Err(Status::permission_denied(
+                "fault hooks are disabled (set fault_hooks = true in development)",
+            ));
+        }
+        let isolate = request.into_inner().isolate;
+        self.replica.faults.set_isolated(isolate);
+        tracing::warn!(isolated = isolate, "fault hook changed");
+        Ok(Response::new(pb::SetFaultResponse { isolated: isolate }))
+    }
+}

@@ -1,0 +1,294 @@
+//! Node configuration: a TOML file, every key overridable by `GATEKEEPER_<KEY>` env variables.
+//!
+//! Defaults and why (see also docs/operations.md):
+//! * `election_timeout_min_ms = 1000`, `election_timeout_max_ms = 2000`,
+//!   `heartbeat_interval_ms = 250`. openraft's own defaults (150–300 ms / 50 ms) are LAN-lab
+//!   values; every append here waits for an fsync, which takes 1–10 ms on SSDs and can spike past
+//!   100 ms on shared or network disks. openraft advises an election timeout of at least 10× the
+//!   p99 append latency and a heartbeat under half the minimum timeout; 1 s tolerates 100 ms fsync
+//!   spikes without spurious elections while failing over within a few seconds (Vault's default,
+//!   with its performance multiplier of 5, is 5 s).
+//! * `snapshot_logs_since_last = 5000`: a snapshot every 5000 applied entries keeps restarts and
+//!   new members fast while the state (registry, epochs) stays small.
+//! * `max_in_snapshot_log_to_keep = 1000`: entries kept behind a snapshot so a briefly lagging
+//!   follower catches up from the log instead of a full snapshot.
+//! * `max_stale_ms = 5000`: stale reads are refused by a node that has not heard from a leader
+//!   for longer than this (20 heartbeats).
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Development or production. Production refuses development-only features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Local development and tests.
+    Development,
+    /// Real deployments.
+    Production,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every node setting. See the module docs for the reasoning behind the defaults.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft node id; unique in the cluster, never reused.
+    pub node_id: u64,
+    /// Data directory (Raft log, state machine, snapshots).
+    pub data_dir: PathBuf,
+    /// Listen address of RaftService (host:port).
+    pub raft_listen: String,
+    /// Listen address of AdminService (host:port).
+    pub api_listen: String,
+    /// Raft address announced to peers; defaults to `raft_listen`.
+    #[serde(default)]
+    pub raft_advertise: Option<String>,
+    /// API address announced to peers and clients; defaults to `api_listen`.
+    #[serde(default)]
+    pub api_advertise: Option<String>,
+    /// Minimum election timeout.
+    #[serde(default = "d_election_min")]
+    pub election_timeout_min_ms: u64,
+    /// Maximum election timeout.
+    #[serde(default = "d_election_max")]
+    pub election_timeout_max_ms: u64,
+    /// Leader heartbeat interval.
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    /// Build a snapshot every this many applied entries.
+    #[serde(default = "d_snapshot")]
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept behind the latest snapshot.
+    #[serde(default = "d_keep")]
+    pub max_in_snapshot_log_to_keep: u64,
+    /// Stale reads are refused after this long without leader contact.
+    #[serde(default = "d_stale")]
+    pub max_stale_ms: u64,
+    /// Deadline for a forwarded write or a follower's read-index wait.
+    #[serde(default = "d_request")]
+    pub request_timeout_ms: u64,
+    /// Enable `admin fault` (drills, tests). Refused in production mode.
+    #[serde(default)]
+    pub fault_hooks: bool,
+    /// development | production.
+    #[serde(default = "d_mode")]
+    pub mode: Mode,
+    /// text | json.
+    #[serde(default = "d_log_format")]
+    pub log_format: LogFormat,
+}
+
+fn d_election_min() -> u64 {
+    1000
+}
+fn d_election_max() -> u64 {
+    2000
+}
+fn d_heartbeat() -> u64 {
+    250
+}
+fn d_snapshot() -> u64 {
+    5000
+}
+fn d_keep() -> u64 {
+    1000
+}
+fn d_stale() -> u64 {
+    5000
+}
+fn d_request() -> u64 {
+    10_000
+}
+fn d_mode() -> Mode {
+    Mode::Development
+}
+fn d_log_format() -> LogFormat {
+    LogFormat::Text
+}
+
+/// Every key, for environment overrides (`GATEKEEPER_` + upper case).
+pub const KEYS: &[&str] = &[
+    "node_id",
+    "data_dir",
+    "raft_listen",
+    "api_listen",
+    "raft_advertise",
+    "api_advertise",
+    "election_timeout_min_ms",
+    "election_timeout_max_ms",
+    "heartbeat_interval_ms",
+    "snapshot_logs_since_last",
+    "max_in_snapshot_log_to_keep",
+    "max_stale_ms",
+    "request_timeout_ms",
+    "fault_hooks",
+    "mode",
+    "log_format",
+];
+
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+impl NodeConfig {
+    /// Loads `path` (if given), applies `GATEKEEPER_*` overrides from `env`, and validates.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<NodeConfig> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config {}", p.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("config {} is not valid TOML", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for key in KEYS {
+            let var = format!("GATEKEEPER_{}", key.to_uppercase());
+            if let Some(v) = env(&var) {
+                table.insert((*key).to_string(), env_value(&v));
+            }
+        }
+        let cfg: NodeConfig = toml::Value::Table(table)
+            .try_into()
+            .context("invalid node configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            bail!("election_timeout_min_ms must be below election_timeout_max_ms");
+        }
+        if self.heartbeat_interval_ms * 2 > self.election_timeout_min_ms {
+            bail!("heartbeat_interval_ms must be at most half of election_timeout_min_ms");
+        }
+        if self.mode == Mode::Production && self.fault_hooks {
+            bail!("fault_hooks cannot be enabled in production mode");
+        }
+        Ok(())
+    }
+
+    /// The Raft address peers use.
+    pub fn raft_address(&self) -> String {
+        self.raft_advertise
+            .clone()
+            .unwrap_or_else(|| self.raft_listen.clone())
+    }
+
+    /// The API address clients use.
+    pub fn api_address(&self) -> String {
+        self.api_advertise
+            .clone()
+            .unwrap_or_else(|| self.api_listen.clone())
+    }
+
+    /// The openraft configuration these settings give.
+    pub fn raft_config(&self) -> openraft::Config {
+        openraft::Config {
+            cluster_name: "gatekeeper".into(),
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            heartbeat_interval: self.heartbeat_interval_ms,
+            install_snapshot_timeout: 60_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
+            ..Default::default()
+        }
+    }
+
+    /// Request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = map
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn env_only_config_with_defaults() {
+        let c = NodeConfig::load(
+            None,
+            env(&[
+                ("GATEKEEPER_NODE_ID", "3"),
+                ("GATEKEEPER_DATA_DIR", "/tmp/x"),
+                ("GATEKEEPER_RAFT_LISTEN", "127.0.0.1:1"),
+                ("GATEKEEPER_API_LISTEN", "127.0.0.1:2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.election_timeout_min_ms, 1000);
+        assert_eq!(c.heartbeat_interval_ms, 250);
+        assert_eq!(c.mode, Mode::Development);
+        assert_eq!(c.api_address(), "127.0.0.1:2");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "node_id = 1\ndata_dir = \"/d\"\nraft_listen = \"a:1\"\napi_listen = \"a:2\"\nheartbeat_interval_ms = 100\n",
+        )
+        .unwrap();
+        let c = NodeConfig::load(Some(&p), env(&[("GATEKEEPER_NODE_ID", "9")])).unwrap();
+        assert_eq!(c.node_id, 9);
+        assert_eq!(c.heartbeat_interval_ms, 100);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_reasons() {
+        let base = [
+            ("GATEKEEPER_NODE_ID", "1"),
+            ("GATEKEEPER_DATA_DIR", "/d"),
+            ("GATEKEEPER_RAFT_LISTEN", "a:1"),
+            ("GATEKEEPER_API_LISTEN", "a:2"),
+        ];
+        let with = |extra: (&'static str, &'static str)| {
+            let mut v = base.to_vec();
+            v.push(extra);
+            NodeConfig::load(None, env(&v)).unwrap_err().to_string()
+        };
+        assert!(with(("GATEKEEPER_HEARTBEAT_INTERVAL_MS", "900")).contains("heartbeat"));
+        let mut prod = base.to_vec();
+        prod.push(("GATEKEEPER_MODE", "production"));
+        prod.push(("GATEKEEPER_FAULT_HOOKS", "true"));
+        assert!(NodeConfig::load(None, env(&prod))
+            .unwrap_err()
+            .to_string()
+            .contains("production"));
+        let e = NodeConfig::load(None, env(&base[..2])).unwrap_err();
+        assert!(format!("{e:#}").contains("raft_listen"), "{e:#}");
+    }
+}

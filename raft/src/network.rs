@@ -1,0 +1,535 @@
+//! The Raft network over gRPC (`gatekeeper.raft.v1.RaftService`).
+//!
+//! * **Connection reuse**: one lazily connected tonic `Channel` per peer (HTTP/2, multiplexed),
+//!   kept across openraft's `new_client` calls and replaced only when the peer's address changes.
+//! * **Timeouts**: every RPC carries openraft's hard TTL as its gRPC deadline; snapshots get at
+//!   least [`NetworkConfig::snapshot_timeout`].
+//! * **Backoff**: an unreachable peer (connection refused, `UNAVAILABLE`) is reported as
+//!   `Unreachable`, so openraft pauses replication to it with capped exponential backoff
+//!   (100 ms doubling to 2 s).
+//! * **Size limit**: messages are capped at [`NetworkConfig::max_message_bytes`]; snapshots are
+//!   streamed in chunks of [`NetworkConfig::snapshot_chunk_bytes`], well below it.
+//! * **Fault hook**: when [`Faults::set_isolated`] is on, this node drops every Raft RPC it sends
+//!   or receives (used by failover drills and partition tests).
+
+use crate::convert::{self, ConvertError};
+use crate::{Command, Node, NodeId, TypeConfig};
+use gatekeeper_proto::raft::v1 as pb;
+use gatekeeper_proto::raft::v1::raft_service_client::RaftServiceClient;
+use gatekeeper_proto::raft::v1::raft_service_server::RaftService;
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, Raft, Snapshot, SnapshotMeta, Vote};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{self, Cursor};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Network tunables. Defaults are documented on each field.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// Largest gRPC message sent or accepted. Default 8 MiB.
+    pub max_message_bytes: usize,
+    /// Snapshot stream chunk size. Default 1 MiB.
+    pub snapshot_chunk_bytes: usize,
+    /// Minimum deadline for a whole snapshot transfer. Default 60 s.
+    pub snapshot_timeout: Duration,
+    /// TCP connect timeout. Default 1 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 8 << 20,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Fault hooks shared by the client and server halves of one node.
+#[derive(Clone, Default, Debug)]
+pub struct Faults {
+    isolated: Arc<AtomicBool>,
+}
+
+impl Faults {
+    /// Drop (true) or pass (false) every Raft RPC in and out.
+    pub fn set_isolated(&self, on: bool) {
+        self.isolated.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether the node is isolated.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// When this node last accepted an AppendEntries from a leader (unix ms; 0 = never).
+#[derive(Clone, Default, Debug)]
+pub struct LeaderContact(Arc<AtomicU64>);
+
+impl LeaderContact {
+    /// Records contact now.
+    pub fn touch(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last contact, or `None` if never.
+    pub fn millis_since(&self) -> Option<u64> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(now_ms().saturating_sub(t)),
+        }
+    }
+}
+
+/// Creates per-peer clients; owns the channel cache.
+#[derive(Clone)]
+pub struct Network {
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    faults: Faults,
+    config: NetworkConfig,
+}
+
+impl Network {
+    /// A network with the given fault hooks and tunables.
+    pub fn new(faults: Faults, config: NetworkConfig) -> Self {
+        Self {
+            channels: Default::default(),
+            faults,
+            config,
+        }
+    }
+
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().expect("channel cache lock");
+        if let Some((a, ch)) = map.get(&target) {
+            if a == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad raft address {addr:?} for node {target}: {e}"))?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        map.insert(target, (addr.to_string(), ch.clone()));
+        Ok(ch)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            target,
+            channel: self.channel(target, &node.raft_address),
+            faults: self.faults.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The client for one peer.
+pub struct PeerClient {
+    target: NodeId,
+    channel: Result<Channel, String>,
+    faults: Faults,
+    config: NetworkConfig,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
+
+fn status_to_rpc<E: std::error::Error>(target: NodeId, s: Status) -> RpcErr<E> {
+    let e = io::Error::other(format!("node {target}: {}: {}", s.code(), s.message()));
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+fn bad_reply<E: std::error::Error>(e: ConvertError) -> RpcErr<E> {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+impl PeerClient {
+    /// A client for the peer, or why it cannot be reached.
+    fn client(&self) -> Result<RaftServiceClient<Channel>, Unreachable> {
+        if self.faults.is_isolated() {
+            return Err(Unreachable::new(&io::Error::other(
+                "isolated by fault hook",
+            )));
+        }
+        let ch = self
+            .channel
+            .as_ref()
+            .map_err(|m| Unreachable::new(&io::Error::other(m.clone())))?;
+        Ok(RaftServiceClient::new(ch.clone())
+            .max_decoding_message_size(self.config.max_message_bytes)
+            .max_encoding_message_size(self.config.max_message_bytes))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let mut req = Request::new(convert::append_req_to_pb(&rpc));
+        req.set_timeout(option.hard_ttl());
+        let resp = client
+            .append_entries(req)
+            .await
+            .map_err(|s| status_to_rpc(self.target, s))?;
+        convert::append_resp_from_pb(resp.into_inner()).map_err(bad_reply)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        // openraft 0.9 replication sends snapshots through `full_snapshot` (below), which this
+        // network streams; the chunk-at-a-time API is not used.
+        let e = io::Error::other("chunked install_snapshot is not used: snapshots are streamed");
+        Err(RPCError::Network(NetworkError::new(&e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let mut req = Request::new(convert::vote_req_to_pb(&rpc));
+        req.set_timeout(option.hard_ttl());
+        let resp = client
+            .vote(req)
+            .await
+            .map_err(|s| status_to_rpc(self.target, s))?;
+        convert::vote_resp_from_pb(resp.into_inner()).map_err(bad_reply)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let mut client = self.client().map_err(StreamingError::Unreachable)?;
+        let data = snapshot.snapshot.into_inner();
+        let chunks = snapshot_chunks(
+            &vote,
+            &snapshot.meta,
+            data,
+            self.config.snapshot_chunk_bytes,
+        );
+        let mut req = Request::new(tokio_stream::iter(chunks));
+        req.set_timeout(option.hard_ttl().max(self.config.snapshot_timeout));
+        let target = self.target;
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            resp = client.install_snapshot(req) => {
+                let resp = resp.map_err(|s| {
+                    let e = io::Error::other(format!("node {target}: {}: {}", s.code(), s.message()));
+                    if s.code() == tonic::Code::Unavailable {
+                        StreamingError::Unreachable(Unreachable::new(&e))
+                    } else {
+                        StreamingError::Network(NetworkError::new(&e))
+                    }
+                })?;
+                let vote = convert::vote_from_pb(resp.into_inner().vote)
+                    .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+                Ok(SnapshotResponse { vote })
+            }
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            (0..).map(|i: u32| {
+                Duration::from_millis(100u64 << i.min(4)).min(Duration::from_secs(2))
+            }),
+        )
+    }
+}
+
+/// Splits a snapshot into stream chunks: the first carries the header; the last has `done`.
+pub fn snapshot_chunks(
+    vote: &Vote<NodeId>,
+    meta: &SnapshotMeta<NodeId, Node>,
+    data: Vec<u8>,
+    chunk: usize,
+) -> Vec<pb::SnapshotChunk> {
+    let total = data.len();
+    let header = Some(pb::SnapshotHeader {
+        vote: Some(convert::vote_to_pb(vote)),
+        meta: Some(convert::snapshot_meta_to_pb(meta)),
+        total_size: total as u64,
+    });
+    if total == 0 {
+        return vec![pb::SnapshotChunk {
+            header,
+            offset: 0,
+            data: vec![],
+            done: true,
+        }];
+    }
+    let mut out = Vec::with_capacity(total.div_ceil(chunk));
+    let mut header = header;
+    for (i, part) in data.chunks(chunk.max(1)).enumerate() {
+        let offset = i * chunk.max(1);
+        out.push(pb::SnapshotChunk {
+            header: header.take(),
+            offset: offset as u64,
+            data: part.to_vec(),
+            done: offset + part.len() == total,
+        });
+    }
+    out
+}
+
+/// The server half: answers peers' Raft RPCs with the local `Raft`.
+#[derive(Clone)]
+pub struct RaftServer {
+    raft: Raft<TypeConfig>,
+    faults: Faults,
+    contact: LeaderContact,
+    config: NetworkConfig,
+}
+
+impl RaftServer {
+    /// Wraps the local Raft.
+    pub fn new(
+        raft: Raft<TypeConfig>,
+        faults: Faults,
+        contact: LeaderContact,
+        config: NetworkConfig,
+    ) -> Self {
+        Self {
+            raft,
+            faults,
+            contact,
+            config,
+        }
+    }
+
+    fn check_fault(&self) -> Result<(), Status> {
+        if self.faults.is_isolated() {
+            Err(Status::unavailable("isolated by fault hook"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn invalid(e: ConvertError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn fatal<E: std::fmt::Display>(e: E) -> Status {
+    Status::unavailable(format!("raft is not running: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServer {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        self.check_fault()?;
+        let req = convert::append_req_from_pb(request.into_inner()).map_err(invalid)?;
+        let resp = self.raft.append_entries(req).await.map_err(fatal)?;
+        if matches!(
+            resp,
+            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
+        ) {
+            self.contact.touch();
+        }
+        Ok(Response::new(convert::append_resp_to_pb(&resp)))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
+        self.check_fault()?;
+        let req = convert::vote_req_from_pb(request.into_inner()).map_err(invalid)?;
+        let resp = self.raft.vote(req).await.map_err(fatal)?;
+        Ok(Response::new(convert::vote_resp_to_pb(&resp)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        self.check_fault()?;
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let header = first
+            .header
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
+        let total = usize::try_from(header.total_size)
+            .map_err(|_| Status::invalid_argument("snapshot too large"))?;
+        if total > 1 << 30 {
+            return Err(Status::invalid_argument(format!(
+                "snapshot of {total} bytes exceeds the 1 GiB limit"
+            )));
+        }
+        let vote = convert::vote_from_pb(header.vote).map_err(invalid)?;
+        let meta = convert::snapshot_meta_from_pb(
+            header
+                .meta
+                .ok_or_else(|| Status::invalid_argument("snapshot header has no meta"))?,
+        )
+        .map_err(invalid)?;
+        let mut data = Vec::with_capacity(total);
+        let mut chunk = Some(first);
+        let mut done = false;
+        while let Some(c) = chunk.take() {
+            if done {
+                return Err(Status::invalid_argument("snapshot chunk after done"));
+            }
+            if c.offset != data.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {} but {} bytes received",
+                    c.offset,
+                    data.len()
+                )));
+            }
+            if data.len() + c.data.len() > total {
+                return Err(Status::invalid_argument("snapshot data exceeds total_size"));
+            }
+            data.extend_from_slice(&c.data);
+            done = c.done;
+            if !done {
+                chunk = stream.message().await?;
+            }
+        }
+        if !done || data.len() != total {
+            return Err(Status::invalid_argument(format!(
+                "snapshot stream ended at {} of {total} bytes",
+                data.len()
+            )));
+        }
+        self.contact.touch();
+        let resp = self
+            .raft
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                },
+            )
+            .await
+            .map_err(fatal)?;
+        Ok(Response::new(pb::InstallSnapshotResponse {
+            vote: Some(convert::vote_to_pb(&resp.vote)),
+        }))
+    }
+
+    async fn client_write(
+        &self,
+        request: Request<pb::ClientWriteRequest>,
+    ) -> Result<Response<pb::ClientWriteResponse>, Status> {
+        self.check_fault()?;
+        let cmd = Command(request.into_inner().command);
+        if cmd.0.len() > self.config.max_message_bytes {
+            return Err(Status::resource_exhausted("command too large"));
+        }
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(Response::new(pb::ClientWriteResponse {
+                log_id: Some(convert::log_id_to_pb(&r.log_id)),
+                response: r.data.0,
+                membership: r.membership.as_ref().map(convert::membership_to_pb),
+            })),
+            Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                let mut s = Status::failed_precondition("not the leader");
+                if let Some(id) = f.leader_id {
+                    if let Ok(v) = id.to_string().parse() {
+                        s.metadata_mut().insert("forward-to-leader", v);
+                    }
+                }
+                Err(s)
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        self.check_fault()?;
+        match self.raft.ensure_linearizable().await {
+            Ok(l) => Ok(Response::new(pb::ReadIndexResponse {
+                read_log_id: l.as_ref().map(convert::log_id_to_pb),
+            })),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                let mut s = Status::failed_precondition("not the leader");
+                if let Some(id) = f.leader_id {
+                    if let Ok(v) = id.to_string().parse() {
+                        s.metadata_mut().insert("forward-to-leader", v);
+                    }
+                }
+                Err(s)
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_data_exactly_once() {
+        let meta = SnapshotMeta::default();
+        let vote = Vote::new_committed(1, 1);
+        let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let chunks = snapshot_chunks(&vote, &meta, data.clone(), 1000);
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks[0].header.is_some());
+        assert!(chunks[1..].iter().all(|c| c.header.is_none()));
+        assert!(chunks[2].done && !chunks[1].done);
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.clone()).collect();
+        assert_eq!(joined, data);
+        let empty = snapshot_chunks(&vote, &meta, vec![], 1000);
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].done && empty[0].header.is_some());
+    }
+}

@@ -1,0 +1,524 @@
+//! A running replica: storage + network + openraft, with writes that reach the leader from any
+//! node and reads in two consistency modes.
+//!
+//! * **Writes** go to the local Raft; on a follower they are forwarded once to the leader over
+//!   `RaftService.ClientWrite`. With no known leader the write fails with
+//!   [`ReplicaError::NoLeader`] naming the last known leader.
+//! * **Linearizable reads**: the leader runs openraft's `ensure_linearizable` (read-index: confirm
+//!   leadership with a quorum, wait for the state machine to reach the commit index); a follower
+//!   asks the leader for that read index (`RaftService.ReadIndex`) and waits until it has applied
+//!   it locally.
+//! * **Stale reads**: served from the local state machine with no network round trip, only if
+//!   this node heard from a leader within `max_stale` (the leader itself always qualifies); the
+//!   answer carries how long ago that was.
+
+use crate::convert;
+use crate::log_store::LogStore;
+use crate::network::{Faults, LeaderContact, Network, NetworkConfig, RaftServer};
+use crate::sm_store::{Applied, SmOpenError, SmStore};
+use crate::state::{self, Reply};
+use crate::{Command, Node, NodeId, TypeConfig};
+use gatekeeper_proto::raft::v1 as pb;
+use gatekeeper_proto::raft::v1::raft_service_client::RaftServiceClient;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, LogId, Raft, ServerState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Endpoint;
+
+/// How a replica is set up.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Data directory (`log/`, `sm/`, `sm.id`, `snapshots/`).
+    pub data_dir: PathBuf,
+    /// openraft configuration (timeouts, snapshot policy).
+    pub raft: openraft::Config,
+    /// Network tunables.
+    pub network: NetworkConfig,
+    /// Longest time without leader contact for which stale reads are still served.
+    pub max_stale: Duration,
+    /// How long a follower waits to apply a read index, or a forwarded write may take.
+    pub request_timeout: Duration,
+}
+
+/// Failures of replica operations. Each maps to one gRPC status in the node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// Opening storage failed (the node must not start).
+    #[error(transparent)]
+    StateMachine(#[from] SmOpenError),
+    /// Opening the log failed (the node must not start).
+    #[error("cannot open raft log {path}: {source}")]
+    Log {
+        /// Log directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// openraft refused the configuration.
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    /// No leader is known, or the leader could not be reached.
+    #[error("no reachable leader (last known: {last_known:?}): {detail}")]
+    NoLeader {
+        /// Last leader this node knew of.
+        last_known: Option<NodeId>,
+        /// What failed.
+        detail: String,
+    },
+    /// The cluster is already initialised.
+    #[error("cluster already initialised")]
+    AlreadyInitialized,
+    /// The request is invalid (bad member list, unknown node…).
+    #[error("{0}")]
+    Invalid(String),
+    /// The operation timed out; it may or may not have taken effect.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Stale read refused: no leader contact within the bound.
+    #[error("stale read refused: last leader contact {since_ms:?} ms ago exceeds {max_ms} ms")]
+    TooStale {
+        /// Milliseconds since leader contact (None: never).
+        since_ms: Option<u64>,
+        /// The configured bound.
+        max_ms: u64,
+    },
+    /// Raft stopped or failed.
+    #[error("raft failure: {0}")]
+    Raft(String),
+}
+
+/// The outcome of a committed write.
+#[derive(Clone, Debug)]
+pub struct WriteOutcome {
+    /// Log id of the entry.
+    pub log_id: LogId<NodeId>,
+    /// The state machine's reply.
+    pub reply: Reply,
+    /// The leader that committed it.
+    pub leader_id: NodeId,
+}
+
+/// A member as shown by status.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberView {
+    /// Node id.
+    pub id: NodeId,
+    /// Raft address.
+    pub raft_address: String,
+    /// API address.
+    pub api_address: String,
+    /// Voter (true) or learner (false).
+    pub voter: bool,
+}
+
+/// A point-in-time view of this replica.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StatusView {
+    /// This node.
+    pub node_id: NodeId,
+    /// leader | follower | candidate | learner | uninitialized | shutdown.
+    pub role: String,
+    /// Known leader.
+    pub leader_id: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub last_applied: Option<u64>,
+    /// Commit index, when known locally (openraft 0.9 metrics do not expose it: equals
+    /// `last_applied` on the leader, else absent).
+    pub commit_index: Option<u64>,
+    /// Members (voters and learners).
+    pub members: Vec<MemberView>,
+    /// Audit sequence of the applied state.
+    pub audit_sequence: u64,
+}
+
+/// A running replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Replica {
+    /// This node.
+    pub node_id: NodeId,
+    /// The openraft handle.
+    pub raft: Raft<TypeConfig>,
+    /// The state machine store.
+    pub sm: SmStore,
+    log: LogStore,
+    network: Network,
+    /// Fault hooks.
+    pub faults: Faults,
+    contact: LeaderContact,
+    config: Arc<ReplicaConfig>,
+}
+
+impl Replica {
+    /// Opens storage and starts Raft. Refuses damaged storage.
+    pub async fn open(config: ReplicaConfig) -> Result<Self, ReplicaError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ReplicaError::Log {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let log_dir = config.data_dir.join("log");
+        let sm = SmStore::open(&config.data_dir)?;
+        let log = LogStore::open(&log_dir).map_err(|source| ReplicaError::Log {
+            path: log_dir.clone(),
+            source,
+        })?;
+        let raft_config = Arc::new(
+            config
+                .raft
+                .clone()
+                .validate()
+                .map_err(|e| ReplicaError::Config(e.to_string()))?,
+        );
+        let faults = Faults::default();
+        let network = Network::new(faults.clone(), config.network.clone());
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network.clone(),
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        Ok(Self {
+            node_id: config.node_id,
+            raft,
+            sm,
+            log,
+            network,
+            faults,
+            contact: LeaderContact::default(),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The gRPC server half for `RaftService`.
+    pub fn raft_server(&self) -> RaftServer {
+        RaftServer::new(
+            self.raft.clone(),
+            self.faults.clone(),
+            self.contact.clone(),
+            self.config.network.clone(),
+        )
+    }
+
+    /// Bootstraps a new cluster with `members` as voters.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<(), ReplicaError> {
+        if members.is_empty() || !members.contains_key(&self.node_id) {
+            return Err(ReplicaError::Invalid(format!(
+                "the initial members must include this node ({})",
+                self.node_id
+            )));
+        }
+        let mut addrs = BTreeSet::new();
+        for (id, n) in &members {
+            if n.raft_address.is_empty() || n.api_address.is_empty() {
+                return Err(ReplicaError::Invalid(format!(
+                    "member {id} has an empty address"
+                )));
+            }
+            if !addrs.insert(n.raft_address.clone()) {
+                return Err(ReplicaError::Invalid(format!(
+                    "raft address {} is used twice",
+                    n.raft_address
+                )));
+            }
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+                Err(ReplicaError::AlreadyInitialized)
+            }
+            Err(e) => Err(ReplicaError::Raft(e.to_string())),
+        }
+    }
+
+    fn leader(&self) -> (Option<NodeId>, Option<Node>) {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader;
+        let node = id.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        (id, node)
+    }
+
+    async fn leader_client(
+        &self,
+    ) -> Result<(NodeId, RaftServiceClient<tonic::transport::Channel>), ReplicaError> {
+        let (id, node) = self.leader();
+        let (Some(id), Some(node)) = (id, node) else {
+            return Err(ReplicaError::NoLeader {
+                last_known: id,
+                detail: "no leader is known".into(),
+            });
+        };
+        if self.faults.is_isolated() {
+            return Err(ReplicaError::NoLeader {
+                last_known: Some(id),
+                detail: "this node is isolated by a fault hook".into(),
+            });
+        }
+        let ch = Endpoint::from_shared(format!("http://{}", node.raft_address))
+            .map_err(|e| ReplicaError::Invalid(e.to_string()))?
+            .connect_timeout(self.config.network.connect_timeout)
+            .timeout(self.config.request_timeout)
+            .connect_lazy();
+        let _ = &self.network; // channels for Raft RPCs stay in the network's own cache
+        Ok((
+            id,
+            RaftServiceClient::new(ch)
+                .max_decoding_message_size(self.config.network.max_message_bytes)
+                .max_encoding_message_size(self.config.network.max_message_bytes),
+        ))
+    }
+
+    /// Commits a command, forwarding to the leader when this node is not it.
+    pub async fn write(&self, command: &state::Command) -> Result<WriteOutcome, ReplicaError> {
+        let bytes = state::encode_command(command);
+        let fut = self.raft.client_write(Command(bytes.clone()));
+        match tokio::time::timeout(self.config.request_timeout, fut).await {
+            Err(_) => Err(ReplicaError::Timeout("write not committed in time".into())),
+            Ok(Ok(r)) => Ok(WriteOutcome {
+                log_id: r.log_id,
+                reply: decode_reply(&r.data.0)?,
+                leader_id: self.node_id,
+            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                let (leader, mut client) = self.leader_client().await?;
+                let resp = client
+                    .client_write(pb::ClientWriteRequest { command: bytes })
+                    .await
+                    .map_err(|s| ReplicaError::NoLeader {
+                        last_known: Some(leader),
+                        detail: format!("forwarding to leader {leader}: {}", s.message()),
+                    })?
+                    .into_inner();
+                let log_id = convert::log_id_from_pb(
+                    resp.log_id
+                        .ok_or_else(|| ReplicaError::Raft("leader reply has no log id".into()))?,
+                );
+                Ok(WriteOutcome {
+                    log_id,
+                    reply: decode_reply(&resp.response)?,
+                    leader_id: leader,
+                })
+            }
+            Ok(Err(e)) => Err(ReplicaError::Raft(e.to_string())),
+        }
+    }
+
+    /// Waits until this node's state includes every write committed before the call.
+    pub async fn linearizable_barrier(&self) -> Result<(), ReplicaError> {
+        if self.faults.is_isolated() {
+            return Err(ReplicaError::NoLeader {
+                last_known: self.leader().0,
+                detail: "this node is isolated by a fault hook".into(),
+            });
+        }
+        let read_log_id = match tokio::time::timeout(
+            self.config.request_timeout,
+            self.raft.ensure_linearizable(),
+        )
+        .await
+        {
+            Err(_) => return Err(ReplicaError::Timeout("read index not confirmed".into())),
+            Ok(Ok(_)) => return Ok(()), // leader: ensure_linearizable already waited for apply
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                _,
+            )))) => {
+                let (leader, mut client) = self.leader_client().await?;
+                let resp = client
+                    .read_index(pb::ReadIndexRequest {})
+                    .await
+                    .map_err(|s| ReplicaError::NoLeader {
+                        last_known: Some(leader),
+                        detail: format!("read index from leader {leader}: {}", s.message()),
+                    })?;
+                resp.into_inner().read_log_id.map(convert::log_id_from_pb)
+            }
+            Ok(Err(e)) => {
+                return Err(ReplicaError::NoLeader {
+                    last_known: self.leader().0,
+                    detail: e.to_string(),
+                })
+            }
+        };
+        if let Some(l) = read_log_id {
+            self.raft
+                .wait(Some(self.config.request_timeout))
+                .applied_index_at_least(Some(l.index), "linearizable read")
+                .await
+                .map_err(|e| ReplicaError::Timeout(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the state after a linearizable barrier.
+    pub async fn read_linearizable<T>(
+        &self,
+        f: impl FnOnce(&Applied) -> T,
+    ) -> Result<T, ReplicaError> {
+        self.linearizable_barrier().await?;
+        Ok(f(&self.sm.read()))
+    }
+
+    /// Runs `f` on the local state if leader contact is recent enough; returns staleness in ms.
+    pub fn read_stale<T>(&self, f: impl FnOnce(&Applied) -> T) -> Result<(T, u64), ReplicaError> {
+        let is_leader = {
+            let m = self.raft.metrics().borrow().clone();
+            m.state == ServerState::Leader && !self.faults.is_isolated()
+        };
+        let staleness = if is_leader {
+            0
+        } else {
+            let since = self.contact.millis_since();
+            let max = self.config.max_stale.as_millis() as u64;
+            match since {
+                Some(ms) if ms <= max => ms,
+                _ => {
+                    return Err(ReplicaError::TooStale {
+                        since_ms: since,
+                        max_ms: max,
+                    })
+                }
+            }
+        };
+        Ok((f(&self.sm.read()), staleness))
+    }
+
+    /// Adds a node as a learner, waits for it to catch up, then promotes it to voter.
+    /// Must run on the leader.
+    pub async fn join(&self, id: NodeId, node: Node) -> Result<u64, ReplicaError> {
+        if node.raft_address.is_empty() || node.api_address.is_empty() {
+            return Err(ReplicaError::Invalid("addresses must not be empty".into()));
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id)
+        {
+            return Err(ReplicaError::Invalid(format!(
+                "node {id} is already a voter"
+            )));
+        }
+        let r = self
+            .raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(map_write_err)?;
+        let index = r.log_id.index;
+        self.raft
+            .change_membership(
+                ChangeMembers::AddVoterIds([id].into_iter().collect()),
+                false,
+            )
+            .await
+            .map_err(map_write_err)?;
+        Ok(index)
+    }
+
+    /// Removes a node (voter or learner). Must run on the leader.
+    pub async fn leave(&self, id: NodeId) -> Result<u64, ReplicaError> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        let is_node = membership.get_node(&id).is_some();
+        if !is_node {
+            return Err(ReplicaError::Invalid(format!("node {id} is not a member")));
+        }
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters([id].into_iter().collect())
+        } else {
+            ChangeMembers::RemoveNodes([id].into_iter().collect())
+        };
+        let r = self
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(map_write_err)?;
+        Ok(r.log_id.index)
+    }
+
+    /// The current leader's API address, when known.
+    pub fn leader_api_address(&self) -> (Option<NodeId>, Option<String>) {
+        let (id, node) = self.leader();
+        (id, node.map(|n| n.api_address))
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// A point-in-time status view.
+    pub fn status(&self) -> StatusView {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members: Vec<MemberView> = membership
+            .nodes()
+            .map(|(id, n)| MemberView {
+                id: *id,
+                raft_address: n.raft_address.clone(),
+                api_address: n.api_address.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let role = if members.is_empty() {
+            "uninitialized"
+        } else {
+            match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+        };
+        let last_applied = m.last_applied.map(|l| l.index);
+        StatusView {
+            node_id: self.node_id,
+            role: role.into(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied,
+            commit_index: if m.state == ServerState::Leader {
+                last_applied
+            } else {
+                None
+            },
+            members,
+            audit_sequence: self.sm.read().state.audit_sequence,
+        }
+    }
+
+    /// Stops Raft and flushes storage.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        let _ = self.sm.flush();
+        let _ = &self.log;
+    }
+}
+
+fn decode_reply(bytes: &[u8]) -> Result<Reply, ReplicaError> {
+    serde_json::from_slice(bytes).map_err(|e| ReplicaError::Raft(format!("bad reply: {e}")))
+}
+
+fn map_write_err<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> ReplicaError {
+    match e {
+        RaftError::APIError(api) => ReplicaError::NoLeader {
+            last_known: None,
+            detail: api.to_string(),
+        },
+        RaftError::Fatal(f) => ReplicaError::Raft(f.to_string()),
+    }
+}
