@@ -429,3 +429,114 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{encode_command, Command};
+    use crate::Command as RaftCommand;
+    use openraft::{CommittedLeaderId, Entry};
+
+    fn put(index: u64, key: &str) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(RaftCommand(encode_command(&Command::Put {
+                key: key.into(),
+                value: "v".into(),
+            }))),
+        }
+    }
+
+    async fn store_with_writes(dir: &Path, n: u64) -> SmStore {
+        let mut sm = SmStore::open(dir).unwrap();
+        let entries: Vec<_> = (1..=n).map(|i| put(i, &format!("k{i}"))).collect();
+        sm.apply(entries).await.unwrap();
+        sm
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_applied_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let sm = store_with_writes(dir.path(), 3).await;
+            sm.flush().unwrap();
+        }
+        let sm = SmStore::open(dir.path()).unwrap();
+        let a = sm.read();
+        assert_eq!(a.last_applied.unwrap().index, 3);
+        assert_eq!(a.state.kv.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn damaged_stores_are_refused() {
+        // Checksum failure.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let sm = store_with_writes(dir.path(), 2).await;
+            let mut raw = sm.db.get(STATE_KEY).unwrap().unwrap().to_vec();
+            let last = raw.len() - 2;
+            raw[last] ^= 1;
+            sm.db.insert(STATE_KEY, raw).unwrap();
+            sm.flush().unwrap();
+        }
+        let e = SmStore::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("checksum"), "{e}");
+
+        // A sled directory from another data dir (id mismatch).
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        store_with_writes(a.path(), 1).await.flush().unwrap();
+        store_with_writes(b.path(), 1).await.flush().unwrap();
+        std::fs::copy(b.path().join("sm.id"), a.path().join("sm.id")).unwrap();
+        let e = SmStore::open(a.path()).err().unwrap().to_string();
+        assert!(e.contains("does not match"), "{e}");
+
+        // The sled directory is gone but the data dir says a store existed.
+        let c = tempfile::tempdir().unwrap();
+        store_with_writes(c.path(), 1).await.flush().unwrap();
+        std::fs::remove_dir_all(c.path().join("sm")).unwrap();
+        let e = SmStore::open(c.path()).err().unwrap().to_string();
+        assert!(e.contains("store id is missing"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_newer_snapshot_wins_over_a_lagging_sled_record() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = store_with_writes(dir.path(), 5).await;
+            sm.build_snapshot().await.unwrap();
+            // Simulate sled losing its last updates (no fsync): put back an older record.
+            let mut old = sm.read().clone();
+            old.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 2));
+            old.state.kv.retain(|k, _| k == "k1" || k == "k2");
+            sm.db.insert(STATE_KEY, encode_record(&old)).unwrap();
+            sm.flush().unwrap();
+        }
+        let sm = SmStore::open(dir.path()).unwrap();
+        assert_eq!(sm.read().last_applied.unwrap().index, 5);
+        assert_eq!(sm.read().state.kv.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_single_durable_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = store_with_writes(dir.path(), 3).await;
+        let s1 = sm.build_snapshot().await.unwrap();
+        sm.apply(vec![put(4, "k4")]).await.unwrap();
+        let s2 = sm.build_snapshot().await.unwrap();
+        assert!(s2.meta.last_log_id > s1.meta.last_log_id);
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec![format!("snapshot-{:020}.json", 4)]);
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta.last_log_id, s2.meta.last_log_id);
+        // A corrupted snapshot file is detected, not loaded.
+        let p = dir.path().join("snapshots").join(&files[0]);
+        let text = std::fs::read_to_string(&p).unwrap().replace("k4", "kX");
+        std::fs::write(&p, text).unwrap();
+        assert!(sm.get_current_snapshot().await.is_err());
+    }
+}
