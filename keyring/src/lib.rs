@@ -6,6 +6,7 @@
 //! * [`envelope`] — HPKE (RFC 9180) envelopes bound to cluster, epoch, purpose and recipient.
 //! * [`sign`] — sr25519 signatures over canonical messages, one context per message kind.
 //! * [`sealed`] — the versioned sealed-blob format for secrets at rest.
+//! * [`dev_attestation`] — the software enclave's stand-in for a DCAP quote (dev policy only).
 //! * [`encoding`] — the canonical, domain-separated encoding all of the above use.
 //!
 //! Secret-holding types zeroize on drop and never print secrets under `Debug`. Every refusal is an
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod derive;
+pub mod dev_attestation;
 pub mod encoding;
 pub mod envelope;
 mod error;
