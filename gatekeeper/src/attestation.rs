@@ -324,10 +324,10 @@ mod tests {
         }
     }
 
-    fn ev<'a>(
+    fn ev(
         kind: EvidenceKind,
-        s: &'a Sample,
-    ) -> Option<(EvidenceKind, &'a [u8], Option<&'a QuoteCollateralV3>)> {
+        s: &Sample,
+    ) -> Option<(EvidenceKind, &[u8], Option<&QuoteCollateralV3>)> {
         Some((kind, s.quote.as_slice(), Some(&s.collateral)))
     }
 
