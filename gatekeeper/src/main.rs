@@ -20,6 +20,8 @@ mod admin_service;
 #[allow(dead_code)] // wired into KeyService/PeerService with the master-key issue
 mod attestation;
 mod config;
+#[allow(dead_code)] // wired into the node with the master-key issue
+mod enclave;
 mod node;
 
 #[derive(Parser, Debug)]
