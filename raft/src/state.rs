@@ -313,6 +313,17 @@ pub enum Command {
     InitCluster {
         /// The new id.
         gatekeeper_id: Bytes32,
+        /// Shares needed for epoch 0 (None: a majority of the voters). Added within v1: entries
+        /// written before it decode with the default.
+        #[serde(default)]
+        threshold: Option<u8>,
+    },
+    /// DEVELOPMENT PATH: a chain-shaped event entered by an operator (`AdminService.ApplyDevEvent`)
+    /// before the chain watcher exists. Same effects as [`Command::Chain`] but does not move the
+    /// chain cursor; never used in production mode.
+    DevEvent {
+        /// The event.
+        event: ChainEvent,
     },
     /// Add or update a member's record (keys, addresses, evidence).
     UpsertMember(MemberRecord),
@@ -439,6 +450,9 @@ fn reject(code: RejectCode, message: impl Into<String>) -> Reply {
 pub struct GatekeeperState {
     /// Fixed at init.
     pub gatekeeper_id: Option<Bytes32>,
+    /// Threshold requested for epoch 0 at init (None: majority).
+    #[serde(default)]
+    pub genesis_threshold: Option<u8>,
     /// Member records.
     pub members: BTreeMap<NodeId, MemberRecord>,
     /// Master-key epochs.
@@ -504,11 +518,26 @@ impl GatekeeperState {
     fn apply_inner(&mut self, command: &Command) -> Result<bool, Reply> {
         use RejectCode::*;
         match command {
-            Command::InitCluster { gatekeeper_id } => {
+            Command::InitCluster {
+                gatekeeper_id,
+                threshold,
+            } => {
                 if self.gatekeeper_id.is_some() {
                     return Err(reject(AlreadyInitialized, "cluster already initialised"));
                 }
+                if *threshold == Some(0) {
+                    return Err(reject(InvalidDealing, "threshold must be at least 1"));
+                }
                 self.gatekeeper_id = Some(*gatekeeper_id);
+                self.genesis_threshold = *threshold;
+            }
+            Command::DevEvent { event } => {
+                let cursor = self.chain_cursor.unwrap_or(ChainCursor {
+                    block: 0,
+                    event_index: 0,
+                    block_hash: Bytes32::default(),
+                });
+                self.apply_chain_event(&cursor, event)?;
             }
             Command::UpsertMember(m) => {
                 if m.raft_address.is_empty() || m.api_address.is_empty() {

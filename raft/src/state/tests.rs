@@ -82,6 +82,7 @@ fn genesis() -> GatekeeperState {
     for c in [
         Command::InitCluster {
             gatekeeper_id: b(1),
+            threshold: None,
         },
         member(1),
         member(2),
@@ -110,7 +111,9 @@ fn genesis_activates_after_every_member_acks() {
     let mut s = GatekeeperState::default();
     s.apply(&Command::InitCluster {
         gatekeeper_id: b(1),
+        threshold: Some(2),
     });
+    assert_eq!(s.genesis_threshold, Some(2));
     for m in 1..=3 {
         s.apply(&member(m));
     }
@@ -132,6 +135,7 @@ fn audit_sequence_counts_applied_commands_only() {
         &mut s,
         &Command::InitCluster {
             gatekeeper_id: b(2),
+            threshold: None,
         },
         RejectCode::AlreadyInitialized,
     );
@@ -480,6 +484,7 @@ fn replicas_applying_the_same_log_agree() {
     let log: Vec<Vec<u8>> = [
         Command::InitCluster {
             gatekeeper_id: b(1),
+            threshold: None,
         },
         member(1),
         member(2),
@@ -497,6 +502,7 @@ fn replicas_applying_the_same_log_agree() {
         ),
         Command::InitCluster {
             gatekeeper_id: b(9),
+            threshold: None,
         }, // rejected on every replica
         chain(1, 0, ChainEvent::WorkerDeregistered { worker: b(7) }), // duplicate everywhere
     ]
@@ -514,4 +520,54 @@ fn replicas_applying_the_same_log_agree() {
     assert_eq!(ra, rb);
     assert_eq!(a.workers[&b(7)].status, WorkerStatus::Active);
     assert_eq!(a.gatekeeper_id, Some(b(1)));
+}
+
+#[test]
+fn old_init_entries_still_decode_and_threshold_zero_is_rejected() {
+    // An InitCluster written before `threshold` existed.
+    let old = br#"{"v":1,"cmd":{"type":"init_cluster","gatekeeper_id":"0101010101010101010101010101010101010101010101010101010101010101"}}"#;
+    let mut s = GatekeeperState::default();
+    assert!(applied(&s.apply_encoded(old)));
+    assert_eq!(s.genesis_threshold, None);
+    let mut s = GatekeeperState::default();
+    assert_rejected(
+        &mut s,
+        &Command::InitCluster {
+            gatekeeper_id: b(1),
+            threshold: Some(0),
+        },
+        RejectCode::InvalidDealing,
+    );
+}
+
+#[test]
+fn dev_events_apply_without_moving_the_cursor() {
+    let mut s = genesis();
+    let r = s.apply(&Command::DevEvent {
+        event: ChainEvent::WorkerRegistered {
+            worker: b(7),
+            attestation_provider: "root".into(),
+            confidence_level: 1,
+        },
+    });
+    assert!(applied(&r));
+    assert_eq!(s.chain_cursor, None);
+    assert_eq!(s.workers[&b(7)].status, WorkerStatus::Active);
+    // Real chain events still apply afterwards.
+    assert!(applied(&s.apply(&chain(
+        1,
+        0,
+        ChainEvent::WorkerSlashed {
+            worker: b(7),
+            reason: "test".into()
+        }
+    ))));
+    // And a dev event naming an unknown worker is rejected like a chain one.
+    assert_rejected(
+        &mut s,
+        &Command::DevEvent {
+            event: ChainEvent::WorkerDeregistered { worker: b(99) },
+        },
+        RejectCode::UnknownWorker,
+    );
 }
