@@ -15,6 +15,9 @@ pub enum AdminCommand {
         /// A voter as ID=RAFT_ADDR=API_ADDR; repeat for each.
         #[arg(long = "member")]
         members: Vec<String>,
+        /// Shares needed to rebuild the master secret (default: a majority of the members).
+        #[arg(long, default_value_t = 0)]
+        threshold: u32,
     },
     /// Add a running node: learner first, voter once caught up.
     Join {
@@ -61,6 +64,11 @@ pub enum AdminCommand {
         #[arg(long, default_value = "linearizable")]
         consistency: String,
     },
+    /// DEVELOPMENT PATH: commit chain-shaped events (until the chain watcher exists).
+    Dev {
+        #[command(subcommand)]
+        event: DevEvent,
+    },
     /// Fault hook: isolate or heal this node's Raft traffic (needs fault_hooks = true).
     Fault {
         /// Drop all Raft RPCs in and out.
@@ -72,6 +80,139 @@ pub enum AdminCommand {
     },
 }
 
+/// Development events (hex ids are 64 characters).
+#[derive(Subcommand, Debug)]
+pub enum DevEvent {
+    /// Register a worker.
+    RegisterWorker {
+        /// Worker sr25519 public key.
+        #[arg(long)]
+        worker: String,
+        /// root | ias | dcap.
+        #[arg(long, default_value = "root")]
+        provider: String,
+        /// Confidence level.
+        #[arg(long, default_value_t = 1)]
+        confidence: u32,
+    },
+    /// Deregister a worker.
+    Deregister {
+        /// Worker key.
+        #[arg(long)]
+        worker: String,
+    },
+    /// Slash a worker.
+    Slash {
+        /// Worker key.
+        #[arg(long)]
+        worker: String,
+        /// Reason.
+        #[arg(long, default_value = "dev")]
+        reason: String,
+    },
+    /// Create a cluster with workers.
+    CreateCluster {
+        /// Cluster id.
+        #[arg(long)]
+        cluster: String,
+        /// Initial workers.
+        #[arg(long = "worker")]
+        workers: Vec<String>,
+        /// native | phala.
+        #[arg(long, default_value = "native")]
+        scheme: String,
+    },
+    /// Add a worker to a cluster.
+    AddToCluster {
+        /// Worker.
+        #[arg(long)]
+        worker: String,
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Remove a worker from a cluster.
+    RemoveFromCluster {
+        /// Worker.
+        #[arg(long)]
+        worker: String,
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Instantiate a contract on a cluster.
+    Instantiate {
+        /// Contract.
+        #[arg(long)]
+        contract: String,
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+    },
+}
+
+fn hexid(s: &str) -> Result<Vec<u8>> {
+    let b = hex::decode(s).with_context(|| format!("{s:?} is not hex"))?;
+    if b.len() != 32 {
+        bail!("{s:?} must be 32 bytes (64 hex characters)");
+    }
+    Ok(b)
+}
+
+fn dev_request(e: DevEvent) -> Result<pb::ApplyDevEventRequest> {
+    use pb::apply_dev_event_request::Event as E;
+    let event = match e {
+        DevEvent::RegisterWorker {
+            worker,
+            provider,
+            confidence,
+        } => E::WorkerRegistered(pb::DevWorkerRegistered {
+            worker: hexid(&worker)?,
+            attestation_provider: provider,
+            confidence_level: confidence,
+        }),
+        DevEvent::Deregister { worker } => E::WorkerDeregistered(pb::DevWorkerDeregistered {
+            worker: hexid(&worker)?,
+        }),
+        DevEvent::Slash { worker, reason } => E::WorkerSlashed(pb::DevWorkerSlashed {
+            worker: hexid(&worker)?,
+            reason,
+        }),
+        DevEvent::CreateCluster {
+            cluster,
+            workers,
+            scheme,
+        } => E::ClusterCreated(pb::DevClusterCreated {
+            cluster: hexid(&cluster)?,
+            workers: workers.iter().map(|w| hexid(w)).collect::<Result<_>>()?,
+            scheme: match scheme.as_str() {
+                "native" => pb::DerivationScheme::Native as i32,
+                "phala" => pb::DerivationScheme::Phala as i32,
+                other => bail!("--scheme must be native or phala, got {other:?}"),
+            },
+        }),
+        DevEvent::AddToCluster { worker, cluster } => {
+            E::WorkerAddedToCluster(pb::DevWorkerAddedToCluster {
+                worker: hexid(&worker)?,
+                cluster: hexid(&cluster)?,
+            })
+        }
+        DevEvent::RemoveFromCluster { worker, cluster } => {
+            E::WorkerRemovedFromCluster(pb::DevWorkerRemovedFromCluster {
+                worker: hexid(&worker)?,
+                cluster: hexid(&cluster)?,
+            })
+        }
+        DevEvent::Instantiate { contract, cluster } => {
+            E::ContractInstantiated(pb::DevContractInstantiated {
+                contract: hexid(&contract)?,
+                cluster: hexid(&cluster)?,
+            })
+        }
+    };
+    Ok(pb::ApplyDevEventRequest { event: Some(event) })
+}
+
 fn role_name(r: i32) -> &'static str {
     match pb::Role::try_from(r).unwrap_or(pb::Role::Unspecified) {
         pb::Role::Leader => "leader",
@@ -80,6 +221,27 @@ fn role_name(r: i32) -> &'static str {
         pb::Role::Learner => "learner",
         pb::Role::Uninitialized => "uninitialized",
         pb::Role::Unspecified => "unknown",
+    }
+}
+
+fn seal_text(s: &Option<pb::SealStatus>) -> String {
+    match s {
+        None => "sealed".into(),
+        Some(s) => match pb::SealState::try_from(s.state).unwrap_or(pb::SealState::Sealed) {
+            pb::SealState::Unsealed => "unsealed".into(),
+            pb::SealState::Unsealing => format!("unsealing {}/{}", s.shares_collected, s.threshold),
+            _ => "sealed".into(),
+        },
+    }
+}
+
+fn epoch_status_name(s: i32) -> &'static str {
+    match pb::EpochStatus::try_from(s).unwrap_or(pb::EpochStatus::Unspecified) {
+        pb::EpochStatus::Dealing => "dealing",
+        pb::EpochStatus::Active => "active",
+        pb::EpochStatus::Retired => "retired",
+        pb::EpochStatus::Aborted => "aborted",
+        pb::EpochStatus::Unspecified => "unknown",
     }
 }
 
@@ -107,8 +269,11 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
         .with_context(|| format!("cannot reach {endpoint}"))?;
     let mut c = AdminServiceClient::new(ch);
     match cmd {
-        AdminCommand::Init { members } => {
-            let mut req = pb::InitRequest::default();
+        AdminCommand::Init { members, threshold } => {
+            let mut req = pb::InitRequest {
+                threshold,
+                ..Default::default()
+            };
             for m in members {
                 let parts: Vec<&str> = m.splitn(3, '=').collect();
                 let [id, raft, api] = parts[..] else {
@@ -122,8 +287,11 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
                     api_address: api.into(),
                 });
             }
-            c.init(req).await.map_err(status_error)?;
-            println!("initialised");
+            let r = c.init(req).await.map_err(status_error)?.into_inner();
+            println!(
+                "{}",
+                json!({"gatekeeper_id": hex::encode(&r.gatekeeper_id), "threshold": r.threshold})
+            );
         }
         AdminCommand::Join {
             node_id,
@@ -166,6 +334,14 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
                 "members": members_json(&s.members),
                 "audit_sequence": s.audit_sequence,
                 "gatekeeper_id": hex::encode(&s.gatekeeper_id),
+                "seal_status": seal_text(&s.seal),
+                "epochs": s.epochs.iter().map(|e| json!({
+                    "epoch": e.epoch,
+                    "status": epoch_status_name(e.status),
+                    "threshold": e.threshold,
+                    "master_public_key": hex::encode(&e.master_public_key),
+                    "cluster_signing_public_key": hex::encode(&e.cluster_signing_public_key),
+                })).collect::<Vec<_>>(),
             });
             if as_json {
                 println!("{v}");
@@ -243,6 +419,17 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
             println!(
                 "{}",
                 json!({"value": r.value, "applied_index": r.applied_index, "served_by": r.served_by, "staleness_ms": r.staleness_ms})
+            );
+        }
+        AdminCommand::Dev { event } => {
+            let r = c
+                .apply_dev_event(dev_request(event)?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "{}",
+                json!({"log_index": r.log_index, "audit_sequence": r.audit_sequence})
             );
         }
         AdminCommand::Fault { isolate, heal } => {

@@ -1,13 +1,16 @@
 //! `gatekeeper.v1.AdminService` on a node.
 
 use crate::config::NodeConfig;
+use crate::keeper::SealView;
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
 use gatekeeper_proto::v1::admin_service_server::AdminService;
 use gatekeeper_raft::replica::{Replica, ReplicaError, StatusView};
+use gatekeeper_raft::state::{Bytes32, EpochStatus};
 use gatekeeper_raft::state::{Command, Reply};
 use gatekeeper_raft::Node;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
 /// The AdminService implementation.
@@ -15,12 +18,35 @@ use tonic::{Request, Response, Status};
 pub struct AdminServer {
     replica: Replica,
     config: NodeConfig,
+    seal: Arc<Mutex<SealView>>,
 }
 
 impl AdminServer {
     /// Serves `replica`.
-    pub fn new(replica: Replica, config: NodeConfig) -> Self {
-        Self { replica, config }
+    pub fn new(replica: Replica, config: NodeConfig, seal: Arc<Mutex<SealView>>) -> Self {
+        Self {
+            replica,
+            config,
+            seal,
+        }
+    }
+
+    /// Writes a command, retrying while no leader is known (right after init), up to the
+    /// request timeout.
+    async fn write_retrying(
+        &self,
+        c: &Command,
+    ) -> Result<gatekeeper_raft::replica::WriteOutcome, Status> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout();
+        loop {
+            match self.replica.write(c).await {
+                Ok(o) => return Ok(o),
+                Err(ReplicaError::NoLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(to_status(e)),
+            }
+        }
     }
 
     /// Connects to the leader's AdminService, for calls that must run there.
@@ -37,6 +63,26 @@ impl AdminServer {
             .map_err(|e| Status::unavailable(format!("leader {id:?} at {addr}: {e}")))?;
         Ok(AdminServiceClient::new(ch))
     }
+}
+
+fn epochs_pb(state: &gatekeeper_raft::state::GatekeeperState) -> Vec<pb::EpochInfo> {
+    state
+        .epochs
+        .values()
+        .map(|e| pb::EpochInfo {
+            epoch: e.epoch,
+            status: match e.status {
+                EpochStatus::Dealing => pb::EpochStatus::Dealing,
+                EpochStatus::Active => pb::EpochStatus::Active,
+                EpochStatus::Retired => pb::EpochStatus::Retired,
+                EpochStatus::Aborted => pb::EpochStatus::Aborted,
+            } as i32,
+            master_public_key: e.master_public_key.0.to_vec(),
+            cluster_signing_public_key: e.cluster_signing_public_key.0.to_vec(),
+            threshold: u32::from(e.threshold),
+            scheme: pb::DerivationScheme::Native as i32,
+        })
+        .collect()
 }
 
 /// Maps replica errors to the gRPC codes in docs/api.md.
@@ -93,8 +139,20 @@ impl AdminService for AdminServer {
             last_applied: s.last_applied.unwrap_or(0),
             commit_index: s.commit_index.unwrap_or(0),
             members: members_pb(&s),
-            seal: None,
-            epochs: vec![],
+            seal: Some({
+                let v = self.seal.lock().expect("seal lock").clone();
+                pb::SealStatus {
+                    state: match v.state.as_str() {
+                        "unsealed" => pb::SealState::Unsealed,
+                        "unsealing" => pb::SealState::Unsealing,
+                        _ => pb::SealState::Sealed,
+                    } as i32,
+                    shares_collected: v.collected,
+                    threshold: v.threshold,
+                    epoch: v.epoch,
+                }
+            }),
+            epochs: epochs_pb(&self.replica.sm.read().state),
             gatekeeper_id: self
                 .replica
                 .sm
@@ -124,12 +182,18 @@ impl AdminService for AdminServer {
         request: Request<pb::InitRequest>,
     ) -> Result<Response<pb::InitResponse>, Status> {
         let r = request.into_inner();
-        if r.threshold != 0 || r.imported_master_secret.is_some() || r.scheme != 0 {
+        if r.imported_master_secret.is_some() || r.scheme != 0 {
             return Err(Status::unimplemented(
-                "threshold, scheme and master import arrive with the master-key issue; \
-                 send them unset for now",
+                "master import and a cluster-wide scheme are not built yet; send them unset",
             ));
         }
+        let threshold = match r.threshold {
+            0 => None,
+            t => Some(
+                u8::try_from(t)
+                    .map_err(|_| Status::invalid_argument("threshold must be at most 255"))?,
+            ),
+        };
         let mut members = BTreeMap::new();
         if r.members.is_empty() {
             members.insert(
@@ -157,8 +221,33 @@ impl AdminService for AdminServer {
                 )));
             }
         }
+        let n = members.len();
+        if let Some(t) = threshold {
+            if usize::from(t) > n {
+                return Err(Status::invalid_argument(format!(
+                    "threshold {t} exceeds the {n} initial members"
+                )));
+            }
+        }
         self.replica.initialize(members).await.map_err(to_status)?;
-        Ok(Response::new(pb::InitResponse::default()))
+        let mut id = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let out = self
+            .write_retrying(&Command::InitCluster {
+                gatekeeper_id: Bytes32(id),
+                threshold,
+            })
+            .await?;
+        if let Reply::Rejected { message, .. } = out.reply {
+            return Err(Status::failed_precondition(message));
+        }
+        Ok(Response::new(pb::InitResponse {
+            gatekeeper_id: id.to_vec(),
+            epoch: 0,
+            master_public_key: vec![],
+            threshold: threshold
+                .map_or_else(|| keyring::shares::default_threshold(n) as u32, u32::from),
+        }))
     }
 
     async fn join(
@@ -233,11 +322,88 @@ impl AdminService for AdminServer {
 
     async fn apply_dev_event(
         &self,
-        _r: Request<pb::ApplyDevEventRequest>,
+        request: Request<pb::ApplyDevEventRequest>,
     ) -> Result<Response<pb::ApplyDevEventResponse>, Status> {
-        Err(Status::unimplemented(
-            "development chain events arrive with the master-key issue",
-        ))
+        if self.config.mode != crate::config::Mode::Development {
+            return Err(Status::permission_denied(
+                "ApplyDevEvent is a development path; this node runs in production mode",
+            ));
+        }
+        use gatekeeper_raft::state::{ChainEvent, Scheme};
+        use pb::apply_dev_event_request::Event as E;
+        let b32 = |v: &[u8], what: &str| -> Result<Bytes32, Status> {
+            v.try_into()
+                .map(Bytes32)
+                .map_err(|_| Status::invalid_argument(format!("{what} must be 32 bytes")))
+        };
+        let event = match request
+            .into_inner()
+            .event
+            .ok_or_else(|| Status::invalid_argument("event is required"))?
+        {
+            E::WorkerRegistered(e) => {
+                keyring::Sr25519PublicKey::from_slice(&e.worker)
+                    .map_err(|x| Status::invalid_argument(format!("worker: {x}")))?;
+                ChainEvent::WorkerRegistered {
+                    worker: b32(&e.worker, "worker")?,
+                    attestation_provider: e.attestation_provider,
+                    confidence_level: u8::try_from(e.confidence_level)
+                        .map_err(|_| Status::invalid_argument("confidence_level above 255"))?,
+                }
+            }
+            E::WorkerDeregistered(e) => ChainEvent::WorkerDeregistered {
+                worker: b32(&e.worker, "worker")?,
+            },
+            E::WorkerSlashed(e) => ChainEvent::WorkerSlashed {
+                worker: b32(&e.worker, "worker")?,
+                reason: e.reason,
+            },
+            E::ClusterCreated(e) => ChainEvent::ClusterCreated {
+                cluster: b32(&e.cluster, "cluster")?,
+                workers: e
+                    .workers
+                    .iter()
+                    .map(|w| b32(w, "workers[]"))
+                    .collect::<Result<_, _>>()?,
+                scheme: if e.scheme == pb::DerivationScheme::Phala as i32 {
+                    Scheme::Phala
+                } else {
+                    Scheme::Native
+                },
+            },
+            E::WorkerAddedToCluster(e) => ChainEvent::WorkerAddedToCluster {
+                worker: b32(&e.worker, "worker")?,
+                cluster: b32(&e.cluster, "cluster")?,
+            },
+            E::WorkerRemovedFromCluster(e) => ChainEvent::WorkerRemovedFromCluster {
+                worker: b32(&e.worker, "worker")?,
+                cluster: b32(&e.cluster, "cluster")?,
+            },
+            E::ContractInstantiated(e) => ChainEvent::ContractInstantiated {
+                contract: b32(&e.contract, "contract")?,
+                cluster: b32(&e.cluster, "cluster")?,
+            },
+        };
+        let out = self
+            .replica
+            .write(&Command::DevEvent { event })
+            .await
+            .map_err(to_status)?;
+        match out.reply {
+            Reply::Applied { audit_sequence } => Ok(Response::new(pb::ApplyDevEventResponse {
+                log_index: out.log_id.index,
+                audit_sequence,
+            })),
+            Reply::Rejected { code, message } => Err(match code {
+                gatekeeper_raft::state::RejectCode::UnknownWorker
+                | gatekeeper_raft::state::RejectCode::UnknownCluster => Status::not_found(message),
+                gatekeeper_raft::state::RejectCode::AlreadyExists => {
+                    Status::already_exists(message)
+                }
+                _ => Status::invalid_argument(message),
+            }),
+            Reply::Duplicate => Err(Status::already_exists("duplicate event")),
+        }
     }
 
     async fn write_canary(

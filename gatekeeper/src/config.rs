@@ -15,6 +15,7 @@
 //! * `max_stale_ms = 5000`: stale reads are refused by a node that has not heard from a leader
 //!   for longer than this (20 heartbeats).
 
+use crate::attestation::PolicyKind;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -88,6 +89,69 @@ pub struct NodeConfig {
     /// text | json.
     #[serde(default = "d_log_format")]
     pub log_format: LogFormat,
+    /// Enclave backend: `software` (development) or `gramine-sgx` (not built yet).
+    #[serde(default = "d_enclave")]
+    pub enclave: String,
+    /// Where the enclave keeps its sealed state; default `<data_dir>/enclave`.
+    #[serde(default)]
+    pub enclave_dir: Option<PathBuf>,
+    /// Let the software enclave run in production mode (loudly warned). Default false.
+    #[serde(default)]
+    pub allow_software_enclave_in_production: bool,
+    /// Key file (as written by `gatekeeper keygen`) of the dev attestation key: the software
+    /// enclave signs its evidence with it and the `dev` policy trusts it.
+    #[serde(default)]
+    pub dev_attestation_key_file: Option<PathBuf>,
+    /// Evidence required from members asking for shares: none | dev | dcap.
+    #[serde(default = "d_policy")]
+    pub member_attestation: PolicyKind,
+    /// Evidence required from workers asking for keys: none | dev | dcap.
+    #[serde(default = "d_policy")]
+    pub worker_attestation: PolicyKind,
+    /// DCAP: allowed MRENCLAVE values (hex).
+    #[serde(default)]
+    pub allowed_mrenclave: Vec<String>,
+    /// DCAP: allowed MRSIGNER values (hex).
+    #[serde(default)]
+    pub allowed_mrsigner: Vec<String>,
+    /// DCAP: worst acceptable TCB status.
+    #[serde(default = "d_tcb")]
+    pub min_tcb_status: String,
+    /// Maximum age of dev evidence, seconds.
+    #[serde(default = "d_evidence_age")]
+    pub max_evidence_age_secs: u64,
+    /// Requests whose timestamp is further than this from the node clock are refused; nonces are
+    /// remembered for this long.
+    #[serde(default = "d_window")]
+    pub request_window_ms: u64,
+    /// Read mode for serving keys: linearizable | stale.
+    #[serde(default = "d_read_mode")]
+    pub key_read_mode: String,
+    /// Default rotation deadline.
+    #[serde(default = "d_rotation_deadline")]
+    pub rotation_deadline_ms: u64,
+}
+
+fn d_enclave() -> String {
+    "software".into()
+}
+fn d_policy() -> PolicyKind {
+    PolicyKind::None
+}
+fn d_tcb() -> String {
+    "UpToDate".into()
+}
+fn d_evidence_age() -> u64 {
+    600
+}
+fn d_window() -> u64 {
+    60_000
+}
+fn d_read_mode() -> String {
+    "linearizable".into()
+}
+fn d_rotation_deadline() -> u64 {
+    60_000
 }
 
 fn d_election_min() -> u64 {
@@ -136,9 +200,29 @@ pub const KEYS: &[&str] = &[
     "fault_hooks",
     "mode",
     "log_format",
+    "enclave",
+    "enclave_dir",
+    "allow_software_enclave_in_production",
+    "dev_attestation_key_file",
+    "member_attestation",
+    "worker_attestation",
+    "allowed_mrenclave",
+    "allowed_mrsigner",
+    "min_tcb_status",
+    "max_evidence_age_secs",
+    "request_window_ms",
+    "key_read_mode",
+    "rotation_deadline_ms",
 ];
 
 fn env_value(raw: &str) -> toml::Value {
+    if raw.starts_with('[') {
+        if let Ok(t) = format!("v = {raw}").parse::<toml::Table>() {
+            if let Some(v) = t.get("v") {
+                return v.clone();
+            }
+        }
+    }
     if let Ok(i) = raw.parse::<i64>() {
         return toml::Value::Integer(i);
     }
@@ -184,6 +268,38 @@ impl NodeConfig {
         if self.mode == Mode::Production && self.fault_hooks {
             bail!("fault_hooks cannot be enabled in production mode");
         }
+        match self.enclave.as_str() {
+            "software" => {
+                if self.mode == Mode::Production && !self.allow_software_enclave_in_production {
+                    bail!(
+                        "the software enclave keeps secrets in plain process memory; it is refused \
+                         in production mode unless allow_software_enclave_in_production = true"
+                    );
+                }
+            }
+            "gramine-sgx" => bail!("the gramine-sgx enclave backend is not built yet"),
+            other => bail!("unknown enclave backend {other:?} (software | gramine-sgx)"),
+        }
+        if self.mode == Mode::Production
+            && (self.member_attestation != PolicyKind::Dcap
+                || self.worker_attestation != PolicyKind::Dcap)
+        {
+            bail!("production mode requires member_attestation and worker_attestation = \"dcap\"");
+        }
+        let uses_dev = self.member_attestation == PolicyKind::Dev
+            || self.worker_attestation == PolicyKind::Dev;
+        if uses_dev && self.dev_attestation_key_file.is_none() {
+            bail!("the dev attestation policy needs dev_attestation_key_file");
+        }
+        if !["linearizable", "stale"].contains(&self.key_read_mode.as_str()) {
+            bail!("key_read_mode must be linearizable or stale");
+        }
+        for m in self.allowed_mrenclave.iter().chain(&self.allowed_mrsigner) {
+            match hex::decode(m) {
+                Ok(b) if b.len() == 32 => {}
+                _ => bail!("allowed MRENCLAVE/MRSIGNER values must be 32 bytes of hex: {m:?}"),
+            }
+        }
         Ok(())
     }
 
@@ -213,6 +329,13 @@ impl NodeConfig {
             max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
             ..Default::default()
         }
+    }
+
+    /// The enclave's directory.
+    pub fn enclave_dir(&self) -> PathBuf {
+        self.enclave_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("enclave"))
     }
 
     /// Request deadline.

@@ -17,12 +17,15 @@ use std::time::Duration;
 
 mod admin;
 mod admin_service;
-#[allow(dead_code)] // wired into KeyService/PeerService with the master-key issue
 mod attestation;
 mod config;
-#[allow(dead_code)] // wired into the node with the master-key issue
 mod enclave;
+mod keeper;
+mod key_service;
+mod miner;
 mod node;
+mod peer_service;
+mod replay;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,6 +56,11 @@ enum Command {
         timeout_secs: u64,
         #[command(subcommand)]
         command: admin::AdminCommand,
+    },
+    /// A worker's commands (key fetching through the client SDK).
+    Miner {
+        #[command(subcommand)]
+        command: miner::MinerCommand,
     },
     /// Generate an sr25519 key (e.g. a worker's identity) into a new file with mode 0600 and print
     /// its public key. The file holds JSON {"seed": hex, "public_key": hex}.
@@ -114,6 +122,7 @@ fn main() {
                 runtime()?.block_on(node::run(c))
             })
         }
+        Command::Miner { command } => runtime().and_then(|rt| rt.block_on(miner::run(command))),
         Command::Admin {
             endpoint,
             timeout_secs,

@@ -5,13 +5,23 @@
 //! acknowledged write was already fsynced.)
 
 use crate::admin_service::AdminServer;
-use crate::config::{LogFormat, NodeConfig};
+use crate::attestation::Policy;
+use crate::config::{LogFormat, Mode, NodeConfig};
+use crate::enclave::software::SoftwareEnclave;
+use crate::enclave::Enclave;
+use crate::keeper::{Keeper, SealView};
+use crate::key_service::KeyServer;
+use crate::peer_service::PeerServer;
+use crate::replay::NonceCache;
 use anyhow::{Context, Result};
 use gatekeeper_proto::raft::v1::raft_service_server::RaftServiceServer;
 use gatekeeper_proto::v1::admin_service_server::AdminServiceServer;
+use gatekeeper_proto::v1::key_service_server::KeyServiceServer;
+use gatekeeper_proto::v1::peer_service_server::PeerServiceServer;
 use gatekeeper_raft::network::NetworkConfig;
 use gatekeeper_raft::replica::{Replica, ReplicaConfig};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -48,8 +58,60 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {what} {addr}"))
 }
 
+fn hex32(v: &[String]) -> Vec<[u8; 32]> {
+    v.iter()
+        .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+        .collect()
+}
+
+/// Reads a key file written by `gatekeeper keygen`.
+pub fn read_key_file(path: &std::path::Path) -> Result<keyring::Sr25519Keypair> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a key file (JSON)", path.display()))?;
+    let seed: [u8; 32] = hex::decode(v["seed"].as_str().unwrap_or_default())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{} has no 32-byte hex \"seed\"", path.display()))?;
+    Ok(keyring::Sr25519Keypair::from_seed(&seed))
+}
+
+/// The attestation policy of `kind` under this config.
+pub fn policy(
+    config: &NodeConfig,
+    kind: crate::attestation::PolicyKind,
+    dev: Option<&keyring::Sr25519Keypair>,
+) -> Policy {
+    Policy {
+        kind,
+        allowed_mrenclave: hex32(&config.allowed_mrenclave),
+        allowed_mrsigner: hex32(&config.allowed_mrsigner),
+        allowed_mrtd: vec![],
+        min_tcb_status: config.min_tcb_status.clone(),
+        max_evidence_age_secs: config.max_evidence_age_secs,
+        dev_key: dev.map(|k| k.public_key()),
+    }
+}
+
 /// Runs the node until a shutdown signal.
 pub async fn run(config: NodeConfig) -> Result<()> {
+    let dev_key = match &config.dev_attestation_key_file {
+        Some(p) => Some(read_key_file(p)?),
+        None => None,
+    };
+    if config.mode == Mode::Production && config.enclave == "software" {
+        tracing::warn!("RUNNING THE SOFTWARE ENCLAVE IN PRODUCTION MODE: secrets are in plain process memory and the sealing key is a file");
+    }
+    let enclave: Arc<dyn Enclave> = Arc::new(
+        SoftwareEnclave::open(&config.enclave_dir(), config.node_id, dev_key.clone())
+            .with_context(|| {
+                format!(
+                    "cannot open the enclave in {}",
+                    config.enclave_dir().display()
+                )
+            })?,
+    );
     let network = NetworkConfig::default();
     let max_msg = network.max_message_bytes;
     let replica = Replica::open(ReplicaConfig {
@@ -75,6 +137,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_keeper = stop_rx.clone();
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
@@ -84,21 +147,54 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let raft_server = tonic::transport::Server::builder()
         .add_service(raft_svc)
         .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), wait(stop_rx.clone()));
-    let admin = AdminServer::new(replica.clone(), config.clone());
+    let seal = Arc::new(Mutex::new(SealView {
+        state: "sealed".into(),
+        ..Default::default()
+    }));
+    let nonces = Arc::new(NonceCache::new(config.request_window_ms));
+    let keeper = Keeper {
+        replica: replica.clone(),
+        enclave: enclave.clone(),
+        seal: seal.clone(),
+        raft_address: config.raft_address(),
+        api_address: config.api_address(),
+        request_timeout: config.request_timeout(),
+    };
+    let admin = AdminServer::new(replica.clone(), config.clone(), seal.clone());
+    let peer = PeerServer {
+        replica: replica.clone(),
+        enclave: enclave.clone(),
+        policy: policy(&config, config.member_attestation, dev_key.as_ref()),
+        nonces: nonces.clone(),
+    };
+    let keys = KeyServer {
+        replica: replica.clone(),
+        enclave: enclave.clone(),
+        policy: policy(&config, config.worker_attestation, dev_key.as_ref()),
+        nonces: nonces.clone(),
+        stale_reads: config.key_read_mode == "stale",
+    };
     let api_server = tonic::transport::Server::builder()
+        .add_service(
+            KeyServiceServer::new(keys)
+                .max_decoding_message_size(crate::key_service::MAX_REQUEST_BYTES * 2),
+        )
         .add_service(
             AdminServiceServer::new(admin)
                 .max_decoding_message_size(64 << 10)
                 .max_encoding_message_size(max_msg),
         )
+        .add_service(PeerServiceServer::new(peer).max_decoding_message_size(64 << 10))
         .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), wait(stop_rx));
 
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
+    let keeper_task = tokio::spawn(keeper.run(stop_rx_keeper));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     // In-flight RPCs finish; bounded so a stuck peer cannot hold shutdown forever.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = keeper_task.await;
         let _ = api_task.await;
         let _ = raft_task.await;
     })

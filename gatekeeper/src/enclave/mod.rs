@@ -80,8 +80,10 @@ pub trait Enclave: Send + Sync {
     /// Attestation evidence over `report_data`: (proto `AttestationKind` number, bytes).
     fn evidence(&self, report_data: &[u8; 64]) -> Result<(i32, Vec<u8>), EnclaveError>;
     /// Seals data at rest.
+    #[allow(dead_code)] // for secrets the node keeps at rest (imports, gramine backend)
     fn seal(&self, label: &str, data: &[u8]) -> Vec<u8>;
     /// Opens data sealed by [`Enclave::seal`].
+    #[allow(dead_code)] // for secrets the node keeps at rest (imports, gramine backend)
     fn unseal(&self, label: &str, blob: &[u8])
         -> Result<zeroize::Zeroizing<Vec<u8>>, EnclaveError>;
 
@@ -137,6 +139,8 @@ pub trait Enclave: Send + Sync {
     ) -> Result<(), EnclaveError>;
     /// Whether the epoch's master secret is in memory.
     fn has_master(&self, epoch: u64) -> bool;
+    /// How many verified shares of `(epoch, generation)` are held, and whether one is this node's.
+    fn held_shares(&self, epoch: u64, generation: u64) -> (usize, bool);
     /// Derives a key for `target` and seals its seed to `recipient` in the key-delivery context.
     #[allow(clippy::too_many_arguments)]
     fn derive_sealed(

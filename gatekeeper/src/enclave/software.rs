@@ -349,6 +349,17 @@ impl Enclave for SoftwareEnclave {
             .is_some_and(|e| e.master.is_some())
     }
 
+    fn held_shares(&self, epoch: u64, generation: u64) -> (usize, bool) {
+        let epochs = self.epochs();
+        match epochs.get(&epoch) {
+            None => (0, false),
+            Some(e) => (
+                e.shares.get(&generation).map_or(0, |m| m.len()),
+                e.own.contains_key(&generation),
+            ),
+        }
+    }
+
     fn derive_sealed(
         &self,
         gatekeeper_id: GatekeeperId,

@@ -1,0 +1,80 @@
+//! `gatekeeper miner`: a worker's view, through the client SDK.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use gatekeeper_client::MinerClient;
+use keyring::sign::KeyTarget;
+use keyring::{ClusterId, ContractId};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Miner subcommands.
+#[derive(Subcommand, Debug)]
+pub enum MinerCommand {
+    /// Fetch a derived key, verify it end to end, and print its public key.
+    FetchKey {
+        /// host:port of a node's API listener; repeat to allow failover.
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// The worker's key file (`gatekeeper keygen`).
+        #[arg(long)]
+        worker_key_file: PathBuf,
+        /// worker | cluster | contract.
+        #[arg(long)]
+        kind: String,
+        /// Cluster or contract id (64 hex characters).
+        #[arg(long)]
+        id: Option<String>,
+        /// Epoch (default: current).
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// Also print the secret seed (hex). Off by default: secrets do not go to terminals.
+        #[arg(long)]
+        show_secret: bool,
+    },
+}
+
+fn id32(id: &Option<String>) -> Result<[u8; 32]> {
+    let s = id
+        .as_deref()
+        .context("--id is required for cluster and contract keys")?;
+    hex::decode(s)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .context("--id must be 64 hex characters")
+}
+
+/// Runs a miner command.
+pub async fn run(cmd: MinerCommand) -> Result<()> {
+    match cmd {
+        MinerCommand::FetchKey {
+            endpoints,
+            worker_key_file,
+            kind,
+            id,
+            epoch,
+            show_secret,
+        } => {
+            let worker = crate::node::read_key_file(&worker_key_file)?;
+            let target = match kind.as_str() {
+                "worker" => KeyTarget::Worker,
+                "cluster" => KeyTarget::Cluster(ClusterId(id32(&id)?)),
+                "contract" => KeyTarget::Contract(ContractId(id32(&id)?)),
+                other => bail!("--kind must be worker, cluster or contract, got {other:?}"),
+            };
+            let mut c = MinerClient::new(endpoints, worker);
+            let k = c.fetch(target, epoch).await?;
+            let mut out = json!({
+                "kind": kind,
+                "epoch": k.epoch,
+                "public_key": hex::encode(k.keypair.public_key().as_bytes()),
+                "served_by": k.served_by,
+            });
+            if show_secret {
+                out["seed"] = json!(hex::encode(k.keypair.seed()));
+            }
+            println!("{out}");
+        }
+    }
+    Ok(())
+}

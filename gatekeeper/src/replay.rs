@@ -1,0 +1,75 @@
+//! Replay protection: a request's timestamp must be inside the window and its nonce unseen within
+//! it. Nonces are remembered per node for the window's length, so a replay at any one node within
+//! the window is refused (a replay sent to a different node is bounded by the same window).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Remembers nonces for `window_ms`.
+#[derive(Debug)]
+pub struct NonceCache {
+    window_ms: u64,
+    seen: Mutex<HashMap<[u8; 32], u64>>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplayError {
+    /// Timestamp outside the window, by this many ms (signed: negative = in the past).
+    Skew(i64),
+    /// Nonce already used within the window.
+    Replayed,
+}
+
+impl NonceCache {
+    /// A cache with the given window.
+    pub fn new(window_ms: u64) -> Self {
+        Self {
+            window_ms,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks the timestamp only (no state change).
+    pub fn check_time(&self, timestamp_ms: u64, now_ms: u64) -> Result<(), ReplayError> {
+        let skew = timestamp_ms as i64 - now_ms as i64;
+        if skew.unsigned_abs() > self.window_ms {
+            return Err(ReplayError::Skew(skew));
+        }
+        Ok(())
+    }
+
+    /// Records the nonce if unseen; call only once every other check has passed.
+    pub fn use_nonce(&self, nonce: &[u8; 32], now_ms: u64) -> Result<(), ReplayError> {
+        let mut seen = self.seen.lock().expect("nonce lock");
+        if seen.len() > 4096 {
+            seen.retain(|_, exp| *exp > now_ms);
+        }
+        match seen.get(nonce) {
+            Some(exp) if *exp > now_ms => Err(ReplayError::Replayed),
+            _ => {
+                // Remember it until the latest time a request with this nonce could still pass.
+                seen.insert(*nonce, now_ms + 2 * self.window_ms);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_and_replays() {
+        let c = NonceCache::new(1000);
+        assert_eq!(c.check_time(10_000, 10_500), Ok(()));
+        assert_eq!(c.check_time(8_000, 10_000), Err(ReplayError::Skew(-2000)));
+        assert_eq!(c.check_time(12_000, 10_000), Err(ReplayError::Skew(2000)));
+        assert_eq!(c.use_nonce(&[1; 32], 10_000), Ok(()));
+        assert_eq!(c.use_nonce(&[1; 32], 10_500), Err(ReplayError::Replayed));
+        assert_eq!(c.use_nonce(&[2; 32], 10_500), Ok(()));
+        // Long after the window the nonce may be forgotten.
+        assert_eq!(c.use_nonce(&[1; 32], 20_000), Ok(()));
+    }
+}
