@@ -64,6 +64,24 @@ pub enum AdminCommand {
         #[arg(long, default_value = "linearizable")]
         consistency: String,
     },
+    /// Start a master-key rotation (a new epoch with a fresh master secret).
+    Rotate {
+        /// Rotation id (default: a fresh one); the same id never rotates twice.
+        #[arg(long, default_value = "")]
+        rotation_id: String,
+        /// Deadline in ms for dealing (default: the node's rotation_deadline_ms).
+        #[arg(long, default_value_t = 0)]
+        deadline_ms: u64,
+        /// Reason, for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Retire every epoch below --min-epoch (never the current one).
+    Retire {
+        /// New minimum epoch.
+        #[arg(long)]
+        min_epoch: u64,
+    },
     /// DEVELOPMENT PATH: commit chain-shaped events (until the chain watcher exists).
     Dev {
         #[command(subcommand)]
@@ -419,6 +437,36 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
             println!(
                 "{}",
                 json!({"value": r.value, "applied_index": r.applied_index, "served_by": r.served_by, "staleness_ms": r.staleness_ms})
+            );
+        }
+        AdminCommand::Rotate {
+            rotation_id,
+            deadline_ms,
+            reason,
+        } => {
+            let r = c
+                .rotate(pb::RotateRequest {
+                    rotation_id,
+                    deadline_ms,
+                    reason,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "{}",
+                json!({"rotation_id": r.rotation_id, "epoch": r.epoch})
+            );
+        }
+        AdminCommand::Retire { min_epoch } => {
+            let r = c
+                .retire(pb::RetireRequest { min_epoch })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "{}",
+                json!({"retired": r.retired, "min_epoch": r.min_epoch})
             );
         }
         AdminCommand::Dev { event } => {

@@ -313,11 +313,87 @@ impl AdminService for AdminServer {
 
     async fn rotate(
         &self,
-        _r: Request<pb::RotateRequest>,
+        request: Request<pb::RotateRequest>,
     ) -> Result<Response<pb::RotateResponse>, Status> {
-        Err(Status::unimplemented(
-            "rotation arrives with the master-key issue",
-        ))
+        let r = request.into_inner();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let rotation_id = if r.rotation_id.is_empty() {
+            let mut b = [0u8; 8];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+            format!("admin-{}", hex::encode(b))
+        } else {
+            r.rotation_id
+        };
+        let deadline = if r.deadline_ms == 0 {
+            self.config.rotation_deadline_ms
+        } else {
+            r.deadline_ms
+        };
+        let out = self
+            .replica
+            .write(&Command::StartRotation {
+                rotation_id: rotation_id.clone(),
+                requested_at_ms: now,
+                deadline_ms: now + deadline,
+            })
+            .await
+            .map_err(to_status)?;
+        if let Reply::Rejected { code, message } = out.reply {
+            return Err(match code {
+                gatekeeper_raft::state::RejectCode::AlreadyExists => {
+                    Status::already_exists(message)
+                }
+                _ => Status::failed_precondition(message),
+            });
+        }
+        tracing::info!(rotation = %rotation_id, reason = %r.reason, "rotation started");
+        let epoch = self
+            .replica
+            .sm
+            .read()
+            .state
+            .rotation
+            .as_ref()
+            .map(|x| x.epoch)
+            .unwrap_or_default();
+        Ok(Response::new(pb::RotateResponse {
+            rotation_id,
+            epoch,
+            status: pb::EpochStatus::Dealing as i32,
+            master_public_key: vec![],
+        }))
+    }
+
+    async fn retire(
+        &self,
+        request: Request<pb::RetireRequest>,
+    ) -> Result<Response<pb::RetireResponse>, Status> {
+        let min_epoch = request.into_inner().min_epoch;
+        let before: Vec<u64> = self
+            .replica
+            .sm
+            .read()
+            .state
+            .epochs
+            .values()
+            .filter(|e| e.status == EpochStatus::Active && e.epoch < min_epoch)
+            .map(|e| e.epoch)
+            .collect();
+        let out = self
+            .replica
+            .write(&Command::SetMinEpoch { min_epoch })
+            .await
+            .map_err(to_status)?;
+        if let Reply::Rejected { message, .. } = out.reply {
+            return Err(Status::failed_precondition(message));
+        }
+        Ok(Response::new(pb::RetireResponse {
+            retired: before,
+            min_epoch,
+        }))
     }
 
     async fn apply_dev_event(

@@ -294,7 +294,14 @@ impl Keeper {
             if r.outcome == RotationOutcome::InProgress {
                 match state.epochs.get(&r.epoch) {
                     None => {
-                        let t = keyring::shares::default_threshold(recipients.len());
+                        // Keep the current epoch's threshold (capped by the member count).
+                        let t = state
+                            .current_epoch()
+                            .and_then(|c| state.epochs.get(&c))
+                            .map(|c| usize::from(c.threshold))
+                            .unwrap_or_else(|| keyring::shares::default_threshold(recipients.len()))
+                            .min(recipients.len())
+                            .max(1);
                         let p = self
                             .enclave
                             .create_epoch(gid, r.epoch, t, &recipients, None)
