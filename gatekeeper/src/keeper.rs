@@ -102,7 +102,7 @@ fn envelope(s: &SealedShare) -> Envelope {
     }
 }
 
-fn dealing_record(p: &DealingPublic) -> DealingRecord {
+fn dealing_record(p: &DealingPublic, recipients: &[Recipient]) -> DealingRecord {
     DealingRecord {
         generation: p.generation,
         commitments: p
@@ -121,6 +121,11 @@ fn dealing_record(p: &DealingPublic) -> DealingRecord {
                 index: *index,
                 encapped_key: Bytes32(env.encapped_key),
                 ciphertext: HexBytes(env.ciphertext.clone()),
+                recipient_hpke: recipients
+                    .iter()
+                    .find(|r| r.node_id == *node_id)
+                    .map(|r| Bytes32(*r.hpke.as_bytes()))
+                    .unwrap_or_default(),
             })
             .collect(),
         acked: BTreeSet::new(),
@@ -200,8 +205,9 @@ impl Keeper {
         let all_registered = voters.iter().all(|v| state.members.contains_key(v));
 
         // 2. deal (leader only)
+        let members: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
         if status.leader_id == Some(me) && all_registered {
-            self.lead(&state, &gk, &voters).await?;
+            self.lead(&state, &gk, &voters, &members).await?;
         }
 
         // 3. ack own shares, 4. unseal
@@ -273,7 +279,14 @@ impl Keeper {
         state: &GatekeeperState,
         gk: &Bytes32,
         voters: &[u64],
+        members: &BTreeSet<u64>,
     ) -> Result<(), String> {
+        // Records of nodes that left Raft membership are removed, so they authorise nothing and
+        // a node rejoining under the same id registers afresh.
+        if let Some(gone) = state.members.keys().find(|id| !members.contains(id)) {
+            tracing::info!(node = gone, "removing the record of a departed member");
+            return self.write(Command::RemoveMember { node_id: *gone }).await;
+        }
         let recipients = self.recipients(state, voters);
         let gid = GatekeeperId(gk.0);
         // Genesis.
@@ -287,7 +300,7 @@ impl Keeper {
                 .create_epoch(gid, 0, t, &recipients, None)
                 .map_err(|e| e.to_string())?;
             tracing::info!(epoch = 0, threshold = t, "dealing genesis epoch");
-            return self.install(0, t, &p).await;
+            return self.install(0, t, &p, &recipients).await;
         }
         // Rotation.
         if let Some(r) = &state.rotation {
@@ -307,7 +320,7 @@ impl Keeper {
                             .create_epoch(gid, r.epoch, t, &recipients, None)
                             .map_err(|e| e.to_string())?;
                         tracing::info!(epoch = r.epoch, rotation = %r.rotation_id, "dealing rotation epoch");
-                        return self.install(r.epoch, t, &p).await;
+                        return self.install(r.epoch, t, &p, &recipients).await;
                     }
                     Some(e)
                         if e.status == EpochStatus::Dealing
@@ -332,7 +345,15 @@ impl Keeper {
                 continue;
             }
             let holders: BTreeSet<u64> = e.dealing.shares.iter().map(|s| s.node_id).collect();
-            if holders != want && self.enclave.has_master(e.epoch) {
+            // A holder that re-registered with a new enclave key (wiped and rejoined) cannot
+            // open a share sealed to its old key: that needs a re-dealing too.
+            let stale_key = e.dealing.shares.iter().any(|s| {
+                state
+                    .members
+                    .get(&s.node_id)
+                    .is_some_and(|m| m.hpke_public_key != s.recipient_hpke)
+            });
+            if (holders != want || stale_key) && self.enclave.has_master(e.epoch) {
                 let t = usize::from(e.threshold).min(recipients.len()).max(1);
                 let p = self
                     .enclave
@@ -346,7 +367,7 @@ impl Keeper {
                 return self
                     .write(Command::Redeal {
                         epoch: e.epoch,
-                        dealing: dealing_record(&p),
+                        dealing: dealing_record(&p, &recipients),
                     })
                     .await;
             }
@@ -354,14 +375,20 @@ impl Keeper {
         Ok(())
     }
 
-    async fn install(&self, epoch: u64, t: usize, p: &DealingPublic) -> Result<(), String> {
+    async fn install(
+        &self,
+        epoch: u64,
+        t: usize,
+        p: &DealingPublic,
+        recipients: &[Recipient],
+    ) -> Result<(), String> {
         self.write(Command::InstallEpoch(EpochRecord {
             epoch,
             threshold: u8::try_from(t).map_err(|_| "threshold above 255".to_string())?,
             master_public_key: Bytes32(*p.master_public_key.as_bytes()),
             cluster_signing_public_key: Bytes32(*p.cluster_signing_public_key.as_bytes()),
             status: EpochStatus::Dealing,
-            dealing: dealing_record(p),
+            dealing: dealing_record(p, recipients),
         }))
         .await
     }

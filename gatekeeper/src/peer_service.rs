@@ -113,6 +113,18 @@ impl PeerService for PeerServer {
                 "gatekeeper_id is not this cluster's",
             ));
         }
+        if !self
+            .replica
+            .status()
+            .members
+            .iter()
+            .any(|m| m.id == r.requester_node_id)
+        {
+            return Err(Status::permission_denied(format!(
+                "node {} is not in the current membership",
+                r.requester_node_id
+            )));
+        }
         let member = state.members.get(&r.requester_node_id).ok_or_else(|| {
             Status::permission_denied(format!("node {} is not a member", r.requester_node_id))
         })?;

@@ -1,9 +1,10 @@
 //! The state machine store: [`GatekeeperState`] in memory, persisted in sled, with snapshots as
 //! files written atomically.
 //!
-//! * After each applied batch the whole state record (`{format, last_applied, last_membership,
-//!   state}` as JSON, with its SHA-256) is written to sled under `sm/state`. sled does not fsync,
-//!   which is acceptable here: the state is rebuilt from the durable log (entries after
+//! * The whole state record (`{format, last_applied, last_membership, state}` as JSON, with its
+//!   SHA-256) is written to sled under `sm/state` at most every 200 ms while applying, and at every
+//!   snapshot, snapshot install and shutdown. sled does not fsync, and the record may lag: both
+//!   are acceptable because the state is rebuilt from the durable log (entries after
 //!   `last_applied` are re-applied) and the latest snapshot.
 //! * A **store id** ties the sled directory to the node: it is written both into sled and into
 //!   `<data_dir>/sm.id` when the store is created. A sled directory that fails to open, has lost
@@ -93,6 +94,19 @@ pub struct SmStore {
     applied: Arc<RwLock<Applied>>,
     db: sled::Db,
     snapshot_dir: PathBuf,
+    /// When the state record was last written (ms since the Unix epoch).
+    last_persist_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The state record is rewritten at most this often while applying (it only shortens replay:
+/// the fsynced log and the latest snapshot rebuild everything after it).
+const PERSIST_EVERY_MS: u64 = 200;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -156,6 +170,7 @@ impl SmStore {
                 applied: Arc::new(RwLock::new(Applied::default())),
                 db,
                 snapshot_dir,
+                last_persist_ms: Default::default(),
             };
             store
                 .db
@@ -190,6 +205,7 @@ impl SmStore {
             applied: Arc::new(RwLock::new(applied)),
             db,
             snapshot_dir,
+            last_persist_ms: Default::default(),
         };
         // sled may lag (no fsync); the latest snapshot may be newer: start from the newer one.
         if let Some(snap) = store
@@ -215,11 +231,24 @@ impl SmStore {
     fn persist(&self) -> Result<(), sled::Error> {
         let bytes = encode_record(&self.read());
         self.db.insert(STATE_KEY, bytes)?;
+        self.last_persist_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    /// Flushes sled (best effort; called on graceful shutdown).
+    fn persist_if_due(&self) -> Result<(), sled::Error> {
+        let last = self
+            .last_persist_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now_ms().saturating_sub(last) >= PERSIST_EVERY_MS {
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the current state record and flushes sled (called on graceful shutdown).
     pub fn flush(&self) -> Result<(), sled::Error> {
+        self.persist()?;
         self.db.flush().map(|_| ())
     }
 
@@ -379,7 +408,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 }
             }
         }
-        self.persist().map_err(sm_err)?;
+        self.persist_if_due().map_err(sm_err)?;
         Ok(replies)
     }
 
@@ -473,11 +502,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let sm = store_with_writes(dir.path(), 2).await;
+            sm.flush().unwrap();
             let mut raw = sm.db.get(STATE_KEY).unwrap().unwrap().to_vec();
             let last = raw.len() - 2;
             raw[last] ^= 1;
             sm.db.insert(STATE_KEY, raw).unwrap();
-            sm.flush().unwrap();
+            sm.db.flush().unwrap();
         }
         let e = SmStore::open(dir.path()).err().unwrap().to_string();
         assert!(e.contains("checksum"), "{e}");
@@ -510,7 +540,7 @@ mod tests {
             old.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 2));
             old.state.kv.retain(|k, _| k == "k1" || k == "k2");
             sm.db.insert(STATE_KEY, encode_record(&old)).unwrap();
-            sm.flush().unwrap();
+            sm.db.flush().unwrap();
         }
         let sm = SmStore::open(dir.path()).unwrap();
         assert_eq!(sm.read().last_applied.unwrap().index, 5);

@@ -111,6 +111,10 @@ pub struct SealedShare {
     pub encapped_key: Bytes32,
     /// HPKE envelope: ciphertext.
     pub ciphertext: HexBytes,
+    /// The member HPKE key the share was sealed to (a member that re-registers with a new key
+    /// needs a re-dealing). Added within v1; older entries decode with zeros.
+    #[serde(default)]
+    pub recipient_hpke: Bytes32,
 }
 
 /// A dealing of an epoch's master secret to a member set.
@@ -488,16 +492,16 @@ impl GatekeeperState {
     }
 
     /// Applies one command. Pure and deterministic; see the module docs.
+    ///
+    /// Every branch of the apply logic **validates completely before it mutates anything**, so a
+    /// rejected command leaves the state exactly as it was without copying it (a copy per command
+    /// made each write O(state size)). The tests assert this for every rejection they provoke.
     pub fn apply(&mut self, command: &Command) -> Reply {
-        let mut next = self.clone();
-        let result = next.apply_inner(command);
-        match result {
+        match self.apply_inner(command) {
             Ok(true) => {
-                next.audit_sequence += 1;
-                let seq = next.audit_sequence;
-                *self = next;
+                self.audit_sequence += 1;
                 Reply::Applied {
-                    audit_sequence: seq,
+                    audit_sequence: self.audit_sequence,
                 }
             }
             Ok(false) => Reply::Duplicate,
@@ -513,8 +517,8 @@ impl GatekeeperState {
         }
     }
 
-    /// `Ok(true)`: applied; `Ok(false)`: duplicate chain event; `Err`: rejected (self may be
-    /// partially modified: `apply` works on a copy).
+    /// `Ok(true)`: applied; `Ok(false)`: duplicate chain event; `Err`: rejected, with nothing
+    /// modified (validate first, then mutate).
     fn apply_inner(&mut self, command: &Command) -> Result<bool, Reply> {
         use RejectCode::*;
         match command {

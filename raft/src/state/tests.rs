@@ -29,6 +29,7 @@ fn dealing(generation: u64, threshold: u8, nodes: &[NodeId]) -> DealingRecord {
                 index: (i + 1) as u8,
                 encapped_key: b(50),
                 ciphertext: HexBytes(vec![2; 48]),
+                recipient_hpke: b(100 + *n as u8),
             })
             .collect(),
         acked: BTreeSet::new(),

@@ -1,0 +1,487 @@
+//! Master-key lifecycle and key issuance against real `gatekeeper` processes: genesis, unseal
+//! after restarts, re-dealing on membership change, rotation and retirement, every refusal code,
+//! and a byte scan of data dirs and logs for secrets.
+
+use gatekeeper_client::MinerClient;
+use gatekeeper_integration_tests::{Cluster, Opts};
+use gatekeeper_proto::v1 as pb;
+use gatekeeper_proto::v1::key_service_client::KeyServiceClient;
+use keyring::sign::{KeyRequest, KeyTarget};
+use keyring::{ClusterId, ContractId, GatekeeperId, Sr25519Keypair, X25519SecretKey};
+use rand_core::{OsRng, RngCore};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(45);
+const CLUSTER: [u8; 32] = [0x22; 32];
+const CONTRACT: [u8; 32] = [0x33; 32];
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn status_json(c: &Cluster, i: u64) -> Result<serde_json::Value, String> {
+    let out = c.admin(i, &["status", "--json"]);
+    if !out.success() {
+        return Err(out.describe());
+    }
+    serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn wait_unsealed(c: &Cluster, ids: &[u64], active_epochs: usize) {
+    for &i in ids {
+        c.wait_for(&format!("node {i} to be unsealed"), WAIT, || {
+            let s = status_json(c, i)?;
+            let active = s["epochs"]
+                .as_array()
+                .map(|a| a.iter().filter(|e| e["status"] == "active").count())
+                .unwrap_or(0);
+            if s["seal_status"] == "unsealed" && active == active_epochs {
+                Ok(())
+            } else {
+                Err(format!(
+                    "seal_status {} with {active} active epochs",
+                    s["seal_status"]
+                ))
+            }
+        });
+    }
+}
+
+fn dev(c: &Cluster, i: u64, args: &[&str]) {
+    let mut a = vec!["dev"];
+    a.extend_from_slice(args);
+    let out = c.admin(i, &a);
+    assert!(out.success(), "{}", out.describe());
+}
+
+/// Registers a fresh worker, a cluster with it, and a contract on that cluster.
+fn setup_worker(c: &Cluster) -> Sr25519Keypair {
+    let w = Sr25519Keypair::generate(&mut OsRng);
+    let wh = hex::encode(w.public_key().as_bytes());
+    dev(c, 1, &["register-worker", "--worker", &wh]);
+    dev(
+        c,
+        1,
+        &[
+            "create-cluster",
+            "--cluster",
+            &hex::encode(CLUSTER),
+            "--worker",
+            &wh,
+            "--scheme",
+            "phala",
+        ],
+    );
+    dev(
+        c,
+        1,
+        &[
+            "instantiate",
+            "--contract",
+            &hex::encode(CONTRACT),
+            "--cluster",
+            &hex::encode(CLUSTER),
+        ],
+    );
+    w
+}
+
+/// Fetches (worker key, contract key) public keys from node `i` alone.
+fn keys_from(c: &Cluster, i: u64, w: &Sr25519Keypair, epoch: Option<u64>) -> ([u8; 32], [u8; 32]) {
+    rt().block_on(async {
+        let mut m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone());
+        let wk = m.fetch(KeyTarget::Worker, epoch).await.expect("worker key");
+        let ck = m
+            .fetch(KeyTarget::Contract(ContractId(CONTRACT)), epoch)
+            .await
+            .expect("contract key");
+        assert_eq!(wk.served_by, i);
+        (
+            *wk.keypair.public_key().as_bytes(),
+            *ck.keypair.public_key().as_bytes(),
+        )
+    })
+}
+
+#[test]
+fn genesis_then_every_node_serves_the_same_keys_and_full_restart_unseals_unattended() {
+    let mut c = Cluster::start(3, Opts::default());
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let s = status_json(&c, 2).unwrap();
+    assert_eq!(
+        s["epochs"][0]["threshold"], 2,
+        "default threshold is a majority"
+    );
+    let w = setup_worker(&c);
+    let k1 = keys_from(&c, 1, &w, None);
+    assert_eq!(keys_from(&c, 2, &w, None), k1);
+    assert_eq!(keys_from(&c, 3, &w, None), k1);
+
+    // Stop every node, start them again: they unseal from each other with no operator action.
+    for i in [1, 2, 3] {
+        c.stop(i);
+    }
+    for i in [1, 2, 3] {
+        c.restart(i);
+    }
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    for i in [1, 2, 3] {
+        assert_eq!(keys_from(&c, i, &w, None), k1, "node {i} after restart");
+    }
+}
+
+#[test]
+fn with_fewer_than_t_nodes_a_restarted_node_stays_sealed_and_says_so() {
+    let mut c = Cluster::start(3, Opts::default());
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let w = setup_worker(&c);
+    for i in [1, 2, 3] {
+        c.stop(i);
+    }
+    c.restart(1);
+    c.wait_for("node 1 to report that it is still sealed", WAIT, || {
+        let s = status_json(&c, 1)?;
+        let seal = s["seal_status"].as_str().unwrap_or_default().to_string();
+        if seal.starts_with("unsealing 1/2") {
+            Ok(())
+        } else {
+            Err(format!("seal_status {seal}"))
+        }
+    });
+    // It refuses keys with FAILED_PRECONDITION (read mode here is linearizable: with no quorum
+    // the read itself is UNAVAILABLE first; either way, no key).
+    let err = rt().block_on(async {
+        let mut m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone());
+        m.fetch(KeyTarget::Worker, None).await.unwrap_err()
+    });
+    let text = err.to_string();
+    assert!(
+        text.contains("sealed") || text.contains("Unavailable") || text.contains("no endpoint"),
+        "{text}"
+    );
+    // A second node comes back: both unseal.
+    c.restart(2);
+    wait_unsealed(&c, &[1, 2], 1);
+}
+
+#[test]
+fn a_wiped_node_rejoins_and_shares_are_redealt_to_its_new_key() {
+    let mut c = Cluster::start(3, Opts::default());
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let w = setup_worker(&c);
+    let before = keys_from(&c, 1, &w, None);
+    c.stop(3);
+    c.wipe(3);
+    let out = c.admin(1, &["leave", "--node-id", "3"]);
+    assert!(out.success(), "{}", out.describe());
+    c.restart(3);
+    let out = c.admin_timeout(
+        1,
+        &[
+            "join",
+            "--node-id",
+            "3",
+            "--raft-address",
+            c.raft_addr(3),
+            "--api-address",
+            c.api_addr(3),
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(out.success(), "{}", out.describe());
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    assert_eq!(keys_from(&c, 3, &w, None), before);
+    // The re-dealing is visible in the leader's log.
+    c.wait_for("a re-dealing to be logged", WAIT, || {
+        let logs: String = [1, 2, 3]
+            .iter()
+            .map(|i| std::fs::read_to_string(c.stderr_log(*i)).unwrap_or_default())
+            .collect();
+        if logs.contains("re-dealing to the new member set") {
+            Ok(())
+        } else {
+            Err("no re-dealing logged".into())
+        }
+    });
+}
+
+#[test]
+fn rotation_gives_new_keys_old_epoch_until_retired() {
+    let c = Cluster::start(3, Opts::default());
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let w = setup_worker(&c);
+    let e0 = keys_from(&c, 2, &w, None);
+    let out = c.admin(3, &["rotate", "--rotation-id", "r-1", "--reason", "test"]);
+    assert!(out.success(), "{}", out.describe());
+    wait_unsealed(&c, &[1, 2, 3], 2);
+    let e1 = keys_from(&c, 1, &w, None);
+    assert_ne!(e1.0, e0.0, "worker key changes with the epoch");
+    assert_ne!(e1.1, e0.1, "contract key changes with the epoch");
+    assert_eq!(keys_from(&c, 3, &w, Some(1)), e1);
+    assert_eq!(keys_from(&c, 2, &w, Some(0)), e0, "old epoch still served");
+    // The same rotation id again does not rotate twice.
+    let again = c.admin(1, &["rotate", "--rotation-id", "r-1"]);
+    assert!(
+        !again.success() && again.stderr.contains("already"),
+        "{}",
+        again.describe()
+    );
+    let out = c.admin(1, &["retire", "--min-epoch", "1"]);
+    assert!(out.success(), "{}", out.describe());
+    let err = rt().block_on(async {
+        let mut m = MinerClient::new(vec![c.api_addr(2).to_string()], w.clone());
+        m.fetch(KeyTarget::Worker, Some(0)).await.unwrap_err()
+    });
+    assert!(err.to_string().contains("FailedPrecondition"), "{err}");
+}
+
+struct Req {
+    header: pb::KeyRequestHeader,
+    signature: Vec<u8>,
+}
+
+fn signed(gk: &[u8], w: &Sr25519Keypair, target: KeyTarget, epoch: Option<u64>, ts: u64) -> Req {
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    let recipient = X25519SecretKey::generate(&mut OsRng).public_key();
+    let body = KeyRequest {
+        target,
+        gatekeeper_id: GatekeeperId::from_slice(gk).unwrap(),
+        worker: w.public_key(),
+        recipient,
+        epoch,
+        nonce,
+        timestamp_ms: ts,
+        evidence: None,
+    };
+    Req {
+        header: pb::KeyRequestHeader {
+            gatekeeper_id: gk.to_vec(),
+            worker_public_key: w.public_key().as_bytes().to_vec(),
+            recipient_public_key: recipient.as_bytes().to_vec(),
+            epoch,
+            nonce: nonce.to_vec(),
+            timestamp_ms: ts,
+            attestation: None,
+        },
+        signature: body.sign(w).0.to_vec(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn every_bad_request_gets_its_code_and_changes_nothing() {
+    let c = Cluster::start(3, Opts::default());
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let w = setup_worker(&c);
+    let stranger = Sr25519Keypair::generate(&mut OsRng);
+    let outsider = Sr25519Keypair::generate(&mut OsRng);
+    dev(
+        &c,
+        1,
+        &[
+            "register-worker",
+            "--worker",
+            &hex::encode(outsider.public_key().as_bytes()),
+        ],
+    );
+    let gk = hex::decode(
+        status_json(&c, 1).unwrap()["gatekeeper_id"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let url = c.api_url(2);
+    let admin_url = c.api_url(1);
+    rt().block_on(async move {
+        let mut k = KeyServiceClient::connect(url).await.unwrap();
+        let worker = |r: &Req| pb::GetWorkerKeyRequest {
+            header: Some(r.header.clone()),
+            signature: r.signature.clone(),
+        };
+        let code = |r: Result<tonic::Response<pb::KeyResponse>, tonic::Status>| {
+            r.map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code())
+        };
+        // Malformed.
+        assert_eq!(
+            code(k.get_worker_key(pb::GetWorkerKeyRequest::default()).await),
+            tonic::Code::InvalidArgument
+        );
+        let mut r = signed(&gk, &w, KeyTarget::Worker, None, now_ms());
+        r.header.recipient_public_key.pop();
+        assert_eq!(
+            code(k.get_worker_key(worker(&r)).await),
+            tonic::Code::InvalidArgument
+        );
+        // Another cluster's id.
+        let r = signed(&[9; 32], &w, KeyTarget::Worker, None, now_ms());
+        assert_eq!(
+            code(k.get_worker_key(worker(&r)).await),
+            tonic::Code::InvalidArgument
+        );
+        // Bad signature.
+        let mut r = signed(&gk, &w, KeyTarget::Worker, None, now_ms());
+        r.signature[5] ^= 1;
+        assert_eq!(
+            code(k.get_worker_key(worker(&r)).await),
+            tonic::Code::Unauthenticated
+        );
+        // Timestamp outside the window.
+        let r = signed(&gk, &w, KeyTarget::Worker, None, now_ms() - 10 * 60_000);
+        assert_eq!(
+            code(k.get_worker_key(worker(&r)).await),
+            tonic::Code::InvalidArgument
+        );
+        // Unregistered worker.
+        let r = signed(&gk, &stranger, KeyTarget::Worker, None, now_ms());
+        assert_eq!(
+            code(k.get_worker_key(worker(&r)).await),
+            tonic::Code::NotFound
+        );
+        // Unknown epoch.
+        let r = signed(&gk, &w, KeyTarget::Worker, Some(7), now_ms());
+        assert_eq!(
+            code(k.get_worker_key(worker(&r)).await),
+            tonic::Code::NotFound
+        );
+        // Too large.
+        let mut r = signed(&gk, &w, KeyTarget::Worker, None, now_ms());
+        r.header.attestation = Some(pb::Attestation {
+            kind: 3,
+            evidence: vec![0; 70 << 10],
+            collateral: vec![],
+        });
+        assert_eq!(
+            code(k.get_worker_key(worker(&r)).await),
+            tonic::Code::ResourceExhausted
+        );
+        // Not assigned to the cluster: refused, and the nonce is NOT consumed...
+        let r = signed(
+            &gk,
+            &outsider,
+            KeyTarget::Cluster(ClusterId(CLUSTER)),
+            None,
+            now_ms(),
+        );
+        let req = pb::GetClusterKeyRequest {
+            header: Some(r.header.clone()),
+            cluster_id: CLUSTER.to_vec(),
+            signature: r.signature.clone(),
+        };
+        assert_eq!(
+            k.get_cluster_key(req.clone()).await.unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        // ...so after the assignment the very same request succeeds once, then is a replay.
+        dev_async(&admin_url, &outsider).await;
+        k.get_cluster_key(req.clone())
+            .await
+            .expect("same request after assignment");
+        assert_eq!(
+            k.get_cluster_key(req).await.unwrap_err().code(),
+            tonic::Code::AlreadyExists
+        );
+        // Slashed: refused from the committed entry on.
+        let ok = signed(&gk, &w, KeyTarget::Worker, None, now_ms());
+        k.get_worker_key(worker(&ok))
+            .await
+            .expect("active worker is served");
+        slash_async(&admin_url, &w).await;
+        let r = signed(&gk, &w, KeyTarget::Worker, None, now_ms());
+        assert_eq!(
+            code(k.get_worker_key(worker(&r)).await),
+            tonic::Code::PermissionDenied
+        );
+    });
+
+    async fn dev_async(admin: &str, w: &Sr25519Keypair) {
+        let mut a = gatekeeper_proto::v1::admin_service_client::AdminServiceClient::connect(
+            admin.to_string(),
+        )
+        .await
+        .unwrap();
+        a.apply_dev_event(pb::ApplyDevEventRequest {
+            event: Some(pb::apply_dev_event_request::Event::WorkerAddedToCluster(
+                pb::DevWorkerAddedToCluster {
+                    worker: w.public_key().as_bytes().to_vec(),
+                    cluster: CLUSTER.to_vec(),
+                },
+            )),
+        })
+        .await
+        .unwrap();
+    }
+    async fn slash_async(admin: &str, w: &Sr25519Keypair) {
+        let mut a = gatekeeper_proto::v1::admin_service_client::AdminServiceClient::connect(
+            admin.to_string(),
+        )
+        .await
+        .unwrap();
+        a.apply_dev_event(pb::ApplyDevEventRequest {
+            event: Some(pb::apply_dev_event_request::Event::WorkerSlashed(
+                pb::DevWorkerSlashed {
+                    worker: w.public_key().as_bytes().to_vec(),
+                    reason: "test".into(),
+                },
+            )),
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[test]
+fn no_delivered_secret_appears_in_clear_in_any_data_dir_or_log() {
+    let c = Cluster::start(3, Opts::default());
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let w = setup_worker(&c);
+    let secrets: Vec<[u8; 32]> = rt().block_on(async {
+        let mut m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone());
+        let a = m.fetch(KeyTarget::Worker, None).await.unwrap();
+        let b = m
+            .fetch(KeyTarget::Contract(ContractId(CONTRACT)), None)
+            .await
+            .unwrap();
+        vec![*a.keypair.seed(), *b.keypair.seed()]
+    });
+    // Let snapshots/state records settle, then scan every byte the nodes wrote.
+    c.put_ok(1, "settle", "1");
+    let mut files = vec![];
+    let mut stack = vec![c.dir().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() > 10, "scanned too few files: {files:?}");
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        for s in &secrets {
+            let hex_s = hex::encode(s);
+            assert!(
+                !bytes.windows(32).any(|win| win == s),
+                "a derived secret appears raw in {}",
+                f.display()
+            );
+            assert!(
+                !bytes.windows(64).any(|win| win == hex_s.as_bytes()),
+                "a derived secret appears hex-encoded in {}",
+                f.display()
+            );
+        }
+    }
+}
