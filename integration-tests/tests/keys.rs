@@ -485,3 +485,45 @@ fn no_delivered_secret_appears_in_clear_in_any_data_dir_or_log() {
         }
     }
 }
+
+#[test]
+fn a_rotation_that_cannot_complete_aborts_at_its_deadline_and_keeps_the_old_epoch() {
+    let c = Cluster::start(3, Opts::default());
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let w = setup_worker(&c);
+    let before = keys_from(&c, 1, &w, None);
+    // Node 3 is down: it cannot acknowledge its share of the new epoch.
+    c.stop(3);
+    let leader = c.leader_among(&[1, 2]);
+    let out = c.admin(
+        leader,
+        &[
+            "rotate",
+            "--rotation-id",
+            "r-abort",
+            "--deadline-ms",
+            "2000",
+        ],
+    );
+    assert!(out.success(), "{}", out.describe());
+    c.wait_for("the rotation epoch to be aborted", WAIT, || {
+        let s = status_json(&c, leader)?;
+        let e1 = s["epochs"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["epoch"] == 1).cloned())
+            .ok_or("no epoch 1 yet")?;
+        if e1["status"] == "aborted" {
+            Ok(())
+        } else {
+            Err(format!("epoch 1 is {}", e1["status"]))
+        }
+    });
+    assert_eq!(
+        keys_from(&c, 1, &w, None),
+        before,
+        "epoch 0 is still current"
+    );
+    // A new rotation may start after the abort.
+    let out = c.admin(leader, &["rotate", "--rotation-id", "r-next"]);
+    assert!(out.success(), "{}", out.describe());
+}

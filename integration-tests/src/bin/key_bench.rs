@@ -1,0 +1,202 @@
+//! Key-request benchmark: worker-key requests per second served by one node of a real 3-node
+//! cluster, against the keyring's crypto-only cost of the same work, printed as a ratio.
+//!
+//! ```sh
+//! cargo build --release -j2 -p gatekeeper
+//! cargo run --release -j2 -p gatekeeper-integration-tests --bin key_bench
+//! ```
+//!
+//! Requests are signed before the timed loop (each with its own nonce), so the client spends
+//! almost nothing while the node works. The crypto-only figure runs, on one thread, exactly the
+//! node's per-request cryptography: verify the worker's signature, derive the worker key, HPKE-
+//! seal its seed, sign the response. Output: one JSON line per concurrency level, e.g.
+//!
+//! ```text
+//! {"bench":"key_request","writers":16,"requests":..,"seconds":..,"served_per_sec":..,"crypto_only_per_sec_one_core":..,"ratio":..}
+//! ```
+//!
+//! `ratio` = served per second / crypto-only per second on one core. Environment:
+//! `KEY_BENCH_SECONDS` (default 8), `KEY_BENCH_CONCURRENCY` (default `1,16,64`).
+
+use gatekeeper_integration_tests::{Cluster, Opts};
+use gatekeeper_proto::v1 as pb;
+use gatekeeper_proto::v1::key_service_client::KeyServiceClient;
+use keyring::derive;
+use keyring::envelope::{self, subject, EnvelopeContext, Purpose};
+use keyring::sign::{KeyRequest, KeyResponse, KeyTarget};
+use keyring::{GatekeeperId, MasterSecret, Sr25519Keypair, X25519SecretKey};
+use rand_core::{OsRng, RngCore};
+use std::time::{Duration, Instant};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn signed(gk: &[u8], w: &Sr25519Keypair) -> pb::GetWorkerKeyRequest {
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    let recipient = X25519SecretKey::generate(&mut OsRng).public_key();
+    let ts = now_ms();
+    let body = KeyRequest {
+        target: KeyTarget::Worker,
+        gatekeeper_id: GatekeeperId::from_slice(gk).unwrap(),
+        worker: w.public_key(),
+        recipient,
+        epoch: None,
+        nonce,
+        timestamp_ms: ts,
+        evidence: None,
+    };
+    pb::GetWorkerKeyRequest {
+        header: Some(pb::KeyRequestHeader {
+            gatekeeper_id: gk.to_vec(),
+            worker_public_key: w.public_key().as_bytes().to_vec(),
+            recipient_public_key: recipient.as_bytes().to_vec(),
+            epoch: None,
+            nonce: nonce.to_vec(),
+            timestamp_ms: ts,
+            attestation: None,
+        }),
+        signature: body.sign(w).0.to_vec(),
+    }
+}
+
+/// The node's per-request crypto, on one thread, for `secs` seconds: requests per second.
+fn crypto_only(secs: f64) -> f64 {
+    let master = MasterSecret::generate(&mut OsRng);
+    let w = Sr25519Keypair::generate(&mut OsRng);
+    let gk = GatekeeperId([1; 32]);
+    let recipient = X25519SecretKey::generate(&mut OsRng).public_key();
+    let req = KeyRequest {
+        target: KeyTarget::Worker,
+        gatekeeper_id: gk,
+        worker: w.public_key(),
+        recipient,
+        epoch: None,
+        nonce: [7; 32],
+        timestamp_ms: 1,
+        evidence: None,
+    };
+    let sig = req.sign(&w);
+    let signing = derive::cluster_signing_key(&master);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        req.verify(&sig).unwrap();
+        let k = derive::worker_key(&master, &w.public_key());
+        let ctx = EnvelopeContext {
+            purpose: Purpose::KeyDelivery,
+            gatekeeper_id: gk,
+            epoch: 0,
+            subject: subject::key_delivery(1, w.public_key().as_bytes(), w.public_key().as_bytes()),
+            recipient,
+        };
+        let env = envelope::seal(&ctx, k.seed(), &mut OsRng).unwrap();
+        let resp = KeyResponse {
+            kind: 1,
+            epoch: 0,
+            subject: w.public_key().as_bytes().to_vec(),
+            cluster_id: vec![],
+            scheme: 1,
+            derived_public_key: k.public_key(),
+            sealed_secret: env,
+            request_digest: req.digest(),
+            issued_at_ms: 1,
+            served_by: 1,
+        };
+        std::hint::black_box(resp.sign(&signing));
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let secs: f64 = std::env::var("KEY_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8.0);
+    let levels: Vec<usize> = std::env::var("KEY_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,16,64".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+
+    let crypto = crypto_only(secs.min(3.0));
+    let c = Cluster::start(3, Opts::default());
+    let w = Sr25519Keypair::generate(&mut OsRng);
+    let out = c.admin(
+        1,
+        &[
+            "dev",
+            "register-worker",
+            "--worker",
+            &hex::encode(w.public_key().as_bytes()),
+        ],
+    );
+    assert!(out.success(), "{}", out.describe());
+    // Wait until node 2 is unsealed and knows the worker.
+    let status = |i| -> serde_json::Value {
+        serde_json::from_str(&c.admin(i, &["status", "--json"]).stdout).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(2)["seal_status"] != "unsealed" {
+        assert!(Instant::now() < deadline, "node 2 did not unseal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gk = hex::decode(status(2)["gatekeeper_id"].as_str().unwrap()).unwrap();
+    let url = c.api_url(2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for conc in levels {
+        // Enough pre-signed requests for the run (generous upper bound).
+        let per_task = (crypto * secs / conc as f64 * 1.5).ceil() as usize + 16;
+        let batches: Vec<Vec<pb::GetWorkerKeyRequest>> = (0..conc)
+            .map(|_| (0..per_task).map(|_| signed(&gk, &w)).collect())
+            .collect();
+        let (served, elapsed) = rt.block_on(async {
+            let ch = tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let start = Instant::now();
+            let mut tasks = vec![];
+            for batch in batches {
+                let mut k = KeyServiceClient::new(ch.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut ok = 0u64;
+                    for r in batch {
+                        if start.elapsed().as_secs_f64() >= secs {
+                            break;
+                        }
+                        match k.get_worker_key(r).await {
+                            Ok(_) => ok += 1,
+                            Err(e) => eprintln!("request failed: {e}"),
+                        }
+                    }
+                    ok
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap();
+            }
+            (total, start.elapsed().as_secs_f64())
+        });
+        let rate = served as f64 / elapsed;
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "key_request",
+                "writers": conc,
+                "requests": served,
+                "seconds": (elapsed * 10.0).round() / 10.0,
+                "served_per_sec": (rate * 10.0).round() / 10.0,
+                "crypto_only_per_sec_one_core": crypto.round(),
+                "ratio": (rate / crypto * 1000.0).round() / 1000.0,
+            })
+        );
+    }
+}
