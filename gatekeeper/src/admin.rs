@@ -18,6 +18,11 @@ pub enum AdminCommand {
         /// Shares needed to rebuild the master secret (default: a majority of the members).
         #[arg(long, default_value_t = 0)]
         threshold: u32,
+        /// Import this 64-byte master secret (file with 128 hex characters, e.g. a Phala
+        /// cluster's key || nonce) instead of generating one. It is sealed to the endpoint node's
+        /// enclave before it leaves this process.
+        #[arg(long)]
+        import_master_file: Option<std::path::PathBuf>,
     },
     /// Add a running node: learner first, voter once caught up.
     Join {
@@ -287,11 +292,50 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
         .with_context(|| format!("cannot reach {endpoint}"))?;
     let mut c = AdminServiceClient::new(ch);
     match cmd {
-        AdminCommand::Init { members, threshold } => {
+        AdminCommand::Init {
+            members,
+            threshold,
+            import_master_file,
+        } => {
             let mut req = pb::InitRequest {
                 threshold,
                 ..Default::default()
             };
+            if let Some(path) = import_master_file {
+                let text = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                );
+                let secret = zeroize::Zeroizing::new(
+                    hex::decode(text.trim())
+                        .ok()
+                        .filter(|b| b.len() == 64)
+                        .with_context(|| {
+                            format!("{} must hold 128 hex characters", path.display())
+                        })?,
+                );
+                let s = c
+                    .status(pb::StatusRequest {})
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                let recipient = keyring::X25519PublicKey::from_slice(&s.enclave_hpke_public_key)
+                    .context("the node did not report its enclave HPKE key")?;
+                let ctx = keyring::envelope::EnvelopeContext {
+                    purpose: keyring::envelope::Purpose::MasterImport,
+                    gatekeeper_id: keyring::GatekeeperId([0; 32]),
+                    epoch: 0,
+                    subject: keyring::envelope::subject::master_import(),
+                    recipient,
+                };
+                let env = keyring::envelope::seal(&ctx, &secret, &mut rand_core::OsRng)
+                    .context("sealing the master secret")?;
+                req.imported_master_secret = Some(pb::HpkeEnvelope {
+                    version: env.version,
+                    encapped_key: env.encapped_key.to_vec(),
+                    ciphertext: env.ciphertext,
+                });
+            }
             for m in members {
                 let parts: Vec<&str> = m.splitn(3, '=').collect();
                 let [id, raft, api] = parts[..] else {
@@ -308,7 +352,11 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
             let r = c.init(req).await.map_err(status_error)?.into_inner();
             println!(
                 "{}",
-                json!({"gatekeeper_id": hex::encode(&r.gatekeeper_id), "threshold": r.threshold})
+                json!({
+                    "gatekeeper_id": hex::encode(&r.gatekeeper_id),
+                    "threshold": r.threshold,
+                    "imported_master_public_key": hex::encode(&r.master_public_key),
+                })
             );
         }
         AdminCommand::Join {

@@ -19,15 +19,22 @@ pub struct AdminServer {
     replica: Replica,
     config: NodeConfig,
     seal: Arc<Mutex<SealView>>,
+    enclave: Arc<dyn crate::enclave::Enclave>,
 }
 
 impl AdminServer {
     /// Serves `replica`.
-    pub fn new(replica: Replica, config: NodeConfig, seal: Arc<Mutex<SealView>>) -> Self {
+    pub fn new(
+        replica: Replica,
+        config: NodeConfig,
+        seal: Arc<Mutex<SealView>>,
+        enclave: Arc<dyn crate::enclave::Enclave>,
+    ) -> Self {
         Self {
             replica,
             config,
             seal,
+            enclave,
         }
     }
 
@@ -163,6 +170,8 @@ impl AdminService for AdminServer {
                 .unwrap_or_default(),
             chain: None,
             audit_sequence: s.audit_sequence,
+            enclave_identity_public_key: self.enclave.identity_public_key().as_bytes().to_vec(),
+            enclave_hpke_public_key: self.enclave.hpke_public_key().as_bytes().to_vec(),
         }))
     }
 
@@ -182,11 +191,25 @@ impl AdminService for AdminServer {
         request: Request<pb::InitRequest>,
     ) -> Result<Response<pb::InitResponse>, Status> {
         let r = request.into_inner();
-        if r.imported_master_secret.is_some() || r.scheme != 0 {
+        if r.scheme != 0 {
             return Err(Status::unimplemented(
-                "master import and a cluster-wide scheme are not built yet; send them unset",
+                "a cluster-wide scheme is not built; schemes are set per compute cluster",
             ));
         }
+        let imported_public = match &r.imported_master_secret {
+            None => None,
+            Some(e) => {
+                let env = keyring::envelope::Envelope::from_parts(
+                    e.version,
+                    &e.encapped_key,
+                    e.ciphertext.clone(),
+                )
+                .map_err(|x| Status::invalid_argument(format!("imported_master_secret: {x}")))?;
+                Some(self.enclave.stage_import(&env).map_err(|x| {
+                    Status::invalid_argument(format!("imported_master_secret: {x}"))
+                })?)
+            }
+        };
         let threshold = match r.threshold {
             0 => None,
             t => Some(
@@ -236,6 +259,7 @@ impl AdminService for AdminServer {
             .write_retrying(&Command::InitCluster {
                 gatekeeper_id: Bytes32(id),
                 threshold,
+                genesis_dealer: imported_public.map(|_| self.config.node_id),
             })
             .await?;
         if let Reply::Rejected { message, .. } = out.reply {
@@ -244,7 +268,9 @@ impl AdminService for AdminServer {
         Ok(Response::new(pb::InitResponse {
             gatekeeper_id: id.to_vec(),
             epoch: 0,
-            master_public_key: vec![],
+            master_public_key: imported_public
+                .map(|p| p.as_bytes().to_vec())
+                .unwrap_or_default(),
             threshold: threshold
                 .map_or_else(|| keyring::shares::default_threshold(n) as u32, u32::from),
         }))

@@ -67,6 +67,8 @@ pub struct Policy {
     pub max_evidence_age_secs: u64,
     /// The trusted dev attestation key (dev policy).
     pub dev_key: Option<Sr25519PublicKey>,
+    /// Collateral used when a quote arrives without its own (loaded from `dcap_collateral_file`).
+    pub default_collateral: Option<QuoteCollateralV3>,
 }
 
 /// Why evidence was refused. Every variant maps to `PERMISSION_DENIED` (docs/api.md).
@@ -166,12 +168,14 @@ impl Policy {
                         policy: self.kind,
                     });
                 }
-                let collateral = collateral.ok_or_else(|| {
-                    AttestationError::Collateral(
-                        "send it with the quote (collateral sources arrive with the node wiring)"
-                            .into(),
-                    )
-                })?;
+                let collateral =
+                    collateral
+                        .or(self.default_collateral.as_ref())
+                        .ok_or_else(|| {
+                            AttestationError::Collateral(
+                                "send it with the quote, or configure dcap_collateral_file".into(),
+                            )
+                        })?;
                 self.verify_dcap(quote, collateral, expected_report_data, now_secs)
             }
         }
@@ -321,6 +325,7 @@ mod tests {
             min_tcb_status: "ConfigurationAndSWHardeningNeeded".into(),
             max_evidence_age_secs: 600,
             dev_key: None,
+            default_collateral: None,
         }
     }
 
@@ -407,6 +412,24 @@ mod tests {
             ),
             Err(AttestationError::Quote(_))
         ));
+        // Collateral from the node's configured file when the request carries none.
+        assert!(matches!(
+            p.verify(
+                Some((EvidenceKind::SgxDcap, s.quote.as_slice(), None)),
+                &s.report_data,
+                s.now
+            ),
+            Err(AttestationError::Collateral(_))
+        ));
+        let mut with_file = p.clone();
+        with_file.default_collateral = Some(s.collateral.clone());
+        with_file
+            .verify(
+                Some((EvidenceKind::SgxDcap, s.quote.as_slice(), None)),
+                &s.report_data,
+                s.now,
+            )
+            .unwrap();
         // No evidence / dev evidence under a DCAP policy.
         assert!(matches!(
             p.verify(None, &s.report_data, s.now),
@@ -430,6 +453,7 @@ mod tests {
             min_tcb_status: "OutOfDateConfigurationNeeded".into(),
             max_evidence_age_secs: 600,
             dev_key: None,
+            default_collateral: None,
         };
         p.verify(ev(EvidenceKind::TdxDcap, &s), &s.report_data, s.now)
             .unwrap();
@@ -451,6 +475,7 @@ mod tests {
             min_tcb_status: "UpToDate".into(),
             max_evidence_age_secs: 300,
             dev_key: Some(key.public_key()),
+            default_collateral: None,
         };
         let rd = [3u8; 64];
         let e = dev_attestation::issue(&key, &rd, 1_000);

@@ -114,6 +114,10 @@ pub struct NodeConfig {
     /// DCAP: allowed MRSIGNER values (hex).
     #[serde(default)]
     pub allowed_mrsigner: Vec<String>,
+    /// DCAP: collateral (dcap-qvl `QuoteCollateralV3` JSON) used for quotes sent without their
+    /// own. A PCCS URL source is not built yet.
+    #[serde(default)]
+    pub dcap_collateral_file: Option<PathBuf>,
     /// DCAP: worst acceptable TCB status.
     #[serde(default = "d_tcb")]
     pub min_tcb_status: String,
@@ -208,6 +212,7 @@ pub const KEYS: &[&str] = &[
     "worker_attestation",
     "allowed_mrenclave",
     "allowed_mrsigner",
+    "dcap_collateral_file",
     "min_tcb_status",
     "max_evidence_age_secs",
     "request_window_ms",

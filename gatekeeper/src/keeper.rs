@@ -206,6 +206,32 @@ impl Keeper {
 
         // 2. deal (leader only)
         let members: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
+        // Genesis: the designated dealer (holding an imported secret), else the leader.
+        let dealer = state.genesis_dealer.or(status.leader_id);
+        if state.epochs.is_empty() && all_registered && dealer == Some(me) {
+            let recipients = self.recipients(&state, &voters);
+            let t = state
+                .genesis_threshold
+                .map(usize::from)
+                .unwrap_or_else(|| keyring::shares::default_threshold(recipients.len()));
+            let p = self
+                .enclave
+                .create_epoch(
+                    GatekeeperId(gk.0),
+                    0,
+                    t,
+                    &recipients,
+                    state.genesis_dealer.is_some(),
+                )
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                epoch = 0,
+                threshold = t,
+                imported = state.genesis_dealer.is_some(),
+                "dealing genesis epoch"
+            );
+            return self.install(0, t, &p, &recipients).await;
+        }
         if status.leader_id == Some(me) && all_registered {
             self.lead(&state, &gk, &voters, &members).await?;
         }
@@ -289,18 +315,8 @@ impl Keeper {
         }
         let recipients = self.recipients(state, voters);
         let gid = GatekeeperId(gk.0);
-        // Genesis.
         if state.epochs.is_empty() {
-            let t = state
-                .genesis_threshold
-                .map(usize::from)
-                .unwrap_or_else(|| keyring::shares::default_threshold(recipients.len()));
-            let p = self
-                .enclave
-                .create_epoch(gid, 0, t, &recipients, None)
-                .map_err(|e| e.to_string())?;
-            tracing::info!(epoch = 0, threshold = t, "dealing genesis epoch");
-            return self.install(0, t, &p, &recipients).await;
+            return Ok(()); // genesis is dealt in `tick`
         }
         // Rotation.
         if let Some(r) = &state.rotation {
@@ -317,7 +333,7 @@ impl Keeper {
                             .max(1);
                         let p = self
                             .enclave
-                            .create_epoch(gid, r.epoch, t, &recipients, None)
+                            .create_epoch(gid, r.epoch, t, &recipients, false)
                             .map_err(|e| e.to_string())?;
                         tracing::info!(epoch = r.epoch, rotation = %r.rotation_id, "dealing rotation epoch");
                         return self.install(r.epoch, t, &p, &recipients).await;

@@ -82,8 +82,10 @@ pub fn policy(
     config: &NodeConfig,
     kind: crate::attestation::PolicyKind,
     dev: Option<&keyring::Sr25519Keypair>,
+    collateral: Option<&dcap_qvl::QuoteCollateralV3>,
 ) -> Policy {
     Policy {
+        default_collateral: collateral.cloned(),
         kind,
         allowed_mrenclave: hex32(&config.allowed_mrenclave),
         allowed_mrsigner: hex32(&config.allowed_mrsigner),
@@ -103,6 +105,15 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     if config.mode == Mode::Production && config.enclave == "software" {
         tracing::warn!("RUNNING THE SOFTWARE ENCLAVE IN PRODUCTION MODE: secrets are in plain process memory and the sealing key is a file");
     }
+    let collateral: Option<dcap_qvl::QuoteCollateralV3> = match &config.dcap_collateral_file {
+        None => None,
+        Some(p) => Some(
+            serde_json::from_slice(
+                &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not dcap-qvl collateral JSON", p.display()))?,
+        ),
+    };
     let enclave: Arc<dyn Enclave> = Arc::new(
         SoftwareEnclave::open(&config.enclave_dir(), config.node_id, dev_key.clone())
             .with_context(|| {
@@ -160,17 +171,32 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         api_address: config.api_address(),
         request_timeout: config.request_timeout(),
     };
-    let admin = AdminServer::new(replica.clone(), config.clone(), seal.clone());
+    let admin = AdminServer::new(
+        replica.clone(),
+        config.clone(),
+        seal.clone(),
+        enclave.clone(),
+    );
     let peer = PeerServer {
         replica: replica.clone(),
         enclave: enclave.clone(),
-        policy: policy(&config, config.member_attestation, dev_key.as_ref()),
+        policy: policy(
+            &config,
+            config.member_attestation,
+            dev_key.as_ref(),
+            collateral.as_ref(),
+        ),
         nonces: nonces.clone(),
     };
     let keys = KeyServer {
         replica: replica.clone(),
         enclave: enclave.clone(),
-        policy: policy(&config, config.worker_attestation, dev_key.as_ref()),
+        policy: policy(
+            &config,
+            config.worker_attestation,
+            dev_key.as_ref(),
+            collateral.as_ref(),
+        ),
         nonces: nonces.clone(),
         stale_reads: config.key_read_mode == "stale",
     };

@@ -527,3 +527,135 @@ fn a_rotation_that_cannot_complete_aborts_at_its_deadline_and_keeps_the_old_epoc
     let out = c.admin(leader, &["rotate", "--rotation-id", "r-next"]);
     assert!(out.success(), "{}", out.describe());
 }
+
+#[test]
+fn an_imported_master_gives_locally_derivable_keys_and_never_touches_disk_in_clear() {
+    use keyring::derive::{self, Scheme};
+    let mut c = Cluster::empty(Opts::default());
+    for _ in 0..3 {
+        c.add_node();
+    }
+    // A known master secret, imported (as a Phala cluster would migrate).
+    let master = keyring::MasterSecret::generate(&mut OsRng);
+    let secret = master.to_bytes();
+    let file = c.dir().join("master.hex");
+    std::fs::write(&file, hex::encode(secret.as_ref())).unwrap();
+    let specs: Vec<String> = [1u64, 2, 3]
+        .iter()
+        .map(|&m| format!("{m}={}={}", c.raft_addr(m), c.api_addr(m)))
+        .collect();
+    let mut args = vec!["init", "--import-master-file", file.to_str().unwrap()];
+    for s in &specs {
+        args.push("--member");
+        args.push(s);
+    }
+    let out = c.admin(1, &args);
+    assert!(out.success(), "{}", out.describe());
+    // The file is the operator's; remove it before scanning what the nodes wrote.
+    std::fs::remove_file(&file).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        v["imported_master_public_key"],
+        hex::encode(master.public_key().as_bytes())
+    );
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let s = status_json(&c, 3).unwrap();
+    assert_eq!(
+        s["epochs"][0]["master_public_key"],
+        hex::encode(master.public_key().as_bytes())
+    );
+
+    // Keys served by the cluster are exactly the ones derived locally from the imported master.
+    let w = setup_worker(&c);
+    let (wk, ck) = keys_from(&c, 2, &w, None);
+    assert_eq!(
+        wk,
+        *derive::worker_key(&master, &w.public_key())
+            .public_key()
+            .as_bytes()
+    );
+    let cluster_key = derive::cluster_key(&master, Scheme::Phala, &ClusterId(CLUSTER));
+    let contract = derive::contract_key(&cluster_key, Scheme::Phala, &ContractId(CONTRACT));
+    assert_eq!(
+        ck,
+        *contract.public_key().as_bytes(),
+        "Phala-scheme contract key"
+    );
+
+    // Restart everything so snapshots, logs and state records are all on disk, then scan.
+    for i in [1, 2, 3] {
+        c.stop(i);
+    }
+    for i in [1, 2, 3] {
+        c.restart(i);
+    }
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let needles: Vec<Vec<u8>> = vec![
+        secret[..32].to_vec(),
+        secret[32..].to_vec(),
+        hex::encode(&secret[..32]).into_bytes(),
+        hex::encode(&secret[32..]).into_bytes(),
+    ];
+    let mut stack = vec![c.dir().to_path_buf()];
+    let mut scanned = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            scanned += 1;
+            for n in &needles {
+                assert!(
+                    !bytes.windows(n.len()).any(|win| win == n.as_slice()),
+                    "master secret material appears in clear in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(scanned > 10, "scanned only {scanned} files");
+}
+
+#[test]
+fn a_removed_node_keeps_its_old_share_but_stays_sealed_and_serves_nothing() {
+    let mut c = Cluster::start(3, Opts::default());
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let w = setup_worker(&c);
+    let before = keys_from(&c, 1, &w, None);
+    let n4 = c.add_node();
+    c.join(1, n4).unwrap_or_else(|e| panic!("join: {e}"));
+    wait_unsealed(&c, &[1, 2, 3, n4], 1);
+    assert_eq!(keys_from(&c, n4, &w, None), before);
+    c.leave(1, n4).unwrap_or_else(|e| panic!("leave: {e}"));
+    // The remaining members re-deal and keep serving the same keys.
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    assert_eq!(keys_from(&c, 2, &w, None), before);
+    // The removed node restarts with its data dir (and its old sealed share) intact.
+    c.stop(n4);
+    c.restart(n4);
+    // It may still believe it is a member (a removed node need not learn of its removal), so it
+    // opens its one old share and asks its former peers, who refuse it: it can never get past
+    // 1 of 2 shares. Watch it for several seconds of retries.
+    c.wait_for("the removed node to answer status", WAIT, || {
+        status_json(&c, n4)
+    });
+    for _ in 0..40 {
+        let s = status_json(&c, n4).unwrap();
+        assert_ne!(s["seal_status"], "unsealed", "a removed node unsealed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = rt().block_on(async {
+        let mut m = MinerClient::new(vec![c.api_addr(n4).to_string()], w.clone());
+        m.fetch(KeyTarget::Worker, None).await.unwrap_err()
+    });
+    let text = err.to_string();
+    assert!(
+        text.contains("sealed")
+            || text.contains("no endpoint reachable")
+            || text.contains("NotFound"),
+        "a removed node must not serve keys: {text}"
+    );
+}

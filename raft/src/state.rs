@@ -321,6 +321,9 @@ pub enum Command {
         /// written before it decode with the default.
         #[serde(default)]
         threshold: Option<u8>,
+        /// The node that deals epoch 0 (it holds an imported master secret); None: the leader.
+        #[serde(default)]
+        genesis_dealer: Option<NodeId>,
     },
     /// DEVELOPMENT PATH: a chain-shaped event entered by an operator (`AdminService.ApplyDevEvent`)
     /// before the chain watcher exists. Same effects as [`Command::Chain`] but does not move the
@@ -457,6 +460,9 @@ pub struct GatekeeperState {
     /// Threshold requested for epoch 0 at init (None: majority).
     #[serde(default)]
     pub genesis_threshold: Option<u8>,
+    /// Node that deals epoch 0 (None: the leader).
+    #[serde(default)]
+    pub genesis_dealer: Option<NodeId>,
     /// Member records.
     pub members: BTreeMap<NodeId, MemberRecord>,
     /// Master-key epochs.
@@ -525,6 +531,7 @@ impl GatekeeperState {
             Command::InitCluster {
                 gatekeeper_id,
                 threshold,
+                genesis_dealer,
             } => {
                 if self.gatekeeper_id.is_some() {
                     return Err(reject(AlreadyInitialized, "cluster already initialised"));
@@ -534,6 +541,7 @@ impl GatekeeperState {
                 }
                 self.gatekeeper_id = Some(*gatekeeper_id);
                 self.genesis_threshold = *threshold;
+                self.genesis_dealer = *genesis_dealer;
             }
             Command::DevEvent { event } => {
                 let cursor = self.chain_cursor.unwrap_or(ChainCursor {

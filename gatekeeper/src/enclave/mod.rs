@@ -87,15 +87,19 @@ pub trait Enclave: Send + Sync {
     fn unseal(&self, label: &str, blob: &[u8])
         -> Result<zeroize::Zeroizing<Vec<u8>>, EnclaveError>;
 
-    /// Creates a new epoch's master secret (or imports `imported`, a 64-byte secret) and deals it.
-    /// The secret stays in enclave memory.
+    /// Opens an imported 64-byte master secret sealed to this enclave (purpose `master-import`,
+    /// gatekeeper id all zero, epoch 0), validates it and keeps it for the genesis dealing.
+    /// Returns its public key.
+    fn stage_import(&self, envelope: &Envelope) -> Result<Sr25519PublicKey, EnclaveError>;
+    /// Creates a new epoch's master secret (or takes the staged import) and deals it. The secret
+    /// stays in enclave memory.
     fn create_epoch(
         &self,
         gatekeeper_id: GatekeeperId,
         epoch: u64,
         threshold: usize,
         members: &[Recipient],
-        imported: Option<&[u8]>,
+        use_staged_import: bool,
     ) -> Result<DealingPublic, EnclaveError>;
     /// Deals a held epoch secret again to a new member set (generation + 1).
     fn redeal(

@@ -47,6 +47,7 @@ pub struct SoftwareEnclave {
     hpke: X25519SecretKey,
     dev_key: Option<Sr25519Keypair>,
     epochs: Mutex<HashMap<u64, EpochSecrets>>,
+    staged_import: Mutex<Option<MasterSecret>>,
 }
 
 fn storage(e: impl std::fmt::Display) -> EnclaveError {
@@ -128,6 +129,7 @@ impl SoftwareEnclave {
             hpke,
             dev_key,
             epochs: Mutex::new(HashMap::new()),
+            staged_import: Mutex::new(None),
         })
     }
 
@@ -224,20 +226,45 @@ impl Enclave for SoftwareEnclave {
         Ok(self.sealing.open(label, blob)?)
     }
 
+    fn stage_import(&self, envelope: &Envelope) -> Result<Sr25519PublicKey, EnclaveError> {
+        let ctx = EnvelopeContext {
+            purpose: Purpose::MasterImport,
+            gatekeeper_id: GatekeeperId([0; 32]),
+            epoch: 0,
+            subject: subject::master_import(),
+            recipient: self.hpke.public_key(),
+        };
+        let plain = envelope::open(&ctx, &self.hpke, envelope)?;
+        let master = MasterSecret::from_bytes(&plain)?;
+        let public = master.public_key();
+        *self.staged_import.lock().expect("import lock") = Some(master);
+        Ok(public)
+    }
+
     fn create_epoch(
         &self,
         gatekeeper_id: GatekeeperId,
         epoch: u64,
         threshold: usize,
         members: &[Recipient],
-        imported: Option<&[u8]>,
+        use_staged_import: bool,
     ) -> Result<DealingPublic, EnclaveError> {
         if self.has_master(epoch) {
             return Err(EnclaveError::State(format!("epoch {epoch} already exists")));
         }
-        let master = match imported {
-            Some(b) => MasterSecret::from_bytes(b)?,
-            None => MasterSecret::generate(&mut OsRng),
+        let master = if use_staged_import {
+            self.staged_import
+                .lock()
+                .expect("import lock")
+                .take()
+                .ok_or_else(|| {
+                    EnclaveError::State(
+                        "no staged master import (it lives in memory only: re-run init's import)"
+                            .into(),
+                    )
+                })?
+        } else {
+            MasterSecret::generate(&mut OsRng)
         };
         let public = self.deal(&master, gatekeeper_id, epoch, 0, threshold, members)?;
         self.epochs().entry(epoch).or_default().master = Some(master);
@@ -487,7 +514,7 @@ mod tests {
     #[test]
     fn genesis_unseal_from_peers_and_identical_keys() {
         let (_d, e) = cluster(3);
-        let p = e[0].create_epoch(GK, 0, 2, &recipients(&e), None).unwrap();
+        let p = e[0].create_epoch(GK, 0, 2, &recipients(&e), false).unwrap();
         let c = ctx(&p, 0);
         for (x, (node, index, env)) in e.iter().zip(&p.shares) {
             assert_eq!(x.node_id, *node);
@@ -514,7 +541,7 @@ mod tests {
     #[test]
     fn one_share_is_not_enough() {
         let (_d, e) = cluster(3);
-        let p = e[0].create_epoch(GK, 0, 2, &recipients(&e), None).unwrap();
+        let p = e[0].create_epoch(GK, 0, 2, &recipients(&e), false).unwrap();
         let c = ctx(&p, 0);
         let (_, index, env) = &p.shares[1];
         e[1].accept_own_share(&c, &p.commitments, *index, env)
@@ -540,7 +567,7 @@ mod tests {
     fn redealing_kills_a_removed_nodes_share() {
         let (_d, e) = cluster(4);
         let all = recipients(&e);
-        let p0 = e[0].create_epoch(GK, 0, 2, &all[..3], None).unwrap();
+        let p0 = e[0].create_epoch(GK, 0, 2, &all[..3], false).unwrap();
         let c0 = ctx(&p0, 0);
         for (x, (_, index, env)) in e.iter().zip(&p0.shares) {
             x.accept_own_share(&c0, &p0.commitments, *index, env)

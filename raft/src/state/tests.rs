@@ -84,6 +84,7 @@ fn genesis() -> GatekeeperState {
         Command::InitCluster {
             gatekeeper_id: b(1),
             threshold: None,
+            genesis_dealer: None,
         },
         member(1),
         member(2),
@@ -113,6 +114,7 @@ fn genesis_activates_after_every_member_acks() {
     s.apply(&Command::InitCluster {
         gatekeeper_id: b(1),
         threshold: Some(2),
+        genesis_dealer: None,
     });
     assert_eq!(s.genesis_threshold, Some(2));
     for m in 1..=3 {
@@ -137,6 +139,7 @@ fn audit_sequence_counts_applied_commands_only() {
         &Command::InitCluster {
             gatekeeper_id: b(2),
             threshold: None,
+            genesis_dealer: None,
         },
         RejectCode::AlreadyInitialized,
     );
@@ -486,6 +489,7 @@ fn replicas_applying_the_same_log_agree() {
         Command::InitCluster {
             gatekeeper_id: b(1),
             threshold: None,
+            genesis_dealer: None,
         },
         member(1),
         member(2),
@@ -504,6 +508,7 @@ fn replicas_applying_the_same_log_agree() {
         Command::InitCluster {
             gatekeeper_id: b(9),
             threshold: None,
+            genesis_dealer: None,
         }, // rejected on every replica
         chain(1, 0, ChainEvent::WorkerDeregistered { worker: b(7) }), // duplicate everywhere
     ]
@@ -536,6 +541,7 @@ fn old_init_entries_still_decode_and_threshold_zero_is_rejected() {
         &Command::InitCluster {
             gatekeeper_id: b(1),
             threshold: Some(0),
+            genesis_dealer: None,
         },
         RejectCode::InvalidDealing,
     );
