@@ -89,12 +89,16 @@ pub struct NodeConfig {
     /// text | json.
     #[serde(default = "d_log_format")]
     pub log_format: LogFormat,
-    /// Enclave backend: `software` (development) or `gramine-sgx` (not built yet).
+    /// Enclave backend: `software` (development) or `gramine-sgx` (inside Gramine-SGX).
     #[serde(default = "d_enclave")]
     pub enclave: String,
-    /// Where the enclave keeps its sealed state; default `<data_dir>/enclave`.
+    /// Where the enclave keeps its sealed state; default `<data_dir>/enclave`. For
+    /// `gramine-sgx` this must be on Gramine's encrypted-files mount.
     #[serde(default)]
     pub enclave_dir: Option<PathBuf>,
+    /// Gramine's attestation pseudo-file directory (`gramine-sgx` backend).
+    #[serde(default = "d_attestation_dir")]
+    pub gramine_attestation_dir: PathBuf,
     /// Let the software enclave run in production mode (loudly warned). Default false.
     #[serde(default)]
     pub allow_software_enclave_in_production: bool,
@@ -136,6 +140,9 @@ pub struct NodeConfig {
     pub rotation_deadline_ms: u64,
 }
 
+fn d_attestation_dir() -> PathBuf {
+    PathBuf::from("/dev/attestation")
+}
 fn d_enclave() -> String {
     "software".into()
 }
@@ -206,6 +213,7 @@ pub const KEYS: &[&str] = &[
     "log_format",
     "enclave",
     "enclave_dir",
+    "gramine_attestation_dir",
     "allow_software_enclave_in_production",
     "dev_attestation_key_file",
     "member_attestation",
@@ -282,7 +290,13 @@ impl NodeConfig {
                     );
                 }
             }
-            "gramine-sgx" => bail!("the gramine-sgx enclave backend is not built yet"),
+            "gramine-sgx" => {
+                if self.member_attestation == PolicyKind::Dev
+                    || self.worker_attestation == PolicyKind::Dev
+                {
+                    bail!("the gramine-sgx backend produces DCAP quotes, not dev attestations");
+                }
+            }
             other => bail!("unknown enclave backend {other:?} (software | gramine-sgx)"),
         }
         if self.mode == Mode::Production

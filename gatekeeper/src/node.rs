@@ -7,7 +7,7 @@
 use crate::admin_service::AdminServer;
 use crate::attestation::Policy;
 use crate::config::{LogFormat, Mode, NodeConfig};
-use crate::enclave::software::SoftwareEnclave;
+use crate::enclave::software::{EvidenceSource, SoftwareEnclave};
 use crate::enclave::Enclave;
 use crate::keeper::{Keeper, SealView};
 use crate::key_service::KeyServer;
@@ -121,14 +121,26 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .with_context(|| format!("{} is not dcap-qvl collateral JSON", p.display()))?,
         ),
     };
+    let source = if config.enclave == "gramine-sgx" {
+        if !config.gramine_attestation_dir.join("quote").exists() {
+            anyhow::bail!(
+                "enclave = \"gramine-sgx\" but {} is not there: not running inside Gramine-SGX",
+                config.gramine_attestation_dir.join("quote").display()
+            );
+        }
+        EvidenceSource::Gramine(config.gramine_attestation_dir.clone())
+    } else {
+        EvidenceSource::Dev(dev_key.clone())
+    };
     let enclave: Arc<dyn Enclave> = Arc::new(
-        SoftwareEnclave::open(&config.enclave_dir(), config.node_id, dev_key.clone())
-            .with_context(|| {
+        SoftwareEnclave::open_with(&config.enclave_dir(), config.node_id, source).with_context(
+            || {
                 format!(
                     "cannot open the enclave in {}",
                     config.enclave_dir().display()
                 )
-            })?,
+            },
+        )?,
     );
     let network = NetworkConfig::default();
     let max_msg = network.max_message_bytes;

@@ -5,8 +5,9 @@
 //! Backends:
 //! * [`software::SoftwareEnclave`] — development and tests: keys in process memory, the sealing
 //!   key in a 0600 file, dev attestations. Refused in production mode unless explicitly allowed.
-//! * `gramine-sgx` — planned (master-key issue): quotes through Gramine's `/dev/attestation`,
-//!   sealing through its encrypted-files mount.
+//! * `gramine-sgx` — the same key handling with DCAP evidence from Gramine's `/dev/attestation`
+//!   pseudo-files and the enclave directory on Gramine's encrypted-files mount
+//!   ([`software::EvidenceSource::Gramine`]). Not run on SGX hardware here.
 
 pub mod software;
 

@@ -30,6 +30,16 @@ use zeroize::Zeroizing;
 
 const IDENTITY_LABEL: &str = "node-identity";
 
+/// Where attestation evidence comes from.
+#[derive(Clone, Debug)]
+pub enum EvidenceSource {
+    /// Dev attestations signed by this key (software backend).
+    Dev(Option<Sr25519Keypair>),
+    /// Gramine's attestation pseudo-files under this directory (normally `/dev/attestation`):
+    /// the report data is written to `user_report_data` and the DCAP quote read from `quote`.
+    Gramine(std::path::PathBuf),
+}
+
 #[derive(Default)]
 struct EpochSecrets {
     master: Option<MasterSecret>,
@@ -45,7 +55,7 @@ pub struct SoftwareEnclave {
     sealing: SealingKey,
     identity: Sr25519Keypair,
     hpke: X25519SecretKey,
-    dev_key: Option<Sr25519Keypair>,
+    evidence: EvidenceSource,
     epochs: Mutex<HashMap<u64, EpochSecrets>>,
     staged_import: Mutex<Option<MasterSecret>>,
 }
@@ -67,6 +77,17 @@ impl SoftwareEnclave {
         dir: &Path,
         node_id: u64,
         dev_key: Option<Sr25519Keypair>,
+    ) -> Result<Self, EnclaveError> {
+        Self::open_with(dir, node_id, EvidenceSource::Dev(dev_key))
+    }
+
+    /// Opens the enclave state in `dir` with the given evidence source. The `gramine-sgx` backend
+    /// is this with `EvidenceSource::Gramine` and `dir` on Gramine's encrypted-files mount (so
+    /// the sealing-key file is itself encrypted by Gramine under the MRSIGNER-bound key).
+    pub fn open_with(
+        dir: &Path,
+        node_id: u64,
+        evidence: EvidenceSource,
     ) -> Result<Self, EnclaveError> {
         std::fs::create_dir_all(dir).map_err(storage)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(storage)?;
@@ -127,7 +148,7 @@ impl SoftwareEnclave {
             sealing,
             identity,
             hpke,
-            dev_key,
+            evidence,
             epochs: Mutex::new(HashMap::new()),
             staged_import: Mutex::new(None),
         })
@@ -211,11 +232,31 @@ impl Enclave for SoftwareEnclave {
     }
 
     fn evidence(&self, report_data: &[u8; 64]) -> Result<(i32, Vec<u8>), EnclaveError> {
-        let key = self
-            .dev_key
-            .as_ref()
-            .ok_or_else(|| EnclaveError::State("no dev attestation key is configured".into()))?;
-        Ok((3, dev_attestation::issue(key, report_data, now_secs())))
+        match &self.evidence {
+            EvidenceSource::Dev(key) => {
+                let key = key.as_ref().ok_or_else(|| {
+                    EnclaveError::State("no dev attestation key is configured".into())
+                })?;
+                Ok((3, dev_attestation::issue(key, report_data, now_secs())))
+            }
+            EvidenceSource::Gramine(dir) => {
+                // Gramine computes the quote when `quote` is read after `user_report_data` was
+                // written; one request at a time.
+                static QUOTE_LOCK: Mutex<()> = Mutex::new(());
+                let _g = QUOTE_LOCK.lock().expect("quote lock");
+                std::fs::write(dir.join("user_report_data"), report_data).map_err(storage)?;
+                let quote = std::fs::read(dir.join("quote")).map_err(storage)?;
+                if quote.len() < 48 {
+                    return Err(EnclaveError::Storage(format!(
+                        "{} returned {} bytes, not a quote",
+                        dir.join("quote").display(),
+                        quote.len()
+                    )));
+                }
+                // SGX DCAP (proto AttestationKind::SgxDcap).
+                Ok((1, quote))
+            }
+        }
     }
 
     fn seal(&self, label: &str, data: &[u8]) -> Vec<u8> {
@@ -489,6 +530,29 @@ mod tests {
         e.derive_sealed(GK, epoch, KeyTarget::Worker, None, &w, &r)
             .unwrap()
             .public_key
+    }
+
+    #[test]
+    fn gramine_evidence_writes_report_data_and_reads_the_quote() {
+        // A stand-in for Gramine's /dev/attestation: real quotes need SGX hardware.
+        let att = tempfile::tempdir().unwrap();
+        std::fs::write(att.path().join("quote"), vec![7u8; 1000]).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let e = SoftwareEnclave::open_with(
+            d.path(),
+            1,
+            EvidenceSource::Gramine(att.path().to_path_buf()),
+        )
+        .unwrap();
+        let (kind, quote) = e.evidence(&[5; 64]).unwrap();
+        assert_eq!(kind, 1);
+        assert_eq!(quote, vec![7u8; 1000]);
+        assert_eq!(
+            std::fs::read(att.path().join("user_report_data")).unwrap(),
+            vec![5u8; 64]
+        );
+        std::fs::write(att.path().join("quote"), b"short").unwrap();
+        assert!(e.evidence(&[5; 64]).is_err());
     }
 
     #[test]
