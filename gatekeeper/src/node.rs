@@ -130,7 +130,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         }
         EvidenceSource::Gramine(config.gramine_attestation_dir.clone())
     } else {
-        EvidenceSource::Dev(dev_key.clone())
+        EvidenceSource::Dev(dev_key.clone().map(Box::new))
     };
     let enclave: Arc<dyn Enclave> = Arc::new(
         SoftwareEnclave::open_with(&config.enclave_dir(), config.node_id, source).with_context(

@@ -34,7 +34,7 @@ const IDENTITY_LABEL: &str = "node-identity";
 #[derive(Clone, Debug)]
 pub enum EvidenceSource {
     /// Dev attestations signed by this key (software backend).
-    Dev(Option<Sr25519Keypair>),
+    Dev(Option<Box<Sr25519Keypair>>),
     /// Gramine's attestation pseudo-files under this directory (normally `/dev/attestation`):
     /// the report data is written to `user_report_data` and the DCAP quote read from `quote`.
     Gramine(std::path::PathBuf),
@@ -72,13 +72,14 @@ fn now_secs() -> u64 {
 }
 
 impl SoftwareEnclave {
-    /// Opens (or creates) the enclave state in `dir` for node `node_id`.
+    /// Opens (or creates) the enclave state in `dir` for node `node_id`, with dev evidence.
+    #[cfg(test)]
     pub fn open(
         dir: &Path,
         node_id: u64,
         dev_key: Option<Sr25519Keypair>,
     ) -> Result<Self, EnclaveError> {
-        Self::open_with(dir, node_id, EvidenceSource::Dev(dev_key))
+        Self::open_with(dir, node_id, EvidenceSource::Dev(dev_key.map(Box::new)))
     }
 
     /// Opens the enclave state in `dir` with the given evidence source. The `gramine-sgx` backend
