@@ -67,6 +67,7 @@ pub struct MinerClient {
     cache: HashMap<(u8, Vec<u8>, u64), FetchedKey>,
     evidence: Option<EvidenceFn>,
     timeout: Duration,
+    pinned: bool,
 }
 
 fn now_ms() -> u64 {
@@ -99,7 +100,18 @@ impl MinerClient {
             cache: HashMap::new(),
             evidence: None,
             timeout: Duration::from_secs(10),
+            pinned: false,
         }
+    }
+
+    /// Trust only this cluster description (obtained out of band, e.g. from the operator or the
+    /// chain): responses must be signed by its epochs' signing keys and `GetClusterInfo` is never
+    /// asked. Without pinning, the signing keys come from `GetClusterInfo` over the same channel
+    /// as the keys, so a man in the middle of that channel could substitute both.
+    pub fn with_pinned_cluster_info(mut self, info: pb::ClusterInfo) -> Self {
+        self.info = Some(info);
+        self.pinned = true;
+        self
     }
 
     /// Attach attestation evidence to every request.
@@ -124,7 +136,7 @@ impl MinerClient {
 
     /// Fetches (and caches) the public cluster description.
     pub async fn cluster_info(&mut self, refresh: bool) -> Result<pb::ClusterInfo, ClientError> {
-        if let (Some(i), false) = (&self.info, refresh) {
+        if let (Some(i), true) = (&self.info, !refresh || self.pinned) {
             return Ok(i.clone());
         }
         let mut last = String::new();
@@ -244,7 +256,16 @@ impl MinerClient {
                     resp = Some(r.into_inner());
                     break;
                 }
-                // The same signed request may go to the next node: nothing was served.
+                // The same signed request may go to the next node: nothing was served (a refused
+                // request spends no nonce). FAILED_PRECONDITION: that node is sealed or behind.
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+                    ) && self.endpoints.len() > 1 =>
+                {
+                    last = format!("{}: {}", s.code(), s.message())
+                }
                 Err(s) if s.code() == tonic::Code::Unavailable => last = s.message().into(),
                 Err(s) => return Err(refused(s)),
             }

@@ -147,16 +147,33 @@ impl AdminService for AdminServer {
             commit_index: s.commit_index.unwrap_or(0),
             members: members_pb(&s),
             seal: Some({
+                // "unsealed" is computed now, from the committed epochs and the enclave, never
+                // from a cached view: a new active epoch makes a node sealed until it holds it.
+                let active: Vec<u64> = self
+                    .replica
+                    .sm
+                    .read()
+                    .state
+                    .epochs
+                    .values()
+                    .filter(|e| e.status == EpochStatus::Active)
+                    .map(|e| e.epoch)
+                    .collect();
                 let v = self.seal.lock().expect("seal lock").clone();
+                let all_held =
+                    !active.is_empty() && active.iter().all(|e| self.enclave.has_master(*e));
+                let (state, collected, threshold, epoch) = if all_held {
+                    (pb::SealState::Unsealed, 0, 0, 0)
+                } else if v.state == "unsealing" && active.contains(&v.epoch) {
+                    (pb::SealState::Unsealing, v.collected, v.threshold, v.epoch)
+                } else {
+                    (pb::SealState::Sealed, 0, 0, 0)
+                };
                 pb::SealStatus {
-                    state: match v.state.as_str() {
-                        "unsealed" => pb::SealState::Unsealed,
-                        "unsealing" => pb::SealState::Unsealing,
-                        _ => pb::SealState::Sealed,
-                    } as i32,
-                    shares_collected: v.collected,
-                    threshold: v.threshold,
-                    epoch: v.epoch,
+                    state: state as i32,
+                    shares_collected: collected,
+                    threshold,
+                    epoch,
                 }
             }),
             epochs: epochs_pb(&self.replica.sm.read().state),
@@ -252,7 +269,14 @@ impl AdminService for AdminServer {
                 )));
             }
         }
-        self.replica.initialize(members).await.map_err(to_status)?;
+        match self.replica.initialize(members).await {
+            Ok(()) => {}
+            // Raft was initialised but InitCluster never committed (a failed earlier attempt):
+            // finish that init instead of refusing forever.
+            Err(ReplicaError::AlreadyInitialized)
+                if self.replica.sm.read().state.gatekeeper_id.is_none() => {}
+            Err(e) => return Err(to_status(e)),
+        }
         let mut id = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
         let out = self
@@ -333,6 +357,32 @@ impl AdminService for AdminServer {
                 r.node_id
             )));
         }
+        // Refuse a removal that would leave fewer voters than a live epoch's threshold: its
+        // shares could no longer be re-dealt and the epoch would be lost.
+        let voters_after = self
+            .replica
+            .status()
+            .members
+            .iter()
+            .filter(|m| m.voter && m.id != r.node_id)
+            .count();
+        let needed = self
+            .replica
+            .sm
+            .read()
+            .state
+            .epochs
+            .values()
+            .filter(|e| matches!(e.status, EpochStatus::Active | EpochStatus::Dealing))
+            .map(|e| usize::from(e.threshold))
+            .max()
+            .unwrap_or(0);
+        if voters_after < needed {
+            return Err(Status::failed_precondition(format!(
+                "removing node {} would leave {voters_after} voters, fewer than the threshold {needed} of a live epoch",
+                r.node_id
+            )));
+        }
         let index = self.replica.leave(r.node_id).await.map_err(to_status)?;
         Ok(Response::new(pb::LeaveResponse { log_index: index }))
     }
@@ -363,7 +413,7 @@ impl AdminService for AdminServer {
             .write(&Command::StartRotation {
                 rotation_id: rotation_id.clone(),
                 requested_at_ms: now,
-                deadline_ms: now + deadline,
+                deadline_ms: now.saturating_add(deadline),
             })
             .await
             .map_err(to_status)?;
@@ -376,14 +426,19 @@ impl AdminService for AdminServer {
             });
         }
         tracing::info!(rotation = %rotation_id, reason = %r.reason, "rotation started");
+        // Read back through a linearizable read: the write may have been committed by another
+        // node and this one may not have applied it yet.
         let epoch = self
             .replica
-            .sm
-            .read()
-            .state
-            .rotation
-            .as_ref()
-            .map(|x| x.epoch)
+            .read_linearizable(|a| {
+                a.state
+                    .rotation
+                    .as_ref()
+                    .filter(|x| x.rotation_id == rotation_id)
+                    .map(|x| x.epoch)
+            })
+            .await
+            .map_err(to_status)?
             .unwrap_or_default();
         Ok(Response::new(pb::RotateResponse {
             rotation_id,

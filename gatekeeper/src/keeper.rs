@@ -236,31 +236,14 @@ impl Keeper {
             self.lead(&state, &gk, &voters, &members).await?;
         }
 
-        // 3. ack own shares, 4. unseal
+        // 3. confirm held masters against the committed records, ack own shares, 4. unseal.
+        // Each epoch is handled on its own: one failing epoch does not stop the others.
         for e in state.epochs.values() {
             if matches!(e.status, EpochStatus::Retired | EpochStatus::Aborted) {
                 continue;
             }
-            let ctx = dealing_ctx(&gk, e).map_err(|x| x.to_string())?;
-            let comm = commitments(&e.dealing).map_err(|x| x.to_string())?;
-            if let Some(mine) = e.dealing.shares.iter().find(|s| s.node_id == me) {
-                let (_, own) = self.enclave.held_shares(e.epoch, e.dealing.generation);
-                if !own {
-                    self.enclave
-                        .accept_own_share(&ctx, &comm, mine.index, &envelope(mine))
-                        .map_err(|x| format!("own share of epoch {}: {x}", e.epoch))?;
-                }
-                if !e.dealing.acked.contains(&me) {
-                    self.write(Command::AckShare {
-                        epoch: e.epoch,
-                        generation: e.dealing.generation,
-                        node_id: me,
-                    })
-                    .await?;
-                }
-            }
-            if e.status == EpochStatus::Active && !self.enclave.has_master(e.epoch) {
-                self.unseal(&state, &gk, e).await?;
+            if let Err(x) = self.epoch_step(&state, &gk, e).await {
+                tracing::debug!(epoch = e.epoch, error = %x, "epoch step did not complete; will retry");
             }
         }
         let active: Vec<&EpochRecord> = state
@@ -272,6 +255,47 @@ impl Keeper {
             self.set_seal("unsealed", 0, 0, 0);
         } else if active.is_empty() {
             self.set_seal("sealed", 0, 0, 0);
+        }
+        Ok(())
+    }
+
+    async fn epoch_step(
+        &self,
+        state: &GatekeeperState,
+        gk: &Bytes32,
+        e: &EpochRecord,
+    ) -> Result<(), String> {
+        let me = self.replica.node_id;
+        let pk = Sr25519PublicKey::from_slice(&e.master_public_key.0).map_err(|x| x.to_string())?;
+        self.enclave.confirm_epoch(e.epoch, &pk);
+        let ctx = dealing_ctx(gk, e).map_err(|x| x.to_string())?;
+        let comm = commitments(&e.dealing).map_err(|x| x.to_string())?;
+        if let Some(mine) = e.dealing.shares.iter().find(|s| s.node_id == me) {
+            let (_, own) = self.enclave.held_shares(e.epoch, e.dealing.generation);
+            let opened = own
+                || match self
+                    .enclave
+                    .accept_own_share(&ctx, &comm, mine.index, &envelope(mine))
+                {
+                    Ok(()) => true,
+                    Err(x) => {
+                        // E.g. sealed to this node's previous enclave key (wiped and rejoined):
+                        // the leader re-deals; meanwhile unseal from peers.
+                        tracing::debug!(epoch = e.epoch, error = %x, "own share does not open");
+                        false
+                    }
+                };
+            if opened && !e.dealing.acked.contains(&me) {
+                self.write(Command::AckShare {
+                    epoch: e.epoch,
+                    generation: e.dealing.generation,
+                    node_id: me,
+                })
+                .await?;
+            }
+        }
+        if e.status == EpochStatus::Active && !self.enclave.has_master(e.epoch) {
+            self.unseal(state, gk, e).await?;
         }
         Ok(())
     }
@@ -321,43 +345,38 @@ impl Keeper {
         // Rotation.
         if let Some(r) = &state.rotation {
             if r.outcome == RotationOutcome::InProgress {
-                match state.epochs.get(&r.epoch) {
-                    None => {
-                        // Keep the current epoch's threshold (capped by the member count).
-                        let t = state
-                            .current_epoch()
-                            .and_then(|c| state.epochs.get(&c))
-                            .map(|c| usize::from(c.threshold))
-                            .unwrap_or_else(|| keyring::shares::default_threshold(recipients.len()))
-                            .min(recipients.len())
-                            .max(1);
-                        let p = self
-                            .enclave
-                            .create_epoch(gid, r.epoch, t, &recipients, false)
-                            .map_err(|e| e.to_string())?;
-                        tracing::info!(epoch = r.epoch, rotation = %r.rotation_id, "dealing rotation epoch");
-                        return self.install(r.epoch, t, &p, &recipients).await;
-                    }
-                    Some(e)
-                        if e.status == EpochStatus::Dealing
-                            && r.deadline_ms > 0
-                            && now_ms() > r.deadline_ms =>
-                    {
-                        return self
-                            .write(Command::AbortRotation {
-                                rotation_id: r.rotation_id.clone(),
-                                reason: "dealing did not complete before the deadline".into(),
-                            })
-                            .await;
-                    }
-                    _ => {}
+                let epoch = state.epochs.get(&r.epoch);
+                let expired = r.deadline_ms > 0 && now_ms() > r.deadline_ms;
+                if expired && epoch.is_none_or(|e| e.status == EpochStatus::Dealing) {
+                    return self
+                        .write(Command::AbortRotation {
+                            rotation_id: r.rotation_id.clone(),
+                            reason: "dealing did not complete before the deadline".into(),
+                        })
+                        .await;
+                }
+                if epoch.is_none() {
+                    // Keep the current epoch's threshold (capped by the member count).
+                    let t = state
+                        .current_epoch()
+                        .and_then(|c| state.epochs.get(&c))
+                        .map(|c| usize::from(c.threshold))
+                        .unwrap_or_else(|| keyring::shares::default_threshold(recipients.len()))
+                        .min(recipients.len())
+                        .max(1);
+                    let p = self
+                        .enclave
+                        .create_epoch(gid, r.epoch, t, &recipients, false)
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!(epoch = r.epoch, rotation = %r.rotation_id, "dealing rotation epoch");
+                    return self.install(r.epoch, t, &p, &recipients).await;
                 }
             }
         }
         // Re-dealing after a membership change.
         let want: BTreeSet<u64> = voters.iter().copied().collect();
         for e in state.epochs.values() {
-            if e.status != EpochStatus::Active {
+            if !matches!(e.status, EpochStatus::Active | EpochStatus::Dealing) {
                 continue;
             }
             let holders: BTreeSet<u64> = e.dealing.shares.iter().map(|s| s.node_id).collect();

@@ -107,7 +107,13 @@ impl PeerService for PeerServer {
             .try_into()
             .map_err(|_| Status::invalid_argument("nonce must be 32 bytes"))?;
         let sig = arg(Signature::from_slice(&r.signature), "signature")?;
-        let state = self.replica.sm.read().state.clone();
+        // Authorise against a linearizable view: a lagging node must not serve a share to a node
+        // that was already removed, nor a generation that was already re-dealt.
+        let state = self
+            .replica
+            .read_linearizable(|a| a.state.clone())
+            .await
+            .map_err(crate::admin_service::to_status)?;
         if state.gatekeeper_id != Some(Bytes32(gk.0)) {
             return Err(Status::invalid_argument(
                 "gatekeeper_id is not this cluster's",
@@ -170,21 +176,28 @@ impl PeerService for PeerServer {
             .epochs
             .get(&r.epoch)
             .ok_or_else(|| Status::not_found(format!("no epoch {}", r.epoch)))?;
+        if epoch.status != gatekeeper_raft::state::EpochStatus::Active {
+            return Err(Status::failed_precondition(format!(
+                "epoch {} is {:?}: its shares are not served",
+                r.epoch, epoch.status
+            )));
+        }
         if epoch.dealing.generation != r.generation {
             return Err(Status::not_found(format!(
                 "epoch {} is at generation {}, not {}",
                 r.epoch, epoch.dealing.generation, r.generation
             )));
         }
-        self.nonces
-            .use_nonce(&nonce, now)
-            .map_err(|_| Status::already_exists("nonce replayed"))?;
         let ctx =
             dealing_ctx(&Bytes32(gk.0), epoch).map_err(|e| Status::internal(e.to_string()))?;
         let (index, env) = self
             .enclave
             .share_for_peer(&ctx, r.requester_node_id, &hpke)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        // Spent only once everything else passed.
+        self.nonces
+            .use_nonce(&nonce, now)
+            .map_err(|_| Status::already_exists("nonce replayed"))?;
         let resp = ShareResponse {
             responder_node_id: self.replica.node_id,
             epoch: r.epoch,

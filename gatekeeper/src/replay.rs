@@ -32,8 +32,10 @@ impl NonceCache {
 
     /// Checks the timestamp only (no state change).
     pub fn check_time(&self, timestamp_ms: u64, now_ms: u64) -> Result<(), ReplayError> {
-        let skew = timestamp_ms as i64 - now_ms as i64;
-        if skew.unsigned_abs() > self.window_ms {
+        if timestamp_ms.abs_diff(now_ms) > self.window_ms {
+            let skew = i64::try_from(timestamp_ms)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(now_ms).unwrap_or(i64::MAX));
             return Err(ReplayError::Skew(skew));
         }
         Ok(())
@@ -42,7 +44,8 @@ impl NonceCache {
     /// Records the nonce if unseen; call only once every other check has passed.
     pub fn use_nonce(&self, nonce: &[u8; 32], now_ms: u64) -> Result<(), ReplayError> {
         let mut seen = self.seen.lock().expect("nonce lock");
-        if seen.len() > 4096 {
+        // Prune when the map doubles past its last pruned size, not on every request.
+        if seen.len() > 4096 && seen.len().is_power_of_two() {
             seen.retain(|_, exp| *exp > now_ms);
         }
         match seen.get(nonce) {
@@ -71,5 +74,14 @@ mod tests {
         assert_eq!(c.use_nonce(&[2; 32], 10_500), Ok(()));
         // Long after the window the nonce may be forgotten.
         assert_eq!(c.use_nonce(&[1; 32], 20_000), Ok(()));
+        // Absurd timestamps are refused, not overflowed.
+        assert!(matches!(
+            c.check_time(u64::MAX, 10_000),
+            Err(ReplayError::Skew(_))
+        ));
+        assert!(matches!(
+            c.check_time(0, u64::MAX),
+            Err(ReplayError::Skew(_))
+        ));
     }
 }

@@ -44,16 +44,27 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(90);
 /// Poll interval of [`Cluster::wait_for`].
 pub const POLL: Duration = Duration::from_millis(50);
 
-/// Path of the `gatekeeper` binary from this workspace, building it first if it is missing
-/// (`cargo test --workspace` does not always build other packages' binaries).
+/// Path of the `gatekeeper` binary from this workspace, built (once per test process) so it is
+/// never stale: `cargo test -p gatekeeper-integration-tests` does not rebuild another package's
+/// binary, and a leftover `target/<profile>/gatekeeper` from an older build would silently test
+/// old code. Under cargo (`CARGO` set) `cargo build -p gatekeeper` runs once, a fast no-op when
+/// up to date; outside cargo an existing binary is used as is.
 ///
 /// `GATEKEEPER_TEST_BIN` overrides the path.
 pub fn gatekeeper_bin() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     if let Some(p) = std::env::var_os("GATEKEEPER_TEST_BIN") {
         return Ok(PathBuf::from(p));
     }
+    BUILT
+        .get_or_init(|| locate_and_build().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn locate_and_build() -> Result<PathBuf> {
     // Test binaries live in target/<profile>/deps/<test-binary>; binaries of this package (the
-    // benchmark) in target/<profile>/<bin>. Either way the gatekeeper binary is
+    // benchmarks) in target/<profile>/<bin>. Either way the gatekeeper binary is
     // target/<profile>/gatekeeper.
     let exe = std::env::current_exe().context("current_exe")?;
     let mut profile_dir = exe
@@ -67,7 +78,8 @@ pub fn gatekeeper_bin() -> Result<PathBuf> {
             .to_path_buf();
     }
     let bin = profile_dir.join("gatekeeper");
-    if !bin.exists() {
+    let under_cargo = std::env::var_os("CARGO").is_some();
+    if under_cargo || !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "gatekeeper", "--bin", "gatekeeper"]);

@@ -93,11 +93,14 @@ fn setup_worker(c: &Cluster) -> Sr25519Keypair {
 fn keys_from(c: &Cluster, i: u64, w: &Sr25519Keypair, epoch: Option<u64>) -> ([u8; 32], [u8; 32]) {
     rt().block_on(async {
         let mut m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone());
-        let wk = m.fetch(KeyTarget::Worker, epoch).await.expect("worker key");
+        let wk = m
+            .fetch(KeyTarget::Worker, epoch)
+            .await
+            .unwrap_or_else(|e| panic!("worker key from node {i} (epoch {epoch:?}): {e}"));
         let ck = m
             .fetch(KeyTarget::Contract(ContractId(CONTRACT)), epoch)
             .await
-            .expect("contract key");
+            .unwrap_or_else(|e| panic!("contract key from node {i} (epoch {epoch:?}): {e}"));
         assert_eq!(wk.served_by, i);
         (
             *wk.keypair.public_key().as_bytes(),

@@ -276,6 +276,26 @@ fn b_killing_the_leader_under_write_load_loses_no_acknowledged_write() {
     let c = Cluster::start(5, Opts::default());
     let ids = c.ids();
     let old = c.leader();
+    // The audit sequence counts every committed command, including the master-key keeper's
+    // (member registration, genesis dealing, share acknowledgements). Take the baseline once
+    // genesis has settled (every node unsealed): after that the keeper commits nothing until the
+    // membership changes, so every later step of the sequence is a canary write.
+    for &i in &ids {
+        c.wait_for(
+            &format!("node {i} to finish genesis"),
+            Duration::from_secs(45),
+            || {
+                let out = c.admin(i, &["status", "--json"]);
+                let v: serde_json::Value = serde_json::from_str(&out.stdout)
+                    .map_err(|e| format!("{e}: {}", out.describe()))?;
+                if v["seal_status"] == "unsealed" {
+                    Ok(())
+                } else {
+                    Err(format!("seal_status {}", v["seal_status"]))
+                }
+            },
+        );
+    }
     let baseline = c.wait_converged(&ids, 0)[0].audit_sequence;
 
     let rt = runtime();

@@ -415,7 +415,8 @@ impl RaftService for RaftServer {
                 .ok_or_else(|| Status::invalid_argument("snapshot header has no meta"))?,
         )
         .map_err(invalid)?;
-        let mut data = Vec::with_capacity(total);
+        // Grow as data arrives: `total_size` is only a claim until the bytes are here.
+        let mut data = Vec::new();
         let mut chunk = Some(first);
         let mut done = false;
         while let Some(c) = chunk.take() {

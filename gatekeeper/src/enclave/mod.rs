@@ -93,7 +93,7 @@ pub trait Enclave: Send + Sync {
     /// Returns its public key.
     fn stage_import(&self, envelope: &Envelope) -> Result<Sr25519PublicKey, EnclaveError>;
     /// Creates a new epoch's master secret (or takes the staged import) and deals it. The secret
-    /// stays in enclave memory.
+    /// stays in enclave memory, *pending* until [`Enclave::confirm_epoch`] sees it committed.
     fn create_epoch(
         &self,
         gatekeeper_id: GatekeeperId,
@@ -142,7 +142,11 @@ pub trait Enclave: Send + Sync {
         commitments: &Commitments,
         wrapped: &WrappedMaster,
     ) -> Result<(), EnclaveError>;
-    /// Whether the epoch's master secret is in memory.
+    /// Promotes a master dealt here to the epoch's master once the committed record names its
+    /// public key, and drops a held master that is not the committed one. True when the epoch's
+    /// committed master is held.
+    fn confirm_epoch(&self, epoch: u64, master_public_key: &Sr25519PublicKey) -> bool;
+    /// Whether the epoch's (confirmed) master secret is in memory.
     fn has_master(&self, epoch: u64) -> bool;
     /// How many verified shares of `(epoch, generation)` are held, and whether one is this node's.
     fn held_shares(&self, epoch: u64, generation: u64) -> (usize, bool);

@@ -58,6 +58,10 @@ pub struct SoftwareEnclave {
     evidence: EvidenceSource,
     epochs: Mutex<HashMap<u64, EpochSecrets>>,
     staged_import: Mutex<Option<MasterSecret>>,
+    /// Masters dealt here but not yet seen committed, by epoch. Only `confirm_epoch` promotes one
+    /// (when the committed record names its public key), so an epoch whose `InstallEpoch` never
+    /// committed can never serve keys.
+    pending: Mutex<HashMap<u64, MasterSecret>>,
 }
 
 fn storage(e: impl std::fmt::Display) -> EnclaveError {
@@ -152,6 +156,7 @@ impl SoftwareEnclave {
             evidence,
             epochs: Mutex::new(HashMap::new()),
             staged_import: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
         })
     }
 
@@ -309,7 +314,12 @@ impl Enclave for SoftwareEnclave {
             MasterSecret::generate(&mut OsRng)
         };
         let public = self.deal(&master, gatekeeper_id, epoch, 0, threshold, members)?;
-        self.epochs().entry(epoch).or_default().master = Some(master);
+        // Pending until the InstallEpoch naming this master public key is seen committed; a
+        // retry replaces it.
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(epoch, master);
         Ok(public)
     }
 
@@ -410,6 +420,27 @@ impl Enclave for SoftwareEnclave {
         let master = shares::reconstruct(ctx, commitments, wrapped, &held)?;
         e.master = Some(master);
         Ok(())
+    }
+
+    fn confirm_epoch(&self, epoch: u64, master_public_key: &Sr25519PublicKey) -> bool {
+        let mut epochs = self.epochs();
+        let e = epochs.entry(epoch).or_default();
+        if let Some(m) = &e.master {
+            if m.public_key() == *master_public_key {
+                return true;
+            }
+            // Never serve from a master that is not the committed one.
+            e.master = None;
+        }
+        let mut pending = self.pending.lock().expect("pending lock");
+        if pending
+            .get(&epoch)
+            .is_some_and(|m| m.public_key() == *master_public_key)
+        {
+            e.master = pending.remove(&epoch);
+            return true;
+        }
+        false
     }
 
     fn has_master(&self, epoch: u64) -> bool {
@@ -580,6 +611,7 @@ mod tests {
     fn genesis_unseal_from_peers_and_identical_keys() {
         let (_d, e) = cluster(3);
         let p = e[0].create_epoch(GK, 0, 2, &recipients(&e), false).unwrap();
+        assert!(e[0].confirm_epoch(0, &p.master_public_key));
         let c = ctx(&p, 0);
         for (x, (node, index, env)) in e.iter().zip(&p.shares) {
             assert_eq!(x.node_id, *node);
@@ -601,6 +633,27 @@ mod tests {
         assert!(e[2]
             .accept_peer_share(&c, &p.commitments, idx, &env)
             .is_err());
+    }
+
+    #[test]
+    fn a_master_serves_only_once_its_committed_record_matches() {
+        let (_d, e) = cluster(3);
+        let p = e[0].create_epoch(GK, 0, 2, &recipients(&e), false).unwrap();
+        // Dealt but not committed: nothing is served from it.
+        assert!(!e[0].has_master(0));
+        // A committed record naming another master does not promote it.
+        let other = Sr25519Keypair::from_seed(&[1; 32]).public_key();
+        assert!(!e[0].confirm_epoch(0, &other));
+        assert!(!e[0].has_master(0));
+        // A retry deals a new master; only the committed one is ever promoted.
+        let p2 = e[0].create_epoch(GK, 0, 2, &recipients(&e), false).unwrap();
+        assert_ne!(p2.master_public_key, p.master_public_key);
+        assert!(!e[0].confirm_epoch(0, &p.master_public_key));
+        assert!(e[0].confirm_epoch(0, &p2.master_public_key));
+        assert!(e[0].has_master(0));
+        // A held master that is not the committed one is dropped.
+        assert!(!e[0].confirm_epoch(0, &other));
+        assert!(!e[0].has_master(0));
     }
 
     #[test]
@@ -633,6 +686,7 @@ mod tests {
         let (_d, e) = cluster(4);
         let all = recipients(&e);
         let p0 = e[0].create_epoch(GK, 0, 2, &all[..3], false).unwrap();
+        assert!(e[0].confirm_epoch(0, &p0.master_public_key));
         let c0 = ctx(&p0, 0);
         for (x, (_, index, env)) in e.iter().zip(&p0.shares) {
             x.accept_own_share(&c0, &p0.commitments, *index, env)
