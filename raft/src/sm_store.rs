@@ -476,6 +476,20 @@ mod tests {
         }
     }
 
+    /// Opens, waiting briefly if the previous handle's sled threads still hold the directory
+    /// lock (sled releases it asynchronously after the last handle drops).
+    fn open_when_released(dir: &Path) -> Result<SmStore, SmOpenError> {
+        for _ in 0..100 {
+            match SmStore::open(dir) {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+        SmStore::open(dir)
+    }
+
     async fn store_with_writes(dir: &Path, n: u64) -> SmStore {
         let mut sm = SmStore::open(dir).unwrap();
         let entries: Vec<_> = (1..=n).map(|i| put(i, &format!("k{i}"))).collect();
@@ -490,7 +504,7 @@ mod tests {
             let sm = store_with_writes(dir.path(), 3).await;
             sm.flush().unwrap();
         }
-        let sm = SmStore::open(dir.path()).unwrap();
+        let sm = open_when_released(dir.path()).unwrap();
         let a = sm.read();
         assert_eq!(a.last_applied.unwrap().index, 3);
         assert_eq!(a.state.kv.len(), 3);
@@ -509,7 +523,7 @@ mod tests {
             sm.db.insert(STATE_KEY, raw).unwrap();
             sm.db.flush().unwrap();
         }
-        let e = SmStore::open(dir.path()).err().unwrap().to_string();
+        let e = open_when_released(dir.path()).err().unwrap().to_string();
         assert!(e.contains("checksum"), "{e}");
 
         // A sled directory from another data dir (id mismatch).
@@ -518,14 +532,14 @@ mod tests {
         store_with_writes(a.path(), 1).await.flush().unwrap();
         store_with_writes(b.path(), 1).await.flush().unwrap();
         std::fs::copy(b.path().join("sm.id"), a.path().join("sm.id")).unwrap();
-        let e = SmStore::open(a.path()).err().unwrap().to_string();
+        let e = open_when_released(a.path()).err().unwrap().to_string();
         assert!(e.contains("does not match"), "{e}");
 
         // The sled directory is gone but the data dir says a store existed.
         let c = tempfile::tempdir().unwrap();
         store_with_writes(c.path(), 1).await.flush().unwrap();
         std::fs::remove_dir_all(c.path().join("sm")).unwrap();
-        let e = SmStore::open(c.path()).err().unwrap().to_string();
+        let e = open_when_released(c.path()).err().unwrap().to_string();
         assert!(e.contains("store id is missing"), "{e}");
     }
 
@@ -542,7 +556,7 @@ mod tests {
             sm.db.insert(STATE_KEY, encode_record(&old)).unwrap();
             sm.db.flush().unwrap();
         }
-        let sm = SmStore::open(dir.path()).unwrap();
+        let sm = open_when_released(dir.path()).unwrap();
         assert_eq!(sm.read().last_applied.unwrap().index, 5);
         assert_eq!(sm.read().state.kv.len(), 5);
     }
