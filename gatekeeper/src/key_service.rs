@@ -97,6 +97,7 @@ impl KeyServer {
             .try_into()
             .map_err(|_| Status::invalid_argument("nonce must be 32 bytes"))?;
         let sig = field(Signature::from_slice(signature), "signature")?;
+        crate::peer_service::check_kind(&h.attestation)?;
         let target = match kind {
             pb::KeyKind::Worker => KeyTarget::Worker,
             pb::KeyKind::Cluster => KeyTarget::Cluster(field(

@@ -40,6 +40,20 @@ pub fn evidence_of(a: &Option<pb::Attestation>) -> Option<(EvidenceKind, Vec<u8>
     Some((kind, a.evidence.clone(), a.collateral.clone()))
 }
 
+/// Refuses an attestation whose kind is not one of the defined `AttestationKind`s (so the
+/// signed digest, which encodes the kind as one byte, binds it exactly).
+pub fn check_kind(a: &Option<pb::Attestation>) -> Result<(), Status> {
+    match a {
+        Some(a) if !matches!(pb::AttestationKind::try_from(a.kind), Ok(k) if k != pb::AttestationKind::Unspecified) => {
+            Err(Status::invalid_argument(format!(
+                "attestation.kind {} is not a defined AttestationKind",
+                a.kind
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Verifies evidence against a policy, mapping failures to PERMISSION_DENIED.
 pub fn check_evidence(
     policy: &Policy,
@@ -107,6 +121,7 @@ impl PeerService for PeerServer {
             .try_into()
             .map_err(|_| Status::invalid_argument("nonce must be 32 bytes"))?;
         let sig = arg(Signature::from_slice(&r.signature), "signature")?;
+        check_kind(&r.evidence)?;
         // Authorise against a linearizable view: a lagging node must not serve a share to a node
         // that was already removed, nor a generation that was already re-dealt.
         let state = self

@@ -356,6 +356,17 @@ fn every_bad_request_gets_its_code_and_changes_nothing() {
             code(k.get_worker_key(worker(&r)).await),
             tonic::Code::NotFound
         );
+        // An attestation kind that is not defined.
+        let mut r = signed(&gk, &w, KeyTarget::Worker, None, now_ms());
+        r.header.attestation = Some(pb::Attestation {
+            kind: 99,
+            evidence: vec![1; 8],
+            collateral: vec![],
+        });
+        assert_eq!(
+            code(k.get_worker_key(worker(&r)).await),
+            tonic::Code::InvalidArgument
+        );
         // Too large.
         let mut r = signed(&gk, &w, KeyTarget::Worker, None, now_ms());
         r.header.attestation = Some(pb::Attestation {
