@@ -14,6 +14,7 @@
 //! 4. **unseal** — for each active epoch whose master is not in memory, it collects verified
 //!    shares from peers (`PeerService.FetchShare`) until it has `t`, then rebuilds the master.
 
+use crate::attestation::Policy;
 use crate::enclave::{DealingPublic, Enclave, EnclaveError, Recipient};
 use crate::peer_service::fetch_share;
 use gatekeeper_raft::replica::Replica;
@@ -41,6 +42,32 @@ pub struct SealView {
     pub epoch: u64,
 }
 
+/// Whether a member's registration evidence (recorded with its keys) passes the member policy:
+/// the evidence must bind `report_data(identity, hpke, 0…)`. The age limit does not apply here —
+/// registration binds keys, it does not prove freshness (FetchShare checks fresh evidence per
+/// request). Shares are dealt only to members that pass.
+pub fn member_evidence_ok(policy: &Policy, m: &MemberRecord) -> Result<(), String> {
+    if policy.kind == crate::attestation::PolicyKind::None {
+        return Ok(());
+    }
+    let hpke =
+        keyring::X25519PublicKey::from_slice(&m.hpke_public_key.0).map_err(|e| e.to_string())?;
+    let rd = keyring::sign::report_data(&m.identity_public_key.0, &hpke, &[0; 32]);
+    let kind = match policy.kind {
+        crate::attestation::PolicyKind::Dev => crate::attestation::EvidenceKind::Dev,
+        _ => crate::attestation::EvidenceKind::SgxDcap,
+    };
+    let mut p = policy.clone();
+    p.max_evidence_age_secs = u64::MAX / 2;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    p.verify(Some((kind, &m.attestation.0, None)), &rd, now)
+        .map(|_| ())
+        .map_err(|e| format!("node {}: {e}", m.node_id))
+}
+
 /// Shared handles the keeper works with.
 #[derive(Clone)]
 pub struct Keeper {
@@ -56,6 +83,9 @@ pub struct Keeper {
     pub api_address: String,
     /// Request deadline for peer calls.
     pub request_timeout: Duration,
+    /// Attestation policy for members: shares are dealt only to members whose registration
+    /// evidence passes it.
+    pub member_policy: Policy,
 }
 
 fn now_ms() -> u64 {
@@ -203,6 +233,16 @@ impl Keeper {
             .map(|m| m.id)
             .collect();
         let all_registered = voters.iter().all(|v| state.members.contains_key(v));
+        // Deal nothing while any voter's registration evidence fails the member policy.
+        let unverified: Vec<String> = voters
+            .iter()
+            .filter_map(|v| state.members.get(v))
+            .filter_map(|m| member_evidence_ok(&self.member_policy, m).err())
+            .collect();
+        if all_registered && !unverified.is_empty() {
+            tracing::warn!(refused = ?unverified, "not dealing: member evidence fails the member policy");
+        }
+        let all_registered = all_registered && unverified.is_empty();
 
         // 2. deal (leader only)
         let members: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
@@ -486,5 +526,66 @@ impl Keeper {
             tracing::info!(epoch = e.epoch, "epoch unsealed");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attestation::PolicyKind;
+    use gatekeeper_raft::state::HexBytes;
+
+    fn policy(kind: PolicyKind, dev: &keyring::Sr25519Keypair) -> Policy {
+        Policy {
+            kind,
+            allowed_mrenclave: vec![],
+            allowed_mrsigner: vec![],
+            allowed_mrtd: vec![],
+            min_tcb_status: "UpToDate".into(),
+            max_evidence_age_secs: 1,
+            dev_key: Some(dev.public_key()),
+            default_collateral: None,
+        }
+    }
+
+    fn record(
+        identity: [u8; 32],
+        hpke: keyring::X25519PublicKey,
+        evidence: Vec<u8>,
+    ) -> MemberRecord {
+        MemberRecord {
+            node_id: 7,
+            raft_address: "a:1".into(),
+            api_address: "a:2".into(),
+            identity_public_key: Bytes32(identity),
+            hpke_public_key: Bytes32(*hpke.as_bytes()),
+            attestation: HexBytes(evidence),
+        }
+    }
+
+    #[test]
+    fn shares_go_only_to_members_whose_registration_evidence_binds_their_keys() {
+        let dev = keyring::Sr25519Keypair::from_seed(&[1; 32]);
+        let id = keyring::Sr25519Keypair::from_seed(&[2; 32]).public_key();
+        let hpke = keyring::X25519SecretKey::generate(&mut rand_core::OsRng).public_key();
+        let rd = keyring::sign::report_data(id.as_bytes(), &hpke, &[0; 32]);
+        // Issued long ago: the age limit does not apply to registration evidence.
+        let good = keyring::dev_attestation::issue(&dev, &rd, 1_000);
+        let p = policy(PolicyKind::Dev, &dev);
+        member_evidence_ok(&p, &record(*id.as_bytes(), hpke, good.clone())).unwrap();
+        // The same evidence presented for another HPKE key (an attacker's) is refused.
+        let attacker = keyring::X25519SecretKey::generate(&mut rand_core::OsRng).public_key();
+        assert!(member_evidence_ok(&p, &record(*id.as_bytes(), attacker, good)).is_err());
+        // No evidence, or evidence from another key, is refused.
+        assert!(member_evidence_ok(&p, &record(*id.as_bytes(), hpke, vec![])).is_err());
+        let other = keyring::Sr25519Keypair::from_seed(&[3; 32]);
+        let forged = keyring::dev_attestation::issue(&other, &rd, 1_000);
+        assert!(member_evidence_ok(&p, &record(*id.as_bytes(), hpke, forged)).is_err());
+        // The `none` policy accepts anything.
+        member_evidence_ok(
+            &policy(PolicyKind::None, &dev),
+            &record(*id.as_bytes(), hpke, vec![]),
+        )
+        .unwrap();
     }
 }

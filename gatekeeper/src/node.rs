@@ -189,6 +189,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         raft_address: config.raft_address(),
         api_address: config.api_address(),
         request_timeout: config.request_timeout(),
+        member_policy: policy(
+            &config,
+            config.member_attestation,
+            dev_key.as_ref(),
+            collateral.as_ref(),
+        ),
     };
     let admin = AdminServer::new(
         replica.clone(),
