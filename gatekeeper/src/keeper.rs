@@ -17,6 +17,7 @@
 use crate::attestation::Policy;
 use crate::enclave::{DealingPublic, Enclave, EnclaveError, Recipient};
 use crate::peer_service::fetch_share;
+use gatekeeper_raft::now_ms;
 use gatekeeper_raft::replica::Replica;
 use gatekeeper_raft::state::{
     Bytes32, Command, DealingRecord, EpochRecord, EpochStatus, GatekeeperState, HexBytes,
@@ -86,13 +87,6 @@ pub struct Keeper {
     /// Attestation policy for members: shares are dealt only to members whose registration
     /// evidence passes it.
     pub member_policy: Policy,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The dealing context of an epoch record.

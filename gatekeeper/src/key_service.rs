@@ -9,6 +9,7 @@ use crate::peer_service::check_evidence;
 use crate::replay::{NonceCache, ReplayError};
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::key_service_server::KeyService;
+use gatekeeper_raft::now_ms;
 use gatekeeper_raft::replica::Replica;
 use gatekeeper_raft::sm_store::Applied;
 use gatekeeper_raft::state::{
@@ -37,13 +38,6 @@ pub struct KeyServer {
     pub nonces: Arc<NonceCache>,
     /// `true`: serve from local state (stale mode); `false`: linearizable.
     pub stale_reads: bool,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn field<T>(r: keyring::Result<T>, name: &str) -> Result<T, Status> {

@@ -7,6 +7,7 @@ use crate::replay::{NonceCache, ReplayError};
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::peer_service_client::PeerServiceClient;
 use gatekeeper_proto::v1::peer_service_server::PeerService;
+use gatekeeper_raft::now_ms;
 use gatekeeper_raft::replica::Replica;
 use gatekeeper_raft::state::{Bytes32, EpochRecord};
 use keyring::envelope::{Envelope, ENVELOPE_VERSION};
@@ -16,13 +17,6 @@ use rand_core::RngCore;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn arg<T>(r: keyring::Result<T>, field: &str) -> Result<T, Status> {
     r.map_err(|e| Status::invalid_argument(format!("{field}: {e}")))

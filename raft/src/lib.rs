@@ -23,6 +23,15 @@ use std::fmt;
 // `declare_raft_types!` names the default snapshot type `Cursor<Vec<u8>>` unqualified.
 use std::io::Cursor;
 
+/// Wall-clock time in milliseconds since the Unix epoch (0 if the clock is before 1970). Only the
+/// runtime reads the clock; the state machine never does.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A Raft node id.
 pub type NodeId = u64;
 

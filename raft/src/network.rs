@@ -13,6 +13,7 @@
 //!   or receives (used by failover drills and partition tests).
 
 use crate::convert::{self, ConvertError};
+use crate::now_ms;
 use crate::{Command, Node, NodeId, TypeConfig};
 use gatekeeper_proto::raft::v1 as pb;
 use gatekeeper_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -32,7 +33,7 @@ use std::future::Future;
 use std::io::{self, Cursor};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -76,13 +77,6 @@ impl Faults {
     pub fn is_isolated(&self) -> bool {
         self.isolated.load(Ordering::SeqCst)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// When this node last accepted an AppendEntries from a leader (unix ms; 0 = never).
@@ -351,6 +345,15 @@ impl RaftServer {
     }
 }
 
+/// FAILED_PRECONDITION naming the leader this node knows in `forward-to-leader` metadata.
+fn not_leader(leader: Option<NodeId>) -> Status {
+    let mut s = Status::failed_precondition("not the leader");
+    if let Some(v) = leader.and_then(|id| id.to_string().parse().ok()) {
+        s.metadata_mut().insert("forward-to-leader", v);
+    }
+    s
+}
+
 fn invalid(e: ConvertError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -478,13 +481,7 @@ impl RaftService for RaftServer {
                 membership: r.membership.as_ref().map(convert::membership_to_pb),
             })),
             Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                let mut s = Status::failed_precondition("not the leader");
-                if let Some(id) = f.leader_id {
-                    if let Ok(v) = id.to_string().parse() {
-                        s.metadata_mut().insert("forward-to-leader", v);
-                    }
-                }
-                Err(s)
+                Err(not_leader(f.leader_id))
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
@@ -500,13 +497,7 @@ impl RaftService for RaftServer {
                 read_log_id: l.as_ref().map(convert::log_id_to_pb),
             })),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                let mut s = Status::failed_precondition("not the leader");
-                if let Some(id) = f.leader_id {
-                    if let Ok(v) = id.to_string().parse() {
-                        s.metadata_mut().insert("forward-to-leader", v);
-                    }
-                }
-                Err(s)
+                Err(not_leader(f.leader_id))
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
         }

@@ -14,6 +14,7 @@
 //!   fsynced, renamed, and the directory fsynced, before openraft is told the snapshot exists (so
 //!   the log is purged only behind a durable snapshot).
 
+use crate::now_ms;
 use crate::state::GatekeeperState;
 use crate::{CommandReply, Node, NodeId, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -101,13 +102,6 @@ pub struct SmStore {
 /// The state record is rewritten at most this often while applying (it only shortens replay:
 /// the fsynced log and the latest snapshot rebuild everything after it).
 const PERSIST_EVERY_MS: u64 = 200;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
