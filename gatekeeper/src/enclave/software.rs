@@ -164,6 +164,20 @@ impl SoftwareEnclave {
         self.epochs.lock().expect("enclave lock poisoned")
     }
 
+    /// Runs `f` with the epoch's confirmed master secret, or fails with `Sealed`.
+    fn with_master<T>(
+        &self,
+        epoch: u64,
+        f: impl FnOnce(&MasterSecret) -> Result<T, EnclaveError>,
+    ) -> Result<T, EnclaveError> {
+        let epochs = self.epochs();
+        let master = epochs
+            .get(&epoch)
+            .and_then(|e| e.master.as_ref())
+            .ok_or(EnclaveError::Sealed(epoch))?;
+        f(master)
+    }
+
     fn deal(
         &self,
         master: &MasterSecret,
@@ -331,12 +345,9 @@ impl Enclave for SoftwareEnclave {
         threshold: usize,
         members: &[Recipient],
     ) -> Result<DealingPublic, EnclaveError> {
-        let epochs = self.epochs();
-        let master = epochs
-            .get(&epoch)
-            .and_then(|e| e.master.as_ref())
-            .ok_or(EnclaveError::Sealed(epoch))?;
-        self.deal(master, gatekeeper_id, epoch, generation, threshold, members)
+        self.with_master(epoch, |master| {
+            self.deal(master, gatekeeper_id, epoch, generation, threshold, members)
+        })
     }
 
     fn accept_own_share(
@@ -469,31 +480,28 @@ impl Enclave for SoftwareEnclave {
         worker: &Sr25519PublicKey,
         recipient: &X25519PublicKey,
     ) -> Result<SealedKey, EnclaveError> {
-        let epochs = self.epochs();
-        let master = epochs
-            .get(&epoch)
-            .and_then(|e| e.master.as_ref())
-            .ok_or(EnclaveError::Sealed(epoch))?;
-        let (key, subject_id): (Sr25519Keypair, Vec<u8>) = match target {
-            KeyTarget::Worker => (
-                derive::worker_key(master, worker),
-                worker.as_bytes().to_vec(),
-            ),
-            KeyTarget::Cluster(c) => {
-                let scheme = cluster.map_or(Scheme::Native, |(_, s)| s);
-                (
-                    derive::cluster_key(master, scheme, &c),
-                    c.as_bytes().to_vec(),
-                )
-            }
-            KeyTarget::Contract(k) => {
-                let (c, scheme) = cluster.ok_or_else(|| {
-                    EnclaveError::State("a contract key needs its cluster".into())
-                })?;
-                let ck = derive::cluster_key(master, scheme, &c);
-                (derive::contract_key(&ck, scheme, &k), k.as_bytes().to_vec())
-            }
-        };
+        let (key, subject_id): (Sr25519Keypair, Vec<u8>) = self.with_master(epoch, |master| {
+            Ok(match target {
+                KeyTarget::Worker => (
+                    derive::worker_key(master, worker),
+                    worker.as_bytes().to_vec(),
+                ),
+                KeyTarget::Cluster(c) => {
+                    let scheme = cluster.map_or(Scheme::Native, |(_, s)| s);
+                    (
+                        derive::cluster_key(master, scheme, &c),
+                        c.as_bytes().to_vec(),
+                    )
+                }
+                KeyTarget::Contract(k) => {
+                    let (c, scheme) = cluster.ok_or_else(|| {
+                        EnclaveError::State("a contract key needs its cluster".into())
+                    })?;
+                    let ck = derive::cluster_key(master, scheme, &c);
+                    (derive::contract_key(&ck, scheme, &k), k.as_bytes().to_vec())
+                }
+            })
+        })?;
         let ectx = EnvelopeContext {
             purpose: Purpose::KeyDelivery,
             gatekeeper_id,
@@ -509,16 +517,13 @@ impl Enclave for SoftwareEnclave {
     }
 
     fn sign_response(&self, epoch: u64, message: &[u8]) -> Result<Signature, EnclaveError> {
-        let epochs = self.epochs();
-        let master = epochs
-            .get(&epoch)
-            .and_then(|e| e.master.as_ref())
-            .ok_or(EnclaveError::Sealed(epoch))?;
-        Ok(sign(
-            &derive::cluster_signing_key(master),
-            SigningPurpose::KeyResponse,
-            message,
-        ))
+        self.with_master(epoch, |master| {
+            Ok(sign(
+                &derive::cluster_signing_key(master),
+                SigningPurpose::KeyResponse,
+                message,
+            ))
+        })
     }
 }
 
