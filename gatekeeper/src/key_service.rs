@@ -13,7 +13,8 @@ use gatekeeper_raft::now_ms;
 use gatekeeper_raft::replica::Replica;
 use gatekeeper_raft::sm_store::Applied;
 use gatekeeper_raft::state::{
-    Bytes32, EpochStatus, GatekeeperState, Scheme as StScheme, WorkerStatus,
+    Bytes32, ClusterRecord, EpochStatus, GatekeeperState, Scheme as StScheme, WorkerRecord,
+    WorkerStatus,
 };
 use keyring::derive::Scheme;
 use keyring::sign::{EvidenceDigest, KeyRequest, KeyResponse, KeyTarget};
@@ -51,9 +52,52 @@ fn scheme_of(s: StScheme) -> (Scheme, i32) {
     }
 }
 
+/// The parts of the replicated state one key request needs, copied out under the read lock
+/// (cloning the whole state per request would cost O(registry size) on the hot path).
+struct RequestView {
+    gatekeeper_id: Option<Bytes32>,
+    /// The requested epoch, or the current one; None when there is no active epoch yet.
+    epoch: Option<u64>,
+    /// That epoch's status, if it exists.
+    epoch_status: Option<EpochStatus>,
+    worker: Option<WorkerRecord>,
+    /// For a contract key: the contract's cluster.
+    contract_cluster: Option<Bytes32>,
+    /// The cluster of a cluster key, or the contract's cluster.
+    cluster: Option<ClusterRecord>,
+}
+
+impl RequestView {
+    fn of(
+        s: &GatekeeperState,
+        requested: Option<u64>,
+        worker: &Bytes32,
+        target: &KeyTarget,
+    ) -> Self {
+        let epoch = requested.or_else(|| s.current_epoch());
+        let contract_cluster = match target {
+            KeyTarget::Contract(k) => s.contracts.get(&Bytes32(k.0)).copied(),
+            _ => None,
+        };
+        let cluster_id = match target {
+            KeyTarget::Cluster(c) => Some(Bytes32(c.0)),
+            _ => contract_cluster,
+        };
+        RequestView {
+            gatekeeper_id: s.gatekeeper_id,
+            epoch,
+            epoch_status: epoch.and_then(|e| s.epochs.get(&e)).map(|e| e.status),
+            worker: s.workers.get(worker).cloned(),
+            contract_cluster,
+            cluster: cluster_id.and_then(|c| s.clusters.get(&c)).cloned(),
+        }
+    }
+}
+
 impl KeyServer {
-    async fn state(&self) -> Result<GatekeeperState, Status> {
-        let get = |a: &Applied| a.state.clone();
+    /// Reads from the state under the configured read mode.
+    async fn read<T>(&self, f: impl FnOnce(&GatekeeperState) -> T) -> Result<T, Status> {
+        let get = |a: &Applied| f(&a.state);
         if self.stale_reads {
             self.replica
                 .read_stale(get)
@@ -104,32 +148,29 @@ impl KeyServer {
             )?),
             pb::KeyKind::Unspecified => return Err(Status::invalid_argument("kind")),
         };
-        let state = self.state().await?;
+        let worker_id = Bytes32(*worker.as_bytes());
+        let view = self
+            .read(|s| RequestView::of(s, h.epoch, &worker_id, &target))
+            .await?;
         // 4. This cluster.
-        if state.gatekeeper_id != Some(Bytes32(gk.0)) {
+        if view.gatekeeper_id != Some(Bytes32(gk.0)) {
             return Err(Status::invalid_argument(format!(
                 "gatekeeper_id is not this cluster's ({})",
-                state
-                    .gatekeeper_id
+                view.gatekeeper_id
                     .map(|g| hex::encode(g.0))
                     .unwrap_or_default()
             )));
         }
         // 13 (epoch existence first: the seal check needs it).
-        let epoch = match h.epoch {
-            Some(e) => e,
-            None => state
-                .current_epoch()
-                .ok_or_else(|| Status::failed_precondition("no active epoch yet"))?,
-        };
-        let rec = state
-            .epochs
-            .get(&epoch)
+        let epoch = view
+            .epoch
+            .ok_or_else(|| Status::failed_precondition("no active epoch yet"))?;
+        let status = view
+            .epoch_status
             .ok_or_else(|| Status::not_found(format!("no epoch {epoch}")))?;
-        if rec.status != EpochStatus::Active {
+        if status != EpochStatus::Active {
             return Err(Status::failed_precondition(format!(
-                "epoch {epoch} is {:?}",
-                rec.status
+                "epoch {epoch} is {status:?}"
             )));
         }
         // 5. Unsealed.
@@ -162,9 +203,9 @@ impl KeyServer {
         req.verify(&sig)
             .map_err(|_| Status::unauthenticated("request signature does not verify"))?;
         // 8-9. Registry.
-        let w = state
-            .workers
-            .get(&Bytes32(*worker.as_bytes()))
+        let w = view
+            .worker
+            .as_ref()
             .ok_or_else(|| Status::not_found(format!("worker {worker} is not registered")))?;
         match &w.status {
             WorkerStatus::Active => {}
@@ -189,18 +230,17 @@ impl KeyServer {
         let (cluster, subject, cluster_bytes) = match target {
             KeyTarget::Worker => (None, worker.as_bytes().to_vec(), vec![]),
             KeyTarget::Cluster(c) => {
-                let rec = state
-                    .clusters
-                    .get(&Bytes32(c.0))
+                let rec = view
+                    .cluster
+                    .as_ref()
                     .ok_or_else(|| Status::not_found(format!("cluster {c} does not exist")))?;
                 (Some((c, rec.scheme)), c.0.to_vec(), c.0.to_vec())
             }
             KeyTarget::Contract(k) => {
-                let c = state
-                    .contracts
-                    .get(&Bytes32(k.0))
+                let c = view
+                    .contract_cluster
                     .ok_or_else(|| Status::not_found(format!("contract {k} does not exist")))?;
-                let rec = state.clusters.get(c).ok_or_else(|| {
+                let rec = view.cluster.as_ref().ok_or_else(|| {
                     Status::not_found(format!("cluster of contract {k} does not exist"))
                 })?;
                 (
@@ -339,48 +379,52 @@ impl KeyService for KeyServer {
         &self,
         _r: Request<pb::GetClusterInfoRequest>,
     ) -> Result<Response<pb::ClusterInfo>, Status> {
-        let state = self.state().await?;
-        let gk = state
-            .gatekeeper_id
-            .ok_or_else(|| Status::unavailable("the cluster is not initialised"))?;
-        let current = state.current_epoch();
-        let epochs: Vec<pb::EpochInfo> = state
-            .epochs
-            .values()
-            .filter(|e| e.status == EpochStatus::Active || Some(e.epoch) == current)
-            .map(|e| pb::EpochInfo {
-                epoch: e.epoch,
-                status: pb::EpochStatus::Active as i32,
-                master_public_key: e.master_public_key.0.to_vec(),
-                cluster_signing_public_key: e.cluster_signing_public_key.0.to_vec(),
-                threshold: u32::from(e.threshold),
-                scheme: pb::DerivationScheme::Native as i32,
-            })
-            .collect();
         let status = self.replica.status();
-        Ok(Response::new(pb::ClusterInfo {
-            gatekeeper_id: gk.0.to_vec(),
-            current_epoch: current.unwrap_or(0),
-            min_epoch: state.min_epoch,
-            cluster_signing_public_key: current
-                .and_then(|c| state.epochs.get(&c))
-                .map(|e| e.cluster_signing_public_key.0.to_vec())
-                .unwrap_or_default(),
-            epochs,
-            members: status
-                .members
-                .iter()
-                .map(|m| pb::MemberEndpoint {
-                    node_id: m.id,
-                    api_address: m.api_address.clone(),
-                    identity_public_key: state
-                        .members
-                        .get(&m.id)
-                        .map(|r| r.identity_public_key.0.to_vec())
+        // Build the answer under the read lock: nothing beyond it is copied out of the state.
+        let info = self
+            .read(|state| {
+                let gk = state.gatekeeper_id?;
+                let current = state.current_epoch();
+                let epochs: Vec<pb::EpochInfo> = state
+                    .epochs
+                    .values()
+                    .filter(|e| e.status == EpochStatus::Active || Some(e.epoch) == current)
+                    .map(|e| pb::EpochInfo {
+                        epoch: e.epoch,
+                        status: pb::EpochStatus::Active as i32,
+                        master_public_key: e.master_public_key.0.to_vec(),
+                        cluster_signing_public_key: e.cluster_signing_public_key.0.to_vec(),
+                        threshold: u32::from(e.threshold),
+                        scheme: pb::DerivationScheme::Native as i32,
+                    })
+                    .collect();
+                Some(pb::ClusterInfo {
+                    gatekeeper_id: gk.0.to_vec(),
+                    current_epoch: current.unwrap_or(0),
+                    min_epoch: state.min_epoch,
+                    cluster_signing_public_key: current
+                        .and_then(|c| state.epochs.get(&c))
+                        .map(|e| e.cluster_signing_public_key.0.to_vec())
                         .unwrap_or_default(),
-                    voter: m.voter,
+                    epochs,
+                    members: status
+                        .members
+                        .iter()
+                        .map(|m| pb::MemberEndpoint {
+                            node_id: m.id,
+                            api_address: m.api_address.clone(),
+                            identity_public_key: state
+                                .members
+                                .get(&m.id)
+                                .map(|r| r.identity_public_key.0.to_vec())
+                                .unwrap_or_default(),
+                            voter: m.voter,
+                        })
+                        .collect(),
                 })
-                .collect(),
-        }))
+            })
+            .await?
+            .ok_or_else(|| Status::unavailable("the cluster is not initialised"))?;
+        Ok(Response::new(info))
     }
 }
