@@ -116,7 +116,9 @@ impl Network {
         }
     }
 
-    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+    /// The cached channel to `target` at `addr` (created lazily; replaced if the address
+    /// changed). Shared by Raft replication and the replica's forwarded writes and read-index calls.
+    pub(crate) fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
         let mut map = self.channels.lock().expect("channel cache lock");
         if let Some((a, ch)) = map.get(&target) {
             if a == addr {

@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Endpoint;
 
 /// How a replica is set up.
 #[derive(Clone, Debug)]
@@ -265,18 +264,24 @@ impl Replica {
                 detail: "this node is isolated by a fault hook".into(),
             });
         }
-        let ch = Endpoint::from_shared(format!("http://{}", node.raft_address))
-            .map_err(|e| ReplicaError::Invalid(e.to_string()))?
-            .connect_timeout(self.config.network.connect_timeout)
-            .timeout(self.config.request_timeout)
-            .connect_lazy();
-        let _ = &self.network; // channels for Raft RPCs stay in the network's own cache
+        // Reuse the connection Raft already keeps to the leader: no connect per request.
+        let ch = self
+            .network
+            .channel(id, &node.raft_address)
+            .map_err(ReplicaError::Invalid)?;
         Ok((
             id,
             RaftServiceClient::new(ch)
                 .max_decoding_message_size(self.config.network.max_message_bytes)
                 .max_encoding_message_size(self.config.network.max_message_bytes),
         ))
+    }
+
+    /// A request carrying this replica's request deadline.
+    fn deadline<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.config.request_timeout);
+        r
     }
 
     /// Commits a command, forwarding to the leader when this node is not it.
@@ -293,7 +298,7 @@ impl Replica {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 let (leader, mut client) = self.leader_client().await?;
                 let resp = client
-                    .client_write(pb::ClientWriteRequest { command: bytes })
+                    .client_write(self.deadline(pb::ClientWriteRequest { command: bytes }))
                     .await
                     .map_err(|s| ReplicaError::NoLeader {
                         last_known: Some(leader),
@@ -335,7 +340,7 @@ impl Replica {
             )))) => {
                 let (leader, mut client) = self.leader_client().await?;
                 let resp = client
-                    .read_index(pb::ReadIndexRequest {})
+                    .read_index(self.deadline(pb::ReadIndexRequest {}))
                     .await
                     .map_err(|s| ReplicaError::NoLeader {
                         last_known: Some(leader),
