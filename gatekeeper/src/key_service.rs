@@ -219,6 +219,11 @@ impl KeyServer {
                     "worker {worker} was deregistered at block {block}"
                 )))
             }
+            WorkerStatus::Unresponsive { block } => {
+                return Err(Status::permission_denied(format!(
+                    "worker {worker} was reported unresponsive at block {block}"
+                )))
+            }
         }
         // 10. Attestation.
         check_evidence(

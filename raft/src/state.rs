@@ -5,9 +5,12 @@
 //! same replies. Times come inside commands (the proposer's clock), never from the applier.
 //!
 //! Invalid commands are **rejected deterministically** (a [`Reply::Rejected`] with a stable code,
-//! state unchanged) rather than panicked on. Chain events are **idempotent**: each carries its
-//! position (block number, event index); an event at or before the committed cursor is answered
-//! [`Reply::Duplicate`] and changes nothing.
+//! state unchanged) rather than panicked on. Chain events arrive in [`Command::ChainBlock`]
+//! commands, each covering a range of one finalized block's event records; the committed
+//! [`ChainCursor`] (block number + hash + event index) is the only progress record. A block range
+//! at or before the cursor is answered [`Reply::Duplicate`] and changes nothing; a range that does
+//! not continue the cursor exactly (a gap, another parent hash, another chain) is rejected, so
+//! every event is applied exactly once whoever proposes it (docs/chain.md).
 //!
 //! Commands are encoded as versioned JSON (`{"v":1,"cmd":…}`) so old log entries keep applying
 //! after new command variants are added; see [`encode_command`] / [`decode_command`].
@@ -169,6 +172,12 @@ pub enum WorkerStatus {
         /// Block of the deregistration.
         block: u64,
     },
+    /// Reported unresponsive at `block` (Phala's `WorkerEnterUnresponsive`); refused keys until
+    /// the chain reports it responsive again or it re-registers.
+    Unresponsive {
+        /// Block of the report.
+        block: u64,
+    },
 }
 
 /// A worker in the registry.
@@ -209,16 +218,86 @@ pub struct ClusterRecord {
     pub created_at: u64,
 }
 
-/// The chain position of the last applied event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// How far the chain has been applied: the only progress record of the chain watcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainCursor {
     /// Finalized block number.
     pub block: u64,
-    /// Event index within the block.
-    pub event_index: u32,
-    /// Block hash.
+    /// Its hash.
     pub block_hash: Bytes32,
+    /// Event records of `block` applied so far: indices `0..event_index` (the next index to
+    /// apply).
+    pub event_index: u32,
+    /// Whether every event record of `block` has been applied.
+    pub block_complete: bool,
 }
+
+/// A chain event the state did not act on, kept for operators (`admin status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IgnoredEvent {
+    /// Block number.
+    pub block: u64,
+    /// Index of the event record in the block.
+    pub index: u32,
+    /// `Pallet.Event` (undecodable) or the decoded event's name (not applicable).
+    pub name: String,
+    /// Why it was not applied.
+    pub reason: String,
+}
+
+/// One decoded event and its index among the block's event records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedEvent {
+    /// Index of the event record in the block.
+    pub index: u32,
+    /// The event.
+    pub event: ChainEvent,
+}
+
+/// A range of one finalized block's event records, as the chain watcher proposes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainBlock {
+    /// Hash of the chain's genesis block: a cluster follows one chain only.
+    pub genesis_hash: Bytes32,
+    /// Block number.
+    pub number: u64,
+    /// Block hash.
+    pub hash: Bytes32,
+    /// Parent block hash (checked against the cursor: no block is skipped).
+    pub parent_hash: Bytes32,
+    /// First event record index covered.
+    pub from_index: u32,
+    /// One past the last event record index covered.
+    pub to_index: u32,
+    /// Whether `to_index` is the block's event count (the block is finished by this command).
+    pub complete: bool,
+    /// The decoded events of the profile, ascending by index, within `from_index..to_index`.
+    pub events: Vec<IndexedEvent>,
+    /// Events of a known name whose shape did not decode; recorded, never applied.
+    pub undecodable: Vec<IgnoredEvent>,
+    /// Proposer's clock, ms (starts a requested rotation's deadline).
+    pub proposed_at_ms: u64,
+    /// Deadline given to a rotation this range starts, ms after `proposed_at_ms` (0: none).
+    pub rotation_deadline_ms: u64,
+}
+
+/// Everything the state knows about the chain it follows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainRecord {
+    /// Genesis hash of the followed chain (fixed by the first applied block).
+    pub genesis_hash: Option<Bytes32>,
+    /// Progress.
+    pub cursor: Option<ChainCursor>,
+    /// Events applied.
+    pub events_applied: u64,
+    /// Events not applied (undecodable, or not applicable to the state).
+    pub events_ignored: u64,
+    /// The most recent ignored events (at most [`RECENT_IGNORED`]).
+    pub recent_ignored: Vec<IgnoredEvent>,
+}
+
+/// How many ignored chain events the state remembers.
+pub const RECENT_IGNORED: usize = 16;
 
 /// A chain event, already decoded by the watcher (profile-independent).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +359,58 @@ pub enum ChainEvent {
         /// Cluster.
         cluster: Bytes32,
     },
+    /// Phala: a computing session (an account) was bound to a worker.
+    SessionBound {
+        /// Session account.
+        session: Bytes32,
+        /// Worker key.
+        worker: Bytes32,
+    },
+    /// Phala: a session was unbound from its worker.
+    SessionUnbound {
+        /// Session account.
+        session: Bytes32,
+        /// Worker key.
+        worker: Bytes32,
+    },
+    /// Phala: the worker bound to a session stopped answering heartbeats.
+    SessionUnresponsive {
+        /// Session account.
+        session: Bytes32,
+    },
+    /// Phala: the worker bound to a session answers heartbeats again.
+    SessionResponsive {
+        /// Session account.
+        session: Bytes32,
+    },
+    /// Phala: the worker bound to a session lost stake (slashed on reclaim).
+    SessionSlashed {
+        /// Session account.
+        session: Bytes32,
+        /// Reason.
+        reason: String,
+    },
+}
+
+impl ChainEvent {
+    /// The event's name, as in docs/chain.md.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChainEvent::WorkerRegistered { .. } => "WorkerRegistered",
+            ChainEvent::WorkerDeregistered { .. } => "WorkerDeregistered",
+            ChainEvent::WorkerSlashed { .. } => "WorkerSlashed",
+            ChainEvent::MasterKeyRotationRequested { .. } => "MasterKeyRotationRequested",
+            ChainEvent::ClusterCreated { .. } => "ClusterCreated",
+            ChainEvent::WorkerAddedToCluster { .. } => "WorkerAddedToCluster",
+            ChainEvent::WorkerRemovedFromCluster { .. } => "WorkerRemovedFromCluster",
+            ChainEvent::ContractInstantiated { .. } => "ContractInstantiated",
+            ChainEvent::SessionBound { .. } => "SessionBound",
+            ChainEvent::SessionUnbound { .. } => "SessionUnbound",
+            ChainEvent::SessionUnresponsive { .. } => "SessionUnresponsive",
+            ChainEvent::SessionResponsive { .. } => "SessionResponsive",
+            ChainEvent::SessionSlashed { .. } => "SessionSlashed",
+        }
+    }
 }
 
 /// Outcome of a rotation.
@@ -326,8 +457,8 @@ pub enum Command {
         genesis_dealer: Option<NodeId>,
     },
     /// DEVELOPMENT PATH: a chain-shaped event entered by an operator (`AdminService.ApplyDevEvent`)
-    /// before the chain watcher exists. Same effects as [`Command::Chain`] but does not move the
-    /// chain cursor; never used in production mode.
+    /// without a chain. Same effects as an event in a [`Command::ChainBlock`] but does not move
+    /// the chain cursor; refused by AdminService in production mode.
     DevEvent {
         /// The event.
         event: ChainEvent,
@@ -378,12 +509,11 @@ pub enum Command {
         /// Why.
         reason: String,
     },
-    /// A chain event at a chain position.
-    Chain {
-        /// Where the event is on chain.
-        cursor: ChainCursor,
-        /// The event.
-        event: ChainEvent,
+    /// Consecutive ranges of finalized blocks' events, proposed by the chain watcher on the
+    /// leader; applied in order, all or nothing.
+    ChainBlocks {
+        /// The ranges, each continuing the one before (the first continues the cursor).
+        blocks: Vec<ChainBlock>,
     },
     /// A test/benchmark write: sets `key` to `value` in a small opaque map.
     Put {
@@ -423,6 +553,12 @@ pub enum RejectCode {
     RotationConflict,
     /// The request is not allowed in this state.
     InvalidState,
+    /// A chain block that does not belong to the followed chain (another genesis, or a hash or
+    /// parent hash that differs from the committed cursor's).
+    ChainMismatch,
+    /// A chain block range that does not continue the committed cursor (a skipped block or
+    /// event range).
+    ChainGap,
 }
 
 /// The state machine's answer to a command.
@@ -475,8 +611,17 @@ pub struct GatekeeperState {
     pub clusters: BTreeMap<Bytes32, ClusterRecord>,
     /// Contract → cluster.
     pub contracts: BTreeMap<Bytes32, Bytes32>,
-    /// Last applied chain event.
-    pub chain_cursor: Option<ChainCursor>,
+    /// The followed chain: genesis, cursor, counters. Added within v1 (older snapshots load with
+    /// the default).
+    #[serde(default)]
+    pub chain: ChainRecord,
+    /// Phala profile: session account -> worker key.
+    #[serde(default)]
+    pub sessions: BTreeMap<Bytes32, Bytes32>,
+    /// Rotation ids requested on chain that could not start yet (one in progress, or no active
+    /// epoch); the leader starts them in order.
+    #[serde(default)]
+    pub pending_rotations: Vec<String>,
     /// The rotation in progress or last finished.
     pub rotation: Option<RotationRecord>,
     /// Every rotation id ever started.
@@ -544,12 +689,8 @@ impl GatekeeperState {
                 self.genesis_dealer = *genesis_dealer;
             }
             Command::DevEvent { event } => {
-                let cursor = self.chain_cursor.unwrap_or(ChainCursor {
-                    block: 0,
-                    event_index: 0,
-                    block_hash: Bytes32::default(),
-                });
-                self.apply_chain_event(&cursor, event)?;
+                let block = self.chain.cursor.map_or(0, |c| c.block);
+                self.apply_chain_event(block, event, 0, 0)?;
             }
             Command::UpsertMember(m) => {
                 if m.raft_address.is_empty() || m.api_address.is_empty() {
@@ -688,6 +829,7 @@ impl GatekeeperState {
                 deadline_ms,
             } => {
                 self.start_rotation(rotation_id, *requested_at_ms, *deadline_ms)?;
+                self.pending_rotations.retain(|p| p != rotation_id);
             }
             Command::AbortRotation {
                 rotation_id,
@@ -713,14 +855,31 @@ impl GatekeeperState {
                     }
                 }
             }
-            Command::Chain { cursor, event } => {
-                if let Some(c) = self.chain_cursor {
-                    if (cursor.block, cursor.event_index) <= (c.block, c.event_index) {
-                        return Ok(false);
+            Command::ChainBlocks { blocks } => {
+                if blocks.is_empty() {
+                    return Err(reject(MalformedCommand, "no chain blocks"));
+                }
+                // Validate the whole batch against the cursor it would leave, then apply.
+                let mut chain = self.chain.clone();
+                let mut fresh = Vec::with_capacity(blocks.len());
+                for b in blocks {
+                    if check_chain_block(&chain, b)? {
+                        chain.genesis_hash = Some(b.genesis_hash);
+                        chain.cursor = Some(cursor_after(b));
+                        fresh.push(b);
+                    } else if !fresh.is_empty() {
+                        return Err(reject(
+                            ChainGap,
+                            format!("block {} repeats a range of this batch", b.number),
+                        ));
                     }
                 }
-                self.apply_chain_event(cursor, event)?;
-                self.chain_cursor = Some(*cursor);
+                if fresh.is_empty() {
+                    return Ok(false);
+                }
+                for b in fresh {
+                    self.apply_chain_block(b);
+                }
             }
             Command::Put { key, value } => {
                 self.kv.insert(key.clone(), value.clone());
@@ -811,9 +970,50 @@ impl GatekeeperState {
         Ok(())
     }
 
-    fn apply_chain_event(&mut self, cursor: &ChainCursor, event: &ChainEvent) -> Result<(), Reply> {
+    /// Applies a checked block range: every event on its own (an event that does not apply to
+    /// the state is recorded as ignored, with the reason), then the cursor.
+    fn apply_chain_block(&mut self, b: &ChainBlock) {
+        let mut ignored: Vec<IgnoredEvent> = b.undecodable.clone();
+        for e in &b.events {
+            match self.apply_chain_event(
+                b.number,
+                &e.event,
+                b.proposed_at_ms,
+                b.rotation_deadline_ms,
+            ) {
+                Ok(()) => self.chain.events_applied += 1,
+                Err(Reply::Rejected { code, message }) => ignored.push(IgnoredEvent {
+                    block: b.number,
+                    index: e.index,
+                    name: e.event.name().to_string(),
+                    reason: format!("{code:?}: {message}"),
+                }),
+                Err(_) => {}
+            }
+        }
+        ignored.sort_by_key(|i| i.index);
+        self.chain.events_ignored += ignored.len() as u64;
+        self.chain.recent_ignored.extend(ignored);
+        let excess = self
+            .chain
+            .recent_ignored
+            .len()
+            .saturating_sub(RECENT_IGNORED);
+        self.chain.recent_ignored.drain(..excess);
+        self.chain.genesis_hash = Some(b.genesis_hash);
+        self.chain.cursor = Some(cursor_after(b));
+    }
+
+    /// Applies one chain event (validate first, then mutate). `at_ms`/`deadline_ms` start a
+    /// requested rotation.
+    fn apply_chain_event(
+        &mut self,
+        block: u64,
+        event: &ChainEvent,
+        at_ms: u64,
+        deadline_ms: u64,
+    ) -> Result<(), Reply> {
         use RejectCode::*;
-        let block = cursor.block;
         match event {
             ChainEvent::WorkerRegistered {
                 worker,
@@ -851,8 +1051,28 @@ impl GatekeeperState {
             }
             ChainEvent::MasterKeyRotationRequested { rotation_id } => {
                 // The same rotation id seen twice rotates once: the second is a no-op.
-                if !self.rotation_ids.contains(rotation_id) {
-                    self.start_rotation(rotation_id, 0, 0)?;
+                if rotation_id.is_empty() {
+                    return Err(reject(InvalidState, "rotation id must not be empty"));
+                }
+                if self.rotation_ids.contains(rotation_id)
+                    || self.pending_rotations.contains(rotation_id)
+                {
+                    return Ok(());
+                }
+                let busy = self
+                    .rotation
+                    .as_ref()
+                    .is_some_and(|r| r.outcome == RotationOutcome::InProgress);
+                if busy || self.current_epoch().is_none() || !self.pending_rotations.is_empty() {
+                    // Queued: the leader starts it once the cluster can rotate (in order).
+                    self.pending_rotations.push(rotation_id.clone());
+                } else {
+                    let deadline = if deadline_ms == 0 {
+                        0
+                    } else {
+                        at_ms.saturating_add(deadline_ms)
+                    };
+                    self.start_rotation(rotation_id, at_ms, deadline)?;
                 }
             }
             ChainEvent::ClusterCreated {
@@ -898,8 +1118,51 @@ impl GatekeeperState {
                 }
                 self.contracts.insert(*contract, *cluster);
             }
+            ChainEvent::SessionBound { session, worker } => {
+                self.worker_mut(worker)?;
+                self.sessions.insert(*session, *worker);
+            }
+            ChainEvent::SessionUnbound { session, worker } => {
+                if self.sessions.get(session) != Some(worker) {
+                    return Err(reject(
+                        UnknownWorker,
+                        format!("session {session:?} is not bound to worker {worker:?}"),
+                    ));
+                }
+                self.sessions.remove(session);
+            }
+            ChainEvent::SessionUnresponsive { session } => {
+                let w = self.session_worker_mut(session)?;
+                // A slashed or removed worker stays so; only an active one becomes unresponsive.
+                if w.status == WorkerStatus::Active {
+                    w.status = WorkerStatus::Unresponsive { block };
+                }
+            }
+            ChainEvent::SessionResponsive { session } => {
+                let w = self.session_worker_mut(session)?;
+                if matches!(w.status, WorkerStatus::Unresponsive { .. }) {
+                    w.status = WorkerStatus::Active;
+                }
+            }
+            ChainEvent::SessionSlashed { session, reason } => {
+                let w = self.session_worker_mut(session)?;
+                w.status = WorkerStatus::Slashed {
+                    block,
+                    reason: reason.clone(),
+                };
+            }
         }
         Ok(())
+    }
+
+    fn session_worker_mut(&mut self, session: &Bytes32) -> Result<&mut WorkerRecord, Reply> {
+        let w = *self.sessions.get(session).ok_or_else(|| {
+            reject(
+                RejectCode::UnknownWorker,
+                format!("session {session:?} is not bound to a worker"),
+            )
+        })?;
+        self.worker_mut(&w)
     }
 
     fn worker_mut(&mut self, w: &Bytes32) -> Result<&mut WorkerRecord, Reply> {
@@ -914,6 +1177,136 @@ impl GatekeeperState {
         } else {
             Err(reject(RejectCode::UnknownCluster, format!("cluster {c:?}")))
         }
+    }
+}
+
+/// Checks that `b` continues `chain`'s cursor. `Ok(false)`: already applied (duplicate); `Err`:
+/// rejected.
+fn check_chain_block(chain: &ChainRecord, b: &ChainBlock) -> Result<bool, Reply> {
+    use RejectCode::*;
+    if let Some(g) = chain.genesis_hash {
+        if g != b.genesis_hash {
+            return Err(reject(
+                ChainMismatch,
+                format!(
+                    "block of a chain with genesis {:?}; this cluster follows genesis {g:?}",
+                    b.genesis_hash
+                ),
+            ));
+        }
+    }
+    if b.from_index > b.to_index {
+        return Err(reject(
+            MalformedCommand,
+            format!("event range {}..{} is reversed", b.from_index, b.to_index),
+        ));
+    }
+    for i in b
+        .events
+        .iter()
+        .map(|e| e.index)
+        .chain(b.undecodable.iter().map(|e| e.index))
+    {
+        if i < b.from_index || i >= b.to_index {
+            return Err(reject(
+                MalformedCommand,
+                format!(
+                    "event index {i} outside the range {}..{}",
+                    b.from_index, b.to_index
+                ),
+            ));
+        }
+    }
+    if b.events.windows(2).any(|w| w[0].index >= w[1].index) {
+        return Err(reject(
+            MalformedCommand,
+            "events are not in ascending index order",
+        ));
+    }
+    let Some(c) = chain.cursor else {
+        // The first block the cluster applies: wherever the watcher was told to start.
+        if b.from_index != 0 {
+            return Err(reject(
+                ChainGap,
+                format!(
+                    "the first applied range of block {} must start at event 0",
+                    b.number
+                ),
+            ));
+        }
+        return Ok(true);
+    };
+    if b.number < c.block {
+        return Ok(false);
+    }
+    if b.number == c.block {
+        if b.hash != c.block_hash {
+            return Err(reject(
+                ChainMismatch,
+                format!(
+                    "block {} has hash {:?} here but {:?} was applied",
+                    b.number, b.hash, c.block_hash
+                ),
+            ));
+        }
+        if c.block_complete || b.to_index <= c.event_index {
+            return Ok(false);
+        }
+        if b.from_index != c.event_index {
+            return Err(reject(
+                ChainGap,
+                format!(
+                    "block {} is applied up to event {}; a range starting at {} does not continue it",
+                    b.number, c.event_index, b.from_index
+                ),
+            ));
+        }
+        return Ok(true);
+    }
+    if !c.block_complete {
+        return Err(reject(
+            ChainGap,
+            format!(
+                "block {} is applied only up to event {}; block {} cannot follow",
+                c.block, c.event_index, b.number
+            ),
+        ));
+    }
+    if b.number != c.block + 1 {
+        return Err(reject(
+            ChainGap,
+            format!(
+                "block {} is the next to apply, not block {}",
+                c.block + 1,
+                b.number
+            ),
+        ));
+    }
+    if b.parent_hash != c.block_hash {
+        return Err(reject(
+            ChainMismatch,
+            format!(
+                "block {} has parent {:?}, but block {} was applied with hash {:?}",
+                b.number, b.parent_hash, c.block, c.block_hash
+            ),
+        ));
+    }
+    if b.from_index != 0 {
+        return Err(reject(
+            ChainGap,
+            format!("block {} must be applied from event 0", b.number),
+        ));
+    }
+    Ok(true)
+}
+
+/// The cursor after applying `b`.
+fn cursor_after(b: &ChainBlock) -> ChainCursor {
+    ChainCursor {
+        block: b.number,
+        block_hash: b.hash,
+        event_index: b.to_index,
+        block_complete: b.complete,
     }
 }
 

@@ -55,14 +55,66 @@ fn ack(e: u64, g: u64, n: NodeId) -> Command {
     }
 }
 
-fn chain(block: u64, idx: u32, event: ChainEvent) -> Command {
-    Command::Chain {
-        cursor: ChainCursor {
-            block,
-            event_index: idx,
-            block_hash: b(block as u8),
-        },
-        event,
+/// Hash of test block `n` (the genesis hash is `hash(0)`).
+fn hash(n: u64) -> Bytes32 {
+    let mut h = [0xa0; 32];
+    h[..8].copy_from_slice(&n.to_be_bytes());
+    Bytes32(h)
+}
+
+/// A whole finalized block `n` (parent `n - 1`) whose event records are `events`, every one of
+/// them decoded, as a one-block command.
+fn block(n: u64, events: Vec<ChainEvent>) -> Command {
+    Command::ChainBlocks {
+        blocks: vec![chain_block(n, events)],
+    }
+}
+
+fn chain_block(n: u64, events: Vec<ChainEvent>) -> ChainBlock {
+    ChainBlock {
+        genesis_hash: hash(0),
+        number: n,
+        hash: hash(n),
+        parent_hash: hash(n.saturating_sub(1)),
+        from_index: 0,
+        to_index: events.len() as u32,
+        complete: true,
+        events: events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| IndexedEvent {
+                index: i as u32,
+                event,
+            })
+            .collect(),
+        undecodable: vec![],
+        proposed_at_ms: 1_000,
+        rotation_deadline_ms: 60_000,
+    }
+}
+
+fn one(b: ChainBlock) -> Command {
+    Command::ChainBlocks { blocks: vec![b] }
+}
+
+/// Records `from..to` of block `n`, with the decoded events at the given indices.
+fn range(n: u64, from: u32, to: u32, complete: bool, events: Vec<(u32, ChainEvent)>) -> Command {
+    let mut b = chain_block(n, vec![]);
+    b.from_index = from;
+    b.to_index = to;
+    b.complete = complete;
+    b.events = events
+        .into_iter()
+        .map(|(index, event)| IndexedEvent { index, event })
+        .collect();
+    one(b)
+}
+
+fn reg(w: u8) -> ChainEvent {
+    ChainEvent::WorkerRegistered {
+        worker: b(w),
+        attestation_provider: "dcap".into(),
+        confidence_level: 1,
     }
 }
 
@@ -309,143 +361,380 @@ fn aborted_rotation_leaves_the_old_epoch_current() {
 }
 
 #[test]
-fn chain_events_apply_exactly_once() {
+fn chain_blocks_apply_exactly_once() {
     let mut s = genesis();
-    let reg = chain(
-        10,
-        0,
-        ChainEvent::WorkerRegistered {
-            worker: b(7),
-            attestation_provider: "dcap".into(),
-            confidence_level: 1,
-        },
-    );
-    assert!(applied(&s.apply(&reg)));
+    assert!(applied(&s.apply(&block(10, vec![reg(7)]))));
     let seq = s.audit_sequence;
-    // The same event again, or anything at or before the cursor: duplicate, no change.
+    // The same block again, or any block before the cursor: duplicate, no change.
     let before = s.clone();
-    assert_eq!(s.apply(&reg), Reply::Duplicate);
+    assert_eq!(s.apply(&block(10, vec![reg(7)])), Reply::Duplicate);
     assert_eq!(
-        s.apply(&chain(
+        s.apply(&block(
             9,
-            5,
-            ChainEvent::WorkerDeregistered { worker: b(7) }
+            vec![ChainEvent::WorkerDeregistered { worker: b(7) }]
         )),
         Reply::Duplicate
     );
     assert_eq!(s, before);
     assert_eq!(s.audit_sequence, seq);
 
-    let slash = chain(
-        10,
-        1,
-        ChainEvent::WorkerSlashed {
-            worker: b(7),
-            reason: "offline".into(),
-        },
-    );
-    assert!(applied(&s.apply(&slash)));
+    let slash = ChainEvent::WorkerSlashed {
+        worker: b(7),
+        reason: "offline".into(),
+    };
+    assert!(applied(&s.apply(&block(11, vec![slash]))));
     assert_eq!(
         s.workers[&b(7)].status,
         WorkerStatus::Slashed {
-            block: 10,
+            block: 11,
             reason: "offline".into()
         }
     );
-    assert_eq!(s.chain_cursor.unwrap().event_index, 1);
+    let c = s.chain.cursor.unwrap();
+    assert_eq!((c.block, c.block_hash, c.event_index), (11, hash(11), 1));
+    assert!(c.block_complete);
+    assert_eq!(s.chain.genesis_hash, Some(hash(0)));
+    assert_eq!(s.chain.events_applied, 2);
+}
+
+#[test]
+fn a_block_range_that_does_not_continue_the_cursor_is_refused() {
+    let mut s = genesis();
+    // The first applied block may be any block, but only from its first event.
+    assert_rejected(
+        &mut s,
+        &range(5, 1, 2, true, vec![(1, reg(7))]),
+        RejectCode::ChainGap,
+    );
+    assert!(applied(&s.apply(&block(5, vec![reg(7)]))));
+    // A skipped block.
+    assert_rejected(&mut s, &block(7, vec![reg(8)]), RejectCode::ChainGap);
+    // The next block of another fork (parent is not the applied block 5).
+    let mut fork = chain_block(6, vec![reg(8)]);
+    fork.parent_hash = b(0xee);
+    assert_rejected(&mut s, &one(fork.clone()), RejectCode::ChainMismatch);
+    // Block 5 again with another hash.
+    fork.number = 5;
+    fork.parent_hash = hash(4);
+    assert_rejected(&mut s, &one(fork.clone()), RejectCode::ChainMismatch);
+    // Another chain altogether.
+    let mut other = chain_block(6, vec![reg(8)]);
+    other.genesis_hash = b(0xdd);
+    assert_rejected(&mut s, &one(other), RejectCode::ChainMismatch);
+    // Malformed ranges.
+    assert_rejected(
+        &mut s,
+        &range(6, 0, 1, true, vec![(3, reg(8))]),
+        RejectCode::MalformedCommand,
+    );
+    assert_rejected(
+        &mut s,
+        &range(6, 0, 3, true, vec![(2, reg(8)), (1, reg(9))]),
+        RejectCode::MalformedCommand,
+    );
+    assert!(applied(&s.apply(&block(6, vec![reg(8)]))));
+}
+
+#[test]
+fn a_batch_of_blocks_applies_all_or_nothing() {
+    let mut s = genesis();
+    assert!(applied(&s.apply(&block(1, vec![]))));
+    let batch = |blocks: Vec<ChainBlock>| Command::ChainBlocks { blocks };
+    // Block 3 does not follow block 1: the whole batch (block 2 included) is refused.
+    assert_rejected(
+        &mut s,
+        &batch(vec![
+            chain_block(2, vec![reg(7)]),
+            chain_block(3, vec![]),
+            chain_block(5, vec![]),
+        ]),
+        RejectCode::ChainGap,
+    );
+    assert_rejected(&mut s, &batch(vec![]), RejectCode::MalformedCommand);
+    // A batch re-proposed after it partly applied: the applied prefix is skipped.
+    assert!(applied(&s.apply(&batch(vec![
+        chain_block(2, vec![reg(7)]),
+        chain_block(3, vec![reg(8)])
+    ]))));
+    assert!(applied(&s.apply(&batch(vec![
+        chain_block(2, vec![reg(7)]),
+        chain_block(3, vec![reg(8)]),
+        chain_block(4, vec![reg(9)])
+    ]))));
+    assert_eq!(s.chain.events_applied, 3);
+    assert_eq!(
+        s.apply(&batch(vec![
+            chain_block(3, vec![reg(8)]),
+            chain_block(4, vec![reg(9)])
+        ])),
+        Reply::Duplicate
+    );
+    // A duplicate after a fresh block inside one batch is malformed ordering.
+    assert_rejected(
+        &mut s,
+        &batch(vec![chain_block(5, vec![]), chain_block(4, vec![])]),
+        RejectCode::ChainGap,
+    );
+    assert_eq!(s.chain.cursor.unwrap().block, 4);
+}
+
+#[test]
+fn a_large_block_applies_in_ranges_each_exactly_once() {
+    let mut s = genesis();
+    assert!(applied(&s.apply(&block(1, vec![]))));
+    let first = range(2, 0, 2, false, vec![(0, reg(7)), (1, reg(8))]);
+    assert!(applied(&s.apply(&first)));
+    // The next block cannot be applied before block 2 is finished.
+    assert_rejected(&mut s, &block(3, vec![]), RejectCode::ChainGap);
+    // Re-proposing the first range (a new leader) is a duplicate; an overlapping one a gap.
+    assert_eq!(s.apply(&first), Reply::Duplicate);
+    assert_rejected(
+        &mut s,
+        &range(2, 1, 3, true, vec![(2, reg(9))]),
+        RejectCode::ChainGap,
+    );
+    assert!(applied(&s.apply(&range(2, 2, 3, true, vec![(2, reg(9))]))));
+    assert_eq!(s.workers.len(), 3);
+    assert_eq!(
+        s.apply(&range(2, 2, 3, true, vec![(2, reg(9))])),
+        Reply::Duplicate
+    );
+    assert!(applied(&s.apply(&block(3, vec![]))));
+}
+
+#[test]
+fn events_that_do_not_apply_are_recorded_and_the_block_still_counts() {
+    let mut s = genesis();
+    let mut blk = chain_block(
+        4,
+        vec![
+            reg(7),
+            // Unknown worker: not applicable, recorded.
+            ChainEvent::WorkerSlashed {
+                worker: b(99),
+                reason: "x".into(),
+            },
+        ],
+    );
+    // A record of a known name that did not decode (index 2), reported by the watcher.
+    blk.to_index = 3;
+    blk.undecodable.push(IgnoredEvent {
+        block: 4,
+        index: 2,
+        name: "Gatekeeper.WorkerSlashed".into(),
+        reason: "field worker: expected 32 bytes".into(),
+    });
+    assert!(applied(&s.apply(&one(blk))));
+    assert_eq!(s.workers[&b(7)].status, WorkerStatus::Active);
+    assert_eq!(s.chain.events_applied, 1);
+    assert_eq!(s.chain.events_ignored, 2);
+    let names: Vec<(u32, &str)> = s
+        .chain
+        .recent_ignored
+        .iter()
+        .map(|i| (i.index, i.name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![(1, "WorkerSlashed"), (2, "Gatekeeper.WorkerSlashed")]
+    );
+    assert!(s.chain.recent_ignored[0].reason.contains("UnknownWorker"));
+    assert_eq!(s.chain.cursor.unwrap().event_index, 3);
+    // Only the most recent ignored events are kept.
+    for n in 5..30 {
+        let slash = ChainEvent::WorkerDeregistered { worker: b(98) };
+        assert!(applied(&s.apply(&block(n, vec![slash]))));
+    }
+    assert_eq!(s.chain.recent_ignored.len(), RECENT_IGNORED);
+    assert_eq!(s.chain.recent_ignored.last().unwrap().block, 29);
+    assert_eq!(s.chain.events_ignored, 27);
 }
 
 #[test]
 fn rotation_requested_twice_on_chain_rotates_once() {
     let mut s = genesis();
-    let ev = |block| {
-        chain(
-            block,
-            0,
-            ChainEvent::MasterKeyRotationRequested {
-                rotation_id: "chain-7".into(),
-            },
-        )
+    let ev = || ChainEvent::MasterKeyRotationRequested {
+        rotation_id: "chain:7".into(),
     };
-    assert!(applied(&s.apply(&ev(20))));
-    let rotation = s.rotation.clone();
-    // Seen again in a later block (e.g. re-emitted): applied as a no-op, no second rotation.
-    assert!(applied(&s.apply(&ev(21))));
-    assert_eq!(s.rotation, rotation);
+    assert!(applied(&s.apply(&block(20, vec![ev()]))));
+    let rotation = s.rotation.clone().unwrap();
+    assert_eq!(rotation.rotation_id, "chain:7");
+    assert_eq!(rotation.requested_at_ms, 1_000);
+    assert_eq!(rotation.deadline_ms, 61_000);
+    // Seen again in a later block (e.g. re-emitted): a no-op, no second rotation.
+    assert!(applied(&s.apply(&block(21, vec![ev()]))));
+    assert_eq!(s.rotation.as_ref(), Some(&rotation));
     assert_eq!(s.rotation_ids.len(), 1);
+    assert!(s.pending_rotations.is_empty());
+}
+
+#[test]
+fn rotations_requested_while_one_runs_are_queued_in_order() {
+    let mut s = genesis();
+    let ev = |id: &str| ChainEvent::MasterKeyRotationRequested {
+        rotation_id: id.into(),
+    };
+    assert!(applied(&s.apply(&block(
+        1,
+        vec![ev("chain:1"), ev("chain:2"), ev("chain:3")]
+    ))));
+    assert_eq!(s.rotation.as_ref().unwrap().rotation_id, "chain:1");
+    assert_eq!(s.pending_rotations, vec!["chain:2", "chain:3"]);
+    // Seen again while queued: still once.
+    assert!(applied(&s.apply(&block(2, vec![ev("chain:2")]))));
+    assert_eq!(s.pending_rotations, vec!["chain:2", "chain:3"]);
+    // The leader starts the next one once the first finished; it leaves the queue.
+    assert!(applied(&s.apply(&Command::AbortRotation {
+        rotation_id: "chain:1".into(),
+        reason: "test".into(),
+    })));
+    assert!(applied(&s.apply(&Command::StartRotation {
+        rotation_id: "chain:2".into(),
+        requested_at_ms: 5,
+        deadline_ms: 10,
+    })));
+    assert_eq!(s.pending_rotations, vec!["chain:3"]);
+}
+
+#[test]
+fn a_rotation_requested_before_genesis_waits_for_an_active_epoch() {
+    let mut s = GatekeeperState::default();
+    let ev = ChainEvent::MasterKeyRotationRequested {
+        rotation_id: "chain:1".into(),
+    };
+    assert!(applied(&s.apply(&block(1, vec![ev]))));
+    assert_eq!(s.rotation, None);
+    assert_eq!(s.pending_rotations, vec!["chain:1"]);
+}
+
+#[test]
+fn phala_sessions_map_liveness_and_slashes_to_their_worker() {
+    let mut s = genesis();
+    let session = b(60);
+    assert!(applied(&s.apply(&block(
+        1,
+        vec![
+            reg(7),
+            ChainEvent::SessionBound {
+                session,
+                worker: b(7)
+            },
+            // A session of an unknown worker: not applicable.
+            ChainEvent::SessionBound {
+                session: b(61),
+                worker: b(99)
+            },
+        ]
+    ))));
+    assert_eq!(s.sessions.get(&session), Some(&b(7)));
+    assert_eq!(s.sessions.len(), 1);
+    assert!(applied(&s.apply(&block(
+        2,
+        vec![ChainEvent::SessionUnresponsive { session }]
+    ))));
+    assert_eq!(
+        s.workers[&b(7)].status,
+        WorkerStatus::Unresponsive { block: 2 }
+    );
+    assert!(applied(&s.apply(&block(
+        3,
+        vec![ChainEvent::SessionResponsive { session }]
+    ))));
+    assert_eq!(s.workers[&b(7)].status, WorkerStatus::Active);
+    assert!(applied(&s.apply(&block(
+        4,
+        vec![ChainEvent::SessionSlashed {
+            session,
+            reason: "stake slashed".into()
+        }]
+    ))));
+    // Responsive again does not lift a slash.
+    assert!(applied(&s.apply(&block(
+        5,
+        vec![ChainEvent::SessionResponsive { session }]
+    ))));
+    assert!(matches!(
+        s.workers[&b(7)].status,
+        WorkerStatus::Slashed { block: 4, .. }
+    ));
+    // Unbinding with the wrong worker is not applicable; with the right one it unbinds.
+    assert!(applied(&s.apply(&block(
+        6,
+        vec![
+            ChainEvent::SessionUnbound {
+                session,
+                worker: b(8)
+            },
+            ChainEvent::SessionUnbound {
+                session,
+                worker: b(7)
+            },
+        ]
+    ))));
+    assert!(s.sessions.is_empty());
+    assert_eq!(s.chain.events_ignored, 2);
 }
 
 #[test]
 fn cluster_and_contract_assignment() {
     let mut s = genesis();
-    let reg = |w| ChainEvent::WorkerRegistered {
-        worker: b(w),
-        attestation_provider: "root".into(),
-        confidence_level: 1,
-    };
-    s.apply(&chain(1, 0, reg(7)));
-    s.apply(&chain(1, 1, reg(8)));
-    // A cluster naming an unknown worker is rejected, and the cursor does not move.
-    let before = s.clone();
-    let r = s.apply(&chain(
+    assert!(applied(&s.apply(&block(1, vec![reg(7), reg(8)]))));
+    // A cluster naming an unknown worker is not applied (recorded as ignored).
+    assert!(applied(&s.apply(&block(
         2,
-        0,
-        ChainEvent::ClusterCreated {
-            cluster: b(30),
-            workers: vec![b(7), b(99)],
-            scheme: Scheme::Phala,
-        },
-    ));
-    assert_eq!(code(&r), RejectCode::UnknownWorker);
-    assert_eq!(s, before);
-
-    assert!(applied(&s.apply(&chain(
-        2,
-        1,
-        ChainEvent::ClusterCreated {
-            cluster: b(30),
-            workers: vec![b(7)],
-            scheme: Scheme::Phala,
-        },
+        vec![
+            ChainEvent::ClusterCreated {
+                cluster: b(30),
+                workers: vec![b(7), b(99)],
+                scheme: Scheme::Phala,
+            },
+            ChainEvent::ClusterCreated {
+                cluster: b(31),
+                workers: vec![b(7)],
+                scheme: Scheme::Phala,
+            },
+        ]
     ))));
-    assert!(s.workers[&b(7)].clusters.contains(&b(30)));
-    assert!(applied(&s.apply(&chain(
+    assert!(!s.clusters.contains_key(&b(30)));
+    assert!(s.workers[&b(7)].clusters.contains(&b(31)));
+    assert_eq!(s.chain.events_ignored, 1);
+    assert!(applied(&s.apply(&block(
         3,
-        0,
-        ChainEvent::WorkerAddedToCluster {
-            worker: b(8),
-            cluster: b(30)
-        }
+        vec![
+            ChainEvent::WorkerAddedToCluster {
+                worker: b(8),
+                cluster: b(31)
+            },
+            ChainEvent::ContractInstantiated {
+                contract: b(40),
+                cluster: b(31)
+            },
+        ]
     ))));
-    assert!(applied(&s.apply(&chain(
-        3,
-        1,
-        ChainEvent::ContractInstantiated {
-            contract: b(40),
-            cluster: b(30)
-        }
-    ))));
-    assert_eq!(s.contracts[&b(40)], b(30));
-    assert!(applied(&s.apply(&chain(
+    assert_eq!(s.contracts[&b(40)], b(31));
+    assert!(s.workers[&b(8)].clusters.contains(&b(31)));
+    assert!(applied(&s.apply(&block(
         4,
-        0,
-        ChainEvent::WorkerRemovedFromCluster {
-            worker: b(7),
-            cluster: b(30)
-        }
-    ))));
-    assert!(!s.workers[&b(7)].clusters.contains(&b(30)));
-    assert_eq!(
-        code(&s.apply(&chain(
-            4,
-            1,
+        vec![
+            ChainEvent::WorkerRemovedFromCluster {
+                worker: b(7),
+                cluster: b(31)
+            },
             ChainEvent::ContractInstantiated {
                 contract: b(41),
-                cluster: b(31)
-            }
-        ))),
-        RejectCode::UnknownCluster
-    );
+                cluster: b(32)
+            },
+        ]
+    ))));
+    assert!(!s.workers[&b(7)].clusters.contains(&b(31)));
+    assert!(!s.contracts.contains_key(&b(41)));
+    assert!(s
+        .chain
+        .recent_ignored
+        .last()
+        .unwrap()
+        .reason
+        .contains("UnknownCluster"));
 }
 
 #[test]
@@ -453,7 +742,7 @@ fn encoding_round_trips_and_bad_bytes_are_rejected() {
     let cmds = [
         member(1),
         epoch(0, 2, &[1, 2]),
-        chain(5, 2, ChainEvent::WorkerDeregistered { worker: b(3) }),
+        block(5, vec![ChainEvent::WorkerDeregistered { worker: b(3) }]),
         Command::Put {
             key: "a".into(),
             value: "b".into(),
@@ -496,21 +785,20 @@ fn replicas_applying_the_same_log_agree() {
         epoch(0, 1, &[1, 2]),
         ack(0, 0, 1),
         ack(0, 0, 2),
-        chain(
+        block(
             1,
-            0,
-            ChainEvent::WorkerRegistered {
+            vec![ChainEvent::WorkerRegistered {
                 worker: b(7),
                 attestation_provider: "dcap".into(),
                 confidence_level: 2,
-            },
+            }],
         ),
         Command::InitCluster {
             gatekeeper_id: b(9),
             threshold: None,
             genesis_dealer: None,
         }, // rejected on every replica
-        chain(1, 0, ChainEvent::WorkerDeregistered { worker: b(7) }), // duplicate everywhere
+        block(1, vec![ChainEvent::WorkerDeregistered { worker: b(7) }]), // duplicate everywhere
     ]
     .iter()
     .map(encode_command)
@@ -558,17 +846,20 @@ fn dev_events_apply_without_moving_the_cursor() {
         },
     });
     assert!(applied(&r));
-    assert_eq!(s.chain_cursor, None);
+    assert_eq!(s.chain.cursor, None);
     assert_eq!(s.workers[&b(7)].status, WorkerStatus::Active);
     // Real chain events still apply afterwards.
-    assert!(applied(&s.apply(&chain(
+    assert!(applied(&s.apply(&block(
         1,
-        0,
-        ChainEvent::WorkerSlashed {
+        vec![ChainEvent::WorkerSlashed {
             worker: b(7),
             reason: "test".into()
-        }
+        }]
     ))));
+    assert!(matches!(
+        s.workers[&b(7)].status,
+        WorkerStatus::Slashed { .. }
+    ));
     // And a dev event naming an unknown worker is rejected like a chain one.
     assert_rejected(
         &mut s,
