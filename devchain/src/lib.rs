@@ -151,6 +151,14 @@ impl DevChain {
             .map_err(|e| anyhow::anyhow!("{}", e.message()))
     }
 
+    /// Emits raw runtime events (`{"Pallet": {"Variant": {fields}}}`) into the next block and
+    /// waits until it is final, as `dev_emit` does.
+    pub async fn emit(&self, events: Vec<serde_json::Value>) -> Result<serde_json::Value> {
+        rpc::emit(&self.shared, events)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))
+    }
+
     /// Stops the server and the block producer.
     pub async fn stop(self) {
         self.producer.abort();

@@ -277,6 +277,32 @@ fn members_json(ms: &[pb::Member]) -> serde_json::Value {
         .collect()
 }
 
+fn chain_json(c: &pb::ChainStatus) -> serde_json::Value {
+    json!({
+        "url": c.url,
+        "profile": c.profile,
+        "connected": c.connected,
+        "stalled": c.stalled,
+        "finalized": c.finalized,
+        "last_finalized_age_ms": c.last_finalized_age_ms,
+        "cursor": {
+            "block": c.cursor_block,
+            "block_hash": hex::encode(&c.cursor_block_hash),
+            "event_index": c.cursor_event_index,
+            "block_complete": c.cursor_block_complete,
+        },
+        "lag_blocks": c.lag_blocks,
+        "genesis_hash": hex::encode(&c.genesis_hash),
+        "events_applied": c.events_applied,
+        "events_ignored": c.events_ignored,
+        "recent_ignored": c.recent_ignored.iter().map(|i| json!({
+            "block": i.block, "index": i.index, "name": i.name, "reason": i.reason,
+        })).collect::<Vec<_>>(),
+        "last_error": c.last_error,
+        "reconnects": c.reconnects,
+    })
+}
+
 fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", s.code(), s.message())
 }
@@ -408,6 +434,7 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
                     "master_public_key": hex::encode(&e.master_public_key),
                     "cluster_signing_public_key": hex::encode(&e.cluster_signing_public_key),
                 })).collect::<Vec<_>>(),
+                "chain": s.chain.as_ref().map(chain_json),
             });
             if as_json {
                 println!("{v}");
@@ -431,6 +458,51 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
                         m.raft_address,
                         m.api_address
                     );
+                }
+                println!("seal: {}", seal_text(&s.seal));
+                for e in &s.epochs {
+                    println!(
+                        "  epoch {:>3}  {:<8} threshold {} master {}",
+                        e.epoch,
+                        epoch_status_name(e.status),
+                        e.threshold,
+                        hex::encode(&e.master_public_key)
+                    );
+                }
+                match &s.chain {
+                    None => println!("chain: none configured"),
+                    Some(ch) => {
+                        println!(
+                            "chain: {} ({} profile), {}{}",
+                            ch.url,
+                            ch.profile,
+                            if ch.connected {
+                                "connected"
+                            } else {
+                                "DISCONNECTED"
+                            },
+                            if ch.stalled { ", STALLED" } else { "" }
+                        );
+                        println!(
+                            "  finalized {}, cursor {} (event {}{}), lag {} blocks; events applied {}, ignored {}",
+                            ch.finalized,
+                            ch.cursor_block,
+                            ch.cursor_event_index,
+                            if ch.cursor_block_complete { ", complete" } else { "" },
+                            ch.lag_blocks,
+                            ch.events_applied,
+                            ch.events_ignored
+                        );
+                        if !ch.last_error.is_empty() {
+                            println!("  last error: {}", ch.last_error);
+                        }
+                        for i in &ch.recent_ignored {
+                            println!(
+                                "  ignored: block {} event {} {}: {}",
+                                i.block, i.index, i.name, i.reason
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -20,6 +20,10 @@ pub struct AdminServer {
     config: NodeConfig,
     seal: Arc<Mutex<SealView>>,
     enclave: Arc<dyn crate::enclave::Enclave>,
+    chain: Option<(
+        crate::chain::ChainSettings,
+        Arc<Mutex<crate::chain::ChainView>>,
+    )>,
 }
 
 impl AdminServer {
@@ -35,7 +39,18 @@ impl AdminServer {
             config,
             seal,
             enclave,
+            chain: None,
         }
+    }
+
+    /// Reports the chain watcher's view in `Status`.
+    pub fn with_chain(
+        mut self,
+        settings: crate::chain::ChainSettings,
+        view: Arc<Mutex<crate::chain::ChainView>>,
+    ) -> Self {
+        self.chain = Some((settings, view));
+        self
     }
 
     /// Writes a command, retrying while no leader is known (right after init), up to the
@@ -185,7 +200,10 @@ impl AdminService for AdminServer {
                 .gatekeeper_id
                 .map(|g| g.0.to_vec())
                 .unwrap_or_default(),
-            chain: None,
+            chain: self.chain.as_ref().map(|(settings, view)| {
+                let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                crate::chain::status(settings, &view, &self.replica.sm.read().state.chain)
+            }),
             audit_sequence: s.audit_sequence,
             enclave_identity_public_key: self.enclave.identity_public_key().as_bytes().to_vec(),
             enclave_hpke_public_key: self.enclave.hpke_public_key().as_bytes().to_vec(),

@@ -138,6 +138,48 @@ pub struct NodeConfig {
     /// Default rotation deadline.
     #[serde(default = "d_rotation_deadline")]
     pub rotation_deadline_ms: u64,
+    /// WebSocket URL of a Substrate node to follow (`ws://` or `wss://`); none: no chain watcher
+    /// (workers and clusters come only from the development path).
+    #[serde(default)]
+    pub chain_url: Option<String>,
+    /// Event profile of the chain: `gatekeeper` (the Gatekeeper pallet) or `phala`.
+    #[serde(default = "d_chain_profile")]
+    pub chain_profile: String,
+    /// Block the cluster starts applying from when it has no chain cursor yet (0: genesis).
+    #[serde(default)]
+    pub chain_start_block: u64,
+    /// No new finalized block for this long: the chain is reported stalled and the watcher
+    /// reconnects.
+    #[serde(default = "d_chain_stall")]
+    pub chain_stall_ms: u64,
+    /// First reconnect delay (doubles per failure, with jitter).
+    #[serde(default = "d_chain_reconnect_min")]
+    pub chain_reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    #[serde(default = "d_chain_reconnect_max")]
+    pub chain_reconnect_max_ms: u64,
+    /// Deadline of each RPC call to the chain node.
+    #[serde(default = "d_chain_rpc_timeout")]
+    pub chain_rpc_timeout_ms: u64,
+    /// host:port of an HTTP listener serving Prometheus metrics at `/metrics`; none: off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+fn d_chain_profile() -> String {
+    "gatekeeper".into()
+}
+fn d_chain_stall() -> u64 {
+    60_000
+}
+fn d_chain_reconnect_min() -> u64 {
+    500
+}
+fn d_chain_reconnect_max() -> u64 {
+    30_000
+}
+fn d_chain_rpc_timeout() -> u64 {
+    10_000
 }
 
 fn d_attestation_dir() -> PathBuf {
@@ -226,6 +268,14 @@ pub const KEYS: &[&str] = &[
     "request_window_ms",
     "key_read_mode",
     "rotation_deadline_ms",
+    "chain_url",
+    "chain_profile",
+    "chain_start_block",
+    "chain_stall_ms",
+    "chain_reconnect_min_ms",
+    "chain_reconnect_max_ms",
+    "chain_rpc_timeout_ms",
+    "metrics_listen",
 ];
 
 fn env_value(raw: &str) -> toml::Value {
@@ -313,6 +363,20 @@ impl NodeConfig {
         if !["linearizable", "stale"].contains(&self.key_read_mode.as_str()) {
             bail!("key_read_mode must be linearizable or stale");
         }
+        self.chain_profile()?;
+        if let Some(url) = &self.chain_url {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                bail!("chain_url must be a ws:// or wss:// URL: {url:?}");
+            }
+        }
+        if self.chain_reconnect_min_ms == 0
+            || self.chain_reconnect_min_ms > self.chain_reconnect_max_ms
+        {
+            bail!("chain_reconnect_min_ms must be at least 1 and at most chain_reconnect_max_ms");
+        }
+        if self.chain_stall_ms == 0 || self.chain_rpc_timeout_ms == 0 {
+            bail!("chain_stall_ms and chain_rpc_timeout_ms must be at least 1");
+        }
         for m in self.allowed_mrenclave.iter().chain(&self.allowed_mrsigner) {
             match hex::decode(m) {
                 Ok(b) if b.len() == 32 => {}
@@ -320,6 +384,30 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+
+    /// The configured event profile.
+    pub fn chain_profile(&self) -> Result<crate::chain::Profile> {
+        match self.chain_profile.as_str() {
+            "gatekeeper" => Ok(crate::chain::Profile::Gatekeeper),
+            "phala" => Ok(crate::chain::Profile::Phala),
+            other => bail!("chain_profile must be gatekeeper or phala, not {other:?}"),
+        }
+    }
+
+    /// The chain watcher's settings, when a chain is configured.
+    pub fn chain_settings(&self) -> Option<crate::chain::ChainSettings> {
+        let url = self.chain_url.clone()?;
+        Some(crate::chain::ChainSettings {
+            url,
+            profile: self.chain_profile().ok()?,
+            start_block: self.chain_start_block,
+            stall: Duration::from_millis(self.chain_stall_ms),
+            reconnect_min: Duration::from_millis(self.chain_reconnect_min_ms),
+            reconnect_max: Duration::from_millis(self.chain_reconnect_max_ms),
+            rotation_deadline_ms: self.rotation_deadline_ms,
+            rpc_timeout: Duration::from_millis(self.chain_rpc_timeout_ms),
+        })
     }
 
     /// The Raft address peers use.
@@ -432,5 +520,17 @@ mod tests {
             .contains("production"));
         let e = NodeConfig::load(None, env(&base[..2])).unwrap_err();
         assert!(format!("{e:#}").contains("raft_listen"), "{e:#}");
+        assert!(with(("GATEKEEPER_CHAIN_PROFILE", "kusama")).contains("chain_profile"));
+        assert!(with(("GATEKEEPER_CHAIN_URL", "http://x:1")).contains("ws://"));
+        assert!(with(("GATEKEEPER_CHAIN_RECONNECT_MIN_MS", "0")).contains("reconnect"));
+        let mut chain = base.to_vec();
+        chain.push(("GATEKEEPER_CHAIN_URL", "ws://127.0.0.1:9944"));
+        chain.push(("GATEKEEPER_CHAIN_PROFILE", "phala"));
+        let s = NodeConfig::load(None, env(&chain))
+            .unwrap()
+            .chain_settings()
+            .unwrap();
+        assert_eq!(s.profile, crate::chain::Profile::Phala);
+        assert_eq!(s.stall, Duration::from_secs(60));
     }
 }

@@ -87,6 +87,8 @@ pub struct Keeper {
     /// Attestation policy for members: shares are dealt only to members whose registration
     /// evidence passes it.
     pub member_policy: Policy,
+    /// Deadline given to queued (chain-requested) rotations when the leader starts them.
+    pub rotation_deadline_ms: u64,
 }
 
 /// The dealing context of an epoch record.
@@ -405,6 +407,25 @@ impl Keeper {
                     tracing::info!(epoch = r.epoch, rotation = %r.rotation_id, "dealing rotation epoch");
                     return self.install(r.epoch, t, &p, &recipients).await;
                 }
+            }
+        }
+        // A chain-requested rotation that had to wait (another one ran, or genesis was not
+        // active yet) starts once the cluster can rotate, oldest first.
+        let busy = state
+            .rotation
+            .as_ref()
+            .is_some_and(|r| r.outcome == RotationOutcome::InProgress);
+        if let Some(next) = state.pending_rotations.first() {
+            if !busy && state.current_epoch().is_some() {
+                let now = now_ms();
+                tracing::info!(rotation = %next, "starting a queued rotation");
+                return self
+                    .write(Command::StartRotation {
+                        rotation_id: next.clone(),
+                        requested_at_ms: now,
+                        deadline_ms: now.saturating_add(self.rotation_deadline_ms),
+                    })
+                    .await;
             }
         }
         // Re-dealing after a membership change.

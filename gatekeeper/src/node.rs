@@ -157,6 +157,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let raft_listener = bind(&config.raft_listen, "raft_listen").await?;
     let api_listener = bind(&config.api_listen, "api_listen").await?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(a) => Some(bind(a, "metrics_listen").await?),
+        None => None,
+    };
     tracing::info!(
         node_id = config.node_id,
         raft = %config.raft_address(),
@@ -195,13 +199,25 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             dev_key.as_ref(),
             collateral.as_ref(),
         ),
+        rotation_deadline_ms: config.rotation_deadline_ms,
     };
-    let admin = AdminServer::new(
+    let mut admin = AdminServer::new(
         replica.clone(),
         config.clone(),
         seal.clone(),
         enclave.clone(),
     );
+    let chain_view = Arc::new(Mutex::new(crate::chain::ChainView::default()));
+    let watcher = config.chain_settings().map(|settings| {
+        admin = admin
+            .clone()
+            .with_chain(settings.clone(), chain_view.clone());
+        crate::chain::watcher::Watcher {
+            replica: replica.clone(),
+            settings,
+            view: chain_view.clone(),
+        }
+    });
     let peer = PeerServer {
         replica: replica.clone(),
         enclave: enclave.clone(),
@@ -240,12 +256,42 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
-    let keeper_task = tokio::spawn(keeper.run(stop_rx_keeper));
+    let keeper_task = tokio::spawn(keeper.run(stop_rx_keeper.clone()));
+    let metrics_task = metrics_listener.map(|l| {
+        let enclave = enclave.clone();
+        let sm = replica.sm.clone();
+        let m = crate::metrics::Metrics {
+            replica: replica.clone(),
+            chain: config.chain_settings().map(|s| (s, chain_view.clone())),
+            unsealed: Arc::new(move || {
+                let active: Vec<u64> = sm
+                    .read()
+                    .state
+                    .epochs
+                    .values()
+                    .filter(|e| e.status == gatekeeper_raft::state::EpochStatus::Active)
+                    .map(|e| e.epoch)
+                    .collect();
+                !active.is_empty() && active.iter().all(|e| enclave.has_master(*e))
+            }),
+        };
+        tokio::spawn(crate::metrics::serve(l, m, stop_rx_keeper.clone()))
+    });
+    let watcher_task = watcher.map(|w| {
+        tracing::info!(url = %w.settings.url, profile = w.settings.profile.as_str(), "chain watcher starting");
+        tokio::spawn(w.run(stop_rx_keeper.clone()))
+    });
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     // In-flight RPCs finish; bounded so a stuck peer cannot hold shutdown forever.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let _ = keeper_task.await;
+        if let Some(w) = watcher_task {
+            let _ = w.await;
+        }
+        if let Some(m) = metrics_task {
+            let _ = m.await;
+        }
         let _ = api_task.await;
         let _ = raft_task.await;
     })

@@ -1,0 +1,679 @@
+//! The watcher loop (see the module docs of `chain`).
+
+use super::profile::{decode, Decoded, Profile};
+use super::{ChainSettings, ChainView};
+use gatekeeper_raft::now_ms;
+use gatekeeper_raft::replica::Replica;
+use gatekeeper_raft::state::{
+    Bytes32, ChainBlock, ChainRecord, Command, IgnoredEvent, IndexedEvent, Reply,
+};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use subxt::backend::LegacyBackend;
+use subxt::{OnlineClient, SubstrateConfig};
+use tokio::sync::watch;
+
+/// Most event records in one proposed range (a larger block is split).
+pub const MAX_RECORDS_PER_RANGE: u32 = 256;
+/// Most blocks in one proposed batch.
+pub const MAX_BLOCKS_PER_BATCH: usize = 64;
+
+type Api = OnlineClient<SubstrateConfig>;
+
+/// One block's event records, decoded under a profile.
+#[derive(Debug)]
+pub struct DecodedBlock {
+    /// Number.
+    pub number: u64,
+    /// Hash.
+    pub hash: [u8; 32],
+    /// Parent hash.
+    pub parent_hash: [u8; 32],
+    /// Event record count.
+    pub records: u32,
+    /// The profile's events.
+    pub events: Vec<IndexedEvent>,
+    /// Records of the profile that did not decode.
+    pub undecodable: Vec<IgnoredEvent>,
+}
+
+impl DecodedBlock {
+    /// The ranges of this block from record `from` on, each at most `MAX_RECORDS_PER_RANGE`
+    /// records (an empty block is one empty range).
+    pub fn ranges(&self, from: u32, genesis: [u8; 32], deadline_ms: u64) -> Vec<ChainBlock> {
+        let mut out = vec![];
+        let mut start = from;
+        loop {
+            let end = start
+                .saturating_add(MAX_RECORDS_PER_RANGE)
+                .min(self.records);
+            let end = end.max(start);
+            out.push(ChainBlock {
+                genesis_hash: Bytes32(genesis),
+                number: self.number,
+                hash: Bytes32(self.hash),
+                parent_hash: Bytes32(self.parent_hash),
+                from_index: start,
+                to_index: end,
+                complete: end >= self.records,
+                events: self
+                    .events
+                    .iter()
+                    .filter(|e| (start..end).contains(&e.index))
+                    .cloned()
+                    .collect(),
+                undecodable: self
+                    .undecodable
+                    .iter()
+                    .filter(|e| (start..end).contains(&e.index))
+                    .cloned()
+                    .collect(),
+                proposed_at_ms: now_ms(),
+                rotation_deadline_ms: deadline_ms,
+            });
+            if end >= self.records {
+                return out;
+            }
+            start = end;
+        }
+    }
+}
+
+/// Fetches block `number` and decodes its events under `profile`. Undecodable records are
+/// logged with block and index.
+pub async fn fetch_block(api: &Api, profile: Profile, number: u64) -> Result<DecodedBlock, String> {
+    let at = api
+        .at_block(number)
+        .await
+        .map_err(|e| format!("block {number}: {e}"))?;
+    let hash: [u8; 32] = at.block_hash().0;
+    let header = at
+        .block_header()
+        .await
+        .map_err(|e| format!("header of block {number}: {e}"))?;
+    let events = at
+        .events()
+        .fetch()
+        .await
+        .map_err(|e| format!("events of block {number}: {e}"))?;
+    let records = events.len();
+    let mut out = DecodedBlock {
+        number,
+        hash,
+        parent_hash: header.parent_hash.0,
+        records,
+        events: vec![],
+        undecodable: vec![],
+    };
+    for (i, ev) in events.iter().enumerate() {
+        let index = i as u32;
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                // The record itself does not decode against the chain's metadata, so the
+                // records after it cannot be delimited either: report the rest as one.
+                tracing::error!(block = number, index, error = %e, "event records do not decode against the chain's metadata; skipping the rest of the block");
+                out.undecodable.push(IgnoredEvent {
+                    block: number,
+                    index,
+                    name: "(event records)".into(),
+                    reason: format!("records {index}..{records} do not decode: {e}"),
+                });
+                break;
+            }
+        };
+        match decode(profile, ev.pallet_name(), ev.event_name(), &ev) {
+            Decoded::Ignored => {}
+            Decoded::Event(event) => out.events.push(IndexedEvent { index, event }),
+            Decoded::Undecodable(reason) => {
+                let name = format!("{}.{}", ev.pallet_name(), ev.event_name());
+                tracing::warn!(block = number, index, event = %name, %reason, "skipping an event of an unexpected shape");
+                out.undecodable.push(IgnoredEvent {
+                    block: number,
+                    index,
+                    name,
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where the next range starts: `(block, first record)`, from the committed chain record.
+pub fn next_position(chain: &ChainRecord, start_block: u64) -> (u64, u32) {
+    match chain.cursor {
+        None => (start_block, 0),
+        Some(c) if c.block_complete => (c.block + 1, 0),
+        Some(c) => (c.block, c.event_index),
+    }
+}
+
+/// Connects a subxt client (legacy RPC backend) to `url`.
+pub async fn connect(url: &str, timeout: Duration) -> Result<Api, String> {
+    let rpc = with_timeout(
+        timeout,
+        "connecting",
+        subxt::rpcs::RpcClient::from_insecure_url(url),
+    )
+    .await?;
+    let backend = Arc::new(LegacyBackend::builder().build(rpc));
+    with_timeout(
+        timeout,
+        "starting the client",
+        OnlineClient::<SubstrateConfig>::from_backend(backend),
+    )
+    .await
+}
+
+/// The watcher.
+pub struct Watcher {
+    /// This node's replica.
+    pub replica: Replica,
+    /// Settings.
+    pub settings: ChainSettings,
+    /// Shared view for status and metrics.
+    pub view: Arc<Mutex<ChainView>>,
+}
+
+async fn with_timeout<T, E: std::fmt::Display>(
+    d: Duration,
+    what: &str,
+    f: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(d, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {d:?}")),
+    }
+}
+
+impl Watcher {
+    fn view(&self) -> std::sync::MutexGuard<'_, ChainView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs until `stop` turns true: connect, follow, and on any failure reconnect after a
+    /// capped exponential backoff.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut delay = self.settings.reconnect_min;
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = stop.wait_for(|v| *v) => return,
+                r = self.session() => r,
+            };
+            let e = match result {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            {
+                let mut v = self.view();
+                v.connected = false;
+                v.last_error = Some(e.clone());
+                v.reconnects += 1;
+            }
+            // A session that lasted a while was healthy: start the backoff over.
+            if started.elapsed() > self.settings.reconnect_max {
+                delay = self.settings.reconnect_min;
+            }
+            let jitter = Duration::from_millis(
+                u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng))
+                    % (delay.as_millis() as u64 / 4 + 1),
+            );
+            tracing::warn!(url = %self.settings.url, error = %e, retry_in = ?(delay + jitter), "chain watcher disconnected");
+            tokio::select! {
+                _ = stop.wait_for(|v| *v) => return,
+                _ = tokio::time::sleep(delay + jitter) => {}
+            }
+            delay = (delay * 2).min(self.settings.reconnect_max);
+        }
+    }
+
+    /// One session: connect, then follow finalized heads and (as leader) propose blocks.
+    /// Returns only with an error (the caller reconnects).
+    async fn session(&self) -> Result<(), String> {
+        let t = self.settings.rpc_timeout;
+        let api = connect(&self.settings.url, t).await?;
+        let genesis: [u8; 32] = api.genesis_hash().0;
+        let mut heads =
+            with_timeout(t, "subscribing to finalized heads", api.stream_blocks()).await?;
+        {
+            let mut v = self.view();
+            v.connected = true;
+            v.genesis = Some(genesis);
+            v.last_error = None;
+        }
+        tracing::info!(url = %self.settings.url, genesis = %hex::encode(genesis), profile = self.settings.profile.as_str(), "chain watcher connected");
+        let mut finalized: Option<u64> = None;
+        // Poll at least this often: leadership may change without a new head.
+        let tick = Duration::from_millis(250);
+        loop {
+            let next = tokio::time::timeout(tick, heads.next()).await;
+            match next {
+                Ok(Some(Ok(b))) => {
+                    let n = b.number();
+                    if finalized.is_none_or(|f| n > f) {
+                        finalized = Some(n);
+                        let mut v = self.view();
+                        if v.finalized.is_none_or(|f| n > f) {
+                            v.finalized_at = Some(Instant::now());
+                        }
+                        v.finalized = Some(n);
+                    }
+                }
+                Ok(Some(Err(e))) => return Err(format!("finalized heads: {e}")),
+                Ok(None) => return Err("the finalized-heads subscription ended".into()),
+                Err(_) => {}
+            }
+            let stalled_for = self.view().finalized_at.map(|t| t.elapsed());
+            if stalled_for.is_some_and(|s| s > self.settings.stall) {
+                return Err(format!(
+                    "no new finalized block for {:?} (stalled chain or silent connection)",
+                    stalled_for.unwrap_or_default()
+                ));
+            }
+            if let Some(f) = finalized {
+                if self.replica.is_leader() {
+                    match self.catch_up(&api, genesis, f).await {
+                        Ok(()) => {
+                            self.view().last_error = None;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// As leader: proposes every finalized block after the cursor, in batches.
+    async fn catch_up(&self, api: &Api, genesis: [u8; 32], finalized: u64) -> Result<(), String> {
+        loop {
+            if !self.replica.is_leader() {
+                return Ok(());
+            }
+            let chain = self.replica.sm.read().state.chain.clone();
+            if let Some(g) = chain.genesis_hash {
+                if g.0 != genesis {
+                    return Err(format!(
+                        "the chain at {} has genesis {}, but this cluster follows genesis {}; refusing to apply its blocks",
+                        self.settings.url,
+                        hex::encode(genesis),
+                        hex::encode(g.0)
+                    ));
+                }
+            }
+            let (mut number, mut from) = next_position(&chain, self.settings.start_block);
+            if number > finalized {
+                return Ok(());
+            }
+            let mut batch: Vec<ChainBlock> = vec![];
+            let mut records = 0u32;
+            while number <= finalized
+                && batch.len() < MAX_BLOCKS_PER_BATCH
+                && records < MAX_RECORDS_PER_RANGE
+            {
+                let b = with_timeout(
+                    self.settings.rpc_timeout * 2,
+                    "fetching a block",
+                    fetch_block(api, self.settings.profile, number),
+                )
+                .await?;
+                if let Some(c) = chain.cursor.filter(|c| c.block == number) {
+                    if c.block_hash.0 != b.hash {
+                        return Err(format!(
+                            "block {number} has hash {} on the chain but {} was applied; refusing to continue",
+                            hex::encode(b.hash),
+                            hex::encode(c.block_hash.0)
+                        ));
+                    }
+                }
+                for r in b.ranges(from, genesis, self.settings.rotation_deadline_ms) {
+                    records += r.to_index - r.from_index;
+                    let done = r.complete;
+                    batch.push(r);
+                    if !done && records >= MAX_RECORDS_PER_RANGE {
+                        break;
+                    }
+                }
+                if !batch.last().is_some_and(|r| r.complete) {
+                    break;
+                }
+                number += 1;
+                from = 0;
+            }
+            let (first, last) = (
+                batch.first().map(|b| b.number).unwrap_or_default(),
+                batch.last().map(|b| b.number).unwrap_or_default(),
+            );
+            let events: usize = batch.iter().map(|b| b.events.len()).sum();
+            let out = self
+                .replica
+                .write(&Command::ChainBlocks { blocks: batch })
+                .await
+                .map_err(|e| format!("proposing blocks {first}..={last}: {e}"))?;
+            match out.reply {
+                Reply::Applied { .. } => {
+                    self.view().blocks_proposed += last - first + 1;
+                    if events > 0 {
+                        tracing::info!(blocks = %format!("{first}..={last}"), events, "chain events committed");
+                    } else {
+                        tracing::debug!(blocks = %format!("{first}..={last}"), "chain blocks committed");
+                    }
+                }
+                // Another proposer (a former leader) got there first: read the cursor again.
+                Reply::Duplicate => {}
+                Reply::Rejected { code, message } => {
+                    return Err(format!(
+                        "blocks {first}..={last} refused by the state machine: {code:?}: {message}"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devchain::actions::{Action, Profile as DevProfile};
+    use devchain::runtime::{AttestationProvider, Public, Shapes, H256};
+    use gatekeeper_raft::state::{ChainEvent, Scheme};
+
+    async fn chain(shapes: Shapes) -> devchain::DevChain {
+        devchain::DevChain::start(devchain::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            block_time: Duration::from_millis(30),
+            data_dir: None,
+            shapes,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn submit(c: &devchain::DevChain, p: DevProfile, a: Action) -> u64 {
+        c.submit(p, &a).await.unwrap()["block"].as_u64().unwrap()
+    }
+
+    fn key(b: u8) -> Bytes32 {
+        Bytes32([b; 32])
+    }
+
+    #[tokio::test]
+    async fn subxt_follows_the_dev_chain_and_decodes_the_gatekeeper_profile() {
+        let c = chain(Shapes::Standard).await;
+        let api = connect(&c.url(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(api.genesis_hash().0, c.genesis_hash());
+        let w = Public([7; 32]);
+        let reg = submit(
+            &c,
+            DevProfile::Gatekeeper,
+            Action::RegisterWorker {
+                worker: w,
+                provider: Some(AttestationProvider::Dcap),
+                confidence_level: 2,
+            },
+        )
+        .await;
+        let slash = submit(
+            &c,
+            DevProfile::Gatekeeper,
+            Action::SlashWorker {
+                worker: w,
+                reason: "double signing".into(),
+            },
+        )
+        .await;
+        // Finalized heads arrive through the subscription.
+        let mut heads = api.stream_blocks().await.unwrap();
+        let first = heads.next().await.unwrap().unwrap().number();
+        assert!(first >= slash, "{first} < {slash}");
+
+        let b = fetch_block(&api, Profile::Gatekeeper, reg).await.unwrap();
+        assert_eq!(b.number, reg);
+        // Records: timestamp success, the event, its success.
+        assert_eq!(b.records, 3);
+        assert_eq!(
+            b.events,
+            vec![IndexedEvent {
+                index: 1,
+                event: ChainEvent::WorkerRegistered {
+                    worker: key(7),
+                    attestation_provider: "dcap".into(),
+                    confidence_level: 2
+                }
+            }]
+        );
+        let prev = fetch_block(&api, Profile::Gatekeeper, reg - 1)
+            .await
+            .unwrap();
+        assert_eq!(b.parent_hash, prev.hash);
+        let s = fetch_block(&api, Profile::Gatekeeper, slash).await.unwrap();
+        assert_eq!(
+            s.events[0].event,
+            ChainEvent::WorkerSlashed {
+                worker: key(7),
+                reason: "double signing".into()
+            }
+        );
+        // The same blocks under the phala profile carry nothing of it.
+        assert!(fetch_block(&api, Profile::Phala, reg)
+            .await
+            .unwrap()
+            .events
+            .is_empty());
+        // Ranges cover the records exactly once.
+        let r = b.ranges(0, c.genesis_hash(), 0);
+        assert_eq!(
+            (r.len(), r[0].from_index, r[0].to_index, r[0].complete),
+            (1, 0, 3, true)
+        );
+        assert!(b.ranges(1, c.genesis_hash(), 0)[0].complete);
+
+        let rot = submit(
+            &c,
+            DevProfile::Gatekeeper,
+            Action::RequestRotation { rotation_id: None },
+        )
+        .await;
+        let cl = H256([9; 32]);
+        let cc = submit(
+            &c,
+            DevProfile::Gatekeeper,
+            Action::CreateCluster {
+                cluster: cl,
+                workers: vec![w],
+            },
+        )
+        .await;
+        let ci = submit(
+            &c,
+            DevProfile::Gatekeeper,
+            Action::InstantiateContract {
+                contract: H256([10; 32]),
+                cluster: cl,
+            },
+        )
+        .await;
+        let ev = |n| {
+            let api = api.clone();
+            async move {
+                fetch_block(&api, Profile::Gatekeeper, n)
+                    .await
+                    .unwrap()
+                    .events
+            }
+        };
+        assert_eq!(
+            ev(rot).await[0].event,
+            ChainEvent::MasterKeyRotationRequested {
+                rotation_id: "chain:1".into()
+            }
+        );
+        assert_eq!(
+            ev(cc).await[0].event,
+            ChainEvent::ClusterCreated {
+                cluster: key(9),
+                workers: vec![key(7)],
+                scheme: Scheme::Native
+            }
+        );
+        assert_eq!(
+            ev(ci).await[0].event,
+            ChainEvent::ContractInstantiated {
+                contract: key(10),
+                cluster: key(9)
+            }
+        );
+        c.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_phala_profile_maps_phala_pallet_events() {
+        let c = chain(Shapes::Standard).await;
+        let api = connect(&c.url(), Duration::from_secs(5)).await.unwrap();
+        let w = Public([3; 32]);
+        let session = Bytes32(devchain::actions::phala_session(&w));
+        let reg = submit(
+            &c,
+            DevProfile::Phala,
+            Action::RegisterWorker {
+                worker: w,
+                provider: None,
+                confidence_level: 128,
+            },
+        )
+        .await;
+        let b = fetch_block(&api, Profile::Phala, reg).await.unwrap();
+        let events: Vec<ChainEvent> = b.events.into_iter().map(|e| e.event).collect();
+        assert_eq!(
+            events,
+            vec![
+                ChainEvent::WorkerRegistered {
+                    worker: key(3),
+                    attestation_provider: "none".into(),
+                    confidence_level: 128
+                },
+                ChainEvent::SessionBound {
+                    session,
+                    worker: key(3)
+                }
+            ]
+        );
+        let slash = submit(
+            &c,
+            DevProfile::Phala,
+            Action::SlashWorker {
+                worker: w,
+                reason: String::new(),
+            },
+        )
+        .await;
+        let reclaim0 = submit(
+            &c,
+            DevProfile::Phala,
+            Action::ReclaimWorker {
+                worker: w,
+                slashed: 0,
+            },
+        )
+        .await;
+        let reclaim = submit(
+            &c,
+            DevProfile::Phala,
+            Action::ReclaimWorker {
+                worker: w,
+                slashed: 5,
+            },
+        )
+        .await;
+        let cl = H256([4; 32]);
+        let cc = submit(
+            &c,
+            DevProfile::Phala,
+            Action::CreateCluster {
+                cluster: cl,
+                workers: vec![w],
+            },
+        )
+        .await;
+        let inst = submit(
+            &c,
+            DevProfile::Phala,
+            Action::InstantiateContract {
+                contract: H256([5; 32]),
+                cluster: cl,
+            },
+        )
+        .await;
+        let ev = |n| {
+            let api = api.clone();
+            async move {
+                fetch_block(&api, Profile::Phala, n)
+                    .await
+                    .unwrap()
+                    .events
+                    .into_iter()
+                    .map(|e| e.event)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            ev(slash).await,
+            vec![ChainEvent::SessionUnresponsive { session }]
+        );
+        assert_eq!(ev(reclaim0).await, vec![]);
+        assert!(matches!(
+            ev(reclaim).await[..],
+            [ChainEvent::SessionSlashed { .. }]
+        ));
+        assert_eq!(
+            ev(cc).await,
+            vec![
+                ChainEvent::ClusterCreated {
+                    cluster: key(4),
+                    workers: vec![],
+                    scheme: Scheme::Phala
+                },
+                ChainEvent::WorkerAddedToCluster {
+                    worker: key(3),
+                    cluster: key(4)
+                }
+            ]
+        );
+        // Instantiating maps; Instantiated (same block) changes nothing.
+        assert_eq!(
+            ev(inst).await,
+            vec![ChainEvent::ContractInstantiated {
+                contract: key(5),
+                cluster: key(4)
+            }]
+        );
+        c.stop().await;
+    }
+
+    #[tokio::test]
+    async fn events_of_an_unexpected_shape_are_reported_and_the_rest_of_the_block_decodes() {
+        let c = chain(Shapes::Broken).await;
+        let api = connect(&c.url(), Duration::from_secs(5)).await.unwrap();
+        let ok = serde_json::json!({"Gatekeeper": {"WorkerDeregistered": {"worker": format!("0x{}", "01".repeat(32))}}});
+        let bad = serde_json::json!({"Gatekeeper": {"WorkerSlashed": {"worker": 7, "reason": 9}}});
+        // The bad event and a good one after it, in one block.
+        let r = c.emit(vec![bad, ok]).await.unwrap();
+        let n = r["block"].as_u64().unwrap();
+        let b = fetch_block(&api, Profile::Gatekeeper, n).await.unwrap();
+        assert_eq!(b.undecodable.len(), 1, "{b:?}");
+        assert_eq!(b.undecodable[0].index, 1);
+        assert_eq!(b.undecodable[0].name, "Gatekeeper.WorkerSlashed");
+        assert!(
+            b.undecodable[0].reason.contains("worker"),
+            "{}",
+            b.undecodable[0].reason
+        );
+        assert_eq!(b.records, 5);
+        assert_eq!(b.events.len(), 1);
+        assert_eq!(b.events[0].index, 3);
+        c.stop().await;
+    }
+}

@@ -1,0 +1,206 @@
+//! `/metrics`: Prometheus text exposition (format 0.0.4) over plain HTTP/1, on
+//! `metrics_listen` when configured.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `gatekeeper_raft_term` | gauge | current Raft term |
+//! | `gatekeeper_raft_is_leader` | gauge | 1 on the leader |
+//! | `gatekeeper_raft_last_applied_index` | gauge | last applied log index |
+//! | `gatekeeper_audit_sequence` | gauge | audit sequence of the applied state |
+//! | `gatekeeper_unsealed` | gauge | 1 when every active epoch's master is in enclave memory |
+//! | `gatekeeper_chain_connected` | gauge | 1 while the watcher has a session with the chain node |
+//! | `gatekeeper_chain_stalled` | gauge | 1 when no new finalized block came within `chain_stall_ms` |
+//! | `gatekeeper_chain_finalized_block` | gauge | latest finalized block seen |
+//! | `gatekeeper_chain_cursor_block` | gauge | block of the committed cursor |
+//! | `gatekeeper_chain_lag_blocks` | gauge | finalized blocks not yet fully applied |
+//! | `gatekeeper_chain_last_finalized_age_seconds` | gauge | time since the finalized head advanced |
+//! | `gatekeeper_chain_events_applied_total` | counter | chain events applied (cluster-wide, replicated) |
+//! | `gatekeeper_chain_events_ignored_total` | counter | chain events not applied (undecodable or not applicable) |
+//! | `gatekeeper_chain_reconnects_total` | counter | this node's watcher reconnections |
+//!
+//! The chain metrics are present only when a chain is configured. The telemetry issue moves
+//! these onto OpenTelemetry; the names stay.
+
+use crate::chain::{ChainSettings, ChainView};
+use bytes::Bytes;
+use gatekeeper_raft::replica::Replica;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+/// What `/metrics` reads.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The replica.
+    pub replica: Replica,
+    /// The chain watcher's settings and view, when a chain is configured.
+    pub chain: Option<(ChainSettings, Arc<Mutex<ChainView>>)>,
+    /// Whether this node holds every active epoch's master.
+    pub unsealed: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+fn gauge(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+impl Metrics {
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let s = self.replica.status();
+        gauge(
+            &mut o,
+            "gatekeeper_raft_term",
+            "gauge",
+            "Current Raft term.",
+            s.term,
+        );
+        gauge(
+            &mut o,
+            "gatekeeper_raft_is_leader",
+            "gauge",
+            "1 on the Raft leader.",
+            u8::from(s.role == "leader"),
+        );
+        gauge(
+            &mut o,
+            "gatekeeper_raft_last_applied_index",
+            "gauge",
+            "Last applied Raft log index.",
+            s.last_applied.unwrap_or(0),
+        );
+        gauge(
+            &mut o,
+            "gatekeeper_audit_sequence",
+            "gauge",
+            "Audit sequence of the applied state.",
+            s.audit_sequence,
+        );
+        gauge(
+            &mut o,
+            "gatekeeper_unsealed",
+            "gauge",
+            "1 when every active epoch's master secret is in enclave memory.",
+            u8::from((self.unsealed)()),
+        );
+        if let Some((settings, view)) = &self.chain {
+            let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let c = crate::chain::status(settings, &view, &self.replica.sm.read().state.chain);
+            let g = |o: &mut String, n: &str, k: &str, h: &str, v: u64| gauge(o, n, k, h, v);
+            g(
+                &mut o,
+                "gatekeeper_chain_connected",
+                "gauge",
+                "1 while the chain watcher has a session with the chain node.",
+                u64::from(c.connected),
+            );
+            g(
+                &mut o,
+                "gatekeeper_chain_stalled",
+                "gauge",
+                "1 when no new finalized block came within chain_stall_ms.",
+                u64::from(c.stalled),
+            );
+            g(
+                &mut o,
+                "gatekeeper_chain_finalized_block",
+                "gauge",
+                "Latest finalized block seen.",
+                c.finalized,
+            );
+            g(
+                &mut o,
+                "gatekeeper_chain_cursor_block",
+                "gauge",
+                "Block of the committed chain cursor.",
+                c.cursor_block,
+            );
+            g(
+                &mut o,
+                "gatekeeper_chain_lag_blocks",
+                "gauge",
+                "Finalized blocks not yet fully applied.",
+                c.lag_blocks,
+            );
+            gauge(
+                &mut o,
+                "gatekeeper_chain_last_finalized_age_seconds",
+                "gauge",
+                "Seconds since the finalized head advanced.",
+                c.last_finalized_age_ms as f64 / 1000.0,
+            );
+            g(
+                &mut o,
+                "gatekeeper_chain_events_applied_total",
+                "counter",
+                "Chain events applied to the replicated state.",
+                c.events_applied,
+            );
+            g(
+                &mut o,
+                "gatekeeper_chain_events_ignored_total",
+                "counter",
+                "Chain events not applied (undecodable or not applicable).",
+                c.events_ignored,
+            );
+            g(
+                &mut o,
+                "gatekeeper_chain_reconnects_total",
+                "counter",
+                "Chain watcher reconnections on this node.",
+                c.reconnects,
+            );
+        }
+        o
+    }
+}
+
+async fn handle(
+    m: Arc<Metrics>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let resp = if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+        Response::builder()
+            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(m.render())))
+    } else {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(
+                b"only GET /metrics is served here\n",
+            )))
+    };
+    Ok(resp.expect("static response parts are valid"))
+}
+
+/// Serves `/metrics` on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let m = Arc::new(metrics);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.wait_for(|v| *v) => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    continue;
+                }
+            },
+        };
+        let m = m.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(m.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
