@@ -2,9 +2,9 @@
 //!
 //! * `node` — run a replica (docs/operations.md).
 //! * `admin` — operate a cluster over AdminService.
+//! * `miner` — a worker's key fetching through the client SDK.
+//! * `devnet` — a local network: dev chain, nodes, a demo worker and miner (README.md).
 //! * `keygen` — make an sr25519 key file.
-//!
-//! `miner` and `devnet` arrive with the master-key and devnet issues (see README.md).
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +20,7 @@ mod admin_service;
 mod attestation;
 mod chain;
 mod config;
+mod devnet;
 mod enclave;
 mod keeper;
 mod key_service;
@@ -64,6 +65,9 @@ enum Command {
         #[command(subcommand)]
         command: miner::MinerCommand,
     },
+    /// Run a local devnet: the dev chain, gatekeeper nodes as separate processes, a demo
+    /// worker registered on chain and a demo miner fetching its keys. Runs until Ctrl-C.
+    Devnet(devnet::DevnetArgs),
     /// Generate an sr25519 key (e.g. a worker's identity) into a new file with mode 0600 and print
     /// its public key. The file holds JSON {"seed": hex, "public_key": hex}.
     Keygen {
@@ -125,6 +129,7 @@ fn main() {
             })
         }
         Command::Miner { command } => runtime().and_then(|rt| rt.block_on(miner::run(command))),
+        Command::Devnet(args) => runtime().and_then(|rt| rt.block_on(devnet::run(args))),
         Command::Admin {
             endpoint,
             timeout_secs,

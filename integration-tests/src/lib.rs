@@ -18,6 +18,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod devchain;
+pub use devchain::{DevChainOpts, DevChainProc};
+
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -57,12 +60,28 @@ pub fn gatekeeper_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     BUILT
-        .get_or_init(|| locate_and_build().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| locate_and_build("gatekeeper", "gatekeeper").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow::anyhow!(e))
 }
 
-fn locate_and_build() -> Result<PathBuf> {
+/// Path of the `gatekeeper-devchain` binary from this workspace, built once per test process
+/// like [`gatekeeper_bin`]. `GATEKEEPER_TEST_DEVCHAIN_BIN` overrides the path.
+pub fn devchain_bin() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    if let Some(p) = std::env::var_os("GATEKEEPER_TEST_DEVCHAIN_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    BUILT
+        .get_or_init(|| {
+            locate_and_build("gatekeeper-devchain", "gatekeeper-devchain")
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn locate_and_build(package: &str, bin_name: &str) -> Result<PathBuf> {
     // Test binaries live in target/<profile>/deps/<test-binary>; binaries of this package (the
     // benchmarks) in target/<profile>/<bin>. Either way the gatekeeper binary is
     // target/<profile>/gatekeeper.
@@ -77,12 +96,12 @@ fn locate_and_build() -> Result<PathBuf> {
             .context("test binary is not under target/<profile>/deps")?
             .to_path_buf();
     }
-    let bin = profile_dir.join("gatekeeper");
+    let bin = profile_dir.join(bin_name);
     let under_cargo = std::env::var_os("CARGO").is_some();
     if under_cargo || !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "gatekeeper", "--bin", "gatekeeper"]);
+        cmd.args(["build", "-p", package, "--bin", bin_name]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -144,6 +163,90 @@ pub struct Status {
     pub members: Vec<Member>,
     /// Audit sequence of the last applied command.
     pub audit_sequence: u64,
+    /// The chain watcher's report (`None` when no chain is configured).
+    #[serde(default)]
+    pub chain: Option<ChainView>,
+    /// `sealed`, `unsealing k/t` or `unsealed`.
+    #[serde(default)]
+    pub seal_status: String,
+    /// Epochs.
+    #[serde(default)]
+    pub epochs: Vec<EpochView>,
+}
+
+/// One epoch in `admin status --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct EpochView {
+    /// Number.
+    pub epoch: u64,
+    /// `dealing`, `active`, `retired` or `aborted`.
+    pub status: String,
+    /// Master public key (hex).
+    pub master_public_key: String,
+}
+
+/// The committed chain cursor in `admin status --json`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct CursorView {
+    /// Block applied last.
+    pub block: u64,
+    /// Its hash (hex).
+    pub block_hash: String,
+    /// Event records of it applied.
+    pub event_index: u32,
+    /// Whether the block is fully applied.
+    pub block_complete: bool,
+}
+
+/// An ignored chain event in `admin status --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct IgnoredView {
+    /// Block.
+    pub block: u64,
+    /// Record index.
+    pub index: u32,
+    /// `Pallet.Event` or the decoded event's name.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `chain` in `admin status --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ChainView {
+    /// Chain URL.
+    pub url: String,
+    /// Event profile.
+    pub profile: String,
+    /// Watcher session up.
+    pub connected: bool,
+    /// No new finalized block within the stall bound.
+    pub stalled: bool,
+    /// Latest finalized block seen.
+    pub finalized: u64,
+    /// The committed cursor.
+    pub cursor: CursorView,
+    /// Finalized blocks not fully applied.
+    pub lag_blocks: u64,
+    /// Followed chain's genesis (hex).
+    pub genesis_hash: String,
+    /// Events applied.
+    pub events_applied: u64,
+    /// Events ignored.
+    pub events_ignored: u64,
+    /// Recent ignored events.
+    pub recent_ignored: Vec<IgnoredView>,
+    /// Last watcher error.
+    pub last_error: String,
+    /// Reconnections of this node's watcher.
+    pub reconnects: u64,
+}
+
+impl ChainView {
+    /// Whether every event record of `block` is applied.
+    pub fn applied_through(&self, block: u64) -> bool {
+        self.cursor.block > block || (self.cursor.block == block && self.cursor.block_complete)
+    }
 }
 
 impl Status {
@@ -298,6 +401,8 @@ pub struct Opts {
     pub fault_hooks: bool,
     /// Where to create the cluster's temporary directory (default: the system temp dir).
     pub base_dir: Option<PathBuf>,
+    /// Extra lines appended to every node's TOML config (e.g. `chain_url = "ws://…"`).
+    pub extra_config: Vec<String>,
 }
 
 impl Default for Opts {
@@ -311,6 +416,7 @@ impl Default for Opts {
             max_stale_ms: None,
             fault_hooks: true,
             base_dir: None,
+            extra_config: vec![],
         }
     }
 }
@@ -350,7 +456,7 @@ fn toml_str(s: &str) -> String {
 }
 
 /// Last `n` lines of a file (reads at most its last 256 KiB), each cut to 500 characters.
-fn tail_lines(path: &Path, n: usize) -> String {
+pub fn tail_lines(path: &Path, n: usize) -> String {
     let Ok(mut f) = fs::File::open(path) else {
         return format!("({} does not exist)", path.display());
     };
@@ -417,6 +523,21 @@ impl Cluster {
     /// The cluster's temporary directory (configs, data dirs, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Appends a line to the config of every node started from now on (and rewrites the
+    /// configs of existing nodes).
+    pub fn add_config_line(&mut self, line: &str) {
+        self.opts.extra_config.push(line.to_string());
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for i in ids {
+            self.write_config(i);
+        }
+    }
+
+    /// A free loopback port not handed out before by this cluster.
+    pub fn reserve_port(&mut self) -> u16 {
+        self.free_port()
     }
 
     /// Every node id the harness knows (running or not), ascending.
@@ -496,6 +617,9 @@ impl Cluster {
         }
         let _ = writeln!(t, "fault_hooks = {}", o.fault_hooks);
         let _ = writeln!(t, "mode = \"development\"");
+        for line in &o.extra_config {
+            let _ = writeln!(t, "{line}");
+        }
         fs::write(&n.config, t).expect("write node config");
     }
 
@@ -1020,13 +1144,22 @@ fn scrub_env(cmd: &mut Command) {
 
 /// Run `gatekeeper admin --endpoint <endpoint> <args…>`, killing it after `timeout`.
 pub fn run_admin(bin: &Path, endpoint: &str, args: &[&str], timeout: Duration) -> AdminOutput {
-    let command = format!("gatekeeper admin --endpoint {endpoint} {}", args.join(" "));
+    let mut all = vec!["admin", "--endpoint", endpoint];
+    all.extend_from_slice(args);
+    run_command(bin, &all, timeout)
+}
+
+/// Run `bin <args…>` with the `GATEKEEPER_*` environment removed, killing it after `timeout`,
+/// and capture its output.
+pub fn run_command(bin: &Path, args: &[&str], timeout: Duration) -> AdminOutput {
+    let name = bin
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let command = format!("{name} {}", args.join(" "));
     let start = Instant::now();
     let mut cmd = Command::new(bin);
-    cmd.arg("admin")
-        .arg("--endpoint")
-        .arg(endpoint)
-        .args(args)
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -247,6 +247,8 @@ impl Watcher {
         }
         tracing::info!(url = %self.settings.url, genesis = %hex::encode(genesis), profile = self.settings.profile.as_str(), "chain watcher connected");
         let mut finalized: Option<u64> = None;
+        // When this session last saw the finalized head advance (or its first head).
+        let mut progress = Instant::now();
         // Poll at least this often: leadership may change without a new head.
         let tick = Duration::from_millis(250);
         loop {
@@ -256,6 +258,7 @@ impl Watcher {
                     let n = b.number();
                     if finalized.is_none_or(|f| n > f) {
                         finalized = Some(n);
+                        progress = Instant::now();
                         let mut v = self.view();
                         if v.finalized.is_none_or(|f| n > f) {
                             v.finalized_at = Some(Instant::now());
@@ -267,11 +270,10 @@ impl Watcher {
                 Ok(None) => return Err("the finalized-heads subscription ended".into()),
                 Err(_) => {}
             }
-            let stalled_for = self.view().finalized_at.map(|t| t.elapsed());
-            if stalled_for.is_some_and(|s| s > self.settings.stall) {
+            if progress.elapsed() > self.settings.stall {
                 return Err(format!(
                     "no new finalized block for {:?} (stalled chain or silent connection)",
-                    stalled_for.unwrap_or_default()
+                    progress.elapsed()
                 ));
             }
             if let Some(f) = finalized {

@@ -1,0 +1,709 @@
+//! The chain watcher against real processes: a `gatekeeper-devchain` process as the chain and
+//! three `gatekeeper node` processes following it. Workers, slashes, rotations, clusters and
+//! contracts are emitted on the chain (through the dev chain's CLI, a real JSON-RPC client) and
+//! observed through the nodes' KeyService (the miner SDK) and `admin status`.
+
+use gatekeeper_client::{ClientError, FetchedKey, MinerClient};
+use gatekeeper_integration_tests::{Cluster, DevChainOpts, DevChainProc, Opts, Status};
+use keyring::sign::KeyTarget;
+use keyring::{ClusterId, ContractId, Sr25519Keypair};
+use rand_core::OsRng;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Net {
+    c: Cluster,
+    chain: DevChainProc,
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A dev chain and `n` nodes following it (plus `extra` config lines), initialised and unsealed.
+fn start(n: usize, chain_opts: DevChainOpts, extra: &[&str]) -> Net {
+    let mut c = Cluster::empty(Opts::default());
+    let port = c.reserve_port();
+    let chain = DevChainProc::start(&c.dir().join("chain"), port, chain_opts);
+    c.add_config_line(&chain.config_line());
+    for l in extra {
+        c.add_config_line(l);
+    }
+    for _ in 0..n {
+        c.add_node();
+    }
+    let ids = c.ids();
+    c.init(ids[0], &ids)
+        .unwrap_or_else(|e| c.fail(&format!("init: {e}")));
+    c.leader_among(&ids);
+    let net = Net { c, chain };
+    net.wait_unsealed(&ids, 1);
+    net
+}
+
+impl Net {
+    fn fail(&self, msg: &str) -> ! {
+        self.c.fail(&format!(
+            "{msg}\n--- dev chain log:\n{}",
+            self.chain.log_tail(30)
+        ))
+    }
+
+    fn status(&self, i: u64) -> Result<Status, String> {
+        self.c.status(i)
+    }
+
+    fn wait_unsealed(&self, ids: &[u64], active: usize) {
+        for &i in ids {
+            self.c.wait_for(
+                &format!("node {i} unsealed with {active} active epoch(s)"),
+                WAIT,
+                || {
+                    let s = self.status(i)?;
+                    let n = s.epochs.iter().filter(|e| e.status == "active").count();
+                    if s.seal_status == "unsealed" && n == active {
+                        Ok(())
+                    } else {
+                        Err(format!("{} with {n} active epochs", s.seal_status))
+                    }
+                },
+            );
+        }
+    }
+
+    /// Waits until each of `ids` has applied every event record of `block`.
+    fn wait_applied(&self, ids: &[u64], block: u64) {
+        for &i in ids {
+            self.c
+                .wait_for(&format!("node {i} to apply block {block}"), WAIT, || {
+                    let s = self.status(i)?;
+                    let ch = s.chain.ok_or("no chain in status")?;
+                    if ch.applied_through(block) {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "cursor {:?}, finalized {}, connected {}, last error {:?}",
+                            ch.cursor, ch.finalized, ch.connected, ch.last_error
+                        ))
+                    }
+                });
+        }
+    }
+
+    fn chain_status(&self, i: u64) -> gatekeeper_integration_tests::ChainView {
+        self.status(i)
+            .unwrap_or_else(|e| self.fail(&format!("status of node {i}: {e}")))
+            .chain
+            .unwrap_or_else(|| self.fail(&format!("node {i} reports no chain")))
+    }
+}
+
+/// Fetches a key from node `i` alone with a fresh client (no cache).
+fn fetch(
+    net: &Net,
+    i: u64,
+    w: &Sr25519Keypair,
+    target: KeyTarget,
+    epoch: Option<u64>,
+) -> Result<FetchedKey, ClientError> {
+    rt().block_on(async {
+        let mut m = MinerClient::new(vec![net.c.api_addr(i).to_string()], w.clone());
+        m.fetch(target, epoch).await
+    })
+}
+
+fn pk(k: &FetchedKey) -> [u8; 32] {
+    *k.keypair.public_key().as_bytes()
+}
+
+fn refused(r: Result<FetchedKey, ClientError>, code: tonic::Code, words: &str) {
+    match r {
+        Err(ClientError::Refused { code: c, message }) => {
+            assert_eq!(c, code, "{message}");
+            assert!(message.contains(words), "{message:?} lacks {words:?}");
+        }
+        Err(e) => panic!("expected {code:?} ({words}), got {e}"),
+        Ok(k) => panic!(
+            "expected {code:?} ({words}), but node {} served a key",
+            k.served_by
+        ),
+    }
+}
+
+fn worker() -> (Sr25519Keypair, String) {
+    let w = Sr25519Keypair::generate(&mut OsRng);
+    let h = hex::encode(w.public_key().as_bytes());
+    (w, h)
+}
+
+const ALL: [u64; 3] = [1, 2, 3];
+
+#[test]
+fn workers_registered_slashed_and_deregistered_on_chain_gate_their_keys() {
+    let net = start(3, DevChainOpts::default(), &[]);
+    let ch = &net.chain;
+    let (w, wh) = worker();
+    // Not registered yet: NOT_FOUND everywhere.
+    refused(
+        fetch(&net, 1, &w, KeyTarget::Worker, None),
+        tonic::Code::NotFound,
+        "not registered",
+    );
+
+    let b = ch.emit_ok(
+        "gatekeeper",
+        &[
+            "register-worker",
+            "--worker",
+            &wh,
+            "--provider",
+            "dcap",
+            "--confidence-level",
+            "2",
+        ],
+    );
+    net.wait_applied(&ALL, b);
+    let keys: Vec<[u8; 32]> = ALL
+        .iter()
+        .map(|&i| {
+            pk(&fetch(&net, i, &w, KeyTarget::Worker, None)
+                .unwrap_or_else(|e| net.fail(&format!("node {i}: {e}"))))
+        })
+        .collect();
+    assert!(
+        keys.windows(2).all(|k| k[0] == k[1]),
+        "every node derives the same worker key"
+    );
+
+    // A cluster with the worker and a contract on it.
+    let cluster = [0x5a; 32];
+    let contract = [0x6b; 32];
+    ch.emit_ok(
+        "gatekeeper",
+        &[
+            "create-cluster",
+            "--cluster",
+            &hex::encode(cluster),
+            "--worker",
+            &wh,
+        ],
+    );
+    let b = ch.emit_ok(
+        "gatekeeper",
+        &[
+            "instantiate-contract",
+            "--contract",
+            &hex::encode(contract),
+            "--cluster",
+            &hex::encode(cluster),
+        ],
+    );
+    net.wait_applied(&ALL, b);
+    let ck = fetch(&net, 2, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap();
+    assert_eq!(
+        pk(&fetch(&net, 3, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap()),
+        pk(&ck)
+    );
+    fetch(&net, 1, &w, KeyTarget::Cluster(ClusterId(cluster)), None).unwrap();
+    // A second worker, not in the cluster, gets its worker key but not the cluster's.
+    let (w2, w2h) = worker();
+    let b = ch.emit_ok("gatekeeper", &["register-worker", "--worker", &w2h]);
+    net.wait_applied(&[1], b);
+    fetch(&net, 1, &w2, KeyTarget::Worker, None).unwrap();
+    refused(
+        fetch(&net, 1, &w2, KeyTarget::Cluster(ClusterId(cluster)), None),
+        tonic::Code::PermissionDenied,
+        "not assigned",
+    );
+
+    // Slash: once one node has committed the slash block, every node refuses (linearizable
+    // reads see every committed entry).
+    let slash = ch.emit_ok(
+        "gatekeeper",
+        &["slash-worker", "--worker", &wh, "--reason", "equivocation"],
+    );
+    net.wait_applied(&[3], slash);
+    for i in ALL {
+        refused(
+            fetch(&net, i, &w, KeyTarget::Worker, None),
+            tonic::Code::PermissionDenied,
+            "equivocation",
+        );
+        refused(
+            fetch(&net, i, &w, KeyTarget::Contract(ContractId(contract)), None),
+            tonic::Code::PermissionDenied,
+            "slashed",
+        );
+    }
+    // Re-registration re-activates (and keeps the cluster assignment); deregistration refuses.
+    let b = ch.emit_ok("gatekeeper", &["register-worker", "--worker", &wh]);
+    net.wait_applied(&[2], b);
+    assert_eq!(
+        pk(&fetch(&net, 2, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap()),
+        pk(&ck)
+    );
+    let dereg = ch.emit_ok("gatekeeper", &["deregister-worker", "--worker", &wh]);
+    net.wait_applied(&[1], dereg);
+    for i in ALL {
+        refused(
+            fetch(&net, i, &w, KeyTarget::Worker, None),
+            tonic::Code::PermissionDenied,
+            "deregistered",
+        );
+    }
+
+    // Status: connected, following this chain, every chain event applied once.
+    let genesis = ch.status().unwrap()["genesis_hash"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("0x")
+        .to_string();
+    let emitted = ch.events().len() as u64;
+    net.wait_applied(&ALL, dereg);
+    for i in ALL {
+        let s = net.chain_status(i);
+        assert!(s.connected, "node {i}: {s:?}");
+        assert_eq!(s.profile, "gatekeeper");
+        assert_eq!(s.genesis_hash, genesis);
+        assert_eq!(s.url, ch.url());
+        assert_eq!(
+            (s.events_applied, s.events_ignored),
+            (emitted, 0),
+            "node {i}: {s:?}"
+        );
+    }
+}
+
+#[test]
+fn a_rotation_requested_on_chain_rotates_once_even_when_seen_twice() {
+    let net = start(3, DevChainOpts::default(), &[]);
+    let ch = &net.chain;
+    let (w, wh) = worker();
+    let b = ch.emit_ok("gatekeeper", &["register-worker", "--worker", &wh]);
+    net.wait_applied(&ALL, b);
+    let old = pk(&fetch(&net, 1, &w, KeyTarget::Worker, None).unwrap());
+
+    ch.emit_ok("gatekeeper", &["request-rotation", "--rotation-id", "7"]);
+    let again = ch.emit_ok("gatekeeper", &["request-rotation", "--rotation-id", "7"]);
+    net.wait_applied(&ALL, again);
+    net.wait_unsealed(&ALL, 2);
+    let new: Vec<[u8; 32]> = ALL
+        .iter()
+        .map(|&i| {
+            let k = fetch(&net, i, &w, KeyTarget::Worker, None).unwrap();
+            assert_eq!(k.epoch, 1, "node {i} serves the new epoch by default");
+            pk(&k)
+        })
+        .collect();
+    assert!(new.windows(2).all(|k| k[0] == k[1]));
+    assert_ne!(new[0], old, "a new epoch derives new keys");
+    // The old epoch still serves (until retired).
+    assert_eq!(
+        pk(&fetch(&net, 2, &w, KeyTarget::Worker, Some(0)).unwrap()),
+        old
+    );
+    // Seen twice, rotated once: exactly epochs 0 and 1, no dealing in progress.
+    for i in ALL {
+        let s = net.status(i).unwrap();
+        let epochs: Vec<(u64, String)> = s
+            .epochs
+            .iter()
+            .map(|e| (e.epoch, e.status.clone()))
+            .collect();
+        assert_eq!(
+            epochs,
+            vec![(0, "active".into()), (1, "active".into())],
+            "node {i}"
+        );
+        assert_eq!(s.chain.unwrap().events_applied, 3);
+    }
+}
+
+#[test]
+fn killing_the_leader_while_events_flow_loses_and_repeats_no_event() {
+    let mut net = start(
+        3,
+        DevChainOpts {
+            block_time_ms: 150,
+            ..Default::default()
+        },
+        &[],
+    );
+    let workers: Vec<(Sr25519Keypair, String)> = (0..8).map(|_| worker()).collect();
+    let hexes: Vec<String> = workers.iter().map(|w| w.1.clone()).collect();
+    let url = net.chain.url();
+    // The emitter: register every worker, then slash some and deregister others, one action
+    // per block, through the dev chain CLI while the test kills the leader.
+    let emitter = {
+        let hexes = hexes.clone();
+        let bin = gatekeeper_integration_tests::devchain_bin().unwrap();
+        std::thread::spawn(move || {
+            let mut actions: Vec<Vec<String>> = vec![];
+            for h in &hexes {
+                actions.push(vec!["register-worker".into(), "--worker".into(), h.clone()]);
+            }
+            for (k, h) in hexes.iter().enumerate() {
+                match k % 3 {
+                    0 => actions.push(vec![
+                        "slash-worker".into(),
+                        "--worker".into(),
+                        h.clone(),
+                        "--reason".into(),
+                        format!("r{k}"),
+                    ]),
+                    1 => actions.push(vec![
+                        "deregister-worker".into(),
+                        "--worker".into(),
+                        h.clone(),
+                    ]),
+                    _ => actions.push(vec![
+                        "register-worker".into(),
+                        "--worker".into(),
+                        h.clone(),
+                        "--confidence-level".into(),
+                        "3".into(),
+                    ]),
+                }
+            }
+            let mut last = 0;
+            for a in actions {
+                let mut args = vec!["emit", "--url", url.as_str()];
+                args.extend(a.iter().map(String::as_str));
+                let out =
+                    gatekeeper_integration_tests::run_command(&bin, &args, Duration::from_secs(30));
+                let v: Value = out.json().unwrap_or_else(|e| panic!("{e}"));
+                last = v["block"].as_u64().unwrap();
+            }
+            last
+        })
+    };
+    // Let a few events commit, then SIGKILL the leader mid-flow and bring it back.
+    std::thread::sleep(Duration::from_millis(1200));
+    let leader = net.c.leader();
+    net.c.kill9(leader);
+    let rest: Vec<u64> = ALL.iter().copied().filter(|&i| i != leader).collect();
+    let new_leader = net.c.leader_among(&rest);
+    assert_ne!(new_leader, leader);
+    std::thread::sleep(Duration::from_millis(800));
+    net.c.restart(leader);
+    let last = emitter.join().expect("the emitter finished");
+    net.wait_applied(&ALL, last);
+
+    // Compare with the chain's full event list: every event applied exactly once, on every node.
+    let events = net.chain.events();
+    assert_eq!(events.len(), 16);
+    let mut expect: BTreeMap<String, &str> = BTreeMap::new();
+    for e in &events {
+        let ev = &e["event"]["Gatekeeper"];
+        let (name, body) = ev.as_object().unwrap().iter().next().unwrap();
+        let w = body["worker"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x")
+            .to_string();
+        expect.insert(
+            w,
+            match name.as_str() {
+                "WorkerRegistered" => "active",
+                "WorkerSlashed" => "slashed",
+                "WorkerDeregistered" => "deregistered",
+                other => panic!("unexpected {other}"),
+            },
+        );
+    }
+    for i in ALL {
+        let s = net.chain_status(i);
+        assert_eq!(
+            (s.events_applied, s.events_ignored),
+            (16, 0),
+            "node {i}: {s:?}"
+        );
+    }
+    for (w, h) in &workers {
+        let want = expect[h];
+        for i in ALL {
+            let r = fetch(&net, i, w, KeyTarget::Worker, None);
+            match want {
+                "active" => {
+                    r.unwrap_or_else(|e| net.fail(&format!("worker {h} on node {i}: {e}")));
+                }
+                "slashed" => refused(r, tonic::Code::PermissionDenied, "slashed"),
+                _ => refused(r, tonic::Code::PermissionDenied, "deregistered"),
+            }
+        }
+    }
+    // The re-registration at confidence level 3 is the last word for those workers; applying a
+    // registration twice would not show, but the applied count above would.
+    let _ = &mut net;
+}
+
+#[test]
+fn the_watcher_reconnects_after_the_chain_restarts_and_fills_the_gap() {
+    let mut net = start(
+        3,
+        DevChainOpts::default(),
+        &[
+            "chain_reconnect_min_ms = 1500",
+            "chain_reconnect_max_ms = 3000",
+            "chain_stall_ms = 2000",
+        ],
+    );
+    let (w1, w1h) = worker();
+    let (w2, w2h) = worker();
+    let b = net
+        .chain
+        .emit_ok("gatekeeper", &["register-worker", "--worker", &w1h]);
+    net.wait_applied(&ALL, b);
+
+    // A stalled chain shows as stalled; issuance goes on.
+    net.chain.pause();
+    for i in ALL {
+        net.c.wait_for(
+            &format!("node {i} to report the chain stalled"),
+            WAIT,
+            || {
+                let s = net.status(i)?.chain.ok_or("no chain")?;
+                if s.stalled {
+                    Ok(())
+                } else {
+                    Err(format!("{s:?}"))
+                }
+            },
+        );
+    }
+    fetch(&net, 2, &w1, KeyTarget::Worker, None).unwrap();
+    net.chain.resume();
+    for i in ALL {
+        net.c.wait_for(
+            &format!("node {i} to see the chain advance again"),
+            WAIT,
+            || {
+                let s = net.status(i)?.chain.ok_or("no chain")?;
+                if !s.stalled && s.connected {
+                    Ok(())
+                } else {
+                    Err(format!("{s:?}"))
+                }
+            },
+        );
+    }
+
+    // The chain goes away: every node reports it, and keys are still served.
+    net.chain.kill9();
+    for i in ALL {
+        net.c.wait_for(
+            &format!("node {i} to report the chain disconnected"),
+            WAIT,
+            || {
+                let s = net.status(i)?.chain.ok_or("no chain")?;
+                if !s.connected && !s.last_error.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{s:?}"))
+                }
+            },
+        );
+    }
+    fetch(&net, 3, &w1, KeyTarget::Worker, None).unwrap();
+
+    // It comes back (same blocks, same URL) and events land while the watchers back off: they
+    // reconnect and apply the gap block by block.
+    net.chain.restart();
+    net.chain
+        .emit_ok("gatekeeper", &["register-worker", "--worker", &w2h]);
+    let slash = net.chain.emit_ok(
+        "gatekeeper",
+        &["slash-worker", "--worker", &w1h, "--reason", "gap"],
+    );
+    net.wait_applied(&ALL, slash);
+    for i in ALL {
+        // A follower's state arrives through Raft; its own watcher may still be backing off.
+        net.c
+            .wait_for(&format!("node {i}'s watcher to reconnect"), WAIT, || {
+                let s = net.status(i)?.chain.ok_or("no chain")?;
+                if s.connected && s.finalized >= slash {
+                    Ok(())
+                } else {
+                    Err(format!("{s:?}"))
+                }
+            });
+        let s = net.chain_status(i);
+        assert_eq!(s.events_applied, 3, "node {i}: {s:?}");
+        assert!(s.reconnects > 0, "node {i}: {s:?}");
+        fetch(&net, i, &w2, KeyTarget::Worker, None).unwrap();
+        refused(
+            fetch(&net, i, &w1, KeyTarget::Worker, None),
+            tonic::Code::PermissionDenied,
+            "gap",
+        );
+    }
+}
+
+#[test]
+fn the_phala_profile_drives_the_same_outcomes_from_phala_pallet_events() {
+    let net = start(3, DevChainOpts::default(), &["chain_profile = \"phala\""]);
+    let ch = &net.chain;
+    let (w, wh) = worker();
+    let b = ch.emit_ok(
+        "phala",
+        &["register-worker", "--worker", &wh, "--provider", "ias"],
+    );
+    net.wait_applied(&ALL, b);
+    fetch(&net, 1, &w, KeyTarget::Worker, None).unwrap();
+
+    let cluster = [0x71; 32];
+    let contract = [0x72; 32];
+    ch.emit_ok(
+        "phala",
+        &[
+            "create-cluster",
+            "--cluster",
+            &hex::encode(cluster),
+            "--worker",
+            &wh,
+        ],
+    );
+    let b = ch.emit_ok(
+        "phala",
+        &[
+            "instantiate-contract",
+            "--contract",
+            &hex::encode(contract),
+            "--cluster",
+            &hex::encode(cluster),
+        ],
+    );
+    net.wait_applied(&ALL, b);
+    let ck = pk(&fetch(&net, 2, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap());
+    assert_eq!(
+        pk(&fetch(&net, 3, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap()),
+        ck
+    );
+
+    // The gatekeeper pallet's events are not this profile's: ignored, nothing changes.
+    let b = ch.emit_ok(
+        "gatekeeper",
+        &["slash-worker", "--worker", &wh, "--reason", "wrong pallet"],
+    );
+    net.wait_applied(&[1], b);
+    fetch(&net, 1, &w, KeyTarget::Worker, None).unwrap();
+
+    // Unresponsive (Phala's slash) refuses; back to responsive serves again.
+    let b = ch.emit_ok("phala", &["slash-worker", "--worker", &wh]);
+    net.wait_applied(&[2], b);
+    for i in ALL {
+        refused(
+            fetch(&net, i, &w, KeyTarget::Worker, None),
+            tonic::Code::PermissionDenied,
+            "unresponsive",
+        );
+    }
+    let b = ch.emit_ok("phala", &["recover-worker", "--worker", &wh]);
+    net.wait_applied(&[3], b);
+    assert_eq!(
+        pk(&fetch(&net, 3, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap()),
+        ck
+    );
+    // A reclaim that lost stake refuses for good (until the worker registers again).
+    let b = ch.emit_ok(
+        "phala",
+        &["reclaim-worker", "--worker", &wh, "--slashed", "10"],
+    );
+    net.wait_applied(&ALL, b);
+    for i in ALL {
+        refused(
+            fetch(&net, i, &w, KeyTarget::Worker, None),
+            tonic::Code::PermissionDenied,
+            "slashed on reclaim",
+        );
+        let s = net.chain_status(i);
+        assert_eq!(s.profile, "phala");
+        assert_eq!(s.events_ignored, 0, "{s:?}");
+    }
+}
+
+#[test]
+fn malformed_events_are_skipped_and_reported_and_never_stop_the_node() {
+    let net = start(
+        3,
+        DevChainOpts {
+            broken_shapes: true,
+            ..Default::default()
+        },
+        &[],
+    );
+    let ch = &net.chain;
+    let (w, wh) = worker();
+    let b = ch.emit_ok("gatekeeper", &["register-worker", "--worker", &wh]);
+    net.wait_applied(&ALL, b);
+
+    // This chain's WorkerSlashed carries a u32 and a u64 where the spec has a key and text;
+    // its MasterKeyRotationRequested carries text where the spec has a u64.
+    let bad = ch.emit_ok(
+        "gatekeeper",
+        &[
+            "raw",
+            r#"{"Gatekeeper": {"WorkerSlashed": {"worker": 7, "reason": 9}}}"#,
+        ],
+    );
+    let bad_rot = ch.emit_ok(
+        "gatekeeper",
+        &[
+            "raw",
+            r#"{"Gatekeeper": {"MasterKeyRotationRequested": {"rotation_id": "next"}}}"#,
+        ],
+    );
+    net.wait_applied(&ALL, bad_rot);
+    for i in ALL {
+        assert!(net.c.is_running(i), "node {i} stopped");
+        let s = net.chain_status(i);
+        assert_eq!(
+            (s.events_applied, s.events_ignored),
+            (1, 2),
+            "node {i}: {s:?}"
+        );
+        let names: Vec<(u64, u32, &str)> = s
+            .recent_ignored
+            .iter()
+            .map(|e| (e.block, e.index, e.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (bad, 1, "Gatekeeper.WorkerSlashed"),
+                (bad_rot, 1, "Gatekeeper.MasterKeyRotationRequested")
+            ]
+        );
+        assert!(
+            s.recent_ignored[0].reason.contains("worker"),
+            "{:?}",
+            s.recent_ignored[0]
+        );
+        // Not slashed, not rotated.
+        fetch(&net, i, &w, KeyTarget::Worker, None).unwrap();
+        assert_eq!(net.status(i).unwrap().epochs.len(), 1);
+    }
+    // The leader logged the skip with block and index.
+    let leader = net.c.leader();
+    let log = std::fs::read_to_string(net.c.stderr_log(leader)).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("unexpected shape")
+            && l.contains(&format!("block={bad}"))
+            && l.contains("index=1")),
+        "no warning for block {bad} in the leader's log"
+    );
+    // And the watcher goes on: a well-formed deregistration applies.
+    let b = ch.emit_ok("gatekeeper", &["deregister-worker", "--worker", &wh]);
+    net.wait_applied(&ALL, b);
+    refused(
+        fetch(&net, 1, &w, KeyTarget::Worker, None),
+        tonic::Code::PermissionDenied,
+        "deregistered",
+    );
+}
