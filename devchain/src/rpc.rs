@@ -96,6 +96,17 @@ fn args(p: &Params<'_>) -> Result<Vec<Value>, ErrorObjectOwned> {
     }
 }
 
+/// Like [`at`], but an unknown block is `None` (a malformed hash is still an error).
+fn maybe_at<'a>(
+    chain: &'a crate::chain::Chain,
+    arg: Option<&Value>,
+) -> Result<Option<&'a Block>, ErrorObjectOwned> {
+    match arg {
+        None | Some(Value::Null) => Ok(Some(chain.head())),
+        Some(v) => Ok(chain.by_hash(&parse_hash(v)?)),
+    }
+}
+
 /// The block named by an optional hash argument (default: the head).
 fn at<'a>(
     chain: &'a crate::chain::Chain,
@@ -222,19 +233,15 @@ pub(crate) fn module(shared: Arc<Shared>) -> RpcModule<Arc<Shared>> {
         m.register_method("chain_getHeader", |p, s, _| -> RpcResult {
             let a = args(&p)?;
             let c = s.lock();
-            match at(&c, a.first()) {
-                Ok(b) => Ok(b.header.to_json()),
-                Err(_) => Ok(Value::Null),
-            }
+            Ok(maybe_at(&c, a.first())?.map_or(Value::Null, |b| b.header.to_json()))
         }),
     );
     reg(m.register_method("chain_getBlock", |p, s, _| -> RpcResult {
         let a = args(&p)?;
         let c = s.lock();
-        match at(&c, a.first()) {
-            Ok(b) => Ok(json!({"block": {"header": b.header.to_json(), "extrinsics": []}, "justifications": null})),
-            Err(_) => Ok(Value::Null),
-        }
+        Ok(maybe_at(&c, a.first())?.map_or(Value::Null, |b| {
+            json!({"block": {"header": b.header.to_json(), "extrinsics": []}, "justifications": null})
+        }))
     }));
     reg(m.register_method("state_call", |p, s, _| -> RpcResult {
         let a = args(&p)?;

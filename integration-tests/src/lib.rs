@@ -403,6 +403,8 @@ pub struct Opts {
     pub base_dir: Option<PathBuf>,
     /// Extra lines appended to every node's TOML config (e.g. `chain_url = "ws://…"`).
     pub extra_config: Vec<String>,
+    /// Give every node a `metrics_listen` port (read with [`Cluster::metrics`]).
+    pub metrics: bool,
 }
 
 impl Default for Opts {
@@ -417,6 +419,7 @@ impl Default for Opts {
             fault_hooks: true,
             base_dir: None,
             extra_config: vec![],
+            metrics: false,
         }
     }
 }
@@ -424,6 +427,7 @@ impl Default for Opts {
 struct Node {
     raft_addr: String,
     api_addr: String,
+    metrics_addr: Option<String>,
     data_dir: PathBuf,
     config: PathBuf,
     out_log: PathBuf,
@@ -535,6 +539,28 @@ impl Cluster {
         }
     }
 
+    /// `GET /metrics` from node `i` (needs [`Opts::metrics`]): the exposition text.
+    pub fn metrics(&self, i: u64) -> Result<String, String> {
+        let addr = self
+            .node(i)
+            .metrics_addr
+            .clone()
+            .ok_or("this cluster runs without metrics listeners")?;
+        http_get(&addr, "/metrics")
+    }
+
+    /// The value of metric `name` (a line `name value`) at node `i`.
+    pub fn metric(&self, i: u64, name: &str) -> Result<f64, String> {
+        let text = self.metrics(i)?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (n, v) = l.split_once(' ')?;
+                (n == name).then(|| v.trim().parse::<f64>().ok()).flatten()
+            })
+            .ok_or_else(|| format!("no metric {name} in:\n{text}"))
+    }
+
     /// A free loopback port not handed out before by this cluster.
     pub fn reserve_port(&mut self) -> u16 {
         self.free_port()
@@ -617,6 +643,9 @@ impl Cluster {
         }
         let _ = writeln!(t, "fault_hooks = {}", o.fault_hooks);
         let _ = writeln!(t, "mode = \"development\"");
+        if let Some(m) = &n.metrics_addr {
+            let _ = writeln!(t, "metrics_listen = {}", toml_str(m));
+        }
         for line in &o.extra_config {
             let _ = writeln!(t, "{line}");
         }
@@ -629,6 +658,10 @@ impl Cluster {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
         let raft = self.free_port();
         let api = self.free_port();
+        let metrics = self
+            .opts
+            .metrics
+            .then(|| format!("127.0.0.1:{}", self.free_port()));
         let ndir = self.dir.path().join(format!("n{id}"));
         fs::create_dir_all(&ndir).expect("create node dir");
         self.nodes.insert(
@@ -636,6 +669,7 @@ impl Cluster {
             Node {
                 raft_addr: format!("127.0.0.1:{raft}"),
                 api_addr: format!("127.0.0.1:{api}"),
+                metrics_addr: metrics,
                 data_dir: ndir.join("data"),
                 config: ndir.join("gatekeeper.toml"),
                 out_log: ndir.join("stdout.log"),
@@ -1121,6 +1155,29 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+/// A plain HTTP/1.1 GET; the body of a 200 answer.
+pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    use std::net::TcpStream;
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let (head, body) = buf
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP answer: {buf:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET {path} from {addr}: {head}"));
+    }
+    Ok(body.to_string())
 }
 
 fn read_from(path: &Path, offset: u64) -> String {

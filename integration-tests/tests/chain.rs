@@ -28,7 +28,10 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// A dev chain and `n` nodes following it (plus `extra` config lines), initialised and unsealed.
 fn start(n: usize, chain_opts: DevChainOpts, extra: &[&str]) -> Net {
-    let mut c = Cluster::empty(Opts::default());
+    let mut c = Cluster::empty(Opts {
+        metrics: true,
+        ..Opts::default()
+    });
     let port = c.reserve_port();
     let chain = DevChainProc::start(&c.dir().join("chain"), port, chain_opts);
     c.add_config_line(&chain.config_line());
@@ -478,6 +481,19 @@ fn the_watcher_reconnects_after_the_chain_restarts_and_fills_the_gap() {
         );
     }
     fetch(&net, 2, &w1, KeyTarget::Worker, None).unwrap();
+    for i in ALL {
+        assert_eq!(
+            net.c.metric(i, "gatekeeper_chain_stalled"),
+            Ok(1.0),
+            "node {i}"
+        );
+        assert!(
+            net.c
+                .metric(i, "gatekeeper_chain_last_finalized_age_seconds")
+                .unwrap()
+                >= 2.0
+        );
+    }
     net.chain.resume();
     for i in ALL {
         net.c.wait_for(
@@ -511,6 +527,19 @@ fn the_watcher_reconnects_after_the_chain_restarts_and_fills_the_gap() {
         );
     }
     fetch(&net, 3, &w1, KeyTarget::Worker, None).unwrap();
+    for i in ALL {
+        assert_eq!(
+            net.c.metric(i, "gatekeeper_chain_connected"),
+            Ok(0.0),
+            "node {i}"
+        );
+        assert!(
+            net.c
+                .metric(i, "gatekeeper_chain_reconnects_total")
+                .unwrap()
+                >= 1.0
+        );
+    }
 
     // It comes back (same blocks, same URL) and events land while the watchers back off: they
     // reconnect and apply the gap block by block.
@@ -535,6 +564,17 @@ fn the_watcher_reconnects_after_the_chain_restarts_and_fills_the_gap() {
             });
         let s = net.chain_status(i);
         assert_eq!(s.events_applied, 3, "node {i}: {s:?}");
+        assert_eq!(
+            net.c.metric(i, "gatekeeper_chain_events_applied_total"),
+            Ok(3.0)
+        );
+        assert_eq!(net.c.metric(i, "gatekeeper_chain_connected"), Ok(1.0));
+        assert_eq!(
+            net.c
+                .metric(i, "gatekeeper_chain_lag_blocks")
+                .map(|l| l < 20.0),
+            Ok(true)
+        );
         assert!(s.reconnects > 0, "node {i}: {s:?}");
         fetch(&net, i, &w2, KeyTarget::Worker, None).unwrap();
         refused(
