@@ -17,6 +17,7 @@
 //! | `gatekeeper_chain_events_applied_total` | counter | chain events applied (cluster-wide, replicated) |
 //! | `gatekeeper_chain_events_ignored_total` | counter | chain events not applied (undecodable or not applicable) |
 //! | `gatekeeper_chain_reconnects_total` | counter | this node's watcher reconnections |
+//! | `gatekeeper_chain_blocks_proposed_total` | counter | finalized blocks this node committed as leader |
 //!
 //! The chain metrics are present only when a chain is configured. The telemetry issue moves
 //! these onto OpenTelemetry; the names stay.
@@ -89,6 +90,7 @@ impl Metrics {
         );
         if let Some((settings, view)) = &self.chain {
             let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let proposed = view.blocks_proposed;
             let c = crate::chain::status(settings, &view, &self.replica.sm.read().state.chain);
             let g = |o: &mut String, n: &str, k: &str, h: &str, v: u64| gauge(o, n, k, h, v);
             g(
@@ -153,6 +155,13 @@ impl Metrics {
                 "counter",
                 "Chain watcher reconnections on this node.",
                 c.reconnects,
+            );
+            g(
+                &mut o,
+                "gatekeeper_chain_blocks_proposed_total",
+                "counter",
+                "Finalized blocks this node committed as leader.",
+                proposed,
             );
         }
         o
