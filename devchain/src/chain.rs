@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use parity_scale_codec::{Compact, Encode};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A Substrate block header (`sp_runtime::generic::Header<u32, BlakeTwo256>`).
@@ -211,20 +211,32 @@ impl Chain {
     }
 
     fn load(&mut self, path: &Path) -> Result<()> {
-        let Ok(f) = File::open(path) else {
-            return Ok(());
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let mut good_len = 0u64;
-        let mut torn = false;
-        for line in BufReader::new(f).split(b'\n') {
-            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-            let parsed: Option<BlockLine> = serde_json::from_slice(&line).ok();
-            let Some(l) = parsed else {
-                torn = true;
-                break;
-            };
+        // Every block is written as one line ending in '\n'; bytes after the last '\n' are a
+        // write the process did not finish. A complete line that does not parse is damage.
+        let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        for (n, line) in data[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            let l: BlockLine = serde_json::from_slice(line).with_context(|| {
+                format!("{} line {} is not a block record", path.display(), n + 1)
+            })?;
             let events = hex::decode(l.events.trim_start_matches("0x"))
                 .with_context(|| format!("block {} in {}: bad events", l.number, path.display()))?;
+            if l.number != self.next_number() {
+                bail!(
+                    "{}: block {} recorded where block {} belongs",
+                    path.display(),
+                    l.number,
+                    self.next_number()
+                );
+            }
             let header = self.header_for(l.number, &events, &l.emitted);
             if hex0x(&header.hash()) != l.header {
                 bail!(
@@ -241,12 +253,11 @@ impl Chain {
                 events,
                 emitted: l.emitted,
             });
-            good_len += line.len() as u64 + 1;
         }
-        if torn {
+        if complete < data.len() {
             tracing::warn!(path = %path.display(), "dropping a torn last block record");
             let f = OpenOptions::new().write(true).open(path)?;
-            f.set_len(good_len)?;
+            f.set_len(complete as u64)?;
             f.sync_all()?;
         }
         Ok(())
@@ -295,14 +306,20 @@ impl Chain {
     /// Queues a runtime event (JSON `{"Pallet": {"Variant": {fields}}}`) for the next block.
     /// Refused if it is not an event of this chain's runtime.
     pub fn queue(&mut self, event: serde_json::Value) -> Result<(), String> {
-        let bytes = encode_event(self.shapes, &event)?;
-        self.pending.push((event, bytes));
-        Ok(())
+        self.queue_all(vec![event]).map(|_| ())
     }
 
-    /// Number of events queued for the next block.
-    pub fn pending_len(&self) -> usize {
-        self.pending.len()
+    /// Queues events for the next block, all or none (every one must be an event of this
+    /// chain's runtime). Answers the next block's number and the position of the first of them
+    /// among its queued events.
+    pub fn queue_all(&mut self, events: Vec<serde_json::Value>) -> Result<(u32, usize), String> {
+        let encoded = events
+            .into_iter()
+            .map(|e| encode_event(self.shapes, &e).map(|b| (e, b)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = self.pending.len();
+        self.pending.extend(encoded);
+        Ok((self.next_number(), first))
     }
 
     /// Number of the next block.
@@ -311,9 +328,10 @@ impl Chain {
     }
 
     /// Produces (and finalizes) the next block from the queued events.
+    /// If persisting fails, nothing changes: the queued events stay queued for the next try.
     pub fn produce(&mut self) -> Result<&Block> {
         let number = self.next_number();
-        let pending = std::mem::take(&mut self.pending);
+        let pending = self.pending.clone();
         let mut records: Vec<Vec<u8>> = vec![];
         let mut emitted = vec![];
         // Extrinsic 0: the timestamp inherent.
@@ -352,10 +370,14 @@ impl Chain {
             };
             let mut text = serde_json::to_vec(&line)?;
             text.push(b'\n');
-            log.write_all(&text)
-                .and_then(|_| log.sync_data())
-                .context("cannot persist the block")?;
+            let before = log.metadata().context("cannot stat the block log")?.len();
+            if let Err(e) = log.write_all(&text).and_then(|_| log.sync_data()) {
+                // Leave no partial line behind: the next block is appended after `before`.
+                let _ = log.set_len(before);
+                return Err(e).context("cannot persist the block");
+            }
         }
+        self.pending.clear();
         self.blocks.push(block);
         Ok(self.blocks.last().expect("just pushed"))
     }
@@ -493,12 +515,13 @@ mod tests {
             let h2 = c.produce().unwrap().hash;
             (c.genesis_hash(), h2)
         };
-        // A torn write at the end.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join("blocks.jsonl"))
+        // A torn write at the end: a whole record without its newline.
+        let path = dir.path().join("blocks.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last = text.lines().last().unwrap().to_string();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(last.replace("\"number\":2", "\"number\":3").as_bytes())
             .unwrap();
-        f.write_all(b"{\"number\":3,\"hea").unwrap();
         drop(f);
         let mut c = Chain::open(dir.path(), Shapes::Standard).unwrap();
         assert_eq!(c.genesis_hash(), g);
@@ -515,5 +538,12 @@ mod tests {
             .contains("Standard"));
         let c = Chain::open(dir.path(), Shapes::Standard).unwrap();
         assert_eq!(c.head().header.number.0, 3);
+        drop(c);
+        // Damage in the middle is refused, not silently cut.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let damaged = text.replacen("\"number\":2", "\"numbr\":2", 1);
+        std::fs::write(&path, damaged).unwrap();
+        let e = Chain::open(dir.path(), Shapes::Standard).err().unwrap();
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 }

@@ -144,9 +144,7 @@ impl DevChain {
         profile: actions::Profile,
         action: &actions::Action,
     ) -> Result<serde_json::Value> {
-        let events = actions::events_for(&self.shared.lock(), profile, action)
-            .map_err(anyhow::Error::msg)?;
-        rpc::emit(&self.shared, events)
+        rpc::emit(&self.shared, |c| actions::events_for(c, profile, action))
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message()))
     }
@@ -154,7 +152,7 @@ impl DevChain {
     /// Emits raw runtime events (`{"Pallet": {"Variant": {fields}}}`) into the next block and
     /// waits until it is final, as `dev_emit` does.
     pub async fn emit(&self, events: Vec<serde_json::Value>) -> Result<serde_json::Value> {
-        rpc::emit(&self.shared, events)
+        rpc::emit(&self.shared, |_| Ok(events))
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message()))
     }

@@ -161,16 +161,19 @@ struct Submit {
     action: Action,
 }
 
-/// Queues `events` for the next block and waits until that block is final. Answers the block
-/// and the emitted events.
-pub(crate) async fn emit(shared: &Arc<Shared>, events: Vec<Value>) -> RpcResult {
-    let (target, first) = {
+/// Queues the events `make` computes (under the chain lock, so what it reads cannot change
+/// before they are queued) for the next block, all or none, and waits until that block is
+/// final. Answers the block and the emitted events.
+pub(crate) async fn emit(
+    shared: &Arc<Shared>,
+    make: impl FnOnce(&crate::chain::Chain) -> Result<Vec<Value>, String>,
+) -> RpcResult {
+    let (target, first, count) = {
         let mut c = shared.lock();
-        let first = c.pending_len();
-        for e in &events {
-            c.queue(e.clone()).map_err(invalid)?;
-        }
-        (c.next_number(), first)
+        let events = make(&c).map_err(invalid)?;
+        let count = events.len();
+        let (target, first) = c.queue_all(events).map_err(invalid)?;
+        (target, first, count)
     };
     let mut rx = shared.produced.subscribe();
     rx.wait_for(|n| *n >= target)
@@ -180,13 +183,7 @@ pub(crate) async fn emit(shared: &Arc<Shared>, events: Vec<Value>) -> RpcResult 
     let b = c
         .by_number(u64::from(target))
         .ok_or_else(|| ErrorObjectOwned::owned(-32000, "block vanished", None::<()>))?;
-    let emitted: Vec<EmittedEvent> = b
-        .emitted
-        .iter()
-        .skip(first)
-        .take(events.len())
-        .cloned()
-        .collect();
+    let emitted: Vec<EmittedEvent> = b.emitted.iter().skip(first).take(count).cloned().collect();
     Ok(json!({"block": target, "hash": hex0x(&b.hash), "events": emitted}))
 }
 
@@ -390,8 +387,7 @@ pub(crate) fn module(shared: Arc<Shared>) -> RpcModule<Arc<Shared>> {
         let a = args(&p)?;
         let submit: Submit = serde_json::from_value(a.into_iter().next().unwrap_or_default())
             .map_err(|e| invalid(format!("not an action: {e}")))?;
-        let events = events_for(&s.lock(), submit.profile, &submit.action).map_err(invalid)?;
-        emit(&s, events).await
+        emit(&s, |c| events_for(c, submit.profile, &submit.action)).await
     }));
     reg(m.register_async_method("dev_emit", |p, s, _| async move {
         let a = args(&p)?;
@@ -399,7 +395,7 @@ pub(crate) fn module(shared: Arc<Shared>) -> RpcModule<Arc<Shared>> {
             .into_iter()
             .next()
             .ok_or_else(|| invalid("dev_emit needs an event"))?;
-        emit(&s, vec![ev]).await
+        emit(&s, |_| Ok(vec![ev])).await
     }));
     reg(m.register_method("dev_events", |p, s, _| -> RpcResult {
         let a = args(&p)?;

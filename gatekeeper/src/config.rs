@@ -374,6 +374,9 @@ impl NodeConfig {
         {
             bail!("chain_reconnect_min_ms must be at least 1 and at most chain_reconnect_max_ms");
         }
+        if self.rotation_deadline_ms == 0 {
+            bail!("rotation_deadline_ms must be at least 1 (a rotation needs time to deal)");
+        }
         if self.chain_stall_ms == 0 || self.chain_rpc_timeout_ms == 0 {
             bail!("chain_stall_ms and chain_rpc_timeout_ms must be at least 1");
         }
@@ -523,6 +526,7 @@ mod tests {
         assert!(with(("GATEKEEPER_CHAIN_PROFILE", "kusama")).contains("chain_profile"));
         assert!(with(("GATEKEEPER_CHAIN_URL", "http://x:1")).contains("ws://"));
         assert!(with(("GATEKEEPER_CHAIN_RECONNECT_MIN_MS", "0")).contains("reconnect"));
+        assert!(with(("GATEKEEPER_ROTATION_DEADLINE_MS", "0")).contains("rotation_deadline_ms"));
         let mut chain = base.to_vec();
         chain.push(("GATEKEEPER_CHAIN_URL", "ws://127.0.0.1:9944"));
         chain.push(("GATEKEEPER_CHAIN_PROFILE", "phala"));

@@ -1201,6 +1201,12 @@ fn check_chain_block(chain: &ChainRecord, b: &ChainBlock) -> Result<bool, Reply>
             format!("event range {}..{} is reversed", b.from_index, b.to_index),
         ));
     }
+    if b.from_index == b.to_index && !b.complete {
+        return Err(reject(
+            MalformedCommand,
+            format!("an empty range of block {} must finish the block", b.number),
+        ));
+    }
     for i in b
         .events
         .iter()
@@ -1249,8 +1255,12 @@ fn check_chain_block(chain: &ChainRecord, b: &ChainBlock) -> Result<bool, Reply>
                 ),
             ));
         }
-        if c.block_complete || b.to_index <= c.event_index {
+        if c.block_complete || b.to_index < c.event_index {
             return Ok(false);
+        }
+        if b.to_index == c.event_index {
+            // Nothing new, unless it is the (empty) range that finishes the block.
+            return Ok(b.complete && b.from_index == c.event_index);
         }
         if b.from_index != c.event_index {
             return Err(reject(

@@ -18,6 +18,9 @@ use tokio::sync::watch;
 pub const MAX_RECORDS_PER_RANGE: u32 = 256;
 /// Most blocks in one proposed batch.
 pub const MAX_BLOCKS_PER_BATCH: usize = 64;
+/// Most batches proposed between two looks at the finalized-heads stream, so a long catch-up
+/// keeps reading heads (and is not mistaken for a stalled chain).
+pub const MAX_BATCHES_PER_STEP: usize = 4;
 
 type Api = OnlineClient<SubstrateConfig>;
 
@@ -251,8 +254,15 @@ impl Watcher {
         let mut progress = Instant::now();
         // Poll at least this often: leadership may change without a new head.
         let tick = Duration::from_millis(250);
+        // Whether the last catch-up step stopped with blocks still to apply.
+        let mut behind = false;
         loop {
-            let next = tokio::time::timeout(tick, heads.next()).await;
+            let wait = if behind {
+                Duration::from_millis(1)
+            } else {
+                tick
+            };
+            let next = tokio::time::timeout(wait, heads.next()).await;
             match next {
                 Ok(Some(Ok(b))) => {
                     let n = b.number();
@@ -276,26 +286,34 @@ impl Watcher {
                     progress.elapsed()
                 ));
             }
+            behind = false;
             if let Some(f) = finalized {
                 if self.replica.is_leader() {
-                    match self.catch_up(&api, genesis, f).await {
-                        Ok(()) => {
-                            self.view().last_error = None;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    behind = self.catch_up(&api, genesis, f).await?;
+                    self.view().last_error = None;
                 }
             }
         }
     }
 
-    /// As leader: proposes every finalized block after the cursor, in batches.
-    async fn catch_up(&self, api: &Api, genesis: [u8; 32], finalized: u64) -> Result<(), String> {
-        loop {
+    /// As leader: proposes the finalized blocks after the cursor, in batches, at most
+    /// [`MAX_BATCHES_PER_STEP`] of them. `Ok(true)`: more blocks are waiting.
+    async fn catch_up(&self, api: &Api, genesis: [u8; 32], finalized: u64) -> Result<bool, String> {
+        let mut last_cursor = None;
+        for _ in 0..MAX_BATCHES_PER_STEP {
             if !self.replica.is_leader() {
-                return Ok(());
+                return Ok(false);
             }
             let chain = self.replica.sm.read().state.chain.clone();
+            if last_cursor.is_some() && last_cursor == Some(chain.cursor) {
+                // A duplicate that did not move this node's cursor: the state is ahead of
+                // what this node has applied, or the proposal repeats itself. Start over.
+                return Err(format!(
+                    "the cursor did not advance past {:?}; restarting the session",
+                    chain.cursor.map(|c| (c.block, c.event_index))
+                ));
+            }
+            last_cursor = Some(chain.cursor);
             if let Some(g) = chain.genesis_hash {
                 if g.0 != genesis {
                     return Err(format!(
@@ -308,7 +326,7 @@ impl Watcher {
             }
             let (mut number, mut from) = next_position(&chain, self.settings.start_block);
             if number > finalized {
-                return Ok(());
+                return Ok(false);
             }
             let mut batch: Vec<ChainBlock> = vec![];
             let mut records = 0u32;
@@ -350,6 +368,7 @@ impl Watcher {
                 batch.last().map(|b| b.number).unwrap_or_default(),
             );
             let events: usize = batch.iter().map(|b| b.events.len()).sum();
+            let finished = batch.iter().filter(|b| b.complete).count() as u64;
             let out = self
                 .replica
                 .write(&Command::ChainBlocks { blocks: batch })
@@ -357,7 +376,7 @@ impl Watcher {
                 .map_err(|e| format!("proposing blocks {first}..={last}: {e}"))?;
             match out.reply {
                 Reply::Applied { .. } => {
-                    self.view().blocks_proposed += last - first + 1;
+                    self.view().blocks_proposed += finished;
                     if events > 0 {
                         tracing::info!(blocks = %format!("{first}..={last}"), events, "chain events committed");
                     } else {
@@ -373,6 +392,7 @@ impl Watcher {
                 }
             }
         }
+        Ok(true)
     }
 }
 

@@ -503,6 +503,27 @@ fn a_large_block_applies_in_ranges_each_exactly_once() {
 }
 
 #[test]
+fn a_block_left_incomplete_at_its_last_record_can_still_be_finished() {
+    let mut s = genesis();
+    assert!(applied(&s.apply(&block(1, vec![]))));
+    // Every record of block 2 applied, but not marked complete (e.g. an older proposer).
+    assert!(applied(&s.apply(&range(2, 0, 2, false, vec![(0, reg(7))]))));
+    assert_rejected(&mut s, &block(3, vec![]), RejectCode::ChainGap);
+    // The empty range that finishes it applies once; then block 3 may follow.
+    let finish = range(2, 2, 2, true, vec![]);
+    assert!(applied(&s.apply(&finish)));
+    assert!(s.chain.cursor.unwrap().block_complete);
+    assert_eq!(s.apply(&finish), Reply::Duplicate);
+    assert!(applied(&s.apply(&block(3, vec![]))));
+    // An empty range that does not finish its block says nothing: malformed.
+    assert_rejected(
+        &mut s,
+        &range(4, 0, 0, false, vec![]),
+        RejectCode::MalformedCommand,
+    );
+}
+
+#[test]
 fn events_that_do_not_apply_are_recorded_and_the_block_still_counts() {
     let mut s = genesis();
     let mut blk = chain_block(
