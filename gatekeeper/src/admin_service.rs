@@ -152,6 +152,48 @@ impl AdminService for AdminServer {
         _r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let s = self.replica.status();
+        // One read of the state machine, released before anything else runs: a second read
+        // guard taken while a writer (the apply task) waits would deadlock (std's RwLock lets a
+        // waiting writer block new readers).
+        let (active, epochs, gatekeeper_id, chain_record) = {
+            let applied = self.replica.sm.read();
+            let st = &applied.state;
+            let active: Vec<u64> = st
+                .epochs
+                .values()
+                .filter(|e| e.status == EpochStatus::Active)
+                .map(|e| e.epoch)
+                .collect();
+            (
+                active,
+                epochs_pb(st),
+                st.gatekeeper_id.map(|g| g.0.to_vec()).unwrap_or_default(),
+                st.chain.clone(),
+            )
+        };
+        // "unsealed" is computed now, from the committed epochs and the enclave, never from a
+        // cached view: a new active epoch makes a node sealed until it holds it.
+        let seal = {
+            let v = self.seal.lock().expect("seal lock").clone();
+            let all_held = !active.is_empty() && active.iter().all(|e| self.enclave.has_master(*e));
+            let (state, collected, threshold, epoch) = if all_held {
+                (pb::SealState::Unsealed, 0, 0, 0)
+            } else if v.state == "unsealing" && active.contains(&v.epoch) {
+                (pb::SealState::Unsealing, v.collected, v.threshold, v.epoch)
+            } else {
+                (pb::SealState::Sealed, 0, 0, 0)
+            };
+            pb::SealStatus {
+                state: state as i32,
+                shares_collected: collected,
+                threshold,
+                epoch,
+            }
+        };
+        let chain = self.chain.as_ref().map(|(settings, view)| {
+            let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            crate::chain::status(settings, &view, &chain_record)
+        });
         Ok(Response::new(pb::StatusResponse {
             node_id: s.node_id,
             role: role(&s.role) as i32,
@@ -161,49 +203,10 @@ impl AdminService for AdminServer {
             last_applied: s.last_applied.unwrap_or(0),
             commit_index: s.commit_index.unwrap_or(0),
             members: members_pb(&s),
-            seal: Some({
-                // "unsealed" is computed now, from the committed epochs and the enclave, never
-                // from a cached view: a new active epoch makes a node sealed until it holds it.
-                let active: Vec<u64> = self
-                    .replica
-                    .sm
-                    .read()
-                    .state
-                    .epochs
-                    .values()
-                    .filter(|e| e.status == EpochStatus::Active)
-                    .map(|e| e.epoch)
-                    .collect();
-                let v = self.seal.lock().expect("seal lock").clone();
-                let all_held =
-                    !active.is_empty() && active.iter().all(|e| self.enclave.has_master(*e));
-                let (state, collected, threshold, epoch) = if all_held {
-                    (pb::SealState::Unsealed, 0, 0, 0)
-                } else if v.state == "unsealing" && active.contains(&v.epoch) {
-                    (pb::SealState::Unsealing, v.collected, v.threshold, v.epoch)
-                } else {
-                    (pb::SealState::Sealed, 0, 0, 0)
-                };
-                pb::SealStatus {
-                    state: state as i32,
-                    shares_collected: collected,
-                    threshold,
-                    epoch,
-                }
-            }),
-            epochs: epochs_pb(&self.replica.sm.read().state),
-            gatekeeper_id: self
-                .replica
-                .sm
-                .read()
-                .state
-                .gatekeeper_id
-                .map(|g| g.0.to_vec())
-                .unwrap_or_default(),
-            chain: self.chain.as_ref().map(|(settings, view)| {
-                let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                crate::chain::status(settings, &view, &self.replica.sm.read().state.chain)
-            }),
+            seal: Some(seal),
+            epochs,
+            gatekeeper_id,
+            chain,
             audit_sequence: s.audit_sequence,
             enclave_identity_public_key: self.enclave.identity_public_key().as_bytes().to_vec(),
             enclave_hpke_public_key: self.enclave.hpke_public_key().as_bytes().to_vec(),
