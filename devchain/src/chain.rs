@@ -139,13 +139,18 @@ impl Chain {
     pub fn new(shapes: Shapes) -> Chain {
         let mut seed = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+        Chain::genesis(seed, shapes, None)
+    }
+
+    /// The chain of identity `seed` with only its genesis block.
+    fn genesis(seed: [u8; 32], shapes: Shapes, dir: Option<PathBuf>) -> Chain {
         let mut c = Chain {
             seed,
             shapes,
             blocks: vec![],
             pending: vec![],
             log: None,
-            dir: None,
+            dir,
         };
         c.push_genesis();
         c
@@ -172,15 +177,7 @@ impl Chain {
                 );
             }
             let seed = crate::runtime::parse_bytes32(&id.seed).map_err(anyhow::Error::msg)?;
-            let mut c = Chain {
-                seed,
-                shapes,
-                blocks: vec![],
-                pending: vec![],
-                log: None,
-                dir: Some(dir.to_path_buf()),
-            };
-            c.push_genesis();
+            let mut c = Chain::genesis(seed, shapes, Some(dir.to_path_buf()));
             c.load(&blocks_path)?;
             c
         } else {

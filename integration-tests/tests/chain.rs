@@ -147,6 +147,25 @@ fn worker() -> (Sr25519Keypair, String) {
 
 const ALL: [u64; 3] = [1, 2, 3];
 
+/// Emits a cluster holding `worker` and a contract on it; returns the contract's block.
+fn cluster_with_contract(
+    ch: &DevChainProc,
+    profile: &str,
+    worker: &str,
+    cluster: [u8; 32],
+    contract: [u8; 32],
+) -> u64 {
+    let (cl, co) = (hex::encode(cluster), hex::encode(contract));
+    ch.emit_ok(
+        profile,
+        &["create-cluster", "--cluster", &cl, "--worker", worker],
+    );
+    ch.emit_ok(
+        profile,
+        &["instantiate-contract", "--contract", &co, "--cluster", &cl],
+    )
+}
+
 #[test]
 fn workers_registered_slashed_and_deregistered_on_chain_gate_their_keys() {
     let net = start(3, DevChainOpts::default(), &[]);
@@ -187,26 +206,7 @@ fn workers_registered_slashed_and_deregistered_on_chain_gate_their_keys() {
     // A cluster with the worker and a contract on it.
     let cluster = [0x5a; 32];
     let contract = [0x6b; 32];
-    ch.emit_ok(
-        "gatekeeper",
-        &[
-            "create-cluster",
-            "--cluster",
-            &hex::encode(cluster),
-            "--worker",
-            &wh,
-        ],
-    );
-    let b = ch.emit_ok(
-        "gatekeeper",
-        &[
-            "instantiate-contract",
-            "--contract",
-            &hex::encode(contract),
-            "--cluster",
-            &hex::encode(cluster),
-        ],
-    );
+    let b = cluster_with_contract(ch, "gatekeeper", &wh, cluster, contract);
     net.wait_applied(&ALL, b);
     let ck = fetch(&net, 2, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap();
     assert_eq!(
@@ -599,26 +599,7 @@ fn the_phala_profile_drives_the_same_outcomes_from_phala_pallet_events() {
 
     let cluster = [0x71; 32];
     let contract = [0x72; 32];
-    ch.emit_ok(
-        "phala",
-        &[
-            "create-cluster",
-            "--cluster",
-            &hex::encode(cluster),
-            "--worker",
-            &wh,
-        ],
-    );
-    let b = ch.emit_ok(
-        "phala",
-        &[
-            "instantiate-contract",
-            "--contract",
-            &hex::encode(contract),
-            "--cluster",
-            &hex::encode(cluster),
-        ],
-    );
+    let b = cluster_with_contract(ch, "phala", &wh, cluster, contract);
     net.wait_applied(&ALL, b);
     let ck = pk(&fetch(&net, 2, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap());
     assert_eq!(
