@@ -158,14 +158,8 @@ impl AdminService for AdminServer {
         let (active, epochs, gatekeeper_id, chain_record) = {
             let applied = self.replica.sm.read();
             let st = &applied.state;
-            let active: Vec<u64> = st
-                .epochs
-                .values()
-                .filter(|e| e.status == EpochStatus::Active)
-                .map(|e| e.epoch)
-                .collect();
             (
-                active,
+                crate::keeper::active_epochs(st),
                 epochs_pb(st),
                 st.gatekeeper_id.map(|g| g.0.to_vec()).unwrap_or_default(),
                 st.chain.clone(),
@@ -175,14 +169,14 @@ impl AdminService for AdminServer {
         // cached view: a new active epoch makes a node sealed until it holds it.
         let seal = {
             let v = self.seal.lock().expect("seal lock").clone();
-            let all_held = !active.is_empty() && active.iter().all(|e| self.enclave.has_master(*e));
-            let (state, collected, threshold, epoch) = if all_held {
-                (pb::SealState::Unsealed, 0, 0, 0)
-            } else if v.state == "unsealing" && active.contains(&v.epoch) {
-                (pb::SealState::Unsealing, v.collected, v.threshold, v.epoch)
-            } else {
-                (pb::SealState::Sealed, 0, 0, 0)
-            };
+            let (state, collected, threshold, epoch) =
+                if crate::keeper::holds_every(self.enclave.as_ref(), &active) {
+                    (pb::SealState::Unsealed, 0, 0, 0)
+                } else if v.state == "unsealing" && active.contains(&v.epoch) {
+                    (pb::SealState::Unsealing, v.collected, v.threshold, v.epoch)
+                } else {
+                    (pb::SealState::Sealed, 0, 0, 0)
+                };
             pb::SealStatus {
                 state: state as i32,
                 shares_collected: collected,

@@ -69,6 +69,22 @@ pub fn member_evidence_ok(policy: &Policy, m: &MemberRecord) -> Result<(), Strin
         .map_err(|e| format!("node {}: {e}", m.node_id))
 }
 
+/// The active epochs of `state`, ascending.
+pub fn active_epochs(state: &GatekeeperState) -> Vec<u64> {
+    state
+        .epochs
+        .values()
+        .filter(|e| e.status == EpochStatus::Active)
+        .map(|e| e.epoch)
+        .collect()
+}
+
+/// Whether `enclave` holds the master secret of every epoch in `active` (and there is one):
+/// what "unsealed" means in `admin status`, `/metrics` and the keeper.
+pub fn holds_every(enclave: &dyn Enclave, active: &[u64]) -> bool {
+    !active.is_empty() && active.iter().all(|e| enclave.has_master(*e))
+}
+
 /// Shared handles the keeper works with.
 #[derive(Clone)]
 pub struct Keeper {
@@ -282,12 +298,8 @@ impl Keeper {
                 tracing::debug!(epoch = e.epoch, error = %x, "epoch step did not complete; will retry");
             }
         }
-        let active: Vec<&EpochRecord> = state
-            .epochs
-            .values()
-            .filter(|e| e.status == EpochStatus::Active)
-            .collect();
-        if !active.is_empty() && active.iter().all(|e| self.enclave.has_master(e.epoch)) {
+        let active = active_epochs(&state);
+        if holds_every(self.enclave.as_ref(), &active) {
             self.set_seal("unsealed", 0, 0, 0);
         } else if active.is_empty() {
             self.set_seal("sealed", 0, 0, 0);

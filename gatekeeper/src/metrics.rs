@@ -23,6 +23,7 @@
 //! these onto OpenTelemetry; the names stay.
 
 use crate::chain::{ChainSettings, ChainView};
+use crate::enclave::Enclave;
 use bytes::Bytes;
 use gatekeeper_raft::replica::Replica;
 use http_body_util::Full;
@@ -36,133 +37,135 @@ use tokio::net::TcpListener;
 pub struct Metrics {
     /// The replica.
     pub replica: Replica,
+    /// The enclave (whether it holds every active epoch's master).
+    pub enclave: Arc<dyn Enclave>,
     /// The chain watcher's settings and view, when a chain is configured.
     pub chain: Option<(ChainSettings, Arc<Mutex<ChainView>>)>,
-    /// Whether this node holds every active epoch's master.
-    pub unsealed: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
-fn gauge(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    let _ = writeln!(out, "{name} {value}");
-}
+/// One metric: name, type, help text, value.
+type Sample = (&'static str, &'static str, &'static str, f64);
 
 impl Metrics {
+    /// The samples, in exposition order.
+    fn samples(&self) -> Vec<Sample> {
+        let s = self.replica.status();
+        let (active, chain_record) = {
+            let applied = self.replica.sm.read();
+            (
+                crate::keeper::active_epochs(&applied.state),
+                applied.state.chain.clone(),
+            )
+        };
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let mut out: Vec<Sample> = vec![
+            (
+                "gatekeeper_raft_term",
+                "gauge",
+                "Current Raft term.",
+                s.term as f64,
+            ),
+            (
+                "gatekeeper_raft_is_leader",
+                "gauge",
+                "1 on the Raft leader.",
+                flag(s.role == "leader"),
+            ),
+            (
+                "gatekeeper_raft_last_applied_index",
+                "gauge",
+                "Last applied Raft log index.",
+                s.last_applied.unwrap_or(0) as f64,
+            ),
+            (
+                "gatekeeper_audit_sequence",
+                "gauge",
+                "Audit sequence of the applied state.",
+                s.audit_sequence as f64,
+            ),
+            (
+                "gatekeeper_unsealed",
+                "gauge",
+                "1 when every active epoch's master secret is in enclave memory.",
+                flag(crate::keeper::holds_every(self.enclave.as_ref(), &active)),
+            ),
+        ];
+        if let Some((settings, view)) = &self.chain {
+            let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let c = crate::chain::status(settings, &view, &chain_record);
+            out.extend([
+                (
+                    "gatekeeper_chain_connected",
+                    "gauge",
+                    "1 while the chain watcher has a session with the chain node.",
+                    flag(c.connected),
+                ),
+                (
+                    "gatekeeper_chain_stalled",
+                    "gauge",
+                    "1 when no new finalized block came within chain_stall_ms.",
+                    flag(c.stalled),
+                ),
+                (
+                    "gatekeeper_chain_finalized_block",
+                    "gauge",
+                    "Latest finalized block seen.",
+                    c.finalized as f64,
+                ),
+                (
+                    "gatekeeper_chain_cursor_block",
+                    "gauge",
+                    "Block of the committed chain cursor.",
+                    c.cursor_block as f64,
+                ),
+                (
+                    "gatekeeper_chain_lag_blocks",
+                    "gauge",
+                    "Finalized blocks not yet fully applied.",
+                    c.lag_blocks as f64,
+                ),
+                (
+                    "gatekeeper_chain_last_finalized_age_seconds",
+                    "gauge",
+                    "Seconds since the finalized head advanced.",
+                    c.last_finalized_age_ms as f64 / 1000.0,
+                ),
+                (
+                    "gatekeeper_chain_events_applied_total",
+                    "counter",
+                    "Chain events applied to the replicated state.",
+                    c.events_applied as f64,
+                ),
+                (
+                    "gatekeeper_chain_events_ignored_total",
+                    "counter",
+                    "Chain events not applied (undecodable or not applicable).",
+                    c.events_ignored as f64,
+                ),
+                (
+                    "gatekeeper_chain_reconnects_total",
+                    "counter",
+                    "Chain watcher reconnections on this node.",
+                    c.reconnects as f64,
+                ),
+                (
+                    "gatekeeper_chain_blocks_proposed_total",
+                    "counter",
+                    "Finalized blocks this node committed as leader.",
+                    view.blocks_proposed as f64,
+                ),
+            ]);
+        }
+        out
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let s = self.replica.status();
-        gauge(
-            &mut o,
-            "gatekeeper_raft_term",
-            "gauge",
-            "Current Raft term.",
-            s.term,
-        );
-        gauge(
-            &mut o,
-            "gatekeeper_raft_is_leader",
-            "gauge",
-            "1 on the Raft leader.",
-            u8::from(s.role == "leader"),
-        );
-        gauge(
-            &mut o,
-            "gatekeeper_raft_last_applied_index",
-            "gauge",
-            "Last applied Raft log index.",
-            s.last_applied.unwrap_or(0),
-        );
-        gauge(
-            &mut o,
-            "gatekeeper_audit_sequence",
-            "gauge",
-            "Audit sequence of the applied state.",
-            s.audit_sequence,
-        );
-        gauge(
-            &mut o,
-            "gatekeeper_unsealed",
-            "gauge",
-            "1 when every active epoch's master secret is in enclave memory.",
-            u8::from((self.unsealed)()),
-        );
-        if let Some((settings, view)) = &self.chain {
-            let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let proposed = view.blocks_proposed;
-            let c = crate::chain::status(settings, &view, &self.replica.sm.read().state.chain);
-            let g = |o: &mut String, n: &str, k: &str, h: &str, v: u64| gauge(o, n, k, h, v);
-            g(
-                &mut o,
-                "gatekeeper_chain_connected",
-                "gauge",
-                "1 while the chain watcher has a session with the chain node.",
-                u64::from(c.connected),
-            );
-            g(
-                &mut o,
-                "gatekeeper_chain_stalled",
-                "gauge",
-                "1 when no new finalized block came within chain_stall_ms.",
-                u64::from(c.stalled),
-            );
-            g(
-                &mut o,
-                "gatekeeper_chain_finalized_block",
-                "gauge",
-                "Latest finalized block seen.",
-                c.finalized,
-            );
-            g(
-                &mut o,
-                "gatekeeper_chain_cursor_block",
-                "gauge",
-                "Block of the committed chain cursor.",
-                c.cursor_block,
-            );
-            g(
-                &mut o,
-                "gatekeeper_chain_lag_blocks",
-                "gauge",
-                "Finalized blocks not yet fully applied.",
-                c.lag_blocks,
-            );
-            gauge(
-                &mut o,
-                "gatekeeper_chain_last_finalized_age_seconds",
-                "gauge",
-                "Seconds since the finalized head advanced.",
-                c.last_finalized_age_ms as f64 / 1000.0,
-            );
-            g(
-                &mut o,
-                "gatekeeper_chain_events_applied_total",
-                "counter",
-                "Chain events applied to the replicated state.",
-                c.events_applied,
-            );
-            g(
-                &mut o,
-                "gatekeeper_chain_events_ignored_total",
-                "counter",
-                "Chain events not applied (undecodable or not applicable).",
-                c.events_ignored,
-            );
-            g(
-                &mut o,
-                "gatekeeper_chain_reconnects_total",
-                "counter",
-                "Chain watcher reconnections on this node.",
-                c.reconnects,
-            );
-            g(
-                &mut o,
-                "gatekeeper_chain_blocks_proposed_total",
-                "counter",
-                "Finalized blocks this node committed as leader.",
-                proposed,
-            );
+        for (name, kind, help, value) in self.samples() {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            let _ = writeln!(o, "{name} {value}");
         }
         o
     }

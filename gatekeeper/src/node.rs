@@ -47,7 +47,8 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
@@ -208,16 +209,17 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         enclave.clone(),
     );
     let chain_view = Arc::new(Mutex::new(crate::chain::ChainView::default()));
-    let watcher = config.chain_settings().map(|settings| {
-        admin = admin
-            .clone()
-            .with_chain(settings.clone(), chain_view.clone());
-        crate::chain::watcher::Watcher {
+    let chain = config.chain_settings().map(|s| (s, chain_view.clone()));
+    if let Some((settings, view)) = &chain {
+        admin = admin.with_chain(settings.clone(), view.clone());
+    }
+    let watcher = chain
+        .clone()
+        .map(|(settings, view)| crate::chain::watcher::Watcher {
             replica: replica.clone(),
             settings,
-            view: chain_view.clone(),
-        }
-    });
+            view,
+        });
     let peer = PeerServer {
         replica: replica.clone(),
         enclave: enclave.clone(),
@@ -258,22 +260,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let api_task = tokio::spawn(api_server);
     let keeper_task = tokio::spawn(keeper.run(stop_rx_keeper.clone()));
     let metrics_task = metrics_listener.map(|l| {
-        let enclave = enclave.clone();
-        let sm = replica.sm.clone();
         let m = crate::metrics::Metrics {
             replica: replica.clone(),
-            chain: config.chain_settings().map(|s| (s, chain_view.clone())),
-            unsealed: Arc::new(move || {
-                let active: Vec<u64> = sm
-                    .read()
-                    .state
-                    .epochs
-                    .values()
-                    .filter(|e| e.status == gatekeeper_raft::state::EpochStatus::Active)
-                    .map(|e| e.epoch)
-                    .collect();
-                !active.is_empty() && active.iter().all(|e| enclave.has_master(*e))
-            }),
+            enclave: enclave.clone(),
+            chain,
         };
         tokio::spawn(crate::metrics::serve(l, m, stop_rx_keeper.clone()))
     });

@@ -57,8 +57,6 @@ pub struct ChainView {
     pub finalized: Option<u64>,
     /// When `finalized` last increased (or the first one was seen).
     pub finalized_at: Option<Instant>,
-    /// The connected chain's genesis hash.
-    pub genesis: Option<[u8; 32]>,
     /// The last error (connection, RPC, or a block the state refused), if the last attempt failed.
     pub last_error: Option<String>,
     /// Reconnections so far.
@@ -70,29 +68,21 @@ pub struct ChainView {
 /// The status message of the chain, from the watcher's view and the committed state.
 pub fn status(settings: &ChainSettings, view: &ChainView, chain: &ChainRecord) -> pb::ChainStatus {
     let cursor = chain.cursor;
-    let finalized = view.finalized.unwrap_or(0);
-    let applied_through = cursor.map_or(0, |c| {
-        if c.block_complete {
-            c.block
-        } else {
-            c.block.saturating_sub(1)
-        }
-    });
+    // The last block fully applied (before the start block when nothing is).
+    let done = match cursor {
+        Some(c) if c.block_complete => c.block,
+        Some(c) => c.block.saturating_sub(1),
+        None => settings.start_block.saturating_sub(1),
+    };
     let since = view.finalized_at.map(|t| t.elapsed());
     pb::ChainStatus {
         url: settings.url.clone(),
         connected: view.connected,
-        finalized,
+        finalized: view.finalized.unwrap_or(0),
         cursor_block: cursor.map_or(0, |c| c.block),
         cursor_block_hash: cursor.map_or_else(Vec::new, |c| c.block_hash.0.to_vec()),
         cursor_event_index: cursor.map_or(0, |c| c.event_index),
-        lag_blocks: view.finalized.map_or(0, |f| {
-            let done = match cursor {
-                Some(_) => applied_through,
-                None => settings.start_block.saturating_sub(1),
-            };
-            f.saturating_sub(done)
-        }),
+        lag_blocks: view.finalized.map_or(0, |f| f.saturating_sub(done)),
         profile: settings.profile.as_str().to_string(),
         stalled: since.is_none_or(|s| s > settings.stall),
         last_finalized_age_ms: since.map_or(0, |s| s.as_millis() as u64),

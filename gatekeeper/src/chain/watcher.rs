@@ -245,7 +245,6 @@ impl Watcher {
         {
             let mut v = self.view();
             v.connected = true;
-            v.genesis = Some(genesis);
             v.last_error = None;
         }
         tracing::info!(url = %self.settings.url, genesis = %hex::encode(genesis), profile = self.settings.profile.as_str(), "chain watcher connected");
