@@ -307,8 +307,11 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", s.code(), s.message())
 }
 
-/// Runs one admin command against `endpoint`.
-pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result<()> {
+/// Connects to the AdminService at `endpoint` (host:port); every call gets `timeout`.
+pub async fn connect(
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<AdminServiceClient<tonic::transport::Channel>> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
         .with_context(|| format!("bad endpoint {endpoint:?}"))?
         .connect_timeout(Duration::from_secs(3))
@@ -316,7 +319,12 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
         .connect()
         .await
         .with_context(|| format!("cannot reach {endpoint}"))?;
-    let mut c = AdminServiceClient::new(ch);
+    Ok(AdminServiceClient::new(ch))
+}
+
+/// Runs one admin command against `endpoint`.
+pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result<()> {
+    let mut c = connect(endpoint, timeout).await?;
     match cmd {
         AdminCommand::Init {
             members,

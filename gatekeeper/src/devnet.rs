@@ -173,12 +173,7 @@ fn node_config(n: &NodeAddrs, chain_url: &str) -> String {
 }
 
 async fn admin(api: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{api}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(20))
-        .connect()
-        .await?;
-    Ok(AdminServiceClient::new(ch))
+    crate::admin::connect(api, Duration::from_secs(20)).await
 }
 
 async fn status(api: &str) -> Result<pb::StatusResponse> {
@@ -261,7 +256,7 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
                 println!("--exit-after-demo: stopping");
             } else {
                 println!("\nRunning. Press Ctrl-C to stop every node and the chain.");
-                wait_for_signal().await;
+                crate::node::shutdown_signal().await;
                 println!("\nStopping…");
             }
             stop_nodes(&mut nodes).await;
@@ -277,21 +272,6 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
         println!("Stopped. Logs and data remain in {}", dir.display());
     }
     outcome
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 async fn demo(
