@@ -105,34 +105,34 @@ enum EmitCmd {
     RegisterWorker {
         /// Worker sr25519 public key (hex).
         #[arg(long)]
-        worker: String,
+        worker: Public,
         /// root | ias | dcap | none.
-        #[arg(long, default_value = "root")]
-        provider: String,
+        #[arg(long, default_value = "root", value_parser = provider)]
+        provider: Provider,
         #[arg(long, default_value_t = 1)]
         confidence_level: u8,
     },
     /// Deregister a worker (gatekeeper profile).
     DeregisterWorker {
         #[arg(long)]
-        worker: String,
+        worker: Public,
     },
     /// Slash a worker (phala profile: WorkerEnterUnresponsive).
     SlashWorker {
         #[arg(long)]
-        worker: String,
+        worker: Public,
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// The worker answers heartbeats again (phala profile).
     RecoverWorker {
         #[arg(long)]
-        worker: String,
+        worker: Public,
     },
     /// The worker's stake is reclaimed with SLASHED lost (phala profile).
     ReclaimWorker {
         #[arg(long)]
-        worker: String,
+        worker: Public,
         #[arg(long, default_value_t = 0)]
         slashed: u64,
     },
@@ -146,31 +146,31 @@ enum EmitCmd {
     CreateCluster {
         /// Cluster id (32 bytes hex).
         #[arg(long)]
-        cluster: String,
+        cluster: H256,
         /// Initial workers (repeat).
         #[arg(long = "worker")]
-        workers: Vec<String>,
+        workers: Vec<Public>,
     },
     /// Add a worker to a cluster.
     AddWorkerToCluster {
         #[arg(long)]
-        worker: String,
+        worker: Public,
         #[arg(long)]
-        cluster: String,
+        cluster: H256,
     },
     /// Remove a worker from a cluster.
     RemoveWorkerFromCluster {
         #[arg(long)]
-        worker: String,
+        worker: Public,
         #[arg(long)]
-        cluster: String,
+        cluster: H256,
     },
     /// Instantiate a contract on a cluster.
     InstantiateContract {
         #[arg(long)]
-        contract: String,
+        contract: H256,
         #[arg(long)]
-        cluster: String,
+        cluster: H256,
     },
     /// Emit one raw runtime event given as JSON: {"Pallet": {"Variant": {fields}}}.
     Raw {
@@ -179,18 +179,20 @@ enum EmitCmd {
     },
 }
 
-fn key(s: &str) -> Result<Public> {
-    devchain::runtime::parse_bytes32(s)
-        .map(Public)
-        .map_err(anyhow::Error::msg)
+/// `--provider`: an attestation provider, or none.
+#[derive(Clone, Copy, Debug)]
+struct Provider(Option<AttestationProvider>);
+
+fn provider(s: &str) -> std::result::Result<Provider, String> {
+    match s {
+        "none" => Ok(Provider(None)),
+        p => serde_json::from_value(Value::String(p.into()))
+            .map(|a| Provider(Some(a)))
+            .map_err(|_| format!("{p:?}: root | ias | dcap | none")),
+    }
 }
 
-fn id(s: &str) -> Result<H256> {
-    devchain::runtime::parse_bytes32(s)
-        .map(H256)
-        .map_err(anyhow::Error::msg)
-}
-
+/// The action of an `emit` subcommand, or the raw event of `emit raw`.
 fn action(cmd: EmitCmd) -> Result<std::result::Result<Action, Value>> {
     Ok(Ok(match cmd {
         EmitCmd::RegisterWorker {
@@ -198,47 +200,25 @@ fn action(cmd: EmitCmd) -> Result<std::result::Result<Action, Value>> {
             provider,
             confidence_level,
         } => Action::RegisterWorker {
-            worker: key(&worker)?,
-            provider: match provider.as_str() {
-                "none" => None,
-                p => Some(
-                    serde_json::from_value::<AttestationProvider>(Value::String(p.into()))
-                        .with_context(|| format!("--provider {p:?}: root | ias | dcap | none"))?,
-                ),
-            },
+            worker,
+            provider: provider.0,
             confidence_level,
         },
-        EmitCmd::DeregisterWorker { worker } => Action::DeregisterWorker {
-            worker: key(&worker)?,
-        },
-        EmitCmd::SlashWorker { worker, reason } => Action::SlashWorker {
-            worker: key(&worker)?,
-            reason,
-        },
-        EmitCmd::RecoverWorker { worker } => Action::RecoverWorker {
-            worker: key(&worker)?,
-        },
-        EmitCmd::ReclaimWorker { worker, slashed } => Action::ReclaimWorker {
-            worker: key(&worker)?,
-            slashed,
-        },
+        EmitCmd::DeregisterWorker { worker } => Action::DeregisterWorker { worker },
+        EmitCmd::SlashWorker { worker, reason } => Action::SlashWorker { worker, reason },
+        EmitCmd::RecoverWorker { worker } => Action::RecoverWorker { worker },
+        EmitCmd::ReclaimWorker { worker, slashed } => Action::ReclaimWorker { worker, slashed },
         EmitCmd::RequestRotation { rotation_id } => Action::RequestRotation { rotation_id },
-        EmitCmd::CreateCluster { cluster, workers } => Action::CreateCluster {
-            cluster: id(&cluster)?,
-            workers: workers.iter().map(|w| key(w)).collect::<Result<_>>()?,
-        },
-        EmitCmd::AddWorkerToCluster { worker, cluster } => Action::AddWorkerToCluster {
-            worker: key(&worker)?,
-            cluster: id(&cluster)?,
-        },
-        EmitCmd::RemoveWorkerFromCluster { worker, cluster } => Action::RemoveWorkerFromCluster {
-            worker: key(&worker)?,
-            cluster: id(&cluster)?,
-        },
-        EmitCmd::InstantiateContract { contract, cluster } => Action::InstantiateContract {
-            contract: id(&contract)?,
-            cluster: id(&cluster)?,
-        },
+        EmitCmd::CreateCluster { cluster, workers } => Action::CreateCluster { cluster, workers },
+        EmitCmd::AddWorkerToCluster { worker, cluster } => {
+            Action::AddWorkerToCluster { worker, cluster }
+        }
+        EmitCmd::RemoveWorkerFromCluster { worker, cluster } => {
+            Action::RemoveWorkerFromCluster { worker, cluster }
+        }
+        EmitCmd::InstantiateContract { contract, cluster } => {
+            Action::InstantiateContract { contract, cluster }
+        }
         EmitCmd::Raw { json } => {
             return Ok(Err(
                 serde_json::from_str(&json).context("the raw event is not JSON")?

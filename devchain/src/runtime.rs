@@ -57,6 +57,13 @@ macro_rules! bytes32 {
                 parse_bytes32(&s).map($name).map_err(serde::de::Error::custom)
             }
         }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                parse_bytes32(s).map($name)
+            }
+        }
     };
 }
 

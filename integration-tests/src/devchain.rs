@@ -2,7 +2,7 @@
 //! restart keeps its URL) with its blocks persisted in a directory (so a restart continues the
 //! chain), driven through its CLI (`gatekeeper-devchain emit …`, a real RPC client).
 
-use crate::{devchain_bin, run_command, tail_lines, ADMIN_TIMEOUT, POLL, WAIT};
+use crate::{devchain_bin, run_command, tail_lines, AdminOutput, ADMIN_TIMEOUT, POLL, WAIT};
 use serde_json::Value;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
@@ -126,22 +126,20 @@ impl DevChainProc {
         format!("chain_url = \"{}\"", self.url())
     }
 
-    /// Runs `gatekeeper-devchain <args…> --url URL` and parses its JSON output.
-    fn cli(&self, args: &[&str]) -> Result<Value, String> {
+    /// Runs `gatekeeper-devchain <command> --url URL <args…>`.
+    fn run(&self, command: &str, args: &[&str]) -> AdminOutput {
         let url = self.url();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend_from_slice(&["--url", &url]);
-        let out = run_command(&self.bin, &all, ADMIN_TIMEOUT);
-        out.json()
+        let mut all = vec![command, "--url", &url];
+        all.extend_from_slice(args);
+        run_command(&self.bin, &all, ADMIN_TIMEOUT)
     }
 
     /// `gatekeeper-devchain emit --profile PROFILE <action…>`: answers once the block carrying
     /// the events is final, with `{block, hash, events}`.
     pub fn emit(&self, profile: &str, action: &[&str]) -> Result<Value, String> {
-        let url = self.url();
-        let mut all = vec!["emit", "--url", &url, "--profile", profile];
-        all.extend_from_slice(action);
-        run_command(&self.bin, &all, ADMIN_TIMEOUT).json()
+        let mut args = vec!["--profile", profile];
+        args.extend_from_slice(action);
+        self.run("emit", &args).json()
     }
 
     /// Like [`DevChainProc::emit`], panicking on failure; returns the block number.
@@ -154,7 +152,7 @@ impl DevChainProc {
 
     /// Every emitted event (`[{block, index, event}]`).
     pub fn events(&self) -> Vec<Value> {
-        match self.cli(&["events"]) {
+        match self.run("events", &[]).json() {
             Ok(Value::Array(a)) => a,
             other => panic!("gatekeeper-devchain events: {other:?}"),
         }
@@ -162,7 +160,7 @@ impl DevChainProc {
 
     /// `dev_status`.
     pub fn status(&self) -> Result<Value, String> {
-        self.cli(&["status"])
+        self.run("status", &[]).json()
     }
 
     /// The head block number.
@@ -174,15 +172,13 @@ impl DevChainProc {
 
     /// Stop producing blocks.
     pub fn pause(&self) {
-        let url = self.url();
-        let out = run_command(&self.bin, &["pause", "--url", &url], ADMIN_TIMEOUT);
+        let out = self.run("pause", &[]);
         assert!(out.success(), "{}", out.describe());
     }
 
     /// Produce blocks again.
     pub fn resume(&self) {
-        let url = self.url();
-        let out = run_command(&self.bin, &["resume", "--url", &url], ADMIN_TIMEOUT);
+        let out = self.run("resume", &[]);
         assert!(out.success(), "{}", out.describe());
     }
 

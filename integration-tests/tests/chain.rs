@@ -8,7 +8,6 @@ use gatekeeper_integration_tests::{Cluster, DevChainOpts, DevChainProc, Opts, St
 use keyring::sign::KeyTarget;
 use keyring::{ClusterId, ContractId, Sr25519Keypair};
 use rand_core::OsRng;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -340,62 +339,55 @@ fn killing_the_leader_while_events_flow_loses_and_repeats_no_event() {
     );
     let workers: Vec<(Sr25519Keypair, String)> = (0..8).map(|_| worker()).collect();
     let hexes: Vec<String> = workers.iter().map(|w| w.1.clone()).collect();
-    let url = net.chain.url();
     // The emitter: register every worker, then slash some and deregister others, one action
     // per block, through the dev chain CLI while the test kills the leader.
-    let emitter = {
-        let hexes = hexes.clone();
-        let bin = gatekeeper_integration_tests::devchain_bin().unwrap();
-        std::thread::spawn(move || {
-            let mut actions: Vec<Vec<String>> = vec![];
-            for h in &hexes {
-                actions.push(vec!["register-worker".into(), "--worker".into(), h.clone()]);
-            }
-            for (k, h) in hexes.iter().enumerate() {
-                match k % 3 {
-                    0 => actions.push(vec![
-                        "slash-worker".into(),
-                        "--worker".into(),
-                        h.clone(),
-                        "--reason".into(),
-                        format!("r{k}"),
-                    ]),
-                    1 => actions.push(vec![
-                        "deregister-worker".into(),
-                        "--worker".into(),
-                        h.clone(),
-                    ]),
-                    _ => actions.push(vec![
-                        "register-worker".into(),
-                        "--worker".into(),
-                        h.clone(),
-                        "--confidence-level".into(),
-                        "3".into(),
-                    ]),
-                }
-            }
-            let mut last = 0;
-            for a in actions {
-                let mut args = vec!["emit", "--url", url.as_str()];
-                args.extend(a.iter().map(String::as_str));
-                let out =
-                    gatekeeper_integration_tests::run_command(&bin, &args, Duration::from_secs(30));
-                let v: Value = out.json().unwrap_or_else(|e| panic!("{e}"));
-                last = v["block"].as_u64().unwrap();
-            }
-            last
-        })
-    };
-    // Let a few events commit, then SIGKILL the leader mid-flow and bring it back.
-    std::thread::sleep(Duration::from_millis(1200));
-    let leader = net.c.leader();
-    net.c.kill9(leader);
-    let rest: Vec<u64> = ALL.iter().copied().filter(|&i| i != leader).collect();
-    let new_leader = net.c.leader_among(&rest);
-    assert_ne!(new_leader, leader);
-    std::thread::sleep(Duration::from_millis(800));
-    net.c.restart(leader);
-    let last = emitter.join().expect("the emitter finished");
+    let mut actions: Vec<Vec<String>> = vec![];
+    for h in &hexes {
+        actions.push(vec!["register-worker".into(), "--worker".into(), h.clone()]);
+    }
+    for (k, h) in hexes.iter().enumerate() {
+        let w = h.clone();
+        actions.push(match k % 3 {
+            0 => vec![
+                "slash-worker".into(),
+                "--worker".into(),
+                w,
+                "--reason".into(),
+                format!("r{k}"),
+            ],
+            1 => vec!["deregister-worker".into(), "--worker".into(), w],
+            _ => vec![
+                "register-worker".into(),
+                "--worker".into(),
+                w,
+                "--confidence-level".into(),
+                "3".into(),
+            ],
+        });
+    }
+    let Net { c, chain } = &mut net;
+    let last = std::thread::scope(|scope| {
+        let emitter = scope.spawn(|| {
+            actions
+                .iter()
+                .map(|a| {
+                    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+                    chain.emit_ok("gatekeeper", &args)
+                })
+                .last()
+                .expect("actions")
+        });
+        // Let a few events commit, then SIGKILL the leader mid-flow and bring it back.
+        std::thread::sleep(Duration::from_millis(1200));
+        let leader = c.leader();
+        c.kill9(leader);
+        let rest: Vec<u64> = ALL.iter().copied().filter(|&i| i != leader).collect();
+        let new_leader = c.leader_among(&rest);
+        assert_ne!(new_leader, leader);
+        std::thread::sleep(Duration::from_millis(800));
+        c.restart(leader);
+        emitter.join().expect("the emitter finished")
+    });
     net.wait_applied(&ALL, last);
 
     // Compare with the chain's full event list: every event applied exactly once, on every node.
@@ -441,9 +433,6 @@ fn killing_the_leader_while_events_flow_loses_and_repeats_no_event() {
             }
         }
     }
-    // The re-registration at confidence level 3 is the last word for those workers; applying a
-    // registration twice would not show, but the applied count above would.
-    let _ = &mut net;
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! same replies. Times come inside commands (the proposer's clock), never from the applier.
 //!
 //! Invalid commands are **rejected deterministically** (a [`Reply::Rejected`] with a stable code,
-//! state unchanged) rather than panicked on. Chain events arrive in [`Command::ChainBlock`]
+//! state unchanged) rather than panicked on. Chain events arrive in [`Command::ChainBlocks`]
 //! commands, each covering a range of one finalized block's event records; the committed
 //! [`ChainCursor`] (block number + hash + event index) is the only progress record. A block range
 //! at or before the cursor is answered [`Reply::Duplicate`] and changes nothing; a range that does
@@ -457,7 +457,7 @@ pub enum Command {
         genesis_dealer: Option<NodeId>,
     },
     /// DEVELOPMENT PATH: a chain-shaped event entered by an operator (`AdminService.ApplyDevEvent`)
-    /// without a chain. Same effects as an event in a [`Command::ChainBlock`] but does not move
+    /// without a chain. Same effects as an event in a [`Command::ChainBlocks`] but does not move
     /// the chain cursor; refused by AdminService in production mode.
     DevEvent {
         /// The event.
