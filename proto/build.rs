@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Undecodable requests are INVALID_ARGUMENT with a stable code (src/codec.rs).
+        .codec_path("crate::codec::GatekeeperCodec")
         .compile_fds(fds)?;
     Ok(())
 }

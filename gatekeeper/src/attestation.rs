@@ -8,6 +8,7 @@
 //!   (`keyring::dev_attestation`). Refused in production mode.
 //! * `none` — no evidence required. Refused in production mode.
 
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use dcap_qvl::quote::Report;
 use dcap_qvl::QuoteCollateralV3;
 use keyring::dev_attestation::{self, DevAttestationError};
@@ -236,6 +237,110 @@ impl Policy {
             advisories: report.advisory_ids,
         })
     }
+}
+
+/// Maps wire evidence to the policy's input; `None` for no evidence or an undefined kind
+/// (refused earlier by [`check_kind`]).
+pub fn evidence_of(
+    a: &Option<gatekeeper_proto::v1::Attestation>,
+) -> Option<(EvidenceKind, Vec<u8>, Vec<u8>)> {
+    use gatekeeper_proto::v1::AttestationKind as K;
+    let a = a.as_ref()?;
+    let kind = match K::try_from(a.kind).ok()? {
+        K::SgxDcap => EvidenceKind::SgxDcap,
+        K::TdxDcap => EvidenceKind::TdxDcap,
+        K::Dev => EvidenceKind::Dev,
+        K::Unspecified => return None,
+    };
+    Some((kind, a.evidence.clone(), a.collateral.clone()))
+}
+
+/// Refuses wire evidence whose kind is not one of the defined `AttestationKind`s (so the signed
+/// digest, which encodes the kind as one byte, binds it exactly).
+pub fn check_kind(a: &Option<gatekeeper_proto::v1::Attestation>) -> ApiResult<()> {
+    use gatekeeper_proto::v1::AttestationKind as K;
+    match a {
+        Some(a) if !matches!(K::try_from(a.kind), Ok(k) if k != K::Unspecified) => {
+            Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "attestation.kind {} is not a defined AttestationKind",
+                    a.kind
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The digest of wire evidence that signed requests bind.
+pub fn digest_of(
+    a: &Option<gatekeeper_proto::v1::Attestation>,
+) -> Option<keyring::sign::EvidenceDigest> {
+    a.as_ref()
+        .map(|a| keyring::sign::EvidenceDigest::new(a.kind as u8, &a.evidence, &a.collateral))
+}
+
+/// Verifies wire evidence against `policy` at `now_secs`: `ATTESTATION_REJECTED` when it fails,
+/// `INVALID_ARGUMENT` when the collateral does not parse.
+pub fn check_evidence(
+    policy: &Policy,
+    a: &Option<gatekeeper_proto::v1::Attestation>,
+    report_data: &[u8; 64],
+    now_secs: u64,
+) -> ApiResult<()> {
+    let ev = evidence_of(a);
+    let collateral = match &ev {
+        Some((_, _, c)) if !c.is_empty() => {
+            Some(serde_json::from_slice::<QuoteCollateralV3>(c).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("attestation.collateral: {e}"),
+                )
+            })?)
+        }
+        _ => None,
+    };
+    policy
+        .verify(
+            ev.as_ref()
+                .map(|(k, e, _)| (*k, e.as_slice(), collateral.as_ref())),
+            report_data,
+            now_secs,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::AttestationRejected,
+                format!("attestation rejected: {e}"),
+            )
+        })
+}
+
+/// Whether a member's registration evidence (recorded with its keys) passes the member policy:
+/// the evidence must bind `report_data(identity, hpke, 0…)`. The age limit does not apply here —
+/// registration binds keys, it does not prove freshness (FetchShare checks fresh evidence per
+/// request). Shares are dealt only to members that pass.
+pub fn member_evidence_ok(
+    policy: &Policy,
+    m: &gatekeeper_raft::state::MemberRecord,
+    now_secs: u64,
+) -> Result<(), String> {
+    if policy.kind == PolicyKind::None {
+        return Ok(());
+    }
+    let hpke =
+        keyring::X25519PublicKey::from_slice(&m.hpke_public_key.0).map_err(|e| e.to_string())?;
+    let rd = keyring::sign::report_data(&m.identity_public_key.0, &hpke, &[0; 32]);
+    let kind = match policy.kind {
+        PolicyKind::Dev => EvidenceKind::Dev,
+        _ => EvidenceKind::SgxDcap,
+    };
+    let mut p = policy.clone();
+    p.max_evidence_age_secs = u64::MAX / 2;
+    p.verify(Some((kind, &m.attestation.0, None)), &rd, now_secs)
+        .map(|_| ())
+        .map_err(|e| format!("node {}: {e}", m.node_id))
 }
 
 #[cfg(test)]
@@ -491,5 +596,60 @@ mod tests {
             p.verify(None, &rd, 1_100),
             Err(AttestationError::Missing(PolicyKind::Dev))
         ));
+    }
+
+    fn member_policy(kind: PolicyKind, dev: &keyring::Sr25519Keypair) -> Policy {
+        Policy {
+            kind,
+            allowed_mrenclave: vec![],
+            allowed_mrsigner: vec![],
+            allowed_mrtd: vec![],
+            min_tcb_status: "UpToDate".into(),
+            max_evidence_age_secs: 1,
+            dev_key: Some(dev.public_key()),
+            default_collateral: None,
+        }
+    }
+
+    fn record(
+        identity: [u8; 32],
+        hpke: keyring::X25519PublicKey,
+        evidence: Vec<u8>,
+    ) -> gatekeeper_raft::state::MemberRecord {
+        gatekeeper_raft::state::MemberRecord {
+            node_id: 7,
+            raft_address: "a:1".into(),
+            api_address: "a:2".into(),
+            identity_public_key: gatekeeper_raft::state::Bytes32(identity),
+            hpke_public_key: gatekeeper_raft::state::Bytes32(*hpke.as_bytes()),
+            attestation: gatekeeper_raft::state::HexBytes(evidence),
+        }
+    }
+
+    #[test]
+    fn shares_go_only_to_members_whose_registration_evidence_binds_their_keys() {
+        let dev = keyring::Sr25519Keypair::from_seed(&[1; 32]);
+        let id = keyring::Sr25519Keypair::from_seed(&[2; 32]).public_key();
+        let hpke = keyring::X25519SecretKey::generate(&mut rand_core::OsRng).public_key();
+        let rd = keyring::sign::report_data(id.as_bytes(), &hpke, &[0; 32]);
+        // Issued long ago: the age limit does not apply to registration evidence.
+        let good = keyring::dev_attestation::issue(&dev, &rd, 1_000);
+        let p = member_policy(PolicyKind::Dev, &dev);
+        member_evidence_ok(&p, &record(*id.as_bytes(), hpke, good.clone()), 2_000).unwrap();
+        // The same evidence presented for another HPKE key (an attacker's) is refused.
+        let attacker = keyring::X25519SecretKey::generate(&mut rand_core::OsRng).public_key();
+        assert!(member_evidence_ok(&p, &record(*id.as_bytes(), attacker, good), 2_000).is_err());
+        // No evidence, or evidence from another key, is refused.
+        assert!(member_evidence_ok(&p, &record(*id.as_bytes(), hpke, vec![]), 2_000).is_err());
+        let other = keyring::Sr25519Keypair::from_seed(&[3; 32]);
+        let forged = keyring::dev_attestation::issue(&other, &rd, 1_000);
+        assert!(member_evidence_ok(&p, &record(*id.as_bytes(), hpke, forged), 2_000).is_err());
+        // The `none` policy accepts anything.
+        member_evidence_ok(
+            &member_policy(PolicyKind::None, &dev),
+            &record(*id.as_bytes(), hpke, vec![]),
+            2_000,
+        )
+        .unwrap();
     }
 }

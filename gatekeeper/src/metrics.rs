@@ -53,7 +53,7 @@ impl Metrics {
         let (active, chain_record) = {
             let applied = self.replica.sm.read();
             (
-                crate::keeper::active_epochs(&applied.state),
+                crate::epochs::active_epochs(&applied.state),
                 applied.state.chain.clone(),
             )
         };
@@ -87,7 +87,7 @@ impl Metrics {
                 "gatekeeper_unsealed",
                 "gauge",
                 "1 when every active epoch's master secret is in enclave memory.",
-                flag(crate::keeper::holds_every(self.enclave.as_ref(), &active)),
+                flag(crate::epochs::holds_every(self.enclave.as_ref(), &active)),
             ),
         ];
         if let Some((settings, view)) = &self.chain {

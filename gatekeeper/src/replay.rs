@@ -41,6 +41,21 @@ impl NonceCache {
         Ok(())
     }
 
+    /// Whether `nonce` was used within the window (no state change). The authoritative check is
+    /// [`NonceCache::use_nonce`], which tests and records atomically.
+    pub fn seen(&self, nonce: &[u8; 32], now_ms: u64) -> bool {
+        self.seen
+            .lock()
+            .expect("nonce lock")
+            .get(nonce)
+            .is_some_and(|exp| *exp > now_ms)
+    }
+
+    /// The window, in milliseconds either side of the node's clock.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
     /// Records the nonce if unseen; call only once every other check has passed.
     pub fn use_nonce(&self, nonce: &[u8; 32], now_ms: u64) -> Result<(), ReplayError> {
         let mut seen = self.seen.lock().expect("nonce lock");

@@ -281,6 +281,37 @@ mod tests {
     }
 
     #[test]
+    fn is_low_order_agrees_with_sealing() {
+        // The points of order 1, 2, 4 and 8 (on the curve and its twist), as listed in
+        // RFC 7748's errata and libsodium's blocklist, plus their non-canonical encodings.
+        let hex_points = [
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        ];
+        for h in hex_points {
+            let pk = X25519PublicKey(hex::decode(h).unwrap().try_into().unwrap());
+            assert!(pk.is_low_order(), "{h}");
+            assert!(
+                matches!(
+                    seal(&ctx(pk), b"x", &mut OsRng),
+                    Err(Error::EnvelopeSealFailed(_))
+                ),
+                "{h}"
+            );
+        }
+        for _ in 0..32 {
+            let pk = X25519SecretKey::generate(&mut OsRng).public_key();
+            assert!(!pk.is_low_order());
+            assert!(seal(&ctx(pk), b"x", &mut OsRng).is_ok());
+        }
+    }
+
+    #[test]
     fn unknown_version_refused() {
         assert_eq!(
             Envelope::from_parts(2, &[0; 32], vec![]).unwrap_err(),

@@ -194,6 +194,15 @@ impl X25519PublicKey {
         &self.0
     }
 
+    /// Whether this is a low-order point (of the curve or its twist): Diffie-Hellman with it
+    /// yields the all-zero secret whatever the other side's key, so sealing to it is refused.
+    /// Eight times the point is the identity exactly for those points.
+    pub fn is_low_order(&self) -> bool {
+        use curve25519_dalek::montgomery::MontgomeryPoint;
+        use curve25519_dalek::scalar::Scalar;
+        (MontgomeryPoint(self.0) * Scalar::from(8u8)) == MontgomeryPoint([0; 32])
+    }
+
     pub(crate) fn to_hpke(self) -> Result<<X25519HkdfSha256 as hpke::Kem>::PublicKey> {
         <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(&self.0)
             .map_err(|_| Error::InvalidPublicKey("X25519"))

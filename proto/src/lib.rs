@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
+
 /// `gatekeeper.v1`: the public API.
 pub mod v1 {
     #![allow(

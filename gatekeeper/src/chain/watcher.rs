@@ -2,7 +2,7 @@
 
 use super::profile::{decode, Decoded, Profile};
 use super::{ChainSettings, ChainView};
-use gatekeeper_raft::now_ms;
+use crate::clock::now_ms;
 use gatekeeper_raft::replica::Replica;
 use gatekeeper_raft::state::{
     Bytes32, ChainBlock, ChainRecord, Command, IgnoredEvent, IndexedEvent, Reply,

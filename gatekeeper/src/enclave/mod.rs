@@ -53,7 +53,7 @@ pub struct DealingPublic {
 }
 
 /// A member as the enclave needs it for dealing.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recipient {
     /// Raft node id.
     pub node_id: u64,

@@ -68,13 +68,6 @@ fn storage(e: impl std::fmt::Display) -> EnclaveError {
     EnclaveError::Storage(e.to_string())
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl SoftwareEnclave {
     /// Opens (or creates) the enclave state in `dir` for node `node_id`, with dev evidence.
     #[cfg(test)]
@@ -257,7 +250,10 @@ impl Enclave for SoftwareEnclave {
                 let key = key.as_ref().ok_or_else(|| {
                     EnclaveError::State("no dev attestation key is configured".into())
                 })?;
-                Ok((3, dev_attestation::issue(key, report_data, now_secs())))
+                Ok((
+                    3,
+                    dev_attestation::issue(key, report_data, crate::clock::now_secs()),
+                ))
             }
             EvidenceSource::Gramine(dir) => {
                 // Gramine computes the quote when `quote` is read after `user_report_data` was

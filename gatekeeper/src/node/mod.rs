@@ -4,15 +4,15 @@
 //! Raft stops, and the state machine store is flushed. (The Raft log needs no flush: every
 //! acknowledged write was already fsynced.)
 
-use crate::admin_service::AdminServer;
 use crate::attestation::Policy;
 use crate::config::{LogFormat, Mode, NodeConfig};
 use crate::enclave::software::{EvidenceSource, SoftwareEnclave};
 use crate::enclave::Enclave;
-use crate::keeper::{Keeper, SealView};
-use crate::key_service::KeyServer;
-use crate::peer_service::PeerServer;
+use crate::keeper::{Keeper, PlanConfig, SealView};
 use crate::replay::NonceCache;
+use crate::service::admin::AdminServer;
+use crate::service::key::KeyServer;
+use crate::service::peer::PeerServer;
 use anyhow::{Context, Result};
 use gatekeeper_proto::raft::v1::raft_service_server::RaftServiceServer;
 use gatekeeper_proto::v1::admin_service_server::AdminServiceServer;
@@ -72,19 +72,6 @@ fn hex32(v: &[String]) -> Vec<[u8; 32]> {
         .collect()
 }
 
-/// Reads a key file written by `gatekeeper keygen`.
-pub fn read_key_file(path: &std::path::Path) -> Result<keyring::Sr25519Keypair> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read key file {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a key file (JSON)", path.display()))?;
-    let seed: [u8; 32] = hex::decode(v["seed"].as_str().unwrap_or_default())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("{} has no 32-byte hex \"seed\"", path.display()))?;
-    Ok(keyring::Sr25519Keypair::from_seed(&seed))
-}
-
 /// The attestation policy of `kind` under this config.
 pub fn policy(
     config: &NodeConfig,
@@ -107,7 +94,7 @@ pub fn policy(
 /// Runs the node until a shutdown signal.
 pub async fn run(config: NodeConfig) -> Result<()> {
     let dev_key = match &config.dev_attestation_key_file {
-        Some(p) => Some(read_key_file(p)?),
+        Some(p) => Some(crate::keyfile::read_key_file(p)?),
         None => None,
     };
     if config.mode == Mode::Production && config.enclave == "software" {
@@ -194,13 +181,15 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         raft_address: config.raft_address(),
         api_address: config.api_address(),
         request_timeout: config.request_timeout(),
-        member_policy: policy(
-            &config,
-            config.member_attestation,
-            dev_key.as_ref(),
-            collateral.as_ref(),
-        ),
-        rotation_deadline_ms: config.rotation_deadline_ms,
+        config: PlanConfig {
+            member_policy: policy(
+                &config,
+                config.member_attestation,
+                dev_key.as_ref(),
+                collateral.as_ref(),
+            ),
+            rotation_deadline_ms: config.rotation_deadline_ms,
+        },
     };
     let mut admin = AdminServer::new(
         replica.clone(),
@@ -246,14 +235,17 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let api_server = tonic::transport::Server::builder()
         .add_service(
             KeyServiceServer::new(keys)
-                .max_decoding_message_size(crate::key_service::MAX_REQUEST_BYTES * 2),
+                .max_decoding_message_size(crate::service::MAX_KEY_REQUEST_BYTES * 2),
         )
         .add_service(
             AdminServiceServer::new(admin)
-                .max_decoding_message_size(64 << 10)
+                .max_decoding_message_size(crate::service::MAX_PEER_ADMIN_MESSAGE_BYTES)
                 .max_encoding_message_size(max_msg),
         )
-        .add_service(PeerServiceServer::new(peer).max_decoding_message_size(64 << 10))
+        .add_service(
+            PeerServiceServer::new(peer)
+                .max_decoding_message_size(crate::service::MAX_PEER_ADMIN_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(nodelay(api_listener), wait(stop_rx));
 
     let raft_task = tokio::spawn(raft_server);

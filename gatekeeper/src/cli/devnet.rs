@@ -173,7 +173,7 @@ fn node_config(n: &NodeAddrs, chain_url: &str) -> String {
 }
 
 async fn admin(api: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
-    crate::admin::connect(api, Duration::from_secs(20)).await
+    crate::cli::admin::connect(api, Duration::from_secs(20)).await
 }
 
 async fn status(api: &str) -> Result<pb::StatusResponse> {

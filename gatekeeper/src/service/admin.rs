@@ -1,6 +1,8 @@
 //! `gatekeeper.v1.AdminService` on a node.
 
+use crate::clock;
 use crate::config::NodeConfig;
+use crate::error::{self, ApiError, ApiResult, ErrorCode};
 use crate::keeper::SealView;
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
@@ -58,7 +60,7 @@ impl AdminServer {
     async fn write_retrying(
         &self,
         c: &Command,
-    ) -> Result<gatekeeper_raft::replica::WriteOutcome, Status> {
+    ) -> ApiResult<gatekeeper_raft::replica::WriteOutcome> {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout();
         loop {
             match self.replica.write(c).await {
@@ -66,23 +68,29 @@ impl AdminServer {
                 Err(ReplicaError::NoLeader { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(to_status(e)),
+                Err(e) => return Err(error::replica(e)),
             }
         }
     }
 
     /// Connects to the leader's AdminService, for calls that must run there.
-    async fn leader_admin(&self) -> Result<AdminServiceClient<tonic::transport::Channel>, Status> {
+    async fn leader_admin(&self) -> ApiResult<AdminServiceClient<tonic::transport::Channel>> {
         let (id, addr) = self.replica.leader_api_address();
+        let last = id.map_or_else(|| "none".to_string(), |i| i.to_string());
         let addr = addr.ok_or_else(|| {
-            Status::unavailable(format!("no leader is known (last known: {id:?})"))
+            ApiError::new(
+                ErrorCode::NoLeader,
+                format!("no leader is known (last known: {last})"),
+            )
         })?;
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(ApiError::internal)?
             .timeout(self.config.request_timeout() * 6)
             .connect()
             .await
-            .map_err(|e| Status::unavailable(format!("leader {id:?} at {addr}: {e}")))?;
+            .map_err(|e| {
+                ApiError::new(ErrorCode::NoLeader, format!("leader {last} at {addr}: {e}"))
+            })?;
         Ok(AdminServiceClient::new(ch))
     }
 }
@@ -107,17 +115,13 @@ fn epochs_pb(state: &gatekeeper_raft::state::GatekeeperState) -> Vec<pb::EpochIn
         .collect()
 }
 
-/// Maps replica errors to the gRPC codes in docs/api.md.
-pub fn to_status(e: ReplicaError) -> Status {
-    match e {
-        ReplicaError::NoLeader { .. } | ReplicaError::TooStale { .. } | ReplicaError::Raft(_) => {
-            Status::unavailable(e.to_string())
-        }
-        ReplicaError::AlreadyInitialized => Status::failed_precondition(e.to_string()),
-        ReplicaError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        ReplicaError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
-        other => Status::internal(other.to_string()),
-    }
+/// A reply from the leader, passed on with its stable error code.
+fn forward<T>(r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    r.map_err(|s| ApiError::forwarded(&s).into())
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidArgument, message)
 }
 
 fn role(s: &str) -> pb::Role {
@@ -159,7 +163,7 @@ impl AdminService for AdminServer {
             let applied = self.replica.sm.read();
             let st = &applied.state;
             (
-                crate::keeper::active_epochs(st),
+                crate::epochs::active_epochs(st),
                 epochs_pb(st),
                 st.gatekeeper_id.map(|g| g.0.to_vec()).unwrap_or_default(),
                 st.chain.clone(),
@@ -170,7 +174,7 @@ impl AdminService for AdminServer {
         let seal = {
             let v = self.seal.lock().expect("seal lock").clone();
             let (state, collected, threshold, epoch) =
-                if crate::keeper::holds_every(self.enclave.as_ref(), &active) {
+                if crate::epochs::holds_every(self.enclave.as_ref(), &active) {
                     (pb::SealState::Unsealed, 0, 0, 0)
                 } else if v.state == "unsealing" && active.contains(&v.epoch) {
                     (pb::SealState::Unsealing, v.collected, v.threshold, v.epoch)
@@ -224,9 +228,11 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::InitResponse>, Status> {
         let r = request.into_inner();
         if r.scheme != 0 {
-            return Err(Status::unimplemented(
+            return Err(ApiError::new(
+                ErrorCode::Unimplemented,
                 "a cluster-wide scheme is not built; schemes are set per compute cluster",
-            ));
+            )
+            .into());
         }
         let imported_public = match &r.imported_master_secret {
             None => None,
@@ -236,18 +242,18 @@ impl AdminService for AdminServer {
                     &e.encapped_key,
                     e.ciphertext.clone(),
                 )
-                .map_err(|x| Status::invalid_argument(format!("imported_master_secret: {x}")))?;
+                .map_err(|x| ApiError::field("imported_master_secret", &x))?;
                 Some(self.enclave.stage_import(&env).map_err(|x| {
-                    Status::invalid_argument(format!("imported_master_secret: {x}"))
+                    ApiError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("imported_master_secret: {x}"),
+                    )
                 })?)
             }
         };
         let threshold = match r.threshold {
             0 => None,
-            t => Some(
-                u8::try_from(t)
-                    .map_err(|_| Status::invalid_argument("threshold must be at most 255"))?,
-            ),
+            t => Some(u8::try_from(t).map_err(|_| invalid("threshold must be at most 255"))?),
         };
         let mut members = BTreeMap::new();
         if r.members.is_empty() {
@@ -270,18 +276,15 @@ impl AdminService for AdminServer {
                 )
                 .is_some()
             {
-                return Err(Status::invalid_argument(format!(
-                    "node id {} appears twice",
-                    m.node_id
-                )));
+                return Err(invalid(format!("node id {} appears twice", m.node_id)).into());
             }
         }
         let n = members.len();
         if let Some(t) = threshold {
             if usize::from(t) > n {
-                return Err(Status::invalid_argument(format!(
-                    "threshold {t} exceeds the {n} initial members"
-                )));
+                return Err(
+                    invalid(format!("threshold {t} exceeds the {n} initial members")).into(),
+                );
             }
         }
         match self.replica.initialize(members).await {
@@ -290,7 +293,7 @@ impl AdminService for AdminServer {
             // finish that init instead of refusing forever.
             Err(ReplicaError::AlreadyInitialized)
                 if self.replica.sm.read().state.gatekeeper_id.is_none() => {}
-            Err(e) => return Err(to_status(e)),
+            Err(e) => return Err(error::replica(e).into()),
         }
         let mut id = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
@@ -301,8 +304,8 @@ impl AdminService for AdminServer {
                 genesis_dealer: imported_public.map(|_| self.config.node_id),
             })
             .await?;
-        if let Reply::Rejected { message, .. } = out.reply {
-            return Err(Status::failed_precondition(message));
+        if let Reply::Rejected { code, message } = out.reply {
+            return Err(error::rejected(code, message).into());
         }
         Ok(Response::new(pb::InitResponse {
             gatekeeper_id: id.to_vec(),
@@ -321,7 +324,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let r = request.into_inner();
         if !self.replica.is_leader() {
-            return self.leader_admin().await?.join(r).await;
+            return forward(self.leader_admin().await?.join(r).await);
         }
         if self
             .replica
@@ -330,10 +333,11 @@ impl AdminService for AdminServer {
             .iter()
             .any(|m| m.id == r.node_id && m.voter)
         {
-            return Err(Status::already_exists(format!(
-                "node {} is already a voter",
-                r.node_id
-            )));
+            return Err(ApiError::new(
+                ErrorCode::AlreadyMember,
+                format!("node {} is already a voter", r.node_id),
+            )
+            .into());
         }
         let index = self
             .replica
@@ -345,7 +349,7 @@ impl AdminService for AdminServer {
                 },
             )
             .await
-            .map_err(to_status)?;
+            .map_err(error::replica)?;
         Ok(Response::new(pb::JoinResponse {
             log_index: index,
             voter: true,
@@ -358,7 +362,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::LeaveResponse>, Status> {
         let r = request.into_inner();
         if !self.replica.is_leader() {
-            return self.leader_admin().await?.leave(r).await;
+            return forward(self.leader_admin().await?.leave(r).await);
         }
         if !self
             .replica
@@ -367,10 +371,11 @@ impl AdminService for AdminServer {
             .iter()
             .any(|m| m.id == r.node_id)
         {
-            return Err(Status::not_found(format!(
-                "node {} is not a member",
-                r.node_id
-            )));
+            return Err(ApiError::new(
+                ErrorCode::MemberNotFound,
+                format!("node {} is not a member", r.node_id),
+            )
+            .into());
         }
         // Refuse a removal that would leave fewer voters than a live epoch's threshold: its
         // shares could no longer be re-dealt and the epoch would be lost.
@@ -393,12 +398,20 @@ impl AdminService for AdminServer {
             .max()
             .unwrap_or(0);
         if voters_after < needed {
-            return Err(Status::failed_precondition(format!(
-                "removing node {} would leave {voters_after} voters, fewer than the threshold {needed} of a live epoch",
-                r.node_id
-            )));
+            return Err(ApiError::new(
+                ErrorCode::BelowThreshold,
+                format!(
+                    "removing node {} would leave {voters_after} voters, fewer than the threshold {needed} of a live epoch",
+                    r.node_id
+                ),
+            )
+            .into());
         }
-        let index = self.replica.leave(r.node_id).await.map_err(to_status)?;
+        let index = self
+            .replica
+            .leave(r.node_id)
+            .await
+            .map_err(error::replica)?;
         Ok(Response::new(pb::LeaveResponse { log_index: index }))
     }
 
@@ -407,10 +420,7 @@ impl AdminService for AdminServer {
         request: Request<pb::RotateRequest>,
     ) -> Result<Response<pb::RotateResponse>, Status> {
         let r = request.into_inner();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = clock::now_ms();
         let rotation_id = if r.rotation_id.is_empty() {
             let mut b = [0u8; 8];
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
@@ -431,14 +441,9 @@ impl AdminService for AdminServer {
                 deadline_ms: now.saturating_add(deadline),
             })
             .await
-            .map_err(to_status)?;
+            .map_err(error::replica)?;
         if let Reply::Rejected { code, message } = out.reply {
-            return Err(match code {
-                gatekeeper_raft::state::RejectCode::AlreadyExists => {
-                    Status::already_exists(message)
-                }
-                _ => Status::failed_precondition(message),
-            });
+            return Err(error::rejected(code, message).into());
         }
         tracing::info!(rotation = %rotation_id, reason = %r.reason, "rotation started");
         // Read back through a linearizable read: the write may have been committed by another
@@ -453,7 +458,7 @@ impl AdminService for AdminServer {
                     .map(|x| x.epoch)
             })
             .await
-            .map_err(to_status)?
+            .map_err(error::replica)?
             .unwrap_or_default();
         Ok(Response::new(pb::RotateResponse {
             rotation_id,
@@ -482,9 +487,9 @@ impl AdminService for AdminServer {
             .replica
             .write(&Command::SetMinEpoch { min_epoch })
             .await
-            .map_err(to_status)?;
-        if let Reply::Rejected { message, .. } = out.reply {
-            return Err(Status::failed_precondition(message));
+            .map_err(error::replica)?;
+        if let Reply::Rejected { code, message } = out.reply {
+            return Err(error::rejected(code, message).into());
         }
         Ok(Response::new(pb::RetireResponse {
             retired: before,
@@ -497,30 +502,32 @@ impl AdminService for AdminServer {
         request: Request<pb::ApplyDevEventRequest>,
     ) -> Result<Response<pb::ApplyDevEventResponse>, Status> {
         if self.config.mode != crate::config::Mode::Development {
-            return Err(Status::permission_denied(
+            return Err(ApiError::new(
+                ErrorCode::DevelopmentOnly,
                 "ApplyDevEvent is a development path; this node runs in production mode",
-            ));
+            )
+            .into());
         }
         use gatekeeper_raft::state::{ChainEvent, Scheme};
         use pb::apply_dev_event_request::Event as E;
-        let b32 = |v: &[u8], what: &str| -> Result<Bytes32, Status> {
+        let b32 = |v: &[u8], what: &str| -> ApiResult<Bytes32> {
             v.try_into()
                 .map(Bytes32)
-                .map_err(|_| Status::invalid_argument(format!("{what} must be 32 bytes")))
+                .map_err(|_| invalid(format!("{what} must be 32 bytes")))
         };
         let event = match request
             .into_inner()
             .event
-            .ok_or_else(|| Status::invalid_argument("event is required"))?
+            .ok_or_else(|| invalid("event is required"))?
         {
             E::WorkerRegistered(e) => {
                 keyring::Sr25519PublicKey::from_slice(&e.worker)
-                    .map_err(|x| Status::invalid_argument(format!("worker: {x}")))?;
+                    .map_err(|x| ApiError::field("worker", &x))?;
                 ChainEvent::WorkerRegistered {
                     worker: b32(&e.worker, "worker")?,
                     attestation_provider: e.attestation_provider,
                     confidence_level: u8::try_from(e.confidence_level)
-                        .map_err(|_| Status::invalid_argument("confidence_level above 255"))?,
+                        .map_err(|_| invalid("confidence_level above 255"))?,
                 }
             }
             E::WorkerDeregistered(e) => ChainEvent::WorkerDeregistered {
@@ -560,21 +567,14 @@ impl AdminService for AdminServer {
             .replica
             .write(&Command::DevEvent { event })
             .await
-            .map_err(to_status)?;
+            .map_err(error::replica)?;
         match out.reply {
             Reply::Applied { audit_sequence } => Ok(Response::new(pb::ApplyDevEventResponse {
                 log_index: out.log_id.index,
                 audit_sequence,
             })),
-            Reply::Rejected { code, message } => Err(match code {
-                gatekeeper_raft::state::RejectCode::UnknownWorker
-                | gatekeeper_raft::state::RejectCode::UnknownCluster => Status::not_found(message),
-                gatekeeper_raft::state::RejectCode::AlreadyExists => {
-                    Status::already_exists(message)
-                }
-                _ => Status::invalid_argument(message),
-            }),
-            Reply::Duplicate => Err(Status::already_exists("duplicate event")),
+            Reply::Rejected { code, message } => Err(error::rejected(code, message).into()),
+            Reply::Duplicate => Err(ApiError::new(ErrorCode::Duplicate, "duplicate event").into()),
         }
     }
 
@@ -584,10 +584,10 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::WriteCanaryResponse>, Status> {
         let r = request.into_inner();
         if r.key.is_empty() || r.key.len() > 256 {
-            return Err(Status::invalid_argument("key must be 1 to 256 bytes"));
+            return Err(invalid("key must be 1 to 256 bytes").into());
         }
         if r.value.len() > 4096 {
-            return Err(Status::invalid_argument("value must be at most 4096 bytes"));
+            return Err(invalid("value must be at most 4096 bytes").into());
         }
         let out = self
             .replica
@@ -596,17 +596,15 @@ impl AdminService for AdminServer {
                 value: r.value,
             })
             .await
-            .map_err(to_status)?;
+            .map_err(error::replica)?;
         match out.reply {
             Reply::Applied { audit_sequence } => Ok(Response::new(pb::WriteCanaryResponse {
                 log_index: out.log_id.index,
                 audit_sequence,
                 leader_id: out.leader_id,
             })),
-            Reply::Duplicate => Err(Status::already_exists("duplicate")),
-            Reply::Rejected { code, message } => {
-                Err(Status::failed_precondition(format!("{code:?}: {message}")))
-            }
+            Reply::Duplicate => Err(ApiError::new(ErrorCode::Duplicate, "duplicate").into()),
+            Reply::Rejected { code, message } => Err(error::rejected(code, message).into()),
         }
     }
 
@@ -623,13 +621,13 @@ impl AdminService for AdminServer {
             )
         };
         let ((value, applied_index), staleness_ms) = if stale {
-            self.replica.read_stale(read).map_err(to_status)?
+            self.replica.read_stale(read).map_err(error::replica)?
         } else {
             (
                 self.replica
                     .read_linearizable(read)
                     .await
-                    .map_err(to_status)?,
+                    .map_err(error::replica)?,
                 0,
             )
         };
@@ -646,9 +644,11 @@ impl AdminService for AdminServer {
         request: Request<pb::SetFaultRequest>,
     ) -> Result<Response<pb::SetFaultResponse>, Status> {
         if !self.config.fault_hooks {
-            return Err(Status::permission_denied(
+            return Err(ApiError::new(
+                ErrorCode::FaultHooksDisabled,
                 "fault hooks are disabled (set fault_hooks = true in development)",
-            ));
+            )
+            .into());
         }
         let isolate = request.into_inner().isolate;
         self.replica.faults.set_isolated(isolate);

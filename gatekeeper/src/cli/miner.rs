@@ -55,7 +55,7 @@ pub async fn run(cmd: MinerCommand) -> Result<()> {
             epoch,
             show_secret,
         } => {
-            let worker = crate::node::read_key_file(&worker_key_file)?;
+            let worker = crate::keyfile::read_key_file(&worker_key_file)?;
             let target = match kind.as_str() {
                 "worker" => KeyTarget::Worker,
                 "cluster" => KeyTarget::Cluster(ClusterId(id32(&id)?)),

@@ -1,0 +1,69 @@
+//! The subcommands of the `gatekeeper` binary, other than `node` (which is [`crate::node`]).
+//!
+//! * [`admin`] — operate a cluster over AdminService.
+//! * [`miner`] — a worker's key fetching through the client SDK.
+//! * [`devnet`] — a local network: dev chain, nodes, a demo worker and miner (README.md).
+//! * [`keygen`] — make an sr25519 key file.
+
+pub mod admin;
+pub mod devnet;
+pub mod keygen;
+pub mod miner;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// The command line of the `gatekeeper` binary.
+#[derive(Parser, Debug)]
+#[command(
+    name = "gatekeeper",
+    version,
+    about = "Gatekeeper: a replicated key manager for confidential-compute networks"
+)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a gatekeeper node. Every config key can also be set as GATEKEEPER_<KEY>.
+    Node {
+        /// TOML configuration file (optional when everything comes from the environment).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Operate a cluster through a node's AdminService.
+    Admin {
+        /// host:port of a node's API listener.
+        #[arg(long, env = "GATEKEEPER_ENDPOINT")]
+        endpoint: String,
+        /// Per-call deadline in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+        /// The admin command.
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
+    /// A worker's commands (key fetching through the client SDK).
+    Miner {
+        /// The miner command.
+        #[command(subcommand)]
+        command: miner::MinerCommand,
+    },
+    /// Run a local devnet: the dev chain, gatekeeper nodes as separate processes, a demo
+    /// worker registered on chain and a demo miner fetching its keys. Runs until Ctrl-C.
+    Devnet(devnet::DevnetArgs),
+    /// Generate an sr25519 key (e.g. a worker's identity) into a new file with mode 0600 and print
+    /// its public key. The file holds JSON {"seed": hex, "public_key": hex}.
+    Keygen {
+        /// Where to write the key. Refuses to overwrite unless --force.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
