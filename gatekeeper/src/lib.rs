@@ -135,6 +135,52 @@ mod tests {
     }
 
     #[test]
+    fn every_path_the_docs_cite_exists() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let dirs = [
+            "proto/",
+            "keyring/",
+            "raft/",
+            "client/",
+            "gatekeeper/",
+            "devchain/",
+            "integration-tests/",
+            "deploy/",
+            "docs/",
+            ".ci/",
+        ];
+        let mut docs = vec![root.join("README.md")];
+        for e in std::fs::read_dir(root.join("docs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md") {
+                docs.push(p);
+            }
+        }
+        let mut missing = vec![];
+        for d in docs {
+            let text = std::fs::read_to_string(&d).unwrap();
+            for (i, quoted) in text.split('`').enumerate() {
+                if i % 2 == 0 || !dirs.iter().any(|p| quoted.starts_with(p)) {
+                    continue;
+                }
+                let path = quoted.split([' ', ':', '#', '(']).next().unwrap();
+                // Signing contexts (`gatekeeper/v1/...`) are not paths.
+                if path.starts_with("gatekeeper/v1/")
+                    || path.contains('*')
+                    || path.contains('<')
+                    || path.contains('{')
+                {
+                    continue;
+                }
+                if !root.join(path).exists() {
+                    missing.push(format!("{}: {path}", d.display()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "docs cite paths that do not exist: {missing:#?}");
+    }
+
+    #[test]
     fn the_binary_is_a_thin_dispatcher() {
         let main = include_str!("main.rs");
         assert!(

@@ -1,0 +1,226 @@
+//! Every refusal of KeyService, PeerService and AdminService carries its stable code in the
+//! `gatekeeper-error-code` response metadata (docs/api.md "Error codes"), against a real node
+//! over real gRPC; undecodable protobuf is INVALID_ARGUMENT + MALFORMED_REQUEST.
+
+use gatekeeper_integration_tests::{Cluster, Opts};
+use gatekeeper_proto::v1 as pb;
+use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
+use gatekeeper_proto::v1::key_service_client::KeyServiceClient;
+use gatekeeper_proto::v1::peer_service_client::PeerServiceClient;
+use keyring::sign::{KeyRequest, KeyTarget};
+use keyring::{GatekeeperId, Sr25519Keypair, X25519SecretKey};
+use rand_core::{OsRng, RngCore};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(45);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// (gRPC code, `gatekeeper-error-code`) of a refused call; panics if it succeeded.
+fn refused<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+) -> (tonic::Code, String) {
+    let s = r.expect_err("the call should have been refused");
+    let code = s
+        .metadata()
+        .get("gatekeeper-error-code")
+        .unwrap_or_else(|| panic!("no gatekeeper-error-code on {s:?}"))
+        .to_str()
+        .unwrap()
+        .to_string();
+    (s.code(), code)
+}
+
+fn worker_request(gk: &[u8], w: &Sr25519Keypair) -> pb::GetWorkerKeyRequest {
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    let recipient = X25519SecretKey::generate(&mut OsRng).public_key();
+    let ts = now_ms();
+    let body = KeyRequest {
+        target: KeyTarget::Worker,
+        gatekeeper_id: GatekeeperId::from_slice(gk).unwrap(),
+        worker: w.public_key(),
+        recipient,
+        epoch: None,
+        nonce,
+        timestamp_ms: ts,
+        evidence: None,
+    };
+    pb::GetWorkerKeyRequest {
+        header: Some(pb::KeyRequestHeader {
+            gatekeeper_id: gk.to_vec(),
+            worker_public_key: w.public_key().as_bytes().to_vec(),
+            recipient_public_key: recipient.as_bytes().to_vec(),
+            epoch: None,
+            nonce: nonce.to_vec(),
+            timestamp_ms: ts,
+            attestation: None,
+        }),
+        signature: body.sign(w).0.to_vec(),
+    }
+}
+
+#[test]
+fn every_service_sends_the_stable_error_code() {
+    let c = Cluster::start(1, Opts::default());
+    c.wait_for("node 1 to be unsealed", WAIT, || {
+        let s = c.status(1)?;
+        if s.seal_status == "unsealed" {
+            Ok(())
+        } else {
+            Err(format!("seal_status {}", s.seal_status))
+        }
+    });
+    let out = c.admin(1, &["status", "--json"]);
+    assert!(out.success(), "{}", out.describe());
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let gk = hex::decode(status["gatekeeper_id"].as_str().unwrap()).unwrap();
+    let url = c.api_url(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use tonic::Code;
+        let mut keys = KeyServiceClient::connect(url.clone()).await.unwrap();
+        let mut peers = PeerServiceClient::connect(url.clone()).await.unwrap();
+        let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
+        let stranger = Sr25519Keypair::generate(&mut OsRng);
+
+        // KeyService.
+        assert_eq!(
+            refused(
+                keys.get_worker_key(pb::GetWorkerKeyRequest::default())
+                    .await
+            ),
+            (Code::InvalidArgument, "INVALID_ARGUMENT".into())
+        );
+        let mut short = worker_request(&gk, &stranger);
+        short.header.as_mut().unwrap().recipient_public_key.pop();
+        assert_eq!(
+            refused(keys.get_worker_key(short).await),
+            (Code::InvalidArgument, "KEYRING_INVALID_LENGTH".into())
+        );
+        assert_eq!(
+            refused(
+                keys.get_worker_key(worker_request(&[9; 32], &stranger))
+                    .await
+            ),
+            (Code::InvalidArgument, "WRONG_GATEKEEPER".into())
+        );
+        let mut forged = worker_request(&gk, &stranger);
+        forged.signature[3] ^= 1;
+        assert_eq!(
+            refused(keys.get_worker_key(forged).await),
+            (Code::Unauthenticated, "BAD_SIGNATURE".into())
+        );
+        assert_eq!(
+            refused(keys.get_worker_key(worker_request(&gk, &stranger)).await),
+            (Code::NotFound, "WORKER_NOT_REGISTERED".into())
+        );
+        let mut big = worker_request(&gk, &stranger);
+        big.header.as_mut().unwrap().attestation = Some(pb::Attestation {
+            kind: 3,
+            evidence: vec![0; 70 << 10],
+            collateral: vec![],
+        });
+        assert_eq!(
+            refused(keys.get_worker_key(big).await),
+            (Code::ResourceExhausted, "REQUEST_TOO_LARGE".into())
+        );
+
+        // Undecodable protobuf: a LeaveRequest (field 1 a varint) sent as GetWorkerKey (field 1 a
+        // message) is the caller's fault, not the server's.
+        let ch = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut raw = tonic::client::Grpc::new(ch);
+        raw.ready().await.unwrap();
+        let r: Result<tonic::Response<pb::KeyResponse>, tonic::Status> = raw
+            .unary(
+                tonic::Request::new(pb::LeaveRequest { node_id: 5 }),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/gatekeeper.v1.KeyService/GetWorkerKey",
+                ),
+                gatekeeper_proto::codec::GatekeeperCodec::default(),
+            )
+            .await;
+        assert_eq!(
+            refused(r),
+            (Code::InvalidArgument, "MALFORMED_REQUEST".into())
+        );
+
+        // PeerService.
+        assert_eq!(
+            refused(peers.fetch_share(pb::FetchShareRequest::default()).await),
+            (Code::InvalidArgument, "KEYRING_INVALID_LENGTH".into())
+        );
+        let intruder = pb::FetchShareRequest {
+            gatekeeper_id: gk.clone(),
+            requester_node_id: 77,
+            epoch: 0,
+            generation: 0,
+            requester_hpke_public_key: X25519SecretKey::generate(&mut OsRng)
+                .public_key()
+                .as_bytes()
+                .to_vec(),
+            nonce: vec![1; 32],
+            timestamp_ms: now_ms(),
+            evidence: None,
+            signature: vec![0; 64],
+        };
+        assert_eq!(
+            refused(peers.fetch_share(intruder).await),
+            (Code::PermissionDenied, "NOT_A_MEMBER".into())
+        );
+
+        // AdminService.
+        assert_eq!(
+            refused(
+                admin
+                    .write_canary(pb::WriteCanaryRequest {
+                        key: String::new(),
+                        value: String::new(),
+                    })
+                    .await
+            ),
+            (Code::InvalidArgument, "INVALID_ARGUMENT".into())
+        );
+        assert_eq!(
+            refused(admin.leave(pb::LeaveRequest { node_id: 99 }).await),
+            (Code::NotFound, "MEMBER_NOT_FOUND".into())
+        );
+        assert_eq!(
+            refused(
+                admin
+                    .join(pb::JoinRequest {
+                        node_id: 1,
+                        raft_address: "127.0.0.1:1".into(),
+                        api_address: "127.0.0.1:2".into(),
+                    })
+                    .await
+            ),
+            (Code::AlreadyExists, "ALREADY_MEMBER".into())
+        );
+        assert_eq!(
+            refused(admin.init(pb::InitRequest::default()).await),
+            (Code::FailedPrecondition, "ALREADY_INITIALIZED".into())
+        );
+        let rotate = pb::RotateRequest {
+            rotation_id: "errors-test".into(),
+            ..Default::default()
+        };
+        admin.rotate(rotate.clone()).await.expect("first rotation");
+        assert_eq!(
+            refused(admin.rotate(rotate).await),
+            (Code::AlreadyExists, "ALREADY_EXISTS".into())
+        );
+    });
+}
