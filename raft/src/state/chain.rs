@@ -1,0 +1,392 @@
+//! Chain handling: [`Command::ChainBlocks`](super::Command::ChainBlocks) checked against the
+//! committed [`ChainCursor`] and applied range by range, and the effect of each chain event on the
+//! state.
+
+use super::commands::{reject, ChainBlock, ChainEvent, RejectCode, Reply};
+use super::records::{
+    Bytes32, ChainCursor, ChainRecord, ClusterRecord, IgnoredEvent, RotationOutcome, WorkerRecord,
+    WorkerStatus, RECENT_IGNORED,
+};
+use super::GatekeeperState;
+
+impl GatekeeperState {
+    /// Applies a batch of consecutive block ranges, all or nothing. `Ok(false)`: every range was
+    /// already applied (duplicate); `Err`: rejected, with nothing modified.
+    pub(super) fn apply_chain_blocks(&mut self, blocks: &[ChainBlock]) -> Result<bool, Reply> {
+        use RejectCode::*;
+        if blocks.is_empty() {
+            return Err(reject(MalformedCommand, "no chain blocks"));
+        }
+        // Validate the whole batch against the cursor it would leave, then apply.
+        let mut chain = self.chain.clone();
+        let mut fresh = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            if check_chain_block(&chain, b)? {
+                chain.genesis_hash = Some(b.genesis_hash);
+                chain.cursor = Some(cursor_after(b));
+                fresh.push(b);
+            } else if !fresh.is_empty() {
+                return Err(reject(
+                    ChainGap,
+                    format!("block {} repeats a range of this batch", b.number),
+                ));
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(false);
+        }
+        for b in fresh {
+            self.apply_chain_block(b);
+        }
+        Ok(true)
+    }
+
+    /// Applies a checked block range: every event on its own (an event that does not apply to
+    /// the state is recorded as ignored, with the reason), then the cursor.
+    fn apply_chain_block(&mut self, b: &ChainBlock) {
+        let mut ignored: Vec<IgnoredEvent> = b.undecodable.clone();
+        for e in &b.events {
+            match self.apply_chain_event(
+                b.number,
+                &e.event,
+                b.proposed_at_ms,
+                b.rotation_deadline_ms,
+            ) {
+                Ok(()) => self.chain.events_applied += 1,
+                Err(Reply::Rejected { code, message }) => ignored.push(IgnoredEvent {
+                    block: b.number,
+                    index: e.index,
+                    name: e.event.name().to_string(),
+                    reason: format!("{code:?}: {message}"),
+                }),
+                Err(_) => {}
+            }
+        }
+        ignored.sort_by_key(|i| i.index);
+        self.chain.events_ignored += ignored.len() as u64;
+        self.chain.recent_ignored.extend(ignored);
+        let excess = self
+            .chain
+            .recent_ignored
+            .len()
+            .saturating_sub(RECENT_IGNORED);
+        self.chain.recent_ignored.drain(..excess);
+        self.chain.genesis_hash = Some(b.genesis_hash);
+        self.chain.cursor = Some(cursor_after(b));
+    }
+
+    /// Applies one chain event (validate first, then mutate). `at_ms`/`deadline_ms` start a
+    /// requested rotation.
+    pub(super) fn apply_chain_event(
+        &mut self,
+        block: u64,
+        event: &ChainEvent,
+        at_ms: u64,
+        deadline_ms: u64,
+    ) -> Result<(), Reply> {
+        use RejectCode::*;
+        match event {
+            ChainEvent::WorkerRegistered {
+                worker,
+                attestation_provider,
+                confidence_level,
+            } => {
+                // Re-registration of a removed or slashed worker re-activates it.
+                let clusters = self
+                    .workers
+                    .get(worker)
+                    .map(|w| w.clusters.clone())
+                    .unwrap_or_default();
+                self.workers.insert(
+                    *worker,
+                    WorkerRecord {
+                        public_key: *worker,
+                        attestation_provider: attestation_provider.clone(),
+                        confidence_level: *confidence_level,
+                        registered_at: block,
+                        status: WorkerStatus::Active,
+                        clusters,
+                    },
+                );
+            }
+            ChainEvent::WorkerDeregistered { worker } => {
+                let w = self.worker_mut(worker)?;
+                w.status = WorkerStatus::Removed { block };
+            }
+            ChainEvent::WorkerSlashed { worker, reason } => {
+                let w = self.worker_mut(worker)?;
+                w.status = WorkerStatus::Slashed {
+                    block,
+                    reason: reason.clone(),
+                };
+            }
+            ChainEvent::MasterKeyRotationRequested { rotation_id } => {
+                // The same rotation id seen twice rotates once: the second is a no-op.
+                if rotation_id.is_empty() {
+                    return Err(reject(InvalidState, "rotation id must not be empty"));
+                }
+                if self.rotation_ids.contains(rotation_id)
+                    || self.pending_rotations.contains(rotation_id)
+                {
+                    return Ok(());
+                }
+                let busy = self
+                    .rotation
+                    .as_ref()
+                    .is_some_and(|r| r.outcome == RotationOutcome::InProgress);
+                if busy || self.current_epoch().is_none() || !self.pending_rotations.is_empty() {
+                    // Queued: the leader starts it once the cluster can rotate (in order).
+                    self.pending_rotations.push(rotation_id.clone());
+                } else {
+                    let deadline = if deadline_ms == 0 {
+                        0
+                    } else {
+                        at_ms.saturating_add(deadline_ms)
+                    };
+                    self.start_rotation(rotation_id, at_ms, deadline)?;
+                }
+            }
+            ChainEvent::ClusterCreated {
+                cluster,
+                workers,
+                scheme,
+            } => {
+                if self.clusters.contains_key(cluster) {
+                    return Err(reject(AlreadyExists, format!("cluster {cluster:?} exists")));
+                }
+                for w in workers {
+                    if !self.workers.contains_key(w) {
+                        return Err(reject(UnknownWorker, format!("worker {w:?}")));
+                    }
+                }
+                self.clusters.insert(
+                    *cluster,
+                    ClusterRecord {
+                        id: *cluster,
+                        scheme: *scheme,
+                        created_at: block,
+                    },
+                );
+                for w in workers {
+                    self.worker_mut(w)?.clusters.insert(*cluster);
+                }
+            }
+            ChainEvent::WorkerAddedToCluster { worker, cluster } => {
+                self.require_cluster(cluster)?;
+                self.worker_mut(worker)?.clusters.insert(*cluster);
+            }
+            ChainEvent::WorkerRemovedFromCluster { worker, cluster } => {
+                self.require_cluster(cluster)?;
+                self.worker_mut(worker)?.clusters.remove(cluster);
+            }
+            ChainEvent::ContractInstantiated { contract, cluster } => {
+                self.require_cluster(cluster)?;
+                if self.contracts.contains_key(contract) {
+                    return Err(reject(
+                        AlreadyExists,
+                        format!("contract {contract:?} exists"),
+                    ));
+                }
+                self.contracts.insert(*contract, *cluster);
+            }
+            ChainEvent::SessionBound { session, worker } => {
+                self.worker_mut(worker)?;
+                self.sessions.insert(*session, *worker);
+            }
+            ChainEvent::SessionUnbound { session, worker } => {
+                if self.sessions.get(session) != Some(worker) {
+                    return Err(reject(
+                        UnknownWorker,
+                        format!("session {session:?} is not bound to worker {worker:?}"),
+                    ));
+                }
+                self.sessions.remove(session);
+            }
+            ChainEvent::SessionUnresponsive { session } => {
+                let w = self.session_worker_mut(session)?;
+                // A slashed or removed worker stays so; only an active one becomes unresponsive.
+                if w.status == WorkerStatus::Active {
+                    w.status = WorkerStatus::Unresponsive { block };
+                }
+            }
+            ChainEvent::SessionResponsive { session } => {
+                let w = self.session_worker_mut(session)?;
+                if matches!(w.status, WorkerStatus::Unresponsive { .. }) {
+                    w.status = WorkerStatus::Active;
+                }
+            }
+            ChainEvent::SessionSlashed { session, reason } => {
+                let w = self.session_worker_mut(session)?;
+                w.status = WorkerStatus::Slashed {
+                    block,
+                    reason: reason.clone(),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn session_worker_mut(&mut self, session: &Bytes32) -> Result<&mut WorkerRecord, Reply> {
+        let w = *self.sessions.get(session).ok_or_else(|| {
+            reject(
+                RejectCode::UnknownWorker,
+                format!("session {session:?} is not bound to a worker"),
+            )
+        })?;
+        self.worker_mut(&w)
+    }
+
+    fn worker_mut(&mut self, w: &Bytes32) -> Result<&mut WorkerRecord, Reply> {
+        self.workers
+            .get_mut(w)
+            .ok_or_else(|| reject(RejectCode::UnknownWorker, format!("worker {w:?}")))
+    }
+
+    fn require_cluster(&self, c: &Bytes32) -> Result<(), Reply> {
+        if self.clusters.contains_key(c) {
+            Ok(())
+        } else {
+            Err(reject(RejectCode::UnknownCluster, format!("cluster {c:?}")))
+        }
+    }
+}
+
+/// Checks that `b` continues `chain`'s cursor. `Ok(false)`: already applied (duplicate); `Err`:
+/// rejected.
+fn check_chain_block(chain: &ChainRecord, b: &ChainBlock) -> Result<bool, Reply> {
+    use RejectCode::*;
+    if let Some(g) = chain.genesis_hash {
+        if g != b.genesis_hash {
+            return Err(reject(
+                ChainMismatch,
+                format!(
+                    "block of a chain with genesis {:?}; this cluster follows genesis {g:?}",
+                    b.genesis_hash
+                ),
+            ));
+        }
+    }
+    if b.from_index > b.to_index {
+        return Err(reject(
+            MalformedCommand,
+            format!("event range {}..{} is reversed", b.from_index, b.to_index),
+        ));
+    }
+    if b.from_index == b.to_index && !b.complete {
+        return Err(reject(
+            MalformedCommand,
+            format!("an empty range of block {} must finish the block", b.number),
+        ));
+    }
+    for i in b
+        .events
+        .iter()
+        .map(|e| e.index)
+        .chain(b.undecodable.iter().map(|e| e.index))
+    {
+        if i < b.from_index || i >= b.to_index {
+            return Err(reject(
+                MalformedCommand,
+                format!(
+                    "event index {i} outside the range {}..{}",
+                    b.from_index, b.to_index
+                ),
+            ));
+        }
+    }
+    if b.events.windows(2).any(|w| w[0].index >= w[1].index) {
+        return Err(reject(
+            MalformedCommand,
+            "events are not in ascending index order",
+        ));
+    }
+    let Some(c) = chain.cursor else {
+        // The first block the cluster applies: wherever the watcher was told to start.
+        if b.from_index != 0 {
+            return Err(reject(
+                ChainGap,
+                format!(
+                    "the first applied range of block {} must start at event 0",
+                    b.number
+                ),
+            ));
+        }
+        return Ok(true);
+    };
+    if b.number < c.block {
+        return Ok(false);
+    }
+    if b.number == c.block {
+        if b.hash != c.block_hash {
+            return Err(reject(
+                ChainMismatch,
+                format!(
+                    "block {} has hash {:?} here but {:?} was applied",
+                    b.number, b.hash, c.block_hash
+                ),
+            ));
+        }
+        if c.block_complete || b.to_index < c.event_index {
+            return Ok(false);
+        }
+        if b.to_index == c.event_index {
+            // Nothing new, unless it is the (empty) range that finishes the block.
+            return Ok(b.complete && b.from_index == c.event_index);
+        }
+        if b.from_index != c.event_index {
+            return Err(reject(
+                ChainGap,
+                format!(
+                    "block {} is applied up to event {}; a range starting at {} does not continue it",
+                    b.number, c.event_index, b.from_index
+                ),
+            ));
+        }
+        return Ok(true);
+    }
+    if !c.block_complete {
+        return Err(reject(
+            ChainGap,
+            format!(
+                "block {} is applied only up to event {}; block {} cannot follow",
+                c.block, c.event_index, b.number
+            ),
+        ));
+    }
+    if b.number != c.block + 1 {
+        return Err(reject(
+            ChainGap,
+            format!(
+                "block {} is the next to apply, not block {}",
+                c.block + 1,
+                b.number
+            ),
+        ));
+    }
+    if b.parent_hash != c.block_hash {
+        return Err(reject(
+            ChainMismatch,
+            format!(
+                "block {} has parent {:?}, but block {} was applied with hash {:?}",
+                b.number, b.parent_hash, c.block, c.block_hash
+            ),
+        ));
+    }
+    if b.from_index != 0 {
+        return Err(reject(
+            ChainGap,
+            format!("block {} must be applied from event 0", b.number),
+        ));
+    }
+    Ok(true)
+}
+
+/// The cursor after applying `b`.
+fn cursor_after(b: &ChainBlock) -> ChainCursor {
+    ChainCursor {
+        block: b.number,
+        block_hash: b.hash,
+        event_index: b.to_index,
+        block_complete: b.complete,
+    }
+}

@@ -1,0 +1,93 @@
+//! `GatekeeperState`: the replicated state machine, with pure apply logic.
+//!
+//! [`GatekeeperState::apply`] is a pure function of the state, the command and the log index: no
+//! IO, no clock, no randomness. Every node applying the same log reaches the same state and the
+//! same replies. Times come inside commands (the proposer's clock), never from the applier.
+//!
+//! Invalid commands are **rejected deterministically** (a [`Reply::Rejected`] with a stable code,
+//! state unchanged) rather than panicked on. Chain events arrive in [`Command::ChainBlocks`]
+//! commands, each covering a range of one finalized block's event records; the committed
+//! [`ChainCursor`] (block number + hash + event index) is the only progress record. A block range
+//! at or before the cursor is answered [`Reply::Duplicate`] and changes nothing; a range that does
+//! not continue the cursor exactly (a gap, another parent hash, another chain) is rejected, so
+//! every event is applied exactly once whoever proposes it (docs/chain.md).
+//!
+//! Commands are encoded as versioned JSON (`{"v":1,"cmd":…}`) so old log entries keep applying
+//! after new command variants are added; see [`encode_command`] / [`decode_command`].
+
+mod apply;
+mod chain;
+mod commands;
+mod records;
+
+pub use commands::{
+    decode_command, encode_command, ChainBlock, ChainEvent, Command, IndexedEvent, RejectCode,
+    Reply, COMMAND_VERSION,
+};
+pub use records::{
+    Bytes32, ChainCursor, ChainRecord, ClusterRecord, DealingRecord, EpochRecord, EpochStatus,
+    HexBytes, IgnoredEvent, MemberRecord, RotationOutcome, RotationRecord, Scheme, SealedShare,
+    WorkerRecord, WorkerStatus, RECENT_IGNORED,
+};
+
+use crate::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The whole replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatekeeperState {
+    /// Fixed at init.
+    pub gatekeeper_id: Option<Bytes32>,
+    /// Threshold requested for epoch 0 at init (None: majority).
+    #[serde(default)]
+    pub genesis_threshold: Option<u8>,
+    /// Node that deals epoch 0 (None: the leader).
+    #[serde(default)]
+    pub genesis_dealer: Option<NodeId>,
+    /// Member records.
+    pub members: BTreeMap<NodeId, MemberRecord>,
+    /// Master-key epochs.
+    pub epochs: BTreeMap<u64, EpochRecord>,
+    /// Epochs below this are retired.
+    pub min_epoch: u64,
+    /// Worker registry.
+    pub workers: BTreeMap<Bytes32, WorkerRecord>,
+    /// Compute clusters.
+    pub clusters: BTreeMap<Bytes32, ClusterRecord>,
+    /// Contract → cluster.
+    pub contracts: BTreeMap<Bytes32, Bytes32>,
+    /// The followed chain: genesis, cursor, counters. Added within v1 (older snapshots load with
+    /// the default).
+    #[serde(default)]
+    pub chain: ChainRecord,
+    /// Phala profile: session account -> worker key.
+    #[serde(default)]
+    pub sessions: BTreeMap<Bytes32, Bytes32>,
+    /// Rotation ids requested on chain that could not start yet (one in progress, or no active
+    /// epoch); the leader starts them in order.
+    #[serde(default)]
+    pub pending_rotations: Vec<String>,
+    /// The rotation in progress or last finished.
+    pub rotation: Option<RotationRecord>,
+    /// Every rotation id ever started.
+    pub rotation_ids: BTreeSet<String>,
+    /// Test/benchmark key-value writes.
+    pub kv: BTreeMap<String, String>,
+    /// Monotonic audit sequence: +1 per applied command.
+    pub audit_sequence: u64,
+}
+
+impl GatekeeperState {
+    /// The highest active epoch.
+    pub fn current_epoch(&self) -> Option<u64> {
+        self.epochs
+            .values()
+            .rev()
+            .find(|e| e.status == EpochStatus::Active)
+            .map(|e| e.epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests;
