@@ -15,6 +15,7 @@
 //! | [`issuance`] | **who gets a key**: `authorize` runs every KeyService check of docs/api.md in order | no |
 //! | [`peer`] | **who gets a share**: `authorize` for FetchShare, and the FetchShare client | client only |
 //! | [`keeper`] | the master-key lifecycle: a pure planner (`plan`) and the runtime that executes its steps | runtime only |
+//! | [`operator`] | **what an operator may ask**: the checks behind AdminService (init, join, leave, rotate, dev events, canaries, fault hooks) | no |
 //! | [`chain`] | the chain watcher (subxt) and how its view is reported | yes |
 //! | [`service`] | thin tonic adapters for Key, Peer and Admin services: decode, call a core, map the error | yes |
 //! | [`metrics`] | `/metrics` | yes |
@@ -46,6 +47,7 @@ pub mod keeper;
 pub mod keyfile;
 pub mod metrics;
 pub mod node;
+pub mod operator;
 pub mod peer;
 pub mod replay;
 pub mod service;
@@ -177,7 +179,10 @@ mod tests {
                 }
             }
         }
-        assert!(missing.is_empty(), "docs cite paths that do not exist: {missing:#?}");
+        assert!(
+            missing.is_empty(),
+            "docs cite paths that do not exist: {missing:#?}"
+        );
     }
 
     #[test]

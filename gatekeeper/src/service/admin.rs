@@ -4,6 +4,7 @@ use crate::clock;
 use crate::config::NodeConfig;
 use crate::error::{self, ApiError, ApiResult, ErrorCode};
 use crate::keeper::SealView;
+use crate::operator;
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
 use gatekeeper_proto::v1::admin_service_server::AdminService;
@@ -11,7 +12,6 @@ use gatekeeper_raft::replica::{Replica, ReplicaError, StatusView};
 use gatekeeper_raft::state::{Bytes32, EpochStatus};
 use gatekeeper_raft::state::{Command, Reply};
 use gatekeeper_raft::Node;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
@@ -71,6 +71,16 @@ impl AdminServer {
                 Err(e) => return Err(error::replica(e)),
             }
         }
+    }
+
+    /// The Raft membership: (node id, voter).
+    fn membership(&self) -> Vec<(u64, bool)> {
+        self.replica
+            .status()
+            .members
+            .iter()
+            .map(|m| (m.id, m.voter))
+            .collect()
     }
 
     /// Connects to the leader's AdminService, for calls that must run there.
@@ -227,13 +237,16 @@ impl AdminService for AdminServer {
         request: Request<pb::InitRequest>,
     ) -> Result<Response<pb::InitResponse>, Status> {
         let r = request.into_inner();
-        if r.scheme != 0 {
-            return Err(ApiError::new(
-                ErrorCode::Unimplemented,
-                "a cluster-wide scheme is not built; schemes are set per compute cluster",
-            )
-            .into());
-        }
+        let plan = operator::plan_init(
+            &r,
+            (
+                self.config.node_id,
+                Node {
+                    raft_address: self.config.raft_address(),
+                    api_address: self.config.api_address(),
+                },
+            ),
+        )?;
         let imported_public = match &r.imported_master_secret {
             None => None,
             Some(e) => {
@@ -243,51 +256,16 @@ impl AdminService for AdminServer {
                     e.ciphertext.clone(),
                 )
                 .map_err(|x| ApiError::field("imported_master_secret", &x))?;
-                Some(self.enclave.stage_import(&env).map_err(|x| {
-                    ApiError::new(
-                        ErrorCode::InvalidArgument,
-                        format!("imported_master_secret: {x}"),
-                    )
-                })?)
-            }
-        };
-        let threshold = match r.threshold {
-            0 => None,
-            t => Some(u8::try_from(t).map_err(|_| invalid("threshold must be at most 255"))?),
-        };
-        let mut members = BTreeMap::new();
-        if r.members.is_empty() {
-            members.insert(
-                self.config.node_id,
-                Node {
-                    raft_address: self.config.raft_address(),
-                    api_address: self.config.api_address(),
-                },
-            );
-        }
-        for m in r.members {
-            if members
-                .insert(
-                    m.node_id,
-                    Node {
-                        raft_address: m.raft_address,
-                        api_address: m.api_address,
-                    },
+                Some(
+                    self.enclave
+                        .stage_import(&env)
+                        .map_err(|x| invalid(format!("imported_master_secret: {x}")))?,
                 )
-                .is_some()
-            {
-                return Err(invalid(format!("node id {} appears twice", m.node_id)).into());
             }
-        }
-        let n = members.len();
-        if let Some(t) = threshold {
-            if usize::from(t) > n {
-                return Err(
-                    invalid(format!("threshold {t} exceeds the {n} initial members")).into(),
-                );
-            }
-        }
-        match self.replica.initialize(members).await {
+        };
+        let threshold = plan.threshold;
+        let effective_threshold = plan.effective_threshold();
+        match self.replica.initialize(plan.members).await {
             Ok(()) => {}
             // Raft was initialised but InitCluster never committed (a failed earlier attempt):
             // finish that init instead of refusing forever.
@@ -313,8 +291,7 @@ impl AdminService for AdminServer {
             master_public_key: imported_public
                 .map(|p| p.as_bytes().to_vec())
                 .unwrap_or_default(),
-            threshold: threshold
-                .map_or_else(|| keyring::shares::default_threshold(n) as u32, u32::from),
+            threshold: effective_threshold,
         }))
     }
 
@@ -326,19 +303,7 @@ impl AdminService for AdminServer {
         if !self.replica.is_leader() {
             return forward(self.leader_admin().await?.join(r).await);
         }
-        if self
-            .replica
-            .status()
-            .members
-            .iter()
-            .any(|m| m.id == r.node_id && m.voter)
-        {
-            return Err(ApiError::new(
-                ErrorCode::AlreadyMember,
-                format!("node {} is already a voter", r.node_id),
-            )
-            .into());
-        }
+        operator::check_join(&self.membership(), r.node_id)?;
         let index = self
             .replica
             .join(
@@ -364,48 +329,9 @@ impl AdminService for AdminServer {
         if !self.replica.is_leader() {
             return forward(self.leader_admin().await?.leave(r).await);
         }
-        if !self
-            .replica
-            .status()
-            .members
-            .iter()
-            .any(|m| m.id == r.node_id)
         {
-            return Err(ApiError::new(
-                ErrorCode::MemberNotFound,
-                format!("node {} is not a member", r.node_id),
-            )
-            .into());
-        }
-        // Refuse a removal that would leave fewer voters than a live epoch's threshold: its
-        // shares could no longer be re-dealt and the epoch would be lost.
-        let voters_after = self
-            .replica
-            .status()
-            .members
-            .iter()
-            .filter(|m| m.voter && m.id != r.node_id)
-            .count();
-        let needed = self
-            .replica
-            .sm
-            .read()
-            .state
-            .epochs
-            .values()
-            .filter(|e| matches!(e.status, EpochStatus::Active | EpochStatus::Dealing))
-            .map(|e| usize::from(e.threshold))
-            .max()
-            .unwrap_or(0);
-        if voters_after < needed {
-            return Err(ApiError::new(
-                ErrorCode::BelowThreshold,
-                format!(
-                    "removing node {} would leave {voters_after} voters, fewer than the threshold {needed} of a live epoch",
-                    r.node_id
-                ),
-            )
-            .into());
+            let applied = self.replica.sm.read();
+            operator::check_leave(&self.membership(), &applied.state, r.node_id)?;
         }
         let index = self
             .replica
@@ -420,28 +346,21 @@ impl AdminService for AdminServer {
         request: Request<pb::RotateRequest>,
     ) -> Result<Response<pb::RotateResponse>, Status> {
         let r = request.into_inner();
-        let now = clock::now_ms();
-        let rotation_id = if r.rotation_id.is_empty() {
-            let mut b = [0u8; 8];
-            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-            format!("admin-{}", hex::encode(b))
-        } else {
-            r.rotation_id
+        let command = operator::rotation(
+            &r,
+            self.config.rotation_deadline_ms,
+            clock::now_ms(),
+            || {
+                let mut b = [0u8; 8];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+                format!("admin-{}", hex::encode(b))
+            },
+        );
+        let Command::StartRotation { rotation_id, .. } = &command else {
+            unreachable!("operator::rotation builds StartRotation")
         };
-        let deadline = if r.deadline_ms == 0 {
-            self.config.rotation_deadline_ms
-        } else {
-            r.deadline_ms
-        };
-        let out = self
-            .replica
-            .write(&Command::StartRotation {
-                rotation_id: rotation_id.clone(),
-                requested_at_ms: now,
-                deadline_ms: now.saturating_add(deadline),
-            })
-            .await
-            .map_err(error::replica)?;
+        let rotation_id = rotation_id.clone();
+        let out = self.replica.write(&command).await.map_err(error::replica)?;
         if let Reply::Rejected { code, message } = out.reply {
             return Err(error::rejected(code, message).into());
         }
@@ -501,68 +420,8 @@ impl AdminService for AdminServer {
         &self,
         request: Request<pb::ApplyDevEventRequest>,
     ) -> Result<Response<pb::ApplyDevEventResponse>, Status> {
-        if self.config.mode != crate::config::Mode::Development {
-            return Err(ApiError::new(
-                ErrorCode::DevelopmentOnly,
-                "ApplyDevEvent is a development path; this node runs in production mode",
-            )
-            .into());
-        }
-        use gatekeeper_raft::state::{ChainEvent, Scheme};
-        use pb::apply_dev_event_request::Event as E;
-        let b32 = |v: &[u8], what: &str| -> ApiResult<Bytes32> {
-            v.try_into()
-                .map(Bytes32)
-                .map_err(|_| invalid(format!("{what} must be 32 bytes")))
-        };
-        let event = match request
-            .into_inner()
-            .event
-            .ok_or_else(|| invalid("event is required"))?
-        {
-            E::WorkerRegistered(e) => {
-                keyring::Sr25519PublicKey::from_slice(&e.worker)
-                    .map_err(|x| ApiError::field("worker", &x))?;
-                ChainEvent::WorkerRegistered {
-                    worker: b32(&e.worker, "worker")?,
-                    attestation_provider: e.attestation_provider,
-                    confidence_level: u8::try_from(e.confidence_level)
-                        .map_err(|_| invalid("confidence_level above 255"))?,
-                }
-            }
-            E::WorkerDeregistered(e) => ChainEvent::WorkerDeregistered {
-                worker: b32(&e.worker, "worker")?,
-            },
-            E::WorkerSlashed(e) => ChainEvent::WorkerSlashed {
-                worker: b32(&e.worker, "worker")?,
-                reason: e.reason,
-            },
-            E::ClusterCreated(e) => ChainEvent::ClusterCreated {
-                cluster: b32(&e.cluster, "cluster")?,
-                workers: e
-                    .workers
-                    .iter()
-                    .map(|w| b32(w, "workers[]"))
-                    .collect::<Result<_, _>>()?,
-                scheme: if e.scheme == pb::DerivationScheme::Phala as i32 {
-                    Scheme::Phala
-                } else {
-                    Scheme::Native
-                },
-            },
-            E::WorkerAddedToCluster(e) => ChainEvent::WorkerAddedToCluster {
-                worker: b32(&e.worker, "worker")?,
-                cluster: b32(&e.cluster, "cluster")?,
-            },
-            E::WorkerRemovedFromCluster(e) => ChainEvent::WorkerRemovedFromCluster {
-                worker: b32(&e.worker, "worker")?,
-                cluster: b32(&e.cluster, "cluster")?,
-            },
-            E::ContractInstantiated(e) => ChainEvent::ContractInstantiated {
-                contract: b32(&e.contract, "contract")?,
-                cluster: b32(&e.cluster, "cluster")?,
-            },
-        };
+        operator::allow_dev_events(self.config.mode)?;
+        let event = operator::dev_event(request.into_inner())?;
         let out = self
             .replica
             .write(&Command::DevEvent { event })
@@ -583,12 +442,7 @@ impl AdminService for AdminServer {
         request: Request<pb::WriteCanaryRequest>,
     ) -> Result<Response<pb::WriteCanaryResponse>, Status> {
         let r = request.into_inner();
-        if r.key.is_empty() || r.key.len() > 256 {
-            return Err(invalid("key must be 1 to 256 bytes").into());
-        }
-        if r.value.len() > 4096 {
-            return Err(invalid("value must be at most 4096 bytes").into());
-        }
+        operator::check_canary(&r.key, &r.value)?;
         let out = self
             .replica
             .write(&Command::Put {
@@ -643,13 +497,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<pb::SetFaultRequest>,
     ) -> Result<Response<pb::SetFaultResponse>, Status> {
-        if !self.config.fault_hooks {
-            return Err(ApiError::new(
-                ErrorCode::FaultHooksDisabled,
-                "fault hooks are disabled (set fault_hooks = true in development)",
-            )
-            .into());
-        }
+        operator::allow_fault_hooks(self.config.fault_hooks)?;
         let isolate = request.into_inner().isolate;
         self.replica.faults.set_isolated(isolate);
         tracing::warn!(isolated = isolate, "fault hook changed");
