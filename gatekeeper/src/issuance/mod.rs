@@ -68,8 +68,6 @@ pub fn parse(
         header.ok_or_else(|| ApiError::new(ErrorCode::InvalidArgument, "header is required"))?;
     let gatekeeper_id =
         GatekeeperId::from_slice(&h.gatekeeper_id).map_err(field("gatekeeper_id"))?;
-    let worker =
-        Sr25519PublicKey::from_slice(&h.worker_public_key).map_err(field("worker_public_key"))?;
     let recipient = X25519PublicKey::from_slice(&h.recipient_public_key)
         .map_err(field("recipient_public_key"))?;
     let nonce: [u8; 32] = h
@@ -94,6 +92,9 @@ pub fn parse(
             ))
         }
     };
+    // Last, so every other row-2 check comes before row 3: the worker key's length, then its point.
+    let worker =
+        Sr25519PublicKey::from_slice(&h.worker_public_key).map_err(field("worker_public_key"))?;
     let evidence = h
         .attestation
         .as_ref()
