@@ -2,7 +2,8 @@
 //! restart keeps its URL) with its blocks persisted in a directory (so a restart continues the
 //! chain), driven through its CLI (`gatekeeper-devchain emit …`, a real RPC client).
 
-use crate::{devchain_bin, run_command, tail_lines, AdminOutput, ADMIN_TIMEOUT, POLL, WAIT};
+use crate::processes::{devchain_bin, run_command, tail_lines, AdminOutput};
+use crate::util::{lock, ADMIN_TIMEOUT, POLL, WAIT};
 use serde_json::Value;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
@@ -38,10 +39,6 @@ pub struct DevChainProc {
     log: PathBuf,
     child: Mutex<Option<Child>>,
     starts: u32,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl DevChainProc {

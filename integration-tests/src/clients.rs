@@ -1,0 +1,210 @@
+//! Talking to a node without the harness's process control: the gRPC [`admin_client`] for bulk
+//! traffic, and the JSON views of the operator CLI's output (the contract of
+//! `gatekeeper admin … --json`), parsed by [`AdminOutput::json`](crate::AdminOutput::json).
+
+use crate::pb::admin_service_client::AdminServiceClient;
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// A gRPC `AdminService` client for `url` (`http://host:port`), connecting lazily. Every call has
+/// a 10 s deadline. Call it from inside a tokio runtime.
+pub fn admin_client(url: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("bad endpoint {url}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    Ok(AdminServiceClient::new(channel))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsed CLI output (the contract of `gatekeeper admin … --json`).
+
+/// One member, as printed by `admin status --json` / `admin members --json`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// Raft listener address.
+    pub raft_address: String,
+    /// API listener address.
+    pub api_address: String,
+    /// Voter (true) or learner (false).
+    pub voter: bool,
+}
+
+/// `gatekeeper admin status --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Status {
+    /// The answering node.
+    pub node_id: u64,
+    /// "leader", "follower", "candidate", "learner" or "uninitialized".
+    pub role: String,
+    /// The leader this node knows, if any.
+    pub leader_id: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied log index.
+    pub last_applied: Option<u64>,
+    /// Commit index.
+    pub commit_index: Option<u64>,
+    /// Membership as this node sees it.
+    pub members: Vec<Member>,
+    /// Audit sequence of the last applied command.
+    pub audit_sequence: u64,
+    /// The chain watcher's report (`None` when no chain is configured).
+    #[serde(default)]
+    pub chain: Option<ChainView>,
+    /// `sealed`, `unsealing k/t` or `unsealed`.
+    #[serde(default)]
+    pub seal_status: String,
+    /// Epochs.
+    #[serde(default)]
+    pub epochs: Vec<EpochView>,
+}
+
+/// One epoch in `admin status --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct EpochView {
+    /// Number.
+    pub epoch: u64,
+    /// `dealing`, `active`, `retired` or `aborted`.
+    pub status: String,
+    /// Master public key (hex).
+    pub master_public_key: String,
+}
+
+/// The committed chain cursor in `admin status --json`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct CursorView {
+    /// Block applied last.
+    pub block: u64,
+    /// Its hash (hex).
+    pub block_hash: String,
+    /// Event records of it applied.
+    pub event_index: u32,
+    /// Whether the block is fully applied.
+    pub block_complete: bool,
+}
+
+/// An ignored chain event in `admin status --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct IgnoredView {
+    /// Block.
+    pub block: u64,
+    /// Record index.
+    pub index: u32,
+    /// `Pallet.Event` or the decoded event's name.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `chain` in `admin status --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ChainView {
+    /// Chain URL.
+    pub url: String,
+    /// Event profile.
+    pub profile: String,
+    /// Watcher session up.
+    pub connected: bool,
+    /// No new finalized block within the stall bound.
+    pub stalled: bool,
+    /// Latest finalized block seen.
+    pub finalized: u64,
+    /// The committed cursor.
+    pub cursor: CursorView,
+    /// Finalized blocks not fully applied.
+    pub lag_blocks: u64,
+    /// Followed chain's genesis (hex).
+    pub genesis_hash: String,
+    /// Events applied.
+    pub events_applied: u64,
+    /// Events ignored.
+    pub events_ignored: u64,
+    /// Recent ignored events.
+    pub recent_ignored: Vec<IgnoredView>,
+    /// Last watcher error.
+    pub last_error: String,
+    /// Reconnections of this node's watcher.
+    pub reconnects: u64,
+}
+
+impl ChainView {
+    /// Whether every event record of `block` is applied.
+    pub fn applied_through(&self, block: u64) -> bool {
+        self.cursor.block > block || (self.cursor.block == block && self.cursor.block_complete)
+    }
+}
+
+impl Status {
+    /// Ids of the voters in this node's view of the membership.
+    pub fn voter_ids(&self) -> BTreeSet<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect()
+    }
+    /// Ids of every member (voters and learners).
+    pub fn member_ids(&self) -> BTreeSet<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+}
+
+/// `gatekeeper admin members --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct MembersView {
+    /// The leader, if known.
+    pub leader_id: Option<u64>,
+    /// Committed membership.
+    pub members: Vec<Member>,
+}
+
+/// `gatekeeper admin put KEY VALUE`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct PutAck {
+    /// Log index at which the write was committed.
+    pub log_index: u64,
+    /// Audit sequence the write got.
+    pub audit_sequence: u64,
+    /// Leader that committed it.
+    pub leader_id: u64,
+}
+
+/// `gatekeeper admin get KEY`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct GetReply {
+    /// The value; `None` when the key was never written.
+    pub value: Option<String>,
+    /// Log index of the state the read was served from.
+    pub applied_index: u64,
+    /// Node that served the read.
+    pub served_by: u64,
+    /// For stale reads: milliseconds since the node last heard from a leader.
+    pub staleness_ms: u64,
+}
+
+/// Read consistency of `admin get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Confirmed with a quorum (read-index).
+    Linearizable,
+    /// Served from the node's own applied state.
+    Stale,
+}
+
+impl Consistency {
+    /// The CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Stale => "stale",
+        }
+    }
+}
