@@ -191,14 +191,18 @@ pub fn authorize(r: &ParsedKeyRequest, cx: &Context<'_>) -> ApiResult<Authorized
     let view = cx.view;
     let worker = req.worker;
     // 4. This cluster.
-    if view.gatekeeper_id != Some(Bytes32(req.gatekeeper_id.0)) {
+    let Some(ours) = view.gatekeeper_id else {
+        return Err(ApiError::new(
+            ErrorCode::NotInitialized,
+            "this node knows no initialised cluster yet",
+        ));
+    };
+    if ours != Bytes32(req.gatekeeper_id.0) {
         return Err(ApiError::new(
             ErrorCode::WrongGatekeeper,
             format!(
                 "gatekeeper_id is not this cluster's ({})",
-                view.gatekeeper_id
-                    .map(|g| hex::encode(g.0))
-                    .unwrap_or_default()
+                hex::encode(ours.0)
             ),
         ));
     }

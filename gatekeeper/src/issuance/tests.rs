@@ -514,9 +514,9 @@ fn row04_gatekeeper_id_of_another_cluster() {
         ErrorCode::WrongGatekeeper,
         Code::InvalidArgument,
     );
-    // Nor is any id this cluster's before it is initialised.
+    // Before this node knows an initialised cluster, no request can be for it: try later.
     let res = broken(Req::worker(), |w, _| w.state.gatekeeper_id = None);
-    assert_refused(res, ErrorCode::WrongGatekeeper, Code::InvalidArgument);
+    assert_refused(res, ErrorCode::NotInitialized, Code::Unavailable);
 }
 
 #[test]
