@@ -5,7 +5,9 @@
 //! own `KEYRING_…` code) plus a human-readable message naming the field or check. The code
 //! decides the gRPC status code, always the same one for the same code, and travels in the
 //! `gatekeeper-error-code` response metadata entry, so clients branch on it instead of parsing
-//! messages. `From<ApiError> for tonic::Status` is the only place a status is built.
+//! messages. `From<ApiError> for tonic::Status` is the only place a handler's status is built;
+//! statuses tonic makes itself get their code from [`transport_code`] (the API server's layer,
+//! `service/layer.rs`) and the protobuf codec (`gatekeeper_proto::codec`).
 //!
 //! docs/api.md ("Error codes") lists the same codes; a test below keeps the two in step.
 //! Codes never change meaning; a new failure gets a new code.
@@ -16,7 +18,7 @@
 use std::fmt;
 
 /// The response metadata key that carries the stable error code.
-pub const ERROR_CODE_METADATA: &str = "gatekeeper-error-code";
+pub use gatekeeper_proto::codec::ERROR_CODE_METADATA;
 
 macro_rules! catalog {
     ($( $(#[$doc:meta])* $variant:ident = $code:literal => $grpc:ident, )*) => {
@@ -48,6 +50,8 @@ catalog! {
     // --- Malformed requests ---
     /// The request exceeds the service's size limit.
     RequestTooLarge = "REQUEST_TOO_LARGE" => ResourceExhausted,
+    /// The message exceeds the transport's decoding limit (refused before any handler runs).
+    MessageTooLarge = "MESSAGE_TOO_LARGE" => OutOfRange,
     /// The request bytes are not a valid protobuf message of the method's type.
     MalformedRequest = "MALFORMED_REQUEST" => InvalidArgument,
     /// A field is missing, has the wrong length or an undefined value; the message names it.
@@ -225,8 +229,10 @@ impl ApiError {
         &self.message
     }
 
-    /// An error another node returned (a call forwarded to the leader): its stable code is kept
-    /// when it has one of ours; otherwise the gRPC code decides.
+    /// The answer of the leader to a membership call (`Join`, `Leave`) this node forwarded. Its
+    /// stable code is kept when it carries one of ours. Without one (a leader of an older version,
+    /// or a transport failure) the gRPC code decides, mapped onto the codes those calls use, and
+    /// the leader's message is kept.
     pub fn forwarded(s: &tonic::Status) -> Self {
         let code = s
             .metadata()
@@ -234,12 +240,26 @@ impl ApiError {
             .and_then(|v| v.to_str().ok())
             .and_then(ErrorCode::parse)
             .unwrap_or(match s.code() {
-                tonic::Code::Unavailable => ErrorCode::NoLeader,
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
+                    ErrorCode::InvalidArgument
+                }
+                tonic::Code::NotFound => ErrorCode::MemberNotFound,
+                tonic::Code::AlreadyExists => ErrorCode::AlreadyMember,
+                tonic::Code::FailedPrecondition => ErrorCode::InvalidState,
                 tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
-                tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
-                _ => ErrorCode::Internal,
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                    ErrorCode::NotAMember
+                }
+                tonic::Code::Internal | tonic::Code::DataLoss => ErrorCode::Internal,
+                // Unavailable, Unknown, Cancelled, …: the leader could not be asked.
+                _ => ErrorCode::NoLeader,
             });
-        Self::new(code, s.message().to_string())
+        let message = if code == ErrorCode::Internal {
+            format!("the leader failed: {}", s.message())
+        } else {
+            s.message().to_string()
+        };
+        Self::new(code, message)
     }
 }
 
@@ -275,6 +295,34 @@ impl From<ApiError> for tonic::Status {
         );
         status
     }
+}
+
+/// The stable code for a non-OK status that tonic produced itself, before or instead of a
+/// handler (so it carries no `gatekeeper-error-code` yet): `(grpc status to send, code)`.
+/// `grpc_status` and `message` are the response's `grpc-status` and decoded `grpc-message`.
+/// Framing errors of the request (no message, a truncated frame, a bad compression flag) are the
+/// caller's fault: `INVALID_ARGUMENT` + `MALFORMED_REQUEST`, never `INTERNAL`.
+pub fn transport_code(grpc_status: i32, message: &str) -> Option<(tonic::Code, ErrorCode)> {
+    const FRAMING: &[&str] = &[
+        "Missing request message",
+        "Unexpected EOF decoding stream",
+        "Message compressed",
+        "protocol error: received message with invalid compression flag",
+        "failed to decode",
+    ];
+    let code = match tonic::Code::from(grpc_status) {
+        tonic::Code::Ok => return None,
+        tonic::Code::Internal if FRAMING.iter().any(|f| message.starts_with(f)) => {
+            ErrorCode::MalformedRequest
+        }
+        tonic::Code::Internal => ErrorCode::Internal,
+        tonic::Code::OutOfRange => ErrorCode::MessageTooLarge,
+        tonic::Code::Unimplemented => ErrorCode::Unimplemented,
+        tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
+        tonic::Code::InvalidArgument => ErrorCode::MalformedRequest,
+        _ => return None,
+    };
+    Some((code.grpc(), code))
 }
 
 /// The result type of the cores the services call.
@@ -376,9 +424,12 @@ mod tests {
                     sep.into_iter().chain(ch.to_uppercase())
                 })
                 .collect();
-            assert!(
-                row.contains(&format!("`{upper}`")),
-                "{c}: docs row {row:?} does not name {upper}"
+            // Second column: the gRPC status.
+            let documented = row.split('|').nth(2).unwrap_or_default().trim();
+            assert_eq!(
+                documented,
+                format!("`{upper}`"),
+                "{c}: docs row {row:?} gives another gRPC status"
             );
         }
     }
@@ -423,11 +474,64 @@ mod tests {
         let back = ApiError::forwarded(&s);
         assert_eq!(back.code(), Some(ErrorCode::AlreadyMember));
         assert_eq!(back.message(), "node 4");
-        let plain = tonic::Status::unavailable("down");
+        // A leader without codes (older version) or a transport failure: the gRPC code decides
+        // and the message is kept.
+        for (status, want) in [
+            (tonic::Status::unavailable("down"), ErrorCode::NoLeader),
+            (
+                tonic::Status::unknown("transport error"),
+                ErrorCode::NoLeader,
+            ),
+            (
+                tonic::Status::already_exists("node 4 is already a voter"),
+                ErrorCode::AlreadyMember,
+            ),
+            (
+                tonic::Status::not_found("node 9 is not a member"),
+                ErrorCode::MemberNotFound,
+            ),
+            (
+                tonic::Status::failed_precondition("below threshold"),
+                ErrorCode::InvalidState,
+            ),
+            (
+                tonic::Status::invalid_argument("bad address"),
+                ErrorCode::InvalidArgument,
+            ),
+            (tonic::Status::deadline_exceeded("slow"), ErrorCode::Timeout),
+        ] {
+            let f = ApiError::forwarded(&status);
+            assert_eq!(f.code(), Some(want), "{status:?}");
+            assert_eq!(f.message(), status.message());
+        }
+    }
+
+    #[test]
+    fn statuses_tonic_makes_itself_get_a_code() {
+        use tonic::Code as C;
+        let t = |s: C, m: &str| transport_code(s as i32, m);
+        assert_eq!(t(C::Ok, ""), None);
         assert_eq!(
-            ApiError::forwarded(&plain).code(),
-            Some(ErrorCode::NoLeader)
+            t(C::Internal, "Missing request message."),
+            Some((C::InvalidArgument, ErrorCode::MalformedRequest))
         );
+        assert_eq!(
+            t(C::Internal, "Unexpected EOF decoding stream."),
+            Some((C::InvalidArgument, ErrorCode::MalformedRequest))
+        );
+        assert_eq!(
+            t(C::Internal, "boom"),
+            Some((C::Internal, ErrorCode::Internal))
+        );
+        assert_eq!(
+            t(C::OutOfRange, "Error, decoded message length too large"),
+            Some((C::OutOfRange, ErrorCode::MessageTooLarge))
+        );
+        assert_eq!(
+            t(C::Unimplemented, ""),
+            Some((C::Unimplemented, ErrorCode::Unimplemented))
+        );
+        assert_eq!(t(C::Cancelled, ""), None);
     }
 
     #[test]

@@ -27,10 +27,12 @@
 //! sleeps, in the manner of openraft's engine/runtime split.
 //!
 //! **No import cycles.** No top-level module imports another that imports it back, directly or
-//! through a third module. The order, from the bottom: `error`, `clock`, `config`-free leaves
-//! (`replay`, `attestation`, `enclave`), `config`, `epochs`, then the decisions (`issuance`, `peer`,
-//! `keeper`), then `chain`, `service`, `metrics`, `node`, `cli`. A unit test (`tests::no_cycles`)
-//! reads the sources and keeps this true.
+//! through a third module. The order, from the bottom: `error`, `clock`, `keyfile`; the leaves
+//! `replay`, `attestation`, `enclave`, `chain`; `config` (which names chain settings); `epochs`;
+//! the decisions `issuance`, `peer`, `keeper`, `operator`; then `service`, `metrics`, `node`,
+//! `cli`. A unit test (`tests::no_cycles`) reads the sources and keeps this true. Inside a
+//! module directory, children import their siblings, never the parent's re-exports (e.g.
+//! `keeper/runtime.rs` imports `keeper/plan.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -94,12 +96,24 @@ mod tests {
                 .join("\n");
             let deps = g.entry(from.clone()).or_default();
             for part in text.split("crate::").skip(1) {
-                let name: String = part
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != from {
-                    deps.insert(name);
+                // `crate::a::…` or `crate::{a, b::c, …}`.
+                let names: Vec<String> = match part.strip_prefix('{') {
+                    Some(group) => group
+                        .split('}')
+                        .next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(|n| n.trim().split("::").next().unwrap_or_default().to_string())
+                        .collect(),
+                    None => vec![part
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect()],
+                };
+                for name in names {
+                    if !name.is_empty() && name != from && name != "self" {
+                        deps.insert(name);
+                    }
                 }
             }
         }

@@ -145,6 +145,16 @@ pub fn rotation(
     }
 }
 
+/// The active epochs a `Retire` to `min_epoch` retires.
+pub fn retiring(state: &GatekeeperState, min_epoch: u64) -> Vec<u64> {
+    state
+        .epochs
+        .values()
+        .filter(|e| e.status == EpochStatus::Active && e.epoch < min_epoch)
+        .map(|e| e.epoch)
+        .collect()
+}
+
 /// `ApplyDevEvent` is a development path.
 pub fn allow_dev_events(mode: Mode) -> ApiResult<()> {
     if mode != Mode::Development {
@@ -355,6 +365,21 @@ mod tests {
         // A learner leaving does not reduce the voters.
         let with_learner = [(1, true), (2, true), (3, false)];
         check_leave(&with_learner, &s, 3).unwrap();
+    }
+
+    #[test]
+    fn retire_reports_the_active_epochs_below_the_minimum() {
+        let mut s = state_with_threshold(2, EpochStatus::Active);
+        let mut e1 = s.epochs[&0].clone();
+        e1.epoch = 1;
+        s.epochs.insert(1, e1);
+        let mut e2 = s.epochs[&0].clone();
+        e2.epoch = 2;
+        e2.status = EpochStatus::Dealing;
+        s.epochs.insert(2, e2);
+        assert_eq!(retiring(&s, 0), Vec::<u64>::new());
+        assert_eq!(retiring(&s, 1), vec![0]);
+        assert_eq!(retiring(&s, 3), vec![0, 1]);
     }
 
     #[test]

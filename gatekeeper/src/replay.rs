@@ -21,6 +21,33 @@ pub enum ReplayError {
     Replayed,
 }
 
+/// The replay facts about one request, read from a [`NonceCache`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Freshness {
+    /// The window, in milliseconds either side of the node's clock.
+    pub window_ms: u64,
+    /// Whether the request's nonce was already used within the window.
+    pub nonce_seen: bool,
+}
+
+impl Freshness {
+    /// Checks a timestamp against the window.
+    pub fn check_time(&self, timestamp_ms: u64, now_ms: u64) -> Result<(), ReplayError> {
+        check_time(self.window_ms, timestamp_ms, now_ms)
+    }
+}
+
+/// Whether `timestamp_ms` is within `window_ms` of `now_ms`.
+pub fn check_time(window_ms: u64, timestamp_ms: u64, now_ms: u64) -> Result<(), ReplayError> {
+    if timestamp_ms.abs_diff(now_ms) > window_ms {
+        let skew = i64::try_from(timestamp_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(now_ms).unwrap_or(i64::MAX));
+        return Err(ReplayError::Skew(skew));
+    }
+    Ok(())
+}
+
 impl NonceCache {
     /// A cache with the given window.
     pub fn new(window_ms: u64) -> Self {
@@ -32,13 +59,16 @@ impl NonceCache {
 
     /// Checks the timestamp only (no state change).
     pub fn check_time(&self, timestamp_ms: u64, now_ms: u64) -> Result<(), ReplayError> {
-        if timestamp_ms.abs_diff(now_ms) > self.window_ms {
-            let skew = i64::try_from(timestamp_ms)
-                .unwrap_or(i64::MAX)
-                .saturating_sub(i64::try_from(now_ms).unwrap_or(i64::MAX));
-            return Err(ReplayError::Skew(skew));
+        check_time(self.window_ms, timestamp_ms, now_ms)
+    }
+
+    /// What a decision needs to know about `nonce` at `now_ms`: the window, and whether the nonce
+    /// was already used. The decision stays pure; [`NonceCache::use_nonce`] records.
+    pub fn freshness(&self, nonce: &[u8; 32], now_ms: u64) -> Freshness {
+        Freshness {
+            window_ms: self.window_ms,
+            nonce_seen: self.seen(nonce, now_ms),
         }
-        Ok(())
     }
 
     /// Whether `nonce` was used within the window (no state change). The authoritative check is

@@ -157,6 +157,30 @@ fn every_service_sends_the_stable_error_code() {
             (Code::InvalidArgument, "MALFORMED_REQUEST".into())
         );
 
+        // Statuses tonic makes itself get a code too: a message above the transport's limit, an
+        // unknown method.
+        let mut huge = worker_request(&gk, &stranger);
+        huge.header.as_mut().unwrap().attestation = Some(pb::Attestation {
+            kind: 3,
+            evidence: vec![0; 200 << 10],
+            collateral: vec![],
+        });
+        assert_eq!(
+            refused(keys.get_worker_key(huge).await),
+            (Code::OutOfRange, "MESSAGE_TOO_LARGE".into())
+        );
+        raw.ready().await.unwrap();
+        let r: Result<tonic::Response<pb::KeyResponse>, tonic::Status> = raw
+            .unary(
+                tonic::Request::new(pb::LeaveRequest { node_id: 5 }),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/gatekeeper.v1.KeyService/NoSuchMethod",
+                ),
+                gatekeeper_proto::codec::GatekeeperCodec::default(),
+            )
+            .await;
+        assert_eq!(refused(r), (Code::Unimplemented, "UNIMPLEMENTED".into()));
+
         // PeerService.
         assert_eq!(
             refused(peers.fetch_share(pb::FetchShareRequest::default()).await),

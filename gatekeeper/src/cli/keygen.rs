@@ -1,4 +1,4 @@
-//! `gatekeeper keygen`, and reading the key files it writes.
+//! `gatekeeper keygen`: writes an sr25519 key file ([`crate::keyfile`] reads them).
 
 use anyhow::{bail, Context, Result};
 use keyring::Sr25519Keypair;

@@ -18,7 +18,7 @@ mod tests;
 
 use crate::attestation::{check_evidence, check_kind, Policy};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::replay::{NonceCache, ReplayError};
+use crate::replay::{Freshness, ReplayError};
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_raft::state::{
     Bytes32, ClusterRecord, EpochStatus, GatekeeperState, Scheme as StScheme, WorkerRecord,
@@ -41,6 +41,24 @@ pub fn check_size(encoded_len: usize, limit: usize) -> ApiResult<()> {
 
 fn field(name: &'static str) -> impl Fn(keyring::Error) -> ApiError {
     move |e| ApiError::field(name, &e)
+}
+
+/// How an enclave refusal to derive and seal reads to the worker: a low-order recipient (row 15,
+/// when the pure check did not already catch it), a node that lost the epoch's master meanwhile
+/// (row 7), anything else internal.
+pub fn sealing_error(e: crate::enclave::EnclaveError) -> ApiError {
+    use crate::enclave::EnclaveError;
+    match e {
+        EnclaveError::Keyring(keyring::Error::EnvelopeSealFailed(_)) => ApiError::new(
+            ErrorCode::RecipientLowOrder,
+            "recipient_public_key is a low-order point",
+        ),
+        EnclaveError::Sealed(e) => ApiError::new(
+            ErrorCode::NodeSealed,
+            format!("this node is sealed for epoch {e}"),
+        ),
+        other => ApiError::internal(other),
+    }
 }
 
 /// A key request whose fields have their lengths and types.
@@ -171,7 +189,8 @@ pub struct Authorized {
 }
 
 /// The inputs [`authorize`] reads besides the request: the replicated-state view, the worker
-/// policy, which epochs this node's enclave holds, the replay window, and `now_ms`.
+/// policy, which epochs this node's enclave holds, the replay facts of the request's nonce, and
+/// `now_ms`. All values: `authorize` reads nothing else.
 pub struct Context<'a> {
     /// What the replicated state says about this request.
     pub view: &'a RequestView,
@@ -179,8 +198,8 @@ pub struct Context<'a> {
     pub policy: &'a Policy,
     /// Whether this node holds an epoch's master secret.
     pub holds_master: &'a dyn Fn(u64) -> bool,
-    /// The replay window (read only).
-    pub nonces: &'a NonceCache,
+    /// The replay window and whether the nonce was already used.
+    pub freshness: Freshness,
     /// This node's clock.
     pub now_ms: u64,
 }
@@ -191,18 +210,14 @@ pub fn authorize(r: &ParsedKeyRequest, cx: &Context<'_>) -> ApiResult<Authorized
     let view = cx.view;
     let worker = req.worker;
     // 4. This cluster.
-    let Some(ours) = view.gatekeeper_id else {
-        return Err(ApiError::new(
-            ErrorCode::NotInitialized,
-            "this node knows no initialised cluster yet",
-        ));
-    };
-    if ours != Bytes32(req.gatekeeper_id.0) {
+    if view.gatekeeper_id != Some(Bytes32(req.gatekeeper_id.0)) {
         return Err(ApiError::new(
             ErrorCode::WrongGatekeeper,
             format!(
                 "gatekeeper_id is not this cluster's ({})",
-                hex::encode(ours.0)
+                view.gatekeeper_id
+                    .map(|g| hex::encode(g.0))
+                    .unwrap_or_else(|| "this node knows no initialised cluster yet".into())
             ),
         ));
     }
@@ -227,7 +242,7 @@ pub fn authorize(r: &ParsedKeyRequest, cx: &Context<'_>) -> ApiResult<Authorized
         ));
     }
     // 8. Time window.
-    if let Err(ReplayError::Skew(s)) = cx.nonces.check_time(req.timestamp_ms, cx.now_ms) {
+    if let Err(ReplayError::Skew(s)) = cx.freshness.check_time(req.timestamp_ms, cx.now_ms) {
         return Err(ApiError::new(
             ErrorCode::TimestampSkew,
             format!("timestamp_ms is {s} ms from this node's clock"),
@@ -312,7 +327,7 @@ pub fn authorize(r: &ParsedKeyRequest, cx: &Context<'_>) -> ApiResult<Authorized
         ));
     }
     // 16. Nonce unseen (the service records it after sealing).
-    if cx.nonces.seen(&req.nonce, cx.now_ms) {
+    if cx.freshness.nonce_seen {
         return Err(ApiError::new(
             ErrorCode::NonceReplayed,
             "nonce was already used",

@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::attestation::PolicyKind;
+use crate::replay::NonceCache;
 use gatekeeper_raft::state::{DealingRecord, EpochRecord};
 use keyring::{Sr25519Keypair, X25519SecretKey};
 use std::collections::BTreeSet;
@@ -149,7 +150,7 @@ impl World {
                 view: &view,
                 policy: &self.policy,
                 holds_master: &holds,
-                nonces: &self.nonces,
+                freshness: self.nonces.freshness(&r.request.nonce, self.now_ms),
                 now_ms: self.now_ms,
             },
         )
@@ -514,9 +515,9 @@ fn row04_gatekeeper_id_of_another_cluster() {
         ErrorCode::WrongGatekeeper,
         Code::InvalidArgument,
     );
-    // Before this node knows an initialised cluster, no request can be for it: try later.
+    // Nor is any id this cluster's before it is initialised.
     let res = broken(Req::worker(), |w, _| w.state.gatekeeper_id = None);
-    assert_refused(res, ErrorCode::NotInitialized, Code::Unavailable);
+    assert_refused(res, ErrorCode::WrongGatekeeper, Code::InvalidArgument);
 }
 
 #[test]
@@ -771,4 +772,19 @@ fn request_view_copies_what_the_request_needs() {
     // A worker key reads no cluster.
     let v = RequestView::of(&w.state, &Req::worker().parse().unwrap().request);
     assert_eq!((v.contract_cluster, v.cluster), (None, None));
+}
+
+#[test]
+fn row07_and_row15_enclave_refusals_map_to_their_rows() {
+    use crate::enclave::EnclaveError;
+    let e = sealing_error(EnclaveError::Keyring(keyring::Error::EnvelopeSealFailed(
+        "x",
+    )));
+    assert_eq!(e.code(), Some(ErrorCode::RecipientLowOrder));
+    assert_eq!(
+        sealing_error(EnclaveError::Sealed(3)).code(),
+        Some(ErrorCode::NodeSealed)
+    );
+    let e = sealing_error(EnclaveError::State("disk".into()));
+    assert_eq!(e.code(), Some(ErrorCode::Internal));
 }

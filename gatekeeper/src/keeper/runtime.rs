@@ -1,7 +1,7 @@
 //! The keeper's runtime: syncs the enclave with the committed epochs, asks [`super::plan`] what
 //! to do, and executes the steps (enclave calls, Raft writes, FetchShare calls).
 
-use super::{plan, EnclaveView, Membership, PlanConfig, SealView, Step};
+use super::plan::{plan, EnclaveView, Membership, PlanConfig, SealView, Step};
 use crate::clock;
 use crate::enclave::{DealingPublic, Enclave, Recipient};
 use crate::epochs::{commitments, dealing_ctx, envelope, wrapped};
@@ -276,7 +276,7 @@ impl Keeper {
                     .enclave
                     .accept_own_share(&ctx, &comm, mine.index, &envelope(mine))
                 {
-                    Ok(()) if ack => self.ack(e).await,
+                    Ok(()) if ack => self.ack(epoch, e.dealing.generation).await,
                     Ok(()) => Ok(()),
                     Err(x) => {
                         // E.g. sealed to this node's previous enclave key (wiped and rejoined):
@@ -286,7 +286,7 @@ impl Keeper {
                     }
                 }
             }
-            Step::Ack { epoch, .. } => self.ack(Self::epoch(state, epoch)?).await,
+            Step::Ack { epoch, generation } => self.ack(epoch, generation).await,
             Step::Unseal {
                 epoch,
                 threshold,
@@ -319,10 +319,10 @@ impl Keeper {
         .await
     }
 
-    async fn ack(&self, e: &EpochRecord) -> Result<(), String> {
+    async fn ack(&self, epoch: u64, generation: u64) -> Result<(), String> {
         self.write(Command::AckShare {
-            epoch: e.epoch,
-            generation: e.dealing.generation,
+            epoch,
+            generation,
             node_id: self.replica.node_id,
         })
         .await

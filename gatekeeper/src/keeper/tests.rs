@@ -4,10 +4,13 @@
 //! planner's steps as data. Node `n` has identity key `[n; 32]` and HPKE key `[100 + n; 32]`.
 
 use super::*;
-use crate::attestation::PolicyKind;
+use crate::attestation::{member_evidence_ok, Policy, PolicyKind};
+use crate::enclave::Recipient;
 use gatekeeper_raft::state::{
-    DealingRecord, EpochRecord, HexBytes, MemberRecord, RotationRecord, SealedShare,
+    Bytes32, DealingRecord, EpochRecord, EpochStatus, GatekeeperState, HexBytes, MemberRecord,
+    RotationOutcome, RotationRecord, SealedShare,
 };
+use std::collections::BTreeSet;
 
 /// The planner's clock in every test, ms.
 const NOW: u64 = 5_000_000;
@@ -1027,4 +1030,24 @@ fn epoch_steps_name_their_epoch() {
         None
     );
     assert_eq!(Step::Seal("sealed").epoch(), None);
+}
+
+#[test]
+fn status_reports_unsealed_from_the_enclave_and_progress_only_for_an_active_epoch() {
+    let unsealing = SealView {
+        state: "unsealing".into(),
+        collected: 1,
+        threshold: 2,
+        epoch: 3,
+    };
+    assert_eq!(reported_seal(&unsealing, true, &[3]).state, "unsealed");
+    assert_eq!(reported_seal(&unsealing, false, &[3]), unsealing);
+    // Progress for an epoch that is no longer active is not reported.
+    assert_eq!(reported_seal(&unsealing, false, &[4]).state, "sealed");
+    let stale = SealView {
+        state: "unsealed".into(),
+        ..Default::default()
+    };
+    // A cached "unsealed" does not survive a new active epoch the enclave lacks.
+    assert_eq!(reported_seal(&stale, false, &[4]).state, "sealed");
 }

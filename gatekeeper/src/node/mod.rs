@@ -1,4 +1,5 @@
-//! `gatekeeper node`: runs one replica with its RaftService and AdminService listeners.
+//! `gatekeeper node`: runs one replica: its Raft listener (RaftService) and API listener
+//! (KeyService, PeerService, AdminService), the keeper, the chain watcher and `/metrics`.
 //!
 //! Shutdown on SIGTERM or SIGINT is graceful: the listeners stop accepting, in-flight RPCs finish,
 //! Raft stops, and the state machine store is flushed. (The Raft log needs no flush: every
@@ -233,6 +234,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         stale_reads: config.key_read_mode == "stale",
     };
     let api_server = tonic::transport::Server::builder()
+        .layer(crate::service::layer::ErrorCodeLayer)
         .add_service(
             KeyServiceServer::new(keys)
                 .max_decoding_message_size(crate::service::MAX_KEY_REQUEST_BYTES * 2),

@@ -13,7 +13,7 @@ mod tests;
 use crate::attestation::{check_evidence, check_kind, digest_of, Policy};
 use crate::epochs::dealing_ctx;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::replay::{NonceCache, ReplayError};
+use crate::replay::{Freshness, ReplayError};
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_raft::state::{Bytes32, EpochStatus, GatekeeperState};
 use keyring::shares::DealingContext;
@@ -81,7 +81,7 @@ pub fn authorize(
     members: &[u64],
     r: &ParsedShareRequest,
     policy: &Policy,
-    nonces: &NonceCache,
+    freshness: Freshness,
     now_ms: u64,
 ) -> ApiResult<AuthorizedShare> {
     let b = &r.body;
@@ -130,13 +130,13 @@ pub fn authorize(
             "share request signature does not verify",
         )
     })?;
-    if let Err(ReplayError::Skew(s)) = nonces.check_time(b.timestamp_ms, now_ms) {
+    if let Err(ReplayError::Skew(s)) = freshness.check_time(b.timestamp_ms, now_ms) {
         return Err(ApiError::new(
             ErrorCode::TimestampSkew,
             format!("timestamp_ms is {s} ms from this node's clock"),
         ));
     }
-    if nonces.seen(&b.nonce, now_ms) {
+    if freshness.nonce_seen {
         return Err(ApiError::new(ErrorCode::NonceReplayed, "nonce replayed"));
     }
     check_evidence(
@@ -173,4 +173,10 @@ pub fn authorize(
         requester: b.requester_node_id,
         hpke: b.requester_hpke,
     })
+}
+
+/// How an enclave refusal to hand out its share reads to the requester: this node holds no opened
+/// share of that dealing (it is sealed itself, or the dealing is not one it holds).
+pub fn share_error(e: crate::enclave::EnclaveError) -> ApiError {
+    ApiError::new(ErrorCode::NoShareHeld, e.to_string())
 }

@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::attestation::PolicyKind;
+use crate::replay::NonceCache;
 use gatekeeper_raft::state::{DealingRecord, EpochRecord, HexBytes, MemberRecord};
 use keyring::sign::sign;
 use keyring::{Sr25519Keypair, X25519SecretKey};
@@ -120,7 +121,7 @@ impl World {
             &self.members,
             r,
             &self.policy,
-            &self.nonces,
+            self.nonces.freshness(&r.body.nonce, self.now_ms),
             self.now_ms,
         )
     }

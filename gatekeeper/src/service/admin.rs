@@ -182,20 +182,19 @@ impl AdminService for AdminServer {
         // "unsealed" is computed now, from the committed epochs and the enclave, never from a
         // cached view: a new active epoch makes a node sealed until it holds it.
         let seal = {
-            let v = self.seal.lock().expect("seal lock").clone();
-            let (state, collected, threshold, epoch) =
-                if crate::epochs::holds_every(self.enclave.as_ref(), &active) {
-                    (pb::SealState::Unsealed, 0, 0, 0)
-                } else if v.state == "unsealing" && active.contains(&v.epoch) {
-                    (pb::SealState::Unsealing, v.collected, v.threshold, v.epoch)
-                } else {
-                    (pb::SealState::Sealed, 0, 0, 0)
-                };
+            let cached = self.seal.lock().expect("seal lock").clone();
+            let unsealed = crate::epochs::holds_every(self.enclave.as_ref(), &active);
+            let v = crate::keeper::reported_seal(&cached, unsealed, &active);
+            let state = match v.state.as_str() {
+                "unsealed" => pb::SealState::Unsealed,
+                "unsealing" => pb::SealState::Unsealing,
+                _ => pb::SealState::Sealed,
+            };
             pb::SealStatus {
                 state: state as i32,
-                shares_collected: collected,
-                threshold,
-                epoch,
+                shares_collected: v.collected,
+                threshold: v.threshold,
+                epoch: v.epoch,
             }
         };
         let chain = self.chain.as_ref().map(|(settings, view)| {
@@ -329,9 +328,12 @@ impl AdminService for AdminServer {
         if !self.replica.is_leader() {
             return forward(self.leader_admin().await?.leave(r).await);
         }
+        // Membership first: `status()` takes its own state-machine read, and a second read
+        // guard held across it could deadlock against a waiting writer (std's RwLock).
+        let members = self.membership();
         {
             let applied = self.replica.sm.read();
-            operator::check_leave(&self.membership(), &applied.state, r.node_id)?;
+            operator::check_leave(&members, &applied.state, r.node_id)?;
         }
         let index = self
             .replica
@@ -392,16 +394,7 @@ impl AdminService for AdminServer {
         request: Request<pb::RetireRequest>,
     ) -> Result<Response<pb::RetireResponse>, Status> {
         let min_epoch = request.into_inner().min_epoch;
-        let before: Vec<u64> = self
-            .replica
-            .sm
-            .read()
-            .state
-            .epochs
-            .values()
-            .filter(|e| e.status == EpochStatus::Active && e.epoch < min_epoch)
-            .map(|e| e.epoch)
-            .collect();
+        let before = operator::retiring(&self.replica.sm.read().state, min_epoch);
         let out = self
             .replica
             .write(&Command::SetMinEpoch { min_epoch })

@@ -6,7 +6,7 @@
 
 use crate::attestation::Policy;
 use crate::clock;
-use crate::enclave::{Enclave, EnclaveError};
+use crate::enclave::Enclave;
 use crate::error::{self, ApiError, ApiResult, ErrorCode};
 use crate::issuance::{self, RequestView};
 use crate::replay::NonceCache;
@@ -72,7 +72,7 @@ impl KeyServer {
                 view: &view,
                 policy: &self.policy,
                 holds_master: &holds,
-                nonces: &self.nonces,
+                freshness: self.nonces.freshness(&parsed.request.nonce, now),
                 now_ms: now,
             },
         )?;
@@ -87,17 +87,7 @@ impl KeyServer {
                 &req.worker,
                 &req.recipient,
             )
-            .map_err(|e| match e {
-                EnclaveError::Keyring(keyring::Error::EnvelopeSealFailed(_)) => ApiError::new(
-                    ErrorCode::RecipientLowOrder,
-                    "recipient_public_key is a low-order point",
-                ),
-                EnclaveError::Sealed(e) => ApiError::new(
-                    ErrorCode::NodeSealed,
-                    format!("this node is sealed for epoch {e}"),
-                ),
-                other => ApiError::internal(other),
-            })?;
+            .map_err(issuance::sealing_error)?;
         self.nonces
             .use_nonce(&req.nonce, now)
             .map_err(|_| ApiError::new(ErrorCode::NonceReplayed, "nonce was already used"))?;

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod key;
+pub mod layer;
 pub mod peer;
 
 /// Largest accepted KeyService request (evidence included).

@@ -40,11 +40,12 @@ impl PeerServer {
             .map_err(error::replica)?;
         let members: Vec<u64> = self.replica.status().members.iter().map(|m| m.id).collect();
         let now = clock::now_ms();
-        let ok = peer::authorize(&state, &members, &req, &self.policy, &self.nonces, now)?;
+        let freshness = self.nonces.freshness(&req.body.nonce, now);
+        let ok = peer::authorize(&state, &members, &req, &self.policy, freshness, now)?;
         let (index, env) = self
             .enclave
             .share_for_peer(&ok.ctx, ok.requester, &ok.hpke)
-            .map_err(|e| ApiError::new(ErrorCode::NoShareHeld, e.to_string()))?;
+            .map_err(peer::share_error)?;
         // Spent only once everything else passed.
         self.nonces
             .use_nonce(&req.body.nonce, now)
