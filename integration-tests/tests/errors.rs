@@ -248,3 +248,35 @@ fn every_service_sends_the_stable_error_code() {
         );
     });
 }
+
+#[test]
+fn membership_calls_forwarded_by_a_follower_keep_the_leaders_code() {
+    let c = Cluster::start(3, Opts::default());
+    let leader = c.leader();
+    let follower = *c.ids().iter().find(|i| **i != leader).unwrap();
+    let url = c.api_url(follower);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use tonic::Code;
+        let mut admin = AdminServiceClient::connect(url).await.unwrap();
+        assert_eq!(
+            refused(admin.leave(pb::LeaveRequest { node_id: 99 }).await),
+            (Code::NotFound, "MEMBER_NOT_FOUND".into())
+        );
+        assert_eq!(
+            refused(
+                admin
+                    .join(pb::JoinRequest {
+                        node_id: leader,
+                        raft_address: "127.0.0.1:1".into(),
+                        api_address: "127.0.0.1:2".into(),
+                    })
+                    .await
+            ),
+            (Code::AlreadyExists, "ALREADY_MEMBER".into())
+        );
+    });
+}
