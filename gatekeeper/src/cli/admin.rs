@@ -5,6 +5,7 @@ use clap::Subcommand;
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
 use serde_json::json;
+use std::path::Path;
 use std::time::Duration;
 
 /// Admin subcommands.
@@ -174,12 +175,70 @@ pub enum DevEvent {
     },
 }
 
+/// The AdminService client every subcommand talks through.
+type Client = AdminServiceClient<tonic::transport::Channel>;
+
+// ---------------------------------------------------------------------------------------------
+// Operator input → requests (pure).
+
 fn hexid(s: &str) -> Result<Vec<u8>> {
     let b = hex::decode(s).with_context(|| format!("{s:?} is not hex"))?;
     if b.len() != 32 {
         bail!("{s:?} must be 32 bytes (64 hex characters)");
     }
     Ok(b)
+}
+
+/// One `--member ID=RAFT_ADDR=API_ADDR`.
+fn parse_member(m: &str) -> Result<pb::InitMember> {
+    let parts: Vec<&str> = m.splitn(3, '=').collect();
+    let [id, raft, api] = parts[..] else {
+        bail!("--member must be ID=RAFT_ADDR=API_ADDR, got {m:?}");
+    };
+    Ok(pb::InitMember {
+        node_id: id
+            .parse()
+            .with_context(|| format!("bad node id in {m:?}"))?,
+        raft_address: raft.into(),
+        api_address: api.into(),
+    })
+}
+
+/// Every `--member`, in order; the first bad one is the error.
+fn parse_members(members: &[String]) -> Result<Vec<pb::InitMember>> {
+    members.iter().map(|m| parse_member(m)).collect()
+}
+
+/// The text of an `--import-master-file`: 128 hex characters (surrounding whitespace ignored).
+fn parse_master_secret(text: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    let secret = zeroize::Zeroizing::new(hex::decode(text.trim()).ok()?);
+    (secret.len() == 64).then_some(secret)
+}
+
+/// `--consistency`.
+fn parse_consistency(s: &str) -> Result<pb::ReadConsistency> {
+    match s {
+        "linearizable" => Ok(pb::ReadConsistency::Linearizable),
+        "stale" => Ok(pb::ReadConsistency::Stale),
+        other => bail!("--consistency must be linearizable or stale, got {other:?}"),
+    }
+}
+
+/// `--scheme` of `dev create-cluster`.
+fn parse_scheme(s: &str) -> Result<pb::DerivationScheme> {
+    match s {
+        "native" => Ok(pb::DerivationScheme::Native),
+        "phala" => Ok(pb::DerivationScheme::Phala),
+        other => bail!("--scheme must be native or phala, got {other:?}"),
+    }
+}
+
+/// `--isolate` / `--heal` → whether to isolate; exactly one of them must be given.
+fn parse_fault(isolate: bool, heal: bool) -> Result<bool> {
+    if isolate == heal {
+        bail!("pass exactly one of --isolate or --heal");
+    }
+    Ok(isolate)
 }
 
 fn dev_request(e: DevEvent) -> Result<pb::ApplyDevEventRequest> {
@@ -208,11 +267,7 @@ fn dev_request(e: DevEvent) -> Result<pb::ApplyDevEventRequest> {
         } => E::ClusterCreated(pb::DevClusterCreated {
             cluster: hexid(&cluster)?,
             workers: workers.iter().map(|w| hexid(w)).collect::<Result<_>>()?,
-            scheme: match scheme.as_str() {
-                "native" => pb::DerivationScheme::Native as i32,
-                "phala" => pb::DerivationScheme::Phala as i32,
-                other => bail!("--scheme must be native or phala, got {other:?}"),
-            },
+            scheme: parse_scheme(&scheme)? as i32,
         }),
         DevEvent::AddToCluster { worker, cluster } => {
             E::WorkerAddedToCluster(pb::DevWorkerAddedToCluster {
@@ -235,6 +290,40 @@ fn dev_request(e: DevEvent) -> Result<pb::ApplyDevEventRequest> {
     };
     Ok(pb::ApplyDevEventRequest { event: Some(event) })
 }
+
+/// The envelope context of a master secret to import: purpose master-import, gatekeeper id all
+/// zero, epoch 0.
+fn master_import_context(
+    recipient: keyring::X25519PublicKey,
+) -> keyring::envelope::EnvelopeContext {
+    keyring::envelope::EnvelopeContext {
+        purpose: keyring::envelope::Purpose::MasterImport,
+        gatekeeper_id: keyring::GatekeeperId([0; 32]),
+        epoch: 0,
+        subject: keyring::envelope::subject::master_import(),
+        recipient,
+    }
+}
+
+/// Seals a master secret to import to the endpoint node's enclave HPKE key.
+fn seal_master_secret(secret: &[u8], enclave_hpke_public_key: &[u8]) -> Result<pb::HpkeEnvelope> {
+    let recipient = keyring::X25519PublicKey::from_slice(enclave_hpke_public_key)
+        .context("the node did not report its enclave HPKE key")?;
+    let env = keyring::envelope::seal(
+        &master_import_context(recipient),
+        secret,
+        &mut rand_core::OsRng,
+    )
+    .context("sealing the master secret")?;
+    Ok(pb::HpkeEnvelope {
+        version: env.version,
+        encapped_key: env.encapped_key.to_vec(),
+        ciphertext: env.ciphertext,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses → output (pure).
 
 fn role_name(r: i32) -> &'static str {
     match pb::Role::try_from(r).unwrap_or(pb::Role::Unspecified) {
@@ -265,6 +354,14 @@ fn epoch_status_name(s: i32) -> &'static str {
         pb::EpochStatus::Retired => "retired",
         pb::EpochStatus::Aborted => "aborted",
         pb::EpochStatus::Unspecified => "unknown",
+    }
+}
+
+fn voter_text(voter: bool) -> &'static str {
+    if voter {
+        "voter"
+    } else {
+        "learner"
     }
 }
 
@@ -303,6 +400,180 @@ fn chain_json(c: &pb::ChainStatus) -> serde_json::Value {
     })
 }
 
+/// `status --json`.
+fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+    json!({
+        "node_id": s.node_id,
+        "role": role_name(s.role),
+        "leader_id": s.leader_id,
+        "term": s.term,
+        "last_log_index": s.last_log_index,
+        "last_applied": s.last_applied,
+        "commit_index": s.commit_index,
+        "members": members_json(&s.members),
+        "audit_sequence": s.audit_sequence,
+        "gatekeeper_id": hex::encode(&s.gatekeeper_id),
+        "seal_status": seal_text(&s.seal),
+        "epochs": s.epochs.iter().map(|e| json!({
+            "epoch": e.epoch,
+            "status": epoch_status_name(e.status),
+            "threshold": e.threshold,
+            "master_public_key": hex::encode(&e.master_public_key),
+            "cluster_signing_public_key": hex::encode(&e.cluster_signing_public_key),
+        })).collect::<Vec<_>>(),
+        "chain": s.chain.as_ref().map(chain_json),
+    })
+}
+
+/// `status` without `--json`: the lines to print.
+fn status_text(s: &pb::StatusResponse) -> Vec<String> {
+    let mut lines = vec![
+        format!(
+            "node {} ({}), term {}, leader {:?}",
+            s.node_id,
+            role_name(s.role),
+            s.term,
+            s.leader_id
+        ),
+        format!(
+            "log index {}, applied {}, audit sequence {}",
+            s.last_log_index, s.last_applied, s.audit_sequence
+        ),
+    ];
+    lines.extend(s.members.iter().map(|m| {
+        format!(
+            "  {:>4}  {:<8} raft={} api={}",
+            m.node_id,
+            voter_text(m.voter),
+            m.raft_address,
+            m.api_address
+        )
+    }));
+    lines.push(format!("seal: {}", seal_text(&s.seal)));
+    lines.extend(s.epochs.iter().map(|e| {
+        format!(
+            "  epoch {:>3}  {:<8} threshold {} master {}",
+            e.epoch,
+            epoch_status_name(e.status),
+            e.threshold,
+            hex::encode(&e.master_public_key)
+        )
+    }));
+    lines.extend(chain_text(s.chain.as_ref()));
+    lines
+}
+
+/// The chain watcher's part of [`status_text`].
+fn chain_text(chain: Option<&pb::ChainStatus>) -> Vec<String> {
+    let Some(ch) = chain else {
+        return vec!["chain: none configured".into()];
+    };
+    let mut lines =
+        vec![
+            format!(
+                "chain: {} ({} profile), {}{}",
+                ch.url,
+                ch.profile,
+                if ch.connected {
+                    "connected"
+                } else {
+                    "DISCONNECTED"
+                },
+                if ch.stalled { ", STALLED" } else { "" }
+            ),
+            format!(
+            "  finalized {}, cursor {} (event {}{}), lag {} blocks; events applied {}, ignored {}",
+            ch.finalized,
+            ch.cursor_block,
+            ch.cursor_event_index,
+            if ch.cursor_block_complete { ", complete" } else { "" },
+            ch.lag_blocks,
+            ch.events_applied,
+            ch.events_ignored
+        ),
+        ];
+    if !ch.last_error.is_empty() {
+        lines.push(format!("  last error: {}", ch.last_error));
+    }
+    lines.extend(ch.recent_ignored.iter().map(|i| {
+        format!(
+            "  ignored: block {} event {} {}: {}",
+            i.block, i.index, i.name, i.reason
+        )
+    }));
+    lines
+}
+
+/// `members --json`.
+fn members_response_json(r: &pb::MembersResponse) -> serde_json::Value {
+    json!({"leader_id": r.leader_id, "members": members_json(&r.members)})
+}
+
+/// `members` without `--json`: one line per member.
+fn members_text(r: &pb::MembersResponse) -> Vec<String> {
+    r.members
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {} raft={} api={}",
+                m.node_id,
+                voter_text(m.voter),
+                m.raft_address,
+                m.api_address
+            )
+        })
+        .collect()
+}
+
+fn init_json(r: &pb::InitResponse) -> serde_json::Value {
+    json!({
+        "gatekeeper_id": hex::encode(&r.gatekeeper_id),
+        "threshold": r.threshold,
+        "imported_master_public_key": hex::encode(&r.master_public_key),
+    })
+}
+
+fn join_json(r: &pb::JoinResponse) -> serde_json::Value {
+    json!({"log_index": r.log_index, "voter": r.voter})
+}
+
+fn leave_json(r: &pb::LeaveResponse) -> serde_json::Value {
+    json!({"log_index": r.log_index})
+}
+
+fn put_json(r: &pb::WriteCanaryResponse) -> serde_json::Value {
+    json!({"log_index": r.log_index, "audit_sequence": r.audit_sequence, "leader_id": r.leader_id})
+}
+
+fn get_json(r: &pb::ReadCanaryResponse) -> serde_json::Value {
+    json!({"value": r.value, "applied_index": r.applied_index, "served_by": r.served_by, "staleness_ms": r.staleness_ms})
+}
+
+fn rotate_json(r: &pb::RotateResponse) -> serde_json::Value {
+    json!({"rotation_id": r.rotation_id, "epoch": r.epoch})
+}
+
+fn retire_json(r: &pb::RetireResponse) -> serde_json::Value {
+    json!({"retired": r.retired, "min_epoch": r.min_epoch})
+}
+
+fn dev_json(r: &pb::ApplyDevEventResponse) -> serde_json::Value {
+    json!({"log_index": r.log_index, "audit_sequence": r.audit_sequence})
+}
+
+fn fault_json(r: &pb::SetFaultResponse) -> serde_json::Value {
+    json!({"isolated": r.isolated})
+}
+
+fn print_lines(lines: &[String]) {
+    for l in lines {
+        println!("{l}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The subcommands: call AdminService, print the answer.
+
 fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", s.code(), s.message())
 }
@@ -330,295 +601,702 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
             members,
             threshold,
             import_master_file,
-        } => {
-            let mut req = pb::InitRequest {
-                threshold,
-                ..Default::default()
-            };
-            if let Some(path) = import_master_file {
-                let text = zeroize::Zeroizing::new(
-                    std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read {}", path.display()))?,
-                );
-                let secret = zeroize::Zeroizing::new(
-                    hex::decode(text.trim())
-                        .ok()
-                        .filter(|b| b.len() == 64)
-                        .with_context(|| {
-                            format!("{} must hold 128 hex characters", path.display())
-                        })?,
-                );
-                let s = c
-                    .status(pb::StatusRequest {})
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                let recipient = keyring::X25519PublicKey::from_slice(&s.enclave_hpke_public_key)
-                    .context("the node did not report its enclave HPKE key")?;
-                let ctx = keyring::envelope::EnvelopeContext {
-                    purpose: keyring::envelope::Purpose::MasterImport,
-                    gatekeeper_id: keyring::GatekeeperId([0; 32]),
-                    epoch: 0,
-                    subject: keyring::envelope::subject::master_import(),
-                    recipient,
-                };
-                let env = keyring::envelope::seal(&ctx, &secret, &mut rand_core::OsRng)
-                    .context("sealing the master secret")?;
-                req.imported_master_secret = Some(pb::HpkeEnvelope {
-                    version: env.version,
-                    encapped_key: env.encapped_key.to_vec(),
-                    ciphertext: env.ciphertext,
-                });
-            }
-            for m in members {
-                let parts: Vec<&str> = m.splitn(3, '=').collect();
-                let [id, raft, api] = parts[..] else {
-                    bail!("--member must be ID=RAFT_ADDR=API_ADDR, got {m:?}");
-                };
-                req.members.push(pb::InitMember {
-                    node_id: id
-                        .parse()
-                        .with_context(|| format!("bad node id in {m:?}"))?,
-                    raft_address: raft.into(),
-                    api_address: api.into(),
-                });
-            }
-            let r = c.init(req).await.map_err(status_error)?.into_inner();
-            println!(
-                "{}",
-                json!({
-                    "gatekeeper_id": hex::encode(&r.gatekeeper_id),
-                    "threshold": r.threshold,
-                    "imported_master_public_key": hex::encode(&r.master_public_key),
-                })
-            );
-        }
+        } => init(&mut c, &members, threshold, import_master_file.as_deref()).await,
         AdminCommand::Join {
             node_id,
             raft_address,
             api_address,
-        } => {
-            let r = c
-                .join(pb::JoinRequest {
-                    node_id,
-                    raft_address,
-                    api_address,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!("{}", json!({"log_index": r.log_index, "voter": r.voter}));
-        }
-        AdminCommand::Leave { node_id } => {
-            let r = c
-                .leave(pb::LeaveRequest { node_id })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!("{}", json!({"log_index": r.log_index}));
-        }
-        AdminCommand::Status { json: as_json } => {
-            let s = c
-                .status(pb::StatusRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let v = json!({
-                "node_id": s.node_id,
-                "role": role_name(s.role),
-                "leader_id": s.leader_id,
-                "term": s.term,
-                "last_log_index": s.last_log_index,
-                "last_applied": s.last_applied,
-                "commit_index": s.commit_index,
-                "members": members_json(&s.members),
-                "audit_sequence": s.audit_sequence,
-                "gatekeeper_id": hex::encode(&s.gatekeeper_id),
-                "seal_status": seal_text(&s.seal),
-                "epochs": s.epochs.iter().map(|e| json!({
-                    "epoch": e.epoch,
-                    "status": epoch_status_name(e.status),
-                    "threshold": e.threshold,
-                    "master_public_key": hex::encode(&e.master_public_key),
-                    "cluster_signing_public_key": hex::encode(&e.cluster_signing_public_key),
-                })).collect::<Vec<_>>(),
-                "chain": s.chain.as_ref().map(chain_json),
-            });
-            if as_json {
-                println!("{v}");
-            } else {
-                println!(
-                    "node {} ({}), term {}, leader {:?}",
-                    s.node_id,
-                    role_name(s.role),
-                    s.term,
-                    s.leader_id
-                );
-                println!(
-                    "log index {}, applied {}, audit sequence {}",
-                    s.last_log_index, s.last_applied, s.audit_sequence
-                );
-                for m in &s.members {
-                    println!(
-                        "  {:>4}  {:<8} raft={} api={}",
-                        m.node_id,
-                        if m.voter { "voter" } else { "learner" },
-                        m.raft_address,
-                        m.api_address
-                    );
-                }
-                println!("seal: {}", seal_text(&s.seal));
-                for e in &s.epochs {
-                    println!(
-                        "  epoch {:>3}  {:<8} threshold {} master {}",
-                        e.epoch,
-                        epoch_status_name(e.status),
-                        e.threshold,
-                        hex::encode(&e.master_public_key)
-                    );
-                }
-                match &s.chain {
-                    None => println!("chain: none configured"),
-                    Some(ch) => {
-                        println!(
-                            "chain: {} ({} profile), {}{}",
-                            ch.url,
-                            ch.profile,
-                            if ch.connected {
-                                "connected"
-                            } else {
-                                "DISCONNECTED"
-                            },
-                            if ch.stalled { ", STALLED" } else { "" }
-                        );
-                        println!(
-                            "  finalized {}, cursor {} (event {}{}), lag {} blocks; events applied {}, ignored {}",
-                            ch.finalized,
-                            ch.cursor_block,
-                            ch.cursor_event_index,
-                            if ch.cursor_block_complete { ", complete" } else { "" },
-                            ch.lag_blocks,
-                            ch.events_applied,
-                            ch.events_ignored
-                        );
-                        if !ch.last_error.is_empty() {
-                            println!("  last error: {}", ch.last_error);
-                        }
-                        for i in &ch.recent_ignored {
-                            println!(
-                                "  ignored: block {} event {} {}: {}",
-                                i.block, i.index, i.name, i.reason
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        AdminCommand::Members { json: as_json } => {
-            let r = c
-                .members(pb::MembersRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            if as_json {
-                println!(
-                    "{}",
-                    json!({"leader_id": r.leader_id, "members": members_json(&r.members)})
-                );
-            } else {
-                for m in &r.members {
-                    println!(
-                        "{} {} raft={} api={}",
-                        m.node_id,
-                        if m.voter { "voter" } else { "learner" },
-                        m.raft_address,
-                        m.api_address
-                    );
-                }
-            }
-        }
-        AdminCommand::Put { key, value } => {
-            let r = c
-                .write_canary(pb::WriteCanaryRequest { key, value })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!(
-                "{}",
-                json!({"log_index": r.log_index, "audit_sequence": r.audit_sequence, "leader_id": r.leader_id})
-            );
-        }
-        AdminCommand::Get { key, consistency } => {
-            let consistency = match consistency.as_str() {
-                "linearizable" => pb::ReadConsistency::Linearizable,
-                "stale" => pb::ReadConsistency::Stale,
-                other => bail!("--consistency must be linearizable or stale, got {other:?}"),
-            };
-            let r = c
-                .read_canary(pb::ReadCanaryRequest {
-                    key,
-                    consistency: consistency as i32,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!(
-                "{}",
-                json!({"value": r.value, "applied_index": r.applied_index, "served_by": r.served_by, "staleness_ms": r.staleness_ms})
-            );
-        }
+        } => join(&mut c, node_id, raft_address, api_address).await,
+        AdminCommand::Leave { node_id } => leave(&mut c, node_id).await,
+        AdminCommand::Status { json } => status(&mut c, json).await,
+        AdminCommand::Members { json } => members(&mut c, json).await,
+        AdminCommand::Put { key, value } => put(&mut c, key, value).await,
+        AdminCommand::Get { key, consistency } => get(&mut c, key, &consistency).await,
         AdminCommand::Rotate {
             rotation_id,
             deadline_ms,
             reason,
-        } => {
-            let r = c
-                .rotate(pb::RotateRequest {
-                    rotation_id,
-                    deadline_ms,
-                    reason,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!(
-                "{}",
-                json!({"rotation_id": r.rotation_id, "epoch": r.epoch})
-            );
-        }
-        AdminCommand::Retire { min_epoch } => {
-            let r = c
-                .retire(pb::RetireRequest { min_epoch })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!(
-                "{}",
-                json!({"retired": r.retired, "min_epoch": r.min_epoch})
-            );
-        }
-        AdminCommand::Dev { event } => {
-            let r = c
-                .apply_dev_event(dev_request(event)?)
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!(
-                "{}",
-                json!({"log_index": r.log_index, "audit_sequence": r.audit_sequence})
-            );
-        }
-        AdminCommand::Fault { isolate, heal } => {
-            if isolate == heal {
-                bail!("pass exactly one of --isolate or --heal");
-            }
-            let r = c
-                .set_fault(pb::SetFaultRequest { isolate })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!("{}", json!({"isolated": r.isolated}));
-        }
+        } => rotate(&mut c, rotation_id, deadline_ms, reason).await,
+        AdminCommand::Retire { min_epoch } => retire(&mut c, min_epoch).await,
+        AdminCommand::Dev { event } => dev(&mut c, event).await,
+        AdminCommand::Fault { isolate, heal } => fault(&mut c, isolate, heal).await,
+    }
+}
+
+/// `init`: reads and seals the master secret to import (if any), then initialises the cluster.
+async fn init(
+    c: &mut Client,
+    members: &[String],
+    threshold: u32,
+    import_master_file: Option<&Path>,
+) -> Result<()> {
+    let imported_master_secret = match import_master_file {
+        Some(path) => Some(sealed_master_import(c, path).await?),
+        None => None,
+    };
+    let req = pb::InitRequest {
+        threshold,
+        members: parse_members(members)?,
+        imported_master_secret,
+        ..Default::default()
+    };
+    let r = c.init(req).await.map_err(status_error)?.into_inner();
+    println!("{}", init_json(&r));
+    Ok(())
+}
+
+/// Reads the master secret in `path` and seals it to the endpoint node's enclave.
+async fn sealed_master_import(c: &mut Client, path: &Path) -> Result<pb::HpkeEnvelope> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let secret = parse_master_secret(&text)
+        .with_context(|| format!("{} must hold 128 hex characters", path.display()))?;
+    let s = c
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    seal_master_secret(&secret, &s.enclave_hpke_public_key)
+}
+
+async fn join(
+    c: &mut Client,
+    node_id: u64,
+    raft_address: String,
+    api_address: String,
+) -> Result<()> {
+    let req = pb::JoinRequest {
+        node_id,
+        raft_address,
+        api_address,
+    };
+    let r = c.join(req).await.map_err(status_error)?.into_inner();
+    println!("{}", join_json(&r));
+    Ok(())
+}
+
+async fn leave(c: &mut Client, node_id: u64) -> Result<()> {
+    let req = pb::LeaveRequest { node_id };
+    let r = c.leave(req).await.map_err(status_error)?.into_inner();
+    println!("{}", leave_json(&r));
+    Ok(())
+}
+
+async fn status(c: &mut Client, as_json: bool) -> Result<()> {
+    let req = pb::StatusRequest {};
+    let s = c.status(req).await.map_err(status_error)?.into_inner();
+    if as_json {
+        println!("{}", status_json(&s));
+    } else {
+        print_lines(&status_text(&s));
     }
     Ok(())
+}
+
+async fn members(c: &mut Client, as_json: bool) -> Result<()> {
+    let req = pb::MembersRequest {};
+    let r = c.members(req).await.map_err(status_error)?.into_inner();
+    if as_json {
+        println!("{}", members_response_json(&r));
+    } else {
+        print_lines(&members_text(&r));
+    }
+    Ok(())
+}
+
+async fn put(c: &mut Client, key: String, value: String) -> Result<()> {
+    let req = pb::WriteCanaryRequest { key, value };
+    let r = c
+        .write_canary(req)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}", put_json(&r));
+    Ok(())
+}
+
+async fn get(c: &mut Client, key: String, consistency: &str) -> Result<()> {
+    let req = pb::ReadCanaryRequest {
+        key,
+        consistency: parse_consistency(consistency)? as i32,
+    };
+    let r = c.read_canary(req).await.map_err(status_error)?.into_inner();
+    println!("{}", get_json(&r));
+    Ok(())
+}
+
+async fn rotate(
+    c: &mut Client,
+    rotation_id: String,
+    deadline_ms: u64,
+    reason: String,
+) -> Result<()> {
+    let req = pb::RotateRequest {
+        rotation_id,
+        deadline_ms,
+        reason,
+    };
+    let r = c.rotate(req).await.map_err(status_error)?.into_inner();
+    println!("{}", rotate_json(&r));
+    Ok(())
+}
+
+async fn retire(c: &mut Client, min_epoch: u64) -> Result<()> {
+    let req = pb::RetireRequest { min_epoch };
+    let r = c.retire(req).await.map_err(status_error)?.into_inner();
+    println!("{}", retire_json(&r));
+    Ok(())
+}
+
+async fn dev(c: &mut Client, event: DevEvent) -> Result<()> {
+    let req = dev_request(event)?;
+    let r = c
+        .apply_dev_event(req)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}", dev_json(&r));
+    Ok(())
+}
+
+async fn fault(c: &mut Client, isolate: bool, heal: bool) -> Result<()> {
+    let req = pb::SetFaultRequest {
+        isolate: parse_fault(isolate, heal)?,
+    };
+    let r = c.set_fault(req).await.map_err(status_error)?.into_inner();
+    println!("{}", fault_json(&r));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(r: Result<impl std::fmt::Debug>) -> String {
+        format!("{:#}", r.expect_err("an error"))
+    }
+
+    #[test]
+    fn a_member_is_id_raft_api() {
+        let m = parse_member("3=10.0.0.3:7000=10.0.0.3:8000").unwrap();
+        assert_eq!(m.node_id, 3);
+        assert_eq!(m.raft_address, "10.0.0.3:7000");
+        assert_eq!(m.api_address, "10.0.0.3:8000");
+        // Only the first two '=' separate: the API address keeps the rest.
+        let m = parse_member("1=r=a=b").unwrap();
+        assert_eq!(
+            (m.raft_address.as_str(), m.api_address.as_str()),
+            ("r", "a=b")
+        );
+    }
+
+    #[test]
+    fn bad_members_are_refused_with_the_offending_argument() {
+        assert_eq!(
+            err(parse_member("1=10.0.0.1:7000")),
+            r#"--member must be ID=RAFT_ADDR=API_ADDR, got "1=10.0.0.1:7000""#
+        );
+        assert_eq!(
+            err(parse_member("")),
+            r#"--member must be ID=RAFT_ADDR=API_ADDR, got """#
+        );
+        assert_eq!(
+            err(parse_member("one=r=a")),
+            r#"bad node id in "one=r=a": invalid digit found in string"#
+        );
+        assert_eq!(
+            err(parse_member("-1=r=a")),
+            r#"bad node id in "-1=r=a": invalid digit found in string"#
+        );
+        // The first bad one of several is the error; good ones keep their order.
+        let ms = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            err(parse_members(&ms(&["1=r=a", "x=r=a", "y"]))),
+            r#"bad node id in "x=r=a": invalid digit found in string"#
+        );
+        let ok = parse_members(&ms(&["2=r2=a2", "1=r1=a1"])).unwrap();
+        assert_eq!(ok.iter().map(|m| m.node_id).collect::<Vec<_>>(), [2, 1]);
+        assert!(parse_members(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hex_ids_are_32_bytes() {
+        assert_eq!(hexid(&"ab".repeat(32)).unwrap(), vec![0xab; 32]);
+        assert_eq!(
+            err(hexid("abcd")),
+            r#""abcd" must be 32 bytes (64 hex characters)"#
+        );
+        assert_eq!(
+            err(hexid("zz")),
+            r#""zz" is not hex: Invalid character 'z' at position 0"#
+        );
+    }
+
+    #[test]
+    fn a_master_secret_file_holds_128_hex_characters() {
+        let hex128 = "0f".repeat(64);
+        assert_eq!(
+            parse_master_secret(&format!("  {hex128}\n"))
+                .unwrap()
+                .as_slice(),
+            &[0x0f; 64][..]
+        );
+        assert!(parse_master_secret(&"0f".repeat(63)).is_none());
+        assert!(parse_master_secret(&"0f".repeat(65)).is_none());
+        assert!(parse_master_secret(&format!("{}zz", "0f".repeat(63))).is_none());
+        assert!(parse_master_secret("").is_none());
+    }
+
+    #[test]
+    fn the_sealed_master_secret_opens_in_the_master_import_context() {
+        let sk = keyring::X25519SecretKey::generate(&mut rand_core::OsRng);
+        let secret = [7u8; 64];
+        let env = seal_master_secret(&secret, &sk.public_key().0).unwrap();
+        let opened = keyring::envelope::open(
+            &master_import_context(sk.public_key()),
+            &sk,
+            &keyring::envelope::Envelope {
+                version: env.version,
+                encapped_key: env.encapped_key.try_into().unwrap(),
+                ciphertext: env.ciphertext,
+            },
+        )
+        .unwrap();
+        assert_eq!(opened.as_slice(), &secret[..]);
+        assert!(err(seal_master_secret(&secret, &[]))
+            .starts_with("the node did not report its enclave HPKE key"));
+    }
+
+    #[test]
+    fn consistency_scheme_and_fault_flags() {
+        assert_eq!(
+            parse_consistency("linearizable").unwrap(),
+            pb::ReadConsistency::Linearizable
+        );
+        assert_eq!(
+            parse_consistency("stale").unwrap(),
+            pb::ReadConsistency::Stale
+        );
+        assert_eq!(
+            err(parse_consistency("Stale")),
+            r#"--consistency must be linearizable or stale, got "Stale""#
+        );
+        assert_eq!(
+            parse_scheme("native").unwrap(),
+            pb::DerivationScheme::Native
+        );
+        assert_eq!(parse_scheme("phala").unwrap(), pb::DerivationScheme::Phala);
+        assert_eq!(
+            err(parse_scheme("x")),
+            r#"--scheme must be native or phala, got "x""#
+        );
+        assert!(parse_fault(true, false).unwrap());
+        assert!(!parse_fault(false, true).unwrap());
+        for (i, h) in [(true, true), (false, false)] {
+            assert_eq!(
+                err(parse_fault(i, h)),
+                "pass exactly one of --isolate or --heal"
+            );
+        }
+    }
+
+    #[test]
+    fn create_cluster_becomes_a_request() {
+        use pb::apply_dev_event_request::Event as E;
+        let (w, c) = ("11".repeat(32), "22".repeat(32));
+        let r = dev_request(DevEvent::CreateCluster {
+            cluster: c,
+            workers: vec![w.clone(), w],
+            scheme: "phala".into(),
+        })
+        .unwrap();
+        let Some(E::ClusterCreated(cc)) = r.event else {
+            panic!("{r:?}")
+        };
+        assert_eq!(cc.cluster, vec![0x22; 32]);
+        assert_eq!(cc.workers, vec![vec![0x11; 32]; 2]);
+        assert_eq!(cc.scheme, pb::DerivationScheme::Phala as i32);
+    }
+
+    #[test]
+    fn dev_events_other_than_create_cluster() {
+        use pb::apply_dev_event_request::Event as E;
+        let (w, c) = ("11".repeat(32), "22".repeat(32));
+        let r = dev_request(DevEvent::RegisterWorker {
+            worker: w.clone(),
+            provider: "dcap".into(),
+            confidence: 2,
+        })
+        .unwrap();
+        let Some(E::WorkerRegistered(wr)) = r.event else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (
+                wr.worker,
+                wr.attestation_provider.as_str(),
+                wr.confidence_level
+            ),
+            (vec![0x11; 32], "dcap", 2)
+        );
+
+        let r = dev_request(DevEvent::Instantiate {
+            contract: w,
+            cluster: c,
+        })
+        .unwrap();
+        assert!(matches!(r.event, Some(E::ContractInstantiated(_))));
+        assert_eq!(
+            err(dev_request(DevEvent::Slash {
+                worker: "abc".into(),
+                reason: "dev".into(),
+            })),
+            r#""abc" is not hex: Odd number of digits"#
+        );
+    }
+
+    #[test]
+    fn create_cluster_checks_its_arguments_in_order() {
+        let (w, c) = ("11".repeat(32), "22".repeat(32));
+        // The cluster id is checked before the workers, the workers before the scheme.
+        let bad = |cluster: &str, worker: &str, scheme: &str| {
+            err(dev_request(DevEvent::CreateCluster {
+                cluster: cluster.into(),
+                workers: vec![worker.into()],
+                scheme: scheme.into(),
+            }))
+        };
+        assert_eq!(
+            bad("00", "zz", "x"),
+            r#""00" must be 32 bytes (64 hex characters)"#
+        );
+        assert_eq!(
+            bad(&c, "0a", "x"),
+            r#""0a" must be 32 bytes (64 hex characters)"#
+        );
+        assert_eq!(
+            bad(&c, &w, "x"),
+            r#"--scheme must be native or phala, got "x""#
+        );
+    }
+
+    fn member(id: u64, voter: bool) -> pb::Member {
+        pb::Member {
+            node_id: id,
+            raft_address: format!("127.0.0.1:70{id:02}"),
+            api_address: format!("127.0.0.1:80{id:02}"),
+            voter,
+            ..Default::default()
+        }
+    }
+
+    /// A two-member cluster, unsealed, one active epoch, following a chain.
+    fn sample_status() -> pb::StatusResponse {
+        pb::StatusResponse {
+            node_id: 1,
+            role: pb::Role::Leader as i32,
+            leader_id: Some(1),
+            term: 4,
+            last_log_index: 20,
+            last_applied: 19,
+            commit_index: 20,
+            members: vec![member(1, true), member(12, false)],
+            seal: Some(pb::SealStatus {
+                state: pb::SealState::Unsealed as i32,
+                ..Default::default()
+            }),
+            epochs: vec![pb::EpochInfo {
+                epoch: 1,
+                status: pb::EpochStatus::Active as i32,
+                master_public_key: vec![0xaa; 2],
+                cluster_signing_public_key: vec![0xbb; 2],
+                threshold: 2,
+                ..Default::default()
+            }],
+            gatekeeper_id: vec![0x01, 0x02],
+            chain: Some(pb::ChainStatus {
+                url: "ws://127.0.0.1:9944".into(),
+                connected: true,
+                finalized: 12,
+                cursor_block: 11,
+                cursor_block_hash: vec![0xcc],
+                cursor_event_index: 3,
+                lag_blocks: 1,
+                profile: "gatekeeper".into(),
+                stalled: false,
+                last_finalized_age_ms: 250,
+                last_error: String::new(),
+                events_applied: 5,
+                events_ignored: 1,
+                recent_ignored: vec![pb::IgnoredChainEvent {
+                    block: 9,
+                    index: 2,
+                    name: "Foo.Bar".into(),
+                    reason: "undecodable".into(),
+                }],
+                cursor_block_complete: true,
+                genesis_hash: vec![0xdd],
+                reconnects: 2,
+            }),
+            audit_sequence: 17,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_json_has_every_field() {
+        assert_eq!(
+            status_json(&sample_status()),
+            json!({
+                "node_id": 1,
+                "role": "leader",
+                "leader_id": 1,
+                "term": 4,
+                "last_log_index": 20,
+                "last_applied": 19,
+                "commit_index": 20,
+                "members": [
+                    {"id": 1, "raft_address": "127.0.0.1:7001",
+                     "api_address": "127.0.0.1:8001", "voter": true},
+                    {"id": 12, "raft_address": "127.0.0.1:7012",
+                     "api_address": "127.0.0.1:8012", "voter": false},
+                ],
+                "audit_sequence": 17,
+                "gatekeeper_id": "0102",
+                "seal_status": "unsealed",
+                "epochs": [{
+                    "epoch": 1, "status": "active", "threshold": 2,
+                    "master_public_key": "aaaa", "cluster_signing_public_key": "bbbb",
+                }],
+                "chain": {
+                    "url": "ws://127.0.0.1:9944",
+                    "profile": "gatekeeper",
+                    "connected": true,
+                    "stalled": false,
+                    "finalized": 12,
+                    "last_finalized_age_ms": 250,
+                    "cursor": {"block": 11, "block_hash": "cc", "event_index": 3,
+                               "block_complete": true},
+                    "lag_blocks": 1,
+                    "genesis_hash": "dd",
+                    "events_applied": 5,
+                    "events_ignored": 1,
+                    "recent_ignored": [
+                        {"block": 9, "index": 2, "name": "Foo.Bar", "reason": "undecodable"},
+                    ],
+                    "last_error": "",
+                    "reconnects": 2,
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn status_json_of_an_uninitialised_node() {
+        let v = status_json(&pb::StatusResponse {
+            role: pb::Role::Uninitialized as i32,
+            ..Default::default()
+        });
+        assert_eq!(v["role"], "uninitialized");
+        assert_eq!(v["leader_id"], serde_json::Value::Null);
+        assert_eq!(v["seal_status"], "sealed");
+        assert_eq!(v["gatekeeper_id"], "");
+        assert_eq!(v["members"], json!([]));
+        assert_eq!(v["epochs"], json!([]));
+        assert_eq!(v["chain"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn status_text_lines() {
+        assert_eq!(
+            status_text(&sample_status()),
+            [
+                "node 1 (leader), term 4, leader Some(1)",
+                "log index 20, applied 19, audit sequence 17",
+                "     1  voter    raft=127.0.0.1:7001 api=127.0.0.1:8001",
+                "    12  learner  raft=127.0.0.1:7012 api=127.0.0.1:8012",
+                "seal: unsealed",
+                "  epoch   1  active   threshold 2 master aaaa",
+                "chain: ws://127.0.0.1:9944 (gatekeeper profile), connected",
+                "  finalized 12, cursor 11 (event 3, complete), lag 1 blocks; events applied 5, ignored 1",
+                "  ignored: block 9 event 2 Foo.Bar: undecodable",
+            ]
+        );
+    }
+
+    #[test]
+    fn status_text_of_a_sealing_node_without_a_leader_or_a_chain() {
+        let s = pb::StatusResponse {
+            node_id: 2,
+            role: pb::Role::Follower as i32,
+            seal: Some(pb::SealStatus {
+                state: pb::SealState::Unsealing as i32,
+                shares_collected: 1,
+                threshold: 3,
+                epoch: 1,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            status_text(&s),
+            [
+                "node 2 (follower), term 0, leader None",
+                "log index 0, applied 0, audit sequence 0",
+                "seal: unsealing 1/3",
+                "chain: none configured",
+            ]
+        );
+    }
+
+    #[test]
+    fn chain_text_flags_trouble() {
+        let ch = pb::ChainStatus {
+            url: "ws://x".into(),
+            profile: "phala".into(),
+            connected: false,
+            stalled: true,
+            last_error: "connection refused".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            chain_text(Some(&ch)),
+            [
+                "chain: ws://x (phala profile), DISCONNECTED, STALLED",
+                "  finalized 0, cursor 0 (event 0), lag 0 blocks; events applied 0, ignored 0",
+                "  last error: connection refused",
+            ]
+        );
+    }
+
+    #[test]
+    fn seal_role_and_epoch_names() {
+        assert_eq!(seal_text(&None), "sealed");
+        let seal = |state: pb::SealState| {
+            seal_text(&Some(pb::SealStatus {
+                state: state as i32,
+                shares_collected: 2,
+                threshold: 3,
+                epoch: 0,
+            }))
+        };
+        assert_eq!(seal(pb::SealState::Unspecified), "sealed");
+        assert_eq!(seal(pb::SealState::Sealed), "sealed");
+        assert_eq!(seal(pb::SealState::Unsealing), "unsealing 2/3");
+        assert_eq!(seal(pb::SealState::Unsealed), "unsealed");
+        assert_eq!(role_name(pb::Role::Candidate as i32), "candidate");
+        assert_eq!(role_name(pb::Role::Learner as i32), "learner");
+        assert_eq!(role_name(99), "unknown");
+        assert_eq!(
+            epoch_status_name(pb::EpochStatus::Dealing as i32),
+            "dealing"
+        );
+        assert_eq!(
+            epoch_status_name(pb::EpochStatus::Retired as i32),
+            "retired"
+        );
+        assert_eq!(
+            epoch_status_name(pb::EpochStatus::Aborted as i32),
+            "aborted"
+        );
+        assert_eq!(epoch_status_name(99), "unknown");
+    }
+
+    #[test]
+    fn members_output() {
+        let r = pb::MembersResponse {
+            members: vec![member(1, true), member(2, false)],
+            leader_id: None,
+        };
+        assert_eq!(
+            members_text(&r),
+            [
+                "1 voter raft=127.0.0.1:7001 api=127.0.0.1:8001",
+                "2 learner raft=127.0.0.1:7002 api=127.0.0.1:8002",
+            ]
+        );
+        assert_eq!(
+            members_response_json(&r),
+            json!({"leader_id": null, "members": [
+                {"id": 1, "raft_address": "127.0.0.1:7001", "api_address": "127.0.0.1:8001",
+                 "voter": true},
+                {"id": 2, "raft_address": "127.0.0.1:7002", "api_address": "127.0.0.1:8002",
+                 "voter": false},
+            ]})
+        );
+        // No members: nothing at all is printed.
+        assert!(members_text(&pb::MembersResponse::default()).is_empty());
+    }
+
+    #[test]
+    fn the_one_line_answers_of_membership() {
+        let init = pb::InitResponse {
+            gatekeeper_id: vec![0xab],
+            epoch: 1,
+            master_public_key: vec![0xcd],
+            threshold: 2,
+        };
+        assert_eq!(
+            init_json(&init),
+            json!({"gatekeeper_id": "ab", "threshold": 2, "imported_master_public_key": "cd"})
+        );
+        let join = pb::JoinResponse {
+            log_index: 7,
+            voter: true,
+        };
+        assert_eq!(join_json(&join), json!({"log_index": 7, "voter": true}));
+        assert_eq!(
+            leave_json(&pb::LeaveResponse { log_index: 8 }),
+            json!({"log_index": 8})
+        );
+    }
+
+    #[test]
+    fn the_one_line_answers_of_canaries_epochs_and_faults() {
+        let put = pb::WriteCanaryResponse {
+            log_index: 9,
+            audit_sequence: 3,
+            leader_id: 2,
+        };
+        assert_eq!(
+            put_json(&put),
+            json!({"log_index": 9, "audit_sequence": 3, "leader_id": 2})
+        );
+        let get = pb::ReadCanaryResponse {
+            value: None,
+            applied_index: 9,
+            served_by: 1,
+            staleness_ms: 0,
+        };
+        assert_eq!(
+            get_json(&get),
+            json!({"value": null, "applied_index": 9, "served_by": 1, "staleness_ms": 0})
+        );
+        let rotate = pb::RotateResponse {
+            rotation_id: "r-1".into(),
+            epoch: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            rotate_json(&rotate),
+            json!({"rotation_id": "r-1", "epoch": 2})
+        );
+        let retire = pb::RetireResponse {
+            retired: vec![1, 2],
+            min_epoch: 3,
+        };
+        assert_eq!(
+            retire_json(&retire),
+            json!({"retired": [1, 2], "min_epoch": 3})
+        );
+        let dev = pb::ApplyDevEventResponse {
+            log_index: 4,
+            audit_sequence: 5,
+        };
+        assert_eq!(dev_json(&dev), json!({"log_index": 4, "audit_sequence": 5}));
+        assert_eq!(
+            fault_json(&pb::SetFaultResponse { isolated: true }),
+            json!({"isolated": true})
+        );
+    }
 }

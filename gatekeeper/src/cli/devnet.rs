@@ -52,16 +52,63 @@ pub struct DevnetArgs {
 }
 
 const MARKER: &str = ".gatekeeper-devnet";
+const NODE_LOG: &str = "node.log";
 const DEMO_CLUSTER: [u8; 32] = [0xc1; 32];
 const DEMO_CONTRACT: [u8; 32] = [0xc2; 32];
 
-struct NodeProc {
+/// One node's id, addresses and files.
+#[derive(Debug, Clone, PartialEq)]
+struct NodeInfo {
     id: u64,
-    api: String,
     raft: String,
+    api: String,
     metrics: String,
+    data: PathBuf,
     log: PathBuf,
+}
+
+/// A running node process.
+struct NodeProc {
+    info: NodeInfo,
     child: Child,
+}
+
+/// What the genesis left: the leader and the newest epoch with its master public key.
+#[derive(Debug, Clone, PartialEq)]
+struct Genesis {
+    leader: u64,
+    epoch: u64,
+    master: Vec<u8>,
+}
+
+/// A key the demo miner fetched: only what the summary shows.
+#[derive(Debug, Clone, PartialEq)]
+struct DemoKey {
+    public: [u8; 32],
+    epoch: u64,
+    served_by: u64,
+}
+
+impl From<&gatekeeper_client::FetchedKey> for DemoKey {
+    fn from(k: &gatekeeper_client::FetchedKey) -> Self {
+        DemoKey {
+            public: *k.keypair.public_key().as_bytes(),
+            epoch: k.epoch,
+            served_by: k.served_by,
+        }
+    }
+}
+
+/// Everything the final summary prints.
+#[derive(Debug, Clone)]
+struct Summary {
+    chain_url: String,
+    dir: PathBuf,
+    nodes: Vec<NodeInfo>,
+    genesis: Genesis,
+    worker: [u8; 32],
+    worker_key: DemoKey,
+    contract_key: DemoKey,
 }
 
 /// One step with a spinner (on a terminal) and a line when it is done.
@@ -142,15 +189,19 @@ fn port(base: u16, offset: u64) -> Result<u16> {
     u16::try_from(u64::from(base) + offset).context("--base-port is too high for these ports")
 }
 
-struct NodeAddrs {
-    id: u64,
-    raft: String,
-    api: String,
-    metrics: String,
-    data: PathBuf,
+/// Node `id`'s addresses (from `--base-port`) and files (under its directory `ndir`).
+fn node_info(id: u64, base_port: u16, ndir: &Path) -> Result<NodeInfo> {
+    Ok(NodeInfo {
+        id,
+        raft: format!("127.0.0.1:{}", port(base_port, 10 + id)?),
+        api: format!("127.0.0.1:{}", port(base_port, 20 + id)?),
+        metrics: format!("127.0.0.1:{}", port(base_port, 30 + id)?),
+        data: ndir.join("data"),
+        log: ndir.join(NODE_LOG),
+    })
 }
 
-fn node_config(n: &NodeAddrs, chain_url: &str) -> String {
+fn node_config(n: &NodeInfo, chain_url: &str) -> String {
     format!(
         "# written by `gatekeeper devnet`\n\
          node_id = {id}\n\
@@ -170,6 +221,134 @@ fn node_config(n: &NodeAddrs, chain_url: &str) -> String {
         api = n.api,
         metrics = n.metrics,
     )
+}
+
+/// The initial voters: every node.
+fn init_members(nodes: &[NodeInfo]) -> Vec<pb::InitMember> {
+    nodes
+        .iter()
+        .map(|n| pb::InitMember {
+            node_id: n.id,
+            raft_address: n.raft.clone(),
+            api_address: n.api.clone(),
+        })
+        .collect()
+}
+
+/// What an unsealed node says about the genesis (either part may still be missing).
+#[derive(Debug, Clone, PartialEq)]
+struct UnsealedView {
+    /// The leader it knows.
+    leader: Option<u64>,
+    /// Its newest epoch and that epoch's master public key.
+    newest_epoch: Option<(u64, Vec<u8>)>,
+}
+
+/// One node's view of the genesis: `None` until it is unsealed.
+fn unsealed_view(s: &pb::StatusResponse) -> Option<UnsealedView> {
+    let seal = s.seal.as_ref()?;
+    if seal.state != pb::SealState::Unsealed as i32 {
+        return None;
+    }
+    Some(UnsealedView {
+        leader: s.leader_id,
+        newest_epoch: s
+            .epochs
+            .last()
+            .map(|e| (e.epoch, e.master_public_key.clone())),
+    })
+}
+
+/// The chain actions that make the demo worker, its cluster and the demo contract.
+fn demo_actions(worker: Public) -> [Action; 3] {
+    [
+        Action::RegisterWorker {
+            worker,
+            provider: Some(devchain::runtime::AttestationProvider::Root),
+            confidence_level: 1,
+        },
+        Action::CreateCluster {
+            cluster: H256(DEMO_CLUSTER),
+            workers: vec![worker],
+        },
+        Action::InstantiateContract {
+            contract: H256(DEMO_CONTRACT),
+            cluster: H256(DEMO_CLUSTER),
+        },
+    ]
+}
+
+/// Whether the chain cursor has fully applied `block`.
+fn applied_through(c: &pb::ChainStatus, block: u64) -> bool {
+    c.cursor_block > block || (c.cursor_block == block && c.cursor_block_complete)
+}
+
+/// The summary printed once the demo has run.
+fn summary_lines(s: &Summary) -> Vec<String> {
+    let mut l = vec![
+        String::new(),
+        "Gatekeeper devnet is up".to_string(),
+        format!("  chain          {} (gatekeeper profile)", s.chain_url),
+    ];
+    l.extend(s.nodes.iter().map(|n| {
+        format!(
+            "  node {}         api {}  raft {}  metrics http://{}/metrics{}",
+            n.id,
+            n.api,
+            n.raft,
+            n.metrics,
+            if n.id == s.genesis.leader {
+                "  (leader)"
+            } else {
+                ""
+            }
+        )
+    }));
+    l.push(format!(
+        "  epoch          {}, master public key {}",
+        s.genesis.epoch,
+        hex::encode(&s.genesis.master)
+    ));
+    l.push(format!("  demo worker    {}", hex::encode(s.worker)));
+    l.push(format!(
+        "  worker key     {} (epoch {}, served by node {})",
+        hex::encode(s.worker_key.public),
+        s.worker_key.epoch,
+        s.worker_key.served_by
+    ));
+    l.push(format!(
+        "  contract key   {} (contract {}, cluster {})",
+        hex::encode(s.contract_key.public),
+        hex::encode(DEMO_CONTRACT),
+        hex::encode(DEMO_CLUSTER)
+    ));
+    l.push(format!("  data and logs  {}", s.dir.display()));
+    l.extend(
+        s.nodes
+            .iter()
+            .map(|n| format!("                 node {}: {}", n.id, n.log.display())),
+    );
+    l.push(format!(
+        "                 chain: {}",
+        s.dir.join("chain").display()
+    ));
+    l.extend(try_lines(s));
+    l
+}
+
+/// The "Try:" part of [`summary_lines`].
+fn try_lines(s: &Summary) -> Vec<String> {
+    let first_api = s.nodes.first().map(|n| n.api.as_str()).unwrap_or_default();
+    vec![
+        String::new(),
+        "Try:".to_string(),
+        format!("  gatekeeper admin --endpoint {first_api} status"),
+        format!(
+            "  gatekeeper-devchain emit --url {} slash-worker --worker {} --reason demo",
+            s.chain_url,
+            hex::encode(s.worker)
+        ),
+    ]
 }
 
 async fn admin(api: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
@@ -207,9 +386,9 @@ where
             if let Some(st) = n.child.try_wait()? {
                 bail!(
                     "node {} exited ({st}) while waiting for {what}; its log ({}):\n{}",
-                    n.id,
-                    n.log.display(),
-                    log_tail(&n.log, 20)
+                    n.info.id,
+                    n.info.log.display(),
+                    log_tail(&n.info.log, 20)
                 );
             }
         }
@@ -274,12 +453,35 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     outcome
 }
 
+/// The demo, step by step; the started nodes go into `nodes` as they start, so that the caller
+/// stops them whatever happens.
 async fn demo(
     args: &DevnetArgs,
     dir: &Path,
     nodes: &mut Vec<NodeProc>,
 ) -> Result<devchain::DevChain> {
-    // 1. The chain.
+    let chain = start_chain(args, dir).await?;
+    let apis = start_nodes(args, dir, &chain.url(), nodes).await?;
+    let genesis = init_cluster(nodes, &apis).await?;
+    let worker = register_demo_worker(&chain, nodes, &apis, genesis.leader).await?;
+    let (worker_key, contract_key) = fetch_demo_keys(&apis, &worker).await?;
+    let summary = Summary {
+        chain_url: chain.url(),
+        dir: dir.to_path_buf(),
+        nodes: nodes.iter().map(|n| n.info.clone()).collect(),
+        genesis,
+        worker: *worker.public_key().as_bytes(),
+        worker_key,
+        contract_key,
+    };
+    for line in summary_lines(&summary) {
+        println!("{line}");
+    }
+    Ok(chain)
+}
+
+/// Step 1: the dev chain.
+async fn start_chain(args: &DevnetArgs, dir: &Path) -> Result<devchain::DevChain> {
     let step = Step::start("Starting the dev chain");
     let chain = match devchain::DevChain::start(devchain::Config {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], args.base_port)),
@@ -301,62 +503,25 @@ async fn demo(
         &hex::encode(chain.genesis_hash())[..16],
         args.block_time_ms
     ));
+    Ok(chain)
+}
 
-    // 2. The nodes.
+/// Step 2: the node processes, until each answers on its API. Returns the API addresses.
+async fn start_nodes(
+    args: &DevnetArgs,
+    dir: &Path,
+    chain_url: &str,
+    nodes: &mut Vec<NodeProc>,
+) -> Result<Vec<String>> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let step = Step::start(&format!("Starting {} gatekeeper nodes", args.nodes));
     for id in 1..=args.nodes {
-        let ndir = dir.join(format!("node-{id}"));
-        std::fs::create_dir_all(&ndir)?;
-        let log = ndir.join("node.log");
-        let logf = std::fs::File::create(&log)?;
-        let addrs = NodeAddrs {
-            id,
-            raft: format!("127.0.0.1:{}", port(args.base_port, 10 + id)?),
-            api: format!("127.0.0.1:{}", port(args.base_port, 20 + id)?),
-            metrics: format!("127.0.0.1:{}", port(args.base_port, 30 + id)?),
-            data: ndir.join("data"),
-        };
-        let config = ndir.join("gatekeeper.toml");
-        std::fs::write(&config, node_config(&addrs, &chain.url()))?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("node")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            .kill_on_drop(true);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("GATEKEEPER_") {
-                cmd.env_remove(k);
-            }
-        }
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info,openraft=warn");
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", exe.display()))?;
-        nodes.push(NodeProc {
-            id,
-            raft: addrs.raft,
-            api: addrs.api,
-            metrics: addrs.metrics,
-            log,
-            child,
-        });
+        nodes.push(spawn_node(&exe, dir, id, args.base_port, chain_url)?);
         step.note(&format!("node {id} started"));
     }
-    let apis: Vec<String> = nodes.iter().map(|n| n.api.clone()).collect();
+    let apis: Vec<String> = nodes.iter().map(|n| n.info.api.clone()).collect();
     let up = wait_for(nodes, Duration::from_secs(30), "the nodes' APIs", || {
-        let apis = apis.clone();
-        async move {
-            for a in &apis {
-                status(a).await.ok()?;
-            }
-            Some(())
-        }
+        all_answer(apis.clone())
     })
     .await;
     if let Err(e) = up {
@@ -364,21 +529,61 @@ async fn demo(
         return Err(e);
     }
     step.done(&format!("APIs on {}", apis.join(", ")));
+    Ok(apis)
+}
 
-    // 3. Init and genesis.
+/// Writes node `id`'s config under `dir` and starts it, logging to its log file.
+fn spawn_node(
+    exe: &Path,
+    dir: &Path,
+    id: u64,
+    base_port: u16,
+    chain_url: &str,
+) -> Result<NodeProc> {
+    let ndir = dir.join(format!("node-{id}"));
+    std::fs::create_dir_all(&ndir)?;
+    let logf = std::fs::File::create(ndir.join(NODE_LOG))?;
+    let info = node_info(id, base_port, &ndir)?;
+    let config = ndir.join("gatekeeper.toml");
+    std::fs::write(&config, node_config(&info, chain_url))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("GATEKEEPER_") {
+            cmd.env_remove(k);
+        }
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info,openraft=warn");
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    Ok(NodeProc { info, child })
+}
+
+/// `Some` once every API answers a status call.
+async fn all_answer(apis: Vec<String>) -> Option<()> {
+    for a in &apis {
+        status(a).await.ok()?;
+    }
+    Some(())
+}
+
+/// Step 3: init on the first node, then wait until every node is unsealed.
+async fn init_cluster(nodes: &mut [NodeProc], apis: &[String]) -> Result<Genesis> {
     let step = Step::start("Initialising the cluster and dealing the genesis master key");
-    let members: Vec<pb::InitMember> = nodes
-        .iter()
-        .map(|n| pb::InitMember {
-            node_id: n.id,
-            raft_address: n.raft.clone(),
-            api_address: n.api.clone(),
-        })
-        .collect();
-    let init = admin(&nodes[0].api)
+    let infos: Vec<NodeInfo> = nodes.iter().map(|n| n.info.clone()).collect();
+    let init = admin(&infos[0].api)
         .await?
         .init(pb::InitRequest {
-            members,
+            members: init_members(&infos),
             ..Default::default()
         })
         .await
@@ -389,93 +594,89 @@ async fn demo(
         nodes,
         Duration::from_secs(60),
         "every node to unseal",
-        || {
-            let apis = apis.clone();
-            async move {
-                let mut leader = None;
-                let mut master = None;
-                for a in &apis {
-                    let s = status(a).await.ok()?;
-                    let seal = s.seal.as_ref()?;
-                    if seal.state != pb::SealState::Unsealed as i32 {
-                        return None;
-                    }
-                    leader = s.leader_id;
-                    master = s
-                        .epochs
-                        .last()
-                        .map(|e| (e.epoch, e.master_public_key.clone()));
-                }
-                Some((leader?, master?))
-            }
-        },
+        || genesis_probe(apis.to_vec()),
     )
     .await;
-    let (leader, (epoch, master)) = match unsealed {
-        Ok(v) => v,
+    let genesis = match unsealed {
+        Ok(g) => g,
         Err(e) => {
             step.fail();
             return Err(e);
         }
     };
     step.done(&format!(
-        "gatekeeper id {}…, threshold {} of {}, leader node {leader}",
+        "gatekeeper id {}…, threshold {} of {}, leader node {}",
         &hex::encode(&init.gatekeeper_id)[..16],
         init.threshold,
-        nodes.len()
+        nodes.len(),
+        genesis.leader
     ));
+    Ok(genesis)
+}
 
-    // 4. The demo worker on chain.
+/// `Some` once every node is unsealed: the leader and the newest epoch as the last node sees them.
+async fn genesis_probe(apis: Vec<String>) -> Option<Genesis> {
+    let mut view = None;
+    for a in &apis {
+        view = Some(unsealed_view(&status(a).await.ok()?)?);
+    }
+    let UnsealedView {
+        leader,
+        newest_epoch,
+    } = view?;
+    let (epoch, master) = newest_epoch?;
+    Some(Genesis {
+        leader: leader?,
+        epoch,
+        master,
+    })
+}
+
+/// Step 4: a fresh worker, its cluster and the demo contract on chain, applied by the cluster.
+async fn register_demo_worker(
+    chain: &devchain::DevChain,
+    nodes: &mut [NodeProc],
+    apis: &[String],
+    leader: u64,
+) -> Result<Sr25519Keypair> {
     let step = Step::start("Registering a demo worker, cluster and contract on the dev chain");
     let worker = Sr25519Keypair::generate(&mut rand_core::OsRng);
     let wkey = Public(*worker.public_key().as_bytes());
     let mut last = 0;
-    for a in [
-        Action::RegisterWorker {
-            worker: wkey,
-            provider: Some(devchain::runtime::AttestationProvider::Root),
-            confidence_level: 1,
-        },
-        Action::CreateCluster {
-            cluster: H256(DEMO_CLUSTER),
-            workers: vec![wkey],
-        },
-        Action::InstantiateContract {
-            contract: H256(DEMO_CONTRACT),
-            cluster: H256(DEMO_CLUSTER),
-        },
-    ] {
+    for a in demo_actions(wkey) {
         let r = chain.submit(DevProfile::Gatekeeper, &a).await?;
         last = r["block"].as_u64().unwrap_or(0);
         step.note(&format!("block {last} finalized"));
     }
     let leader_api = nodes
         .iter()
-        .find(|n| n.id == leader)
-        .map(|n| n.api.clone())
+        .find(|n| n.info.id == leader)
+        .map(|n| n.info.api.clone())
         .unwrap_or_else(|| apis[0].clone());
     wait_for(
         nodes,
         Duration::from_secs(60),
         "the cluster to apply the demo blocks",
-        || {
-            let a = leader_api.clone();
-            async move {
-                let c = status(&a).await.ok()?.chain?;
-                (c.cursor_block > last || (c.cursor_block == last && c.cursor_block_complete))
-                    .then_some(())
-            }
-        },
+        || cursor_through(leader_api.clone(), last),
     )
     .await?;
     step.done(&format!(
         "worker {}… registered; applied through block {last}",
         &hex::encode(wkey.0)[..16]
     ));
+    Ok(worker)
+}
 
-    // 5. The demo miner.
+/// `Some` once the node at `api` has fully applied `block`.
+async fn cursor_through(api: String, block: u64) -> Option<()> {
+    let c = status(&api).await.ok()?.chain?;
+    applied_through(&c, block).then_some(())
+}
+
+/// Step 5: the demo miner fetches the worker key and the demo contract's key.
+async fn fetch_demo_keys(apis: &[String], worker: &Sr25519Keypair) -> Result<(DemoKey, DemoKey)> {
     let step = Step::start("Demo miner fetching its worker key and a contract key");
-    let mut miner = MinerClient::new(apis.clone(), worker.clone());
+    let mut miner = MinerClient::new(apis.to_vec(), worker.clone());
     let wk = miner
         .fetch(KeyTarget::Worker, None)
         .await
@@ -485,50 +686,228 @@ async fn demo(
         .await
         .context("fetching the contract key")?;
     step.done("signatures verified, envelopes opened");
+    Ok((DemoKey::from(&wk), DemoKey::from(&ck)))
+}
 
-    // 6. Summary.
-    println!();
-    println!("Gatekeeper devnet is up");
-    println!("  chain          {} (gatekeeper profile)", chain.url());
-    for n in nodes.iter() {
-        println!(
-            "  node {}         api {}  raft {}  metrics http://{}/metrics{}",
-            n.id,
-            n.api,
-            n.raft,
-            n.metrics,
-            if n.id == leader { "  (leader)" } else { "" }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64) -> NodeInfo {
+        node_info(id, 9944, &Path::new("/d").join(format!("node-{id}"))).unwrap()
+    }
+
+    #[test]
+    fn node_ports_follow_the_base_port() {
+        assert_eq!(
+            node(2),
+            NodeInfo {
+                id: 2,
+                raft: "127.0.0.1:9956".into(),
+                api: "127.0.0.1:9966".into(),
+                metrics: "127.0.0.1:9976".into(),
+                data: "/d/node-2/data".into(),
+                log: "/d/node-2/node.log".into(),
+            }
+        );
+        assert_eq!(
+            format!("{:#}", node_info(1, 65_505, Path::new("/d")).unwrap_err()),
+            "--base-port is too high for these ports: out of range integral type conversion attempted"
+        );
+        assert!(node_info(9, 65_535 - 39, Path::new("/d")).is_ok());
+    }
+
+    #[test]
+    fn node_config_is_toml_for_a_development_node() {
+        let text = node_config(&node(1), "ws://127.0.0.1:9944");
+        assert!(text.starts_with("# written by `gatekeeper devnet`\n"));
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(v["node_id"].as_integer(), Some(1));
+        assert_eq!(v["data_dir"].as_str(), Some("/d/node-1/data"));
+        assert_eq!(v["raft_listen"].as_str(), Some("127.0.0.1:9955"));
+        assert_eq!(v["api_listen"].as_str(), Some("127.0.0.1:9965"));
+        assert_eq!(v["metrics_listen"].as_str(), Some("127.0.0.1:9975"));
+        assert_eq!(v["mode"].as_str(), Some("development"));
+        assert_eq!(v["chain_url"].as_str(), Some("ws://127.0.0.1:9944"));
+        assert_eq!(v["chain_profile"].as_str(), Some("gatekeeper"));
+        assert_eq!(v["election_timeout_min_ms"].as_integer(), Some(500));
+        assert_eq!(v["election_timeout_max_ms"].as_integer(), Some(1000));
+        assert_eq!(v["heartbeat_interval_ms"].as_integer(), Some(150));
+    }
+
+    #[test]
+    fn every_node_is_an_initial_voter() {
+        let ms = init_members(&[node(1), node(2)]);
+        assert_eq!(
+            ms.iter()
+                .map(|m| (m.node_id, m.raft_address.as_str(), m.api_address.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (1, "127.0.0.1:9955", "127.0.0.1:9965"),
+                (2, "127.0.0.1:9956", "127.0.0.1:9966"),
+            ]
         );
     }
-    println!(
-        "  epoch          {epoch}, master public key {}",
-        hex::encode(&master)
-    );
-    println!("  demo worker    {}", hex::encode(wkey.0));
-    println!(
-        "  worker key     {} (epoch {}, served by node {})",
-        hex::encode(wk.keypair.public_key().as_bytes()),
-        wk.epoch,
-        wk.served_by
-    );
-    println!(
-        "  contract key   {} (contract {}, cluster {})",
-        hex::encode(ck.keypair.public_key().as_bytes()),
-        hex::encode(DEMO_CONTRACT),
-        hex::encode(DEMO_CLUSTER)
-    );
-    println!("  data and logs  {}", dir.display());
-    for n in nodes.iter() {
-        println!("                 node {}: {}", n.id, n.log.display());
+
+    #[test]
+    fn only_an_unsealed_node_has_a_view_of_the_genesis() {
+        let seal = |state: pb::SealState| {
+            Some(pb::SealStatus {
+                state: state as i32,
+                ..Default::default()
+            })
+        };
+        let mut s = pb::StatusResponse {
+            leader_id: Some(2),
+            epochs: vec![
+                pb::EpochInfo {
+                    epoch: 0,
+                    master_public_key: vec![1],
+                    ..Default::default()
+                },
+                pb::EpochInfo {
+                    epoch: 1,
+                    master_public_key: vec![2],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(unsealed_view(&s), None);
+        s.seal = seal(pb::SealState::Unsealing);
+        assert_eq!(unsealed_view(&s), None);
+        s.seal = seal(pb::SealState::Unsealed);
+        assert_eq!(
+            unsealed_view(&s),
+            Some(UnsealedView {
+                leader: Some(2),
+                newest_epoch: Some((1, vec![2])),
+            })
+        );
+        s.leader_id = None;
+        s.epochs.clear();
+        assert_eq!(
+            unsealed_view(&s),
+            Some(UnsealedView {
+                leader: None,
+                newest_epoch: None,
+            })
+        );
     }
-    println!("                 chain: {}", dir.join("chain").display());
-    println!();
-    println!("Try:");
-    println!("  gatekeeper admin --endpoint {} status", apis[0]);
-    println!(
-        "  gatekeeper-devchain emit --url {} slash-worker --worker {} --reason demo",
-        chain.url(),
-        hex::encode(wkey.0)
-    );
-    Ok(chain)
+
+    #[test]
+    fn a_block_is_applied_once_the_cursor_is_past_it_or_complete_on_it() {
+        let c = |block, complete| pb::ChainStatus {
+            cursor_block: block,
+            cursor_block_complete: complete,
+            ..Default::default()
+        };
+        assert!(!applied_through(&c(4, true), 5));
+        assert!(!applied_through(&c(5, false), 5));
+        assert!(applied_through(&c(5, true), 5));
+        assert!(applied_through(&c(6, false), 5));
+    }
+
+    #[test]
+    fn the_demo_registers_the_worker_then_its_cluster_then_the_contract() {
+        let w = Public([7; 32]);
+        let [register, cluster, contract] = demo_actions(w);
+        assert_eq!(
+            register,
+            Action::RegisterWorker {
+                worker: w,
+                provider: Some(devchain::runtime::AttestationProvider::Root),
+                confidence_level: 1,
+            }
+        );
+        assert_eq!(
+            cluster,
+            Action::CreateCluster {
+                cluster: H256(DEMO_CLUSTER),
+                workers: vec![w],
+            }
+        );
+        assert_eq!(
+            contract,
+            Action::InstantiateContract {
+                contract: H256(DEMO_CONTRACT),
+                cluster: H256(DEMO_CLUSTER),
+            }
+        );
+    }
+
+    #[test]
+    fn the_summary() {
+        let s = Summary {
+            chain_url: "ws://127.0.0.1:9944".into(),
+            dir: "/d".into(),
+            nodes: vec![node(1), node(2)],
+            genesis: Genesis {
+                leader: 2,
+                epoch: 1,
+                master: vec![0xaa, 0xbb],
+            },
+            worker: [0x11; 32],
+            worker_key: DemoKey {
+                public: [0x22; 32],
+                epoch: 1,
+                served_by: 2,
+            },
+            contract_key: DemoKey {
+                public: [0x33; 32],
+                epoch: 1,
+                served_by: 1,
+            },
+        };
+        let (w, wk, ck) = ("11".repeat(32), "22".repeat(32), "33".repeat(32));
+        let (contract, cluster) = ("c2".repeat(32), "c1".repeat(32));
+        assert_eq!(
+            summary_lines(&s),
+            [
+                "".to_string(),
+                "Gatekeeper devnet is up".into(),
+                "  chain          ws://127.0.0.1:9944 (gatekeeper profile)".into(),
+                "  node 1         api 127.0.0.1:9965  raft 127.0.0.1:9955  metrics http://127.0.0.1:9975/metrics".into(),
+                "  node 2         api 127.0.0.1:9966  raft 127.0.0.1:9956  metrics http://127.0.0.1:9976/metrics  (leader)".into(),
+                "  epoch          1, master public key aabb".into(),
+                format!("  demo worker    {w}"),
+                format!("  worker key     {wk} (epoch 1, served by node 2)"),
+                format!("  contract key   {ck} (contract {contract}, cluster {cluster})"),
+                "  data and logs  /d".into(),
+                "                 node 1: /d/node-1/node.log".into(),
+                "                 node 2: /d/node-2/node.log".into(),
+                "                 chain: /d/chain".into(),
+                "".into(),
+                "Try:".into(),
+                "  gatekeeper admin --endpoint 127.0.0.1:9965 status".into(),
+                format!(
+                    "  gatekeeper-devchain emit --url ws://127.0.0.1:9944 slash-worker --worker {w} --reason demo"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn prepare_dir_wipes_only_a_previous_devnet() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("devnet");
+        prepare_dir(&dir).unwrap();
+        assert!(dir.join(MARKER).exists());
+        std::fs::write(dir.join("leftover"), "x").unwrap();
+        prepare_dir(&dir).unwrap();
+        assert!(!dir.join("leftover").exists());
+
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("precious"), "x").unwrap();
+        let e = prepare_dir(&other).unwrap_err();
+        assert!(e
+            .to_string()
+            .ends_with("is not a devnet directory; choose another --dir"));
+        assert!(other.join("precious").exists());
+        // An empty directory is fine.
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        prepare_dir(&empty).unwrap();
+    }
 }
