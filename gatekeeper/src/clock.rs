@@ -11,3 +11,8 @@ pub fn now_ms() -> u64 {
 pub fn now_secs() -> u64 {
     now_ms() / 1000
 }
+
+/// The wall clock as a `SystemTime` (for certificate validity).
+pub fn now() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms())
+}

@@ -9,6 +9,7 @@
 //! | [`config`] | node settings (TOML + `GATEKEEPER_*` environment) | reads the file |
 //! | [`attestation`] | the attestation policy and the mapping of wire evidence onto it | no |
 //! | [`keyfile`] | reading the sr25519 key files `gatekeeper keygen` writes | reads the file |
+//! | [`tls`] | transport security: PEM loading, the three listener policies, hot reload, the capped accept loop with peer identities, TLS clients, rcgen issuance | reads the files; sockets |
 //! | [`replay`] | the nonce window (timestamps and used nonces) | no |
 //! | [`epochs`] | read-only views over the replicated epochs: active epochs, dealing contexts | no |
 //! | [`enclave`] | the enclave boundary: secrets, shares, sealing (software backend) | its own directory |
@@ -28,9 +29,9 @@
 //!
 //! **No import cycles.** No top-level module imports another that imports it back, directly or
 //! through a third module. The order, from the bottom: `error`, `clock`, `keyfile`; the leaves
-//! `replay`, `attestation`, `enclave`, `chain`; `config` (which names chain settings); `epochs`;
-//! the decisions `issuance`, `peer`, `keeper`, `operator`; then `service`, `metrics`, `node`,
-//! `cli`. A unit test (`tests::no_cycles`) reads the sources and keeps this true. Inside a
+//! `replay`, `attestation`, `enclave`, `tls`, `chain`; `config` (which names chain settings);
+//! `epochs`; the decisions `issuance`, `peer`, `keeper`, `operator`; then `service`, `metrics`,
+//! `node`, `cli`. A unit test (`tests::no_cycles`) reads the sources and keeps this true. Inside a
 //! module directory, children import their siblings, never the parent's re-exports (e.g.
 //! `keeper/runtime.rs` imports `keeper/plan.rs`).
 
@@ -53,6 +54,7 @@ pub mod operator;
 pub mod peer;
 pub mod replay;
 pub mod service;
+pub mod tls;
 
 #[cfg(test)]
 mod tests {

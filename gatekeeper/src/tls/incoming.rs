@@ -1,0 +1,531 @@
+//! The accept loop: TCP connections from a listener, capped, TLS-handshaken under a deadline, as a
+//! stream for `tonic::transport::Server::serve_with_incoming_shutdown`.
+//!
+//! ```text
+//! accept ──► over the cap? ──yes──► close at once (refused_over_limit)
+//!               │no (the connection holds a permit until it closes)
+//!               ▼
+//!          TCP_NODELAY ──► plaintext? ──yes──► ServerIo::Plain
+//!               │no
+//!               ▼
+//!          TLS handshake (config current at accept, deadline) ──fails──► close (handshake_failures, last_failure)
+//!               │ok
+//!               ▼
+//!          ServerIo::Tls + ConnectInfo { remote, verified peer chain, PeerIdentity }
+//! ```
+
+use super::cert::CertInfo;
+use super::reload::Reloadable;
+use futures::Stream;
+use rustls_pki_types::CertificateDer;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+/// Limits of one listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, counting those still in their TLS handshake. A connection
+    /// accepted beyond this is closed at once.
+    pub max_connections: usize,
+    /// A TLS handshake not finished within this is abandoned and its connection closed.
+    pub handshake_timeout: Duration,
+    /// Set TCP_NODELAY on accepted connections (small gRPC frames otherwise wait for delayed
+    /// ACKs).
+    pub nodelay: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            nodelay: true,
+        }
+    }
+}
+
+/// Who is on the other end of a TLS connection whose client certificate was verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The remote socket address.
+    pub remote_addr: SocketAddr,
+    /// The leaf (end-entity) certificate, DER.
+    pub leaf: CertificateDer<'static>,
+    /// SHA-256 of the leaf's SubjectPublicKeyInfo (what a member record pins).
+    pub spki_sha256: [u8; 32],
+    /// The leaf's subject common name.
+    pub common_name: Option<String>,
+    /// The leaf's DNS subjectAltNames.
+    pub dns_names: Vec<String>,
+    /// The leaf's IP subjectAltNames.
+    pub ip_addresses: Vec<IpAddr>,
+}
+
+impl PeerIdentity {
+    /// From a verified chain (leaf first); `None` if it is empty or the leaf does not parse.
+    pub fn from_chain(
+        remote_addr: SocketAddr,
+        chain: &[CertificateDer<'static>],
+    ) -> Option<PeerIdentity> {
+        let leaf = chain.first()?;
+        let info = CertInfo::parse(leaf).ok()?;
+        Some(PeerIdentity {
+            remote_addr,
+            leaf: leaf.clone(),
+            spki_sha256: info.spki_sha256,
+            common_name: info.common_name,
+            dns_names: info.dns_names,
+            ip_addresses: info.ip_addresses,
+        })
+    }
+}
+
+/// What tonic puts in every request's extensions for a connection from [`incoming()`]; read it
+/// with [`connect_info`] or [`super::peer_identity`]. (tonic's own `Request::remote_addr` does not
+/// know this type: use `remote_addr` here.)
+#[derive(Clone, Debug)]
+pub struct ConnectInfo {
+    /// The remote socket address.
+    pub remote_addr: SocketAddr,
+    /// The local socket address.
+    pub local_addr: Option<SocketAddr>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The client's certificate chain as presented and verified (leaf first); `None` on plaintext
+    /// and server-only listeners.
+    pub peer_certificates: Option<Arc<[CertificateDer<'static>]>>,
+    /// The verified client's identity, parsed from the leaf.
+    pub peer: Option<Arc<PeerIdentity>>,
+}
+
+/// The [`ConnectInfo`] of a request served through [`incoming()`].
+pub fn connect_info<T>(request: &tonic::Request<T>) -> Option<&ConnectInfo> {
+    request.extensions().get::<ConnectInfo>()
+}
+
+/// Why a TLS handshake failed, as a kind a test or a metric can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The client did not speak TLS (e.g. plaintext HTTP/2 to a TLS port).
+    NotTls,
+    /// The listener requires a client certificate and none was presented.
+    NoClientCertificate,
+    /// The client certificate does not chain to an accepted CA.
+    UnknownIssuer,
+    /// The client certificate is expired or not yet valid.
+    CertificateNotCurrent,
+    /// The client certificate's names are not in the listener's allowlist.
+    NameNotAllowed,
+    /// The client certificate is otherwise unacceptable (wrong key usage, bad signature...).
+    BadCertificate,
+    /// The client aborted with an alert (e.g. it did not accept this server's certificate).
+    PeerAlert,
+    /// No protocol version, cipher suite or ALPN protocol in common.
+    Incompatible,
+    /// The handshake did not finish within the deadline.
+    Timeout,
+    /// The client closed the connection during the handshake.
+    Closed,
+    /// Anything else.
+    Other,
+}
+
+/// One failed handshake.
+#[derive(Clone, Debug)]
+pub struct HandshakeFailure {
+    /// Who.
+    pub remote_addr: SocketAddr,
+    /// Why, classified.
+    pub kind: FailureKind,
+    /// Why, as rustls said it.
+    pub message: String,
+}
+
+fn classify(e: &io::Error) -> FailureKind {
+    use rustls::{CertificateError as C, Error as E, InvalidMessage as M};
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) else {
+        return match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe => FailureKind::Closed,
+            _ => FailureKind::Other,
+        };
+    };
+    match tls {
+        E::InvalidMessage(M::InvalidContentType | M::UnknownProtocolVersion)
+        | E::InappropriateMessage { .. } => FailureKind::NotTls,
+        E::NoCertificatesPresented => FailureKind::NoClientCertificate,
+        E::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => FailureKind::UnknownIssuer,
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => FailureKind::CertificateNotCurrent,
+            C::ApplicationVerificationFailure => FailureKind::NameNotAllowed,
+            _ => FailureKind::BadCertificate,
+        },
+        E::AlertReceived(_) => FailureKind::PeerAlert,
+        E::NoApplicationProtocol | E::PeerIncompatible(_) => FailureKind::Incompatible,
+        _ => FailureKind::Other,
+    }
+}
+
+/// Counters of one listener (for tests, logs and metrics).
+#[derive(Debug)]
+pub struct ListenerStats {
+    max: usize,
+    permits: Arc<Semaphore>,
+    served: AtomicU64,
+    refused_over_limit: AtomicU64,
+    handshake_failures: AtomicU64,
+    last_failure: Mutex<Option<HandshakeFailure>>,
+}
+
+impl ListenerStats {
+    /// Connections open now (including those in their handshake).
+    pub fn open_connections(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    /// Connections handed to the server so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at once because the cap was reached.
+    pub fn refused_over_limit(&self) -> u64 {
+        self.refused_over_limit.load(Ordering::Relaxed)
+    }
+
+    /// Failed or timed-out TLS handshakes.
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+
+    /// The most recent failed handshake.
+    pub fn last_failure(&self) -> Option<HandshakeFailure> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn failed(&self, f: HandshakeFailure) {
+        match f.kind {
+            FailureKind::NoClientCertificate
+            | FailureKind::UnknownIssuer
+            | FailureKind::CertificateNotCurrent
+            | FailureKind::NameNotAllowed
+            | FailureKind::BadCertificate => tracing::warn!(
+                remote = %f.remote_addr, kind = ?f.kind, error = %f.message,
+                "TLS client refused"
+            ),
+            _ => tracing::debug!(
+                remote = %f.remote_addr, kind = ?f.kind, error = %f.message,
+                "TLS handshake failed"
+            ),
+        }
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+}
+
+/// An accepted connection: plaintext TCP or a TLS stream over it. It holds its listener's
+/// connection permit until dropped.
+pub struct ServerIo {
+    stream: Conn,
+    info: ConnectInfo,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl ServerIo {
+    /// This connection's [`ConnectInfo`].
+    pub fn info(&self) -> &ConnectInfo {
+        &self.info
+    }
+}
+
+impl std::fmt::Debug for ServerIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIo")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl tonic::transport::server::Connected for ServerIo {
+    type ConnectInfo = ConnectInfo;
+
+    fn connect_info(&self) -> ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The stream of accepted connections of one listener. Dropping it (tonic does when it stops
+/// accepting) ends the accept loop, closes the listening socket and abandons handshakes in flight.
+pub struct Incoming {
+    rx: mpsc::Receiver<ServerIo>,
+    stats: Arc<ListenerStats>,
+    local_addr: Option<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Incoming {
+    /// This listener's counters (shared; they stay readable after the listener stops).
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        self.stats.clone()
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for Incoming {
+    type Item = Result<ServerIo, io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().rx.poll_recv(cx).map(|o| o.map(Ok))
+    }
+}
+
+/// Starts accepting on `listener` (must be called inside a tokio runtime). `tls: None` serves
+/// plaintext — for development mode only, and logged as such. With TLS, each connection is
+/// handshaken with the config that is current when it is accepted.
+pub fn incoming(listener: TcpListener, tls: Option<Reloadable>, limits: Limits) -> Incoming {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let stats = Arc::new(ListenerStats {
+        max: limits.max_connections,
+        permits: permits.clone(),
+        served: AtomicU64::new(0),
+        refused_over_limit: AtomicU64::new(0),
+        handshake_failures: AtomicU64::new(0),
+        last_failure: Mutex::new(None),
+    });
+    let local_addr = listener.local_addr().ok();
+    match &tls {
+        None => tracing::warn!(
+            addr = ?local_addr,
+            "listener serves PLAINTEXT (development mode): no TLS, no client authentication"
+        ),
+        Some(r) => tracing::info!(
+            addr = ?local_addr,
+            listener = r.label(),
+            policy = ?r.settings().client_auth,
+            "TLS listener"
+        ),
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(accept_loop(
+        listener,
+        tls,
+        limits,
+        permits,
+        stats.clone(),
+        tx,
+    ));
+    Incoming {
+        rx,
+        stats,
+        local_addr,
+        task,
+    }
+}
+
+/// Errors of one connection (the listener itself is fine).
+fn per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Reloadable>,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    stats: Arc<ListenerStats>,
+    tx: mpsc::Sender<ServerIo>,
+) {
+    // Handshakes in flight; dropping the set (when this task is aborted) aborts them.
+    let mut handshakes = JoinSet::new();
+    loop {
+        while handshakes.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = tx.closed() => return,
+        };
+        let (tcp, remote_addr) = match accepted {
+            Ok(a) => a,
+            Err(e) if per_connection(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors or buffers: wait rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.refused_over_limit.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(remote = %remote_addr, max = limits.max_connections, "connection cap reached; closed");
+            drop(tcp);
+            continue;
+        };
+        if limits.nodelay {
+            let _ = tcp.set_nodelay(true);
+        }
+        let local_addr = tcp.local_addr().ok();
+        let Some(tls) = &tls else {
+            let io = ServerIo {
+                stream: Conn::Plain(tcp),
+                info: ConnectInfo {
+                    remote_addr,
+                    local_addr,
+                    tls: false,
+                    peer_certificates: None,
+                    peer: None,
+                },
+                _permit: permit,
+            };
+            if tx.send(io).await.is_err() {
+                return;
+            }
+            stats.served.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let (tx, stats, timeout) = (tx.clone(), stats.clone(), limits.handshake_timeout);
+        handshakes.spawn(async move {
+            let failure = |kind, message| HandshakeFailure {
+                remote_addr,
+                kind,
+                message,
+            };
+            let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let kind = classify(&e);
+                    let message = match kind {
+                        FailureKind::NameNotAllowed => {
+                            format!("client certificate names are not in the allowlist ({e})")
+                        }
+                        _ => e.to_string(),
+                    };
+                    return stats.failed(failure(kind, message));
+                }
+                Err(_) => {
+                    return stats.failed(failure(
+                        FailureKind::Timeout,
+                        format!("no TLS handshake within {timeout:?}"),
+                    ))
+                }
+            };
+            let chain: Option<Arc<[CertificateDer<'static>]>> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
+            let peer = chain
+                .as_deref()
+                .and_then(|c| PeerIdentity::from_chain(remote_addr, c))
+                .map(Arc::new);
+            let io = ServerIo {
+                stream: Conn::Tls(Box::new(stream)),
+                info: ConnectInfo {
+                    remote_addr,
+                    local_addr,
+                    tls: true,
+                    peer_certificates: chain,
+                    peer,
+                },
+                _permit: permit,
+            };
+            if tx.send(io).await.is_ok() {
+                stats.served.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+}
