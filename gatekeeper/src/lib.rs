@@ -21,7 +21,7 @@
 //! | [`service`] | thin tonic adapters for Key, Peer and Admin services: decode, call a core, map the error | yes |
 //! | [`metrics`] | `/metrics` | yes |
 //! | [`node`] | wiring: enclave, replica, listeners, keeper, watcher, shutdown | yes |
-//! | [`cli`] | the `admin`, `miner`, `keygen` and `devnet` subcommands | yes |
+//! | [`cli`] | the `admin`, `miner`, `keygen`, `certs` and `devnet` subcommands | yes |
 //!
 //! The decisions (`issuance::authorize`, `peer::authorize`, `keeper::plan`, the attestation
 //! policy) are pure functions of their inputs and `now`, unit-tested without sockets, processes or

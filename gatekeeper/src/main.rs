@@ -19,6 +19,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn main() {
     let result = match Cli::parse().command {
         Command::Keygen { out, force } => cli::keygen::run(&out, force),
+        Command::Certs { command } => cli::certs::run(command),
         Command::Node { config } => {
             config::NodeConfig::load(config.as_deref(), |k| std::env::var(k).ok()).and_then(|c| {
                 node::init_logging(c.log_format);

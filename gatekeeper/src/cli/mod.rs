@@ -4,8 +4,11 @@
 //! * [`miner`] — a worker's key fetching through the client SDK.
 //! * [`devnet`] — a local network: dev chain, nodes, a demo worker and miner (README.md).
 //! * [`keygen`] — make an sr25519 key file.
+//! * [`certs`] — make TLS certificates: a CA, node and operator certificates, the miners' CA
+//!   bundle, a whole development cluster's set.
 
 pub mod admin;
+pub mod certs;
 pub mod devnet;
 pub mod keygen;
 pub mod miner;
@@ -56,6 +59,13 @@ pub enum Command {
     /// Run a local devnet: the dev chain, gatekeeper nodes as separate processes, a demo
     /// worker registered on chain and a demo miner fetching its keys. Runs until Ctrl-C.
     Devnet(devnet::DevnetArgs),
+    /// Make TLS certificates with a local CA (development and small deployments): a CA, node
+    /// certificates, operator client certificates, the miners' CA bundle, or a dev cluster's set.
+    Certs {
+        /// The certs command.
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
     /// Generate an sr25519 key (e.g. a worker's identity) into a new file with mode 0600 and print
     /// its public key. The file holds JSON {"seed": hex, "public_key": hex}.
     Keygen {
