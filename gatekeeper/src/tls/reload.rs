@@ -22,7 +22,6 @@ struct Inner {
     current: RwLock<Current>,
 }
 
-#[derive(Clone)]
 struct Current {
     config: Arc<ServerConfig>,
     leaf: CertInfo,
@@ -58,24 +57,20 @@ impl Reloadable {
         })
     }
 
-    fn read(&self) -> Current {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
         // A poisoned lock only means a panic elsewhere while holding it; the value is whole
         // (it is replaced in one assignment).
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The config for the next connection.
+    /// The config for the next connection (one `Arc` clone under a read lock).
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.read().config
+        self.read().config.clone()
     }
 
     /// What the current leaf certificate says.
     pub fn leaf(&self) -> CertInfo {
-        self.read().leaf
+        self.read().leaf.clone()
     }
 
     /// How many successful reloads happened since [`Reloadable::load`].
