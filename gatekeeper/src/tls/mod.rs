@@ -17,7 +17,7 @@
 //!   provider, no session resumption).
 //! * [`reload`] — [`Reloadable`]: the current config, swapped by [`Reloadable::reload`] only when
 //!   every file loads; [`spawn_sighup_reloader`].
-//! * [`incoming`] — [`incoming()`]: the accept loop for
+//! * [`incoming`](mod@incoming) — [`incoming()`]: the accept loop for
 //!   `tonic::transport::Server::serve_with_incoming_shutdown` (connection cap, handshake timeout,
 //!   TCP_NODELAY), its IO type [`ServerIo`] with [`ConnectInfo`], and [`peer_identity`].
 //! * [`client`] — [`ClientTls`]: a tonic `Endpoint` that verifies the server against a CA under a
