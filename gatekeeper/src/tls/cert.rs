@@ -34,7 +34,7 @@ pub struct CertInfo {
 
 /// Where `now` falls in a certificate's validity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Validity {
+pub enum ValidityStatus {
     /// notBefore <= now <= notAfter.
     Valid,
     /// now < notBefore.
@@ -96,14 +96,14 @@ impl CertInfo {
     }
 
     /// Where `now` falls in the validity period.
-    pub fn validity_at(&self, now: SystemTime) -> Validity {
+    pub fn validity_at(&self, now: SystemTime) -> ValidityStatus {
         let now = unix_secs(now);
         if now < self.not_before {
-            Validity::NotYetValid
+            ValidityStatus::NotYetValid
         } else if now > self.not_after {
-            Validity::Expired
+            ValidityStatus::Expired
         } else {
-            Validity::Valid
+            ValidityStatus::Valid
         }
     }
 

@@ -1,7 +1,7 @@
 //! Reading PEM files: a CA bundle, a certificate chain and its private key. Each error names the
 //! file and says what is wrong with it (see [`TlsError`]).
 
-use super::cert::{CertInfo, Validity};
+use super::cert::{CertInfo, ValidityStatus};
 use super::TlsError;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -81,13 +81,13 @@ fn load_certs_with_info(path: &Path) -> Result<CertsAndFile, TlsError> {
 
 fn check_validity(path: &Path, info: &CertInfo, now: SystemTime) -> Result<(), TlsError> {
     match info.validity_at(now) {
-        Validity::Valid => Ok(()),
-        Validity::Expired => Err(TlsError::Expired {
+        ValidityStatus::Valid => Ok(()),
+        ValidityStatus::Expired => Err(TlsError::Expired {
             path: path.to_path_buf(),
             subject: info.subject.clone(),
             not_after: info.not_after_text.clone(),
         }),
-        Validity::NotYetValid => Err(TlsError::NotYetValid {
+        ValidityStatus::NotYetValid => Err(TlsError::NotYetValid {
             path: path.to_path_buf(),
             subject: info.subject.clone(),
             not_before: info.not_before_text.clone(),
