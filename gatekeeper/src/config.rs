@@ -138,6 +138,10 @@ pub struct NodeConfig {
     /// Default rotation deadline.
     #[serde(default = "d_rotation_deadline")]
     pub rotation_deadline_ms: u64,
+    /// How long `Join` waits for the new node to catch up and register evidence that passes
+    /// the member policy before it gives up (the node is then removed, never made a voter).
+    #[serde(default = "d_join_timeout")]
+    pub join_timeout_ms: u64,
     /// WebSocket URL of a Substrate node to follow (`ws://` or `wss://`); none: no chain watcher
     /// (workers and clusters come only from the development path).
     #[serde(default)]
@@ -206,6 +210,9 @@ fn d_read_mode() -> String {
 fn d_rotation_deadline() -> u64 {
     60_000
 }
+fn d_join_timeout() -> u64 {
+    45_000
+}
 
 fn d_election_min() -> u64 {
     1000
@@ -268,6 +275,7 @@ pub const KEYS: &[&str] = &[
     "request_window_ms",
     "key_read_mode",
     "rotation_deadline_ms",
+    "join_timeout_ms",
     "chain_url",
     "chain_profile",
     "chain_start_block",
@@ -374,6 +382,9 @@ impl NodeConfig {
         {
             bail!("chain_reconnect_min_ms must be at least 1 and at most chain_reconnect_max_ms");
         }
+        if self.join_timeout_ms == 0 {
+            bail!("join_timeout_ms must be at least 1 (a joining node needs time to catch up)");
+        }
         if self.rotation_deadline_ms == 0 {
             bail!("rotation_deadline_ms must be at least 1 (a rotation needs time to deal)");
         }
@@ -449,6 +460,11 @@ impl NodeConfig {
     }
 
     /// Request deadline.
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_millis(self.join_timeout_ms)
+    }
+
+    /// `request_timeout_ms` as a Duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }

@@ -118,6 +118,9 @@ catalog! {
     MemberNotFound = "MEMBER_NOT_FOUND" => NotFound,
     /// Removing the node would leave fewer voters than a live epoch's threshold.
     BelowThreshold = "BELOW_THRESHOLD" => FailedPrecondition,
+    /// A joining node did not catch up, or did not register evidence that passes the member
+    /// policy, in time: it was not made a voter (and was removed as a learner).
+    LearnerNotReady = "LEARNER_NOT_READY" => FailedPrecondition,
 
     // --- Cluster operations ---
     /// The cluster is already initialised.

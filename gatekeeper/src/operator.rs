@@ -145,6 +145,22 @@ pub fn rotation(
     }
 }
 
+/// Whether the learner `node_id` may become a voter: it registered its enclave keys (a member
+/// record exists) and its registration evidence passes the member policy at `now_secs`. (That
+/// it caught up with the log is the replica's check.)
+pub fn learner_ready(
+    state: &GatekeeperState,
+    node_id: u64,
+    member_policy: &crate::attestation::Policy,
+    now_secs: u64,
+) -> Result<(), String> {
+    let m = state
+        .members
+        .get(&node_id)
+        .ok_or_else(|| format!("node {node_id} has not registered its enclave keys yet"))?;
+    crate::attestation::member_evidence_ok(member_policy, m, now_secs)
+}
+
 /// The active epochs a `Retire` to `min_epoch` retires.
 pub fn retiring(state: &GatekeeperState, min_epoch: u64) -> Vec<u64> {
     state
@@ -365,6 +381,44 @@ mod tests {
         // A learner leaving does not reduce the voters.
         let with_learner = [(1, true), (2, true), (3, false)];
         check_leave(&with_learner, &s, 3).unwrap();
+    }
+
+    #[test]
+    fn a_learner_is_ready_once_registered_with_evidence_that_passes() {
+        use crate::attestation::{Policy, PolicyKind};
+        let dev = keyring::Sr25519Keypair::from_seed(&[1; 32]);
+        let policy = Policy {
+            kind: PolicyKind::Dev,
+            allowed_mrenclave: vec![],
+            allowed_mrsigner: vec![],
+            allowed_mrtd: vec![],
+            min_tcb_status: "UpToDate".into(),
+            max_evidence_age_secs: 1,
+            dev_key: Some(dev.public_key()),
+            default_collateral: None,
+        };
+        let mut s = GatekeeperState::default();
+        let err = learner_ready(&s, 4, &policy, 2_000).unwrap_err();
+        assert!(err.contains("has not registered"), "{err}");
+        let id = keyring::Sr25519Keypair::from_seed(&[2; 32]).public_key();
+        let hpke = keyring::X25519SecretKey::from_bytes(&[3; 32])
+            .unwrap()
+            .public_key();
+        let rd = keyring::sign::report_data(id.as_bytes(), &hpke, &[0; 32]);
+        let mut record = gatekeeper_raft::state::MemberRecord {
+            node_id: 4,
+            raft_address: "a:1".into(),
+            api_address: "a:2".into(),
+            identity_public_key: Bytes32(*id.as_bytes()),
+            hpke_public_key: Bytes32(*hpke.as_bytes()),
+            attestation: gatekeeper_raft::state::HexBytes(vec![]),
+        };
+        s.members.insert(4, record.clone());
+        assert!(learner_ready(&s, 4, &policy, 2_000).is_err(), "no evidence");
+        record.attestation =
+            gatekeeper_raft::state::HexBytes(keyring::dev_attestation::issue(&dev, &rd, 1_000));
+        s.members.insert(4, record);
+        learner_ready(&s, 4, &policy, 2_000).unwrap();
     }
 
     #[test]

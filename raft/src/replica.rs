@@ -414,20 +414,68 @@ impl Replica {
                 "node {id} is already a voter"
             )));
         }
+        let index = self
+            .add_learner(id, node, self.config.request_timeout * 6)
+            .await?;
+        self.promote(id).await?;
+        Ok(index)
+    }
+
+    /// Adds `id` as a learner (or updates its addresses) and waits until it has replicated the
+    /// log up to that membership entry. A learner that does not catch up within `timeout` (not
+    /// running, unreachable, wrong address) is refused with `Timeout` and stays a learner (the
+    /// caller decides whether to remove it). Must run on the leader. Returns the entry's index.
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        node: Node,
+        timeout: Duration,
+    ) -> Result<u64, ReplicaError> {
+        if node.raft_address.is_empty() || node.api_address.is_empty() {
+            return Err(ReplicaError::Invalid("addresses must not be empty".into()));
+        }
         let r = self
             .raft
-            .add_learner(id, node, true)
+            .add_learner(id, node, false)
             .await
             .map_err(map_write_err)?;
         let index = r.log_id.index;
-        self.raft
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let matched = metrics
+                .borrow()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|l| l.index);
+            if matched.is_some_and(|m| m >= index) {
+                return Ok(index);
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(ReplicaError::Timeout(format!(
+                    "node {id} did not catch up within {} ms (replicated through {}, needs {index}): is it running and reachable at its Raft address?",
+                    timeout.as_millis(),
+                    matched.map_or_else(|| "nothing".to_string(), |m| m.to_string()),
+                )));
+            }
+        }
+    }
+
+    /// Makes the learner `id` a voter. Must run on the leader.
+    pub async fn promote(&self, id: NodeId) -> Result<u64, ReplicaError> {
+        let r = self
+            .raft
             .change_membership(
                 ChangeMembers::AddVoterIds([id].into_iter().collect()),
                 false,
             )
             .await
             .map_err(map_write_err)?;
-        Ok(index)
+        Ok(r.log_id.index)
     }
 
     /// Removes a node (voter or learner). Must run on the leader.

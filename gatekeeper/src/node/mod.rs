@@ -197,6 +197,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         config.clone(),
         seal.clone(),
         enclave.clone(),
+        keeper.config.member_policy.clone(),
     );
     let chain_view = Arc::new(Mutex::new(crate::chain::ChainView::default()));
     let chain = config.chain_settings().map(|s| (s, chain_view.clone()));

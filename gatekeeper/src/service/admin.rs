@@ -22,6 +22,7 @@ pub struct AdminServer {
     config: NodeConfig,
     seal: Arc<Mutex<SealView>>,
     enclave: Arc<dyn crate::enclave::Enclave>,
+    member_policy: crate::attestation::Policy,
     chain: Option<(
         crate::chain::ChainSettings,
         Arc<Mutex<crate::chain::ChainView>>,
@@ -35,13 +36,75 @@ impl AdminServer {
         config: NodeConfig,
         seal: Arc<Mutex<SealView>>,
         enclave: Arc<dyn crate::enclave::Enclave>,
+        member_policy: crate::attestation::Policy,
     ) -> Self {
         Self {
             replica,
             config,
             seal,
             enclave,
+            member_policy,
             chain: None,
+        }
+    }
+
+    /// Admits a learner as a voter once it has caught up with the log and registered evidence
+    /// that passes the member policy, within `join_timeout_ms`. Otherwise the learner is removed
+    /// again, so a join of a node that never runs leaves no dead voter (nor learner) behind.
+    async fn admit(&self, node_id: u64, node: Node) -> ApiResult<u64> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.config.join_timeout();
+        let not_ready = |why: String| {
+            ApiError::new(
+                ErrorCode::LearnerNotReady,
+                format!("node {node_id} was not made a voter: {why}"),
+            )
+        };
+        let index = match self
+            .replica
+            .add_learner(node_id, node, self.config.join_timeout())
+            .await
+        {
+            Ok(index) => index,
+            Err(ReplicaError::Timeout(why)) => {
+                self.remove_learner(node_id).await;
+                return Err(not_ready(why));
+            }
+            Err(e) => return Err(error::replica(e)),
+        };
+        loop {
+            let ready = operator::learner_ready(
+                &self.replica.sm.read().state,
+                node_id,
+                &self.member_policy,
+                clock::now_secs(),
+            );
+            match ready {
+                Ok(()) => break,
+                Err(why) if tokio::time::Instant::now() >= deadline => {
+                    self.remove_learner(node_id).await;
+                    return Err(not_ready(format!(
+                        "it caught up but within {} ms {why}",
+                        self.config.join_timeout_ms
+                    )));
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        self.replica
+            .promote(node_id)
+            .await
+            .map_err(error::replica)?;
+        tracing::info!(node = node_id, "node joined as a voter");
+        Ok(index)
+    }
+
+    async fn remove_learner(&self, node_id: u64) {
+        match self.replica.leave(node_id).await {
+            Ok(_) => tracing::warn!(node = node_id, "removed a learner that was not ready"),
+            Err(e) => {
+                tracing::warn!(node = node_id, error = %e, "could not remove a learner that was not ready")
+            }
         }
     }
 
@@ -95,7 +158,8 @@ impl AdminServer {
         })?;
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(ApiError::internal)?
-            .timeout(self.config.request_timeout() * 6)
+            // A forwarded Join waits for the new node to catch up and register.
+            .timeout(self.config.join_timeout() + self.config.request_timeout() * 2)
             .connect()
             .await
             .map_err(|e| {
@@ -304,16 +368,14 @@ impl AdminService for AdminServer {
         }
         operator::check_join(&self.membership(), r.node_id)?;
         let index = self
-            .replica
-            .join(
+            .admit(
                 r.node_id,
                 Node {
                     raft_address: r.raft_address,
                     api_address: r.api_address,
                 },
             )
-            .await
-            .map_err(error::replica)?;
+            .await?;
         Ok(Response::new(pb::JoinResponse {
             log_index: index,
             voter: true,
