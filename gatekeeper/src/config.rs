@@ -357,11 +357,20 @@ impl NodeConfig {
             }
             other => bail!("unknown enclave backend {other:?} (software | gramine-sgx)"),
         }
-        if self.mode == Mode::Production
-            && (self.member_attestation != PolicyKind::Dcap
-                || self.worker_attestation != PolicyKind::Dcap)
-        {
-            bail!("production mode requires member_attestation and worker_attestation = \"dcap\"");
+        if self.mode == Mode::Production {
+            for (key, kind) in [
+                ("member_attestation", self.member_attestation),
+                ("worker_attestation", self.worker_attestation),
+            ] {
+                if kind != PolicyKind::Dcap {
+                    bail!(
+                        "{key} = {:?} is for development only: production mode requires \
+                         {key} = \"dcap\" (with \"none\" any registration passes, so any \
+                         caller could be dealt a share or issued keys)",
+                        policy_name(kind)
+                    );
+                }
+            }
         }
         let uses_dev = self.member_attestation == PolicyKind::Dev
             || self.worker_attestation == PolicyKind::Dev;
@@ -470,6 +479,14 @@ impl NodeConfig {
     }
 }
 
+fn policy_name(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::None => "none",
+        PolicyKind::Dev => "dev",
+        PolicyKind::Dcap => "dcap",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,6 +517,54 @@ mod tests {
         assert_eq!(c.heartbeat_interval_ms, 250);
         assert_eq!(c.mode, Mode::Development);
         assert_eq!(c.api_address(), "127.0.0.1:2");
+    }
+
+    #[test]
+    fn production_refuses_the_development_attestation_policies() {
+        let prod = [
+            ("GATEKEEPER_NODE_ID", "1"),
+            ("GATEKEEPER_DATA_DIR", "/d"),
+            ("GATEKEEPER_RAFT_LISTEN", "a:1"),
+            ("GATEKEEPER_API_LISTEN", "a:2"),
+            ("GATEKEEPER_MODE", "production"),
+            ("GATEKEEPER_ALLOW_SOFTWARE_ENCLAVE_IN_PRODUCTION", "true"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = prod.to_vec();
+            v.extend_from_slice(extra);
+            NodeConfig::load(None, env(&v))
+        };
+        // The default member_attestation = "none" is refused, naming the key and the fix.
+        let e = with(&[]).unwrap_err().to_string();
+        assert!(
+            e.contains("member_attestation = \"none\" is for development only")
+                && e.contains("\"dcap\""),
+            "{e}"
+        );
+        let e = with(&[("GATEKEEPER_WORKER_ATTESTATION", "dcap")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("member_attestation"), "{e}");
+        let e = with(&[("GATEKEEPER_MEMBER_ATTESTATION", "dcap")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker_attestation = \"none\""), "{e}");
+        let e = with(&[
+            ("GATEKEEPER_MEMBER_ATTESTATION", "dev"),
+            ("GATEKEEPER_WORKER_ATTESTATION", "dcap"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("member_attestation = \"dev\""), "{e}");
+        let ok = with(&[
+            ("GATEKEEPER_MEMBER_ATTESTATION", "dcap"),
+            ("GATEKEEPER_WORKER_ATTESTATION", "dcap"),
+        ])
+        .unwrap();
+        assert_eq!(ok.mode, Mode::Production);
+        // Development keeps "none" as its default.
+        let dev = NodeConfig::load(None, env(&prod[..4])).unwrap();
+        assert_eq!(dev.member_attestation, PolicyKind::None);
     }
 
     #[test]
