@@ -2,9 +2,12 @@
 //!
 //! * [`state`] — `GatekeeperState`, the replicated state machine, with pure apply logic.
 //! * [`log_store`] — the Raft log and vote in a write-ahead log that fsyncs (raft-log).
-//! * [`sm_store`] — the state machine in sled, snapshots as atomically written files.
+//! * [`sm_store`] — the state machine in sled, snapshots as atomically written files;
+//!   [`snapshot`] — the snapshot data format and its one decoder.
 //! * [`network`] — the Raft transport over gRPC (client with connection reuse, timeouts and
-//!   backoff; server; streamed snapshots; fault hooks); [`convert`] maps its messages.
+//!   backoff; server; streamed snapshots; fault hooks); [`convert`] maps its messages;
+//!   [`checks`] — what a peer's message must satisfy before openraft sees it.
+//! * [`private_fs`] — data-dir directories `0700`, files `0600`.
 //! * [`replica`] — a running replica: writes forwarded to the leader, linearizable and stale
 //!   reads, membership changes, status.
 //! * the openraft type configuration ([`TypeConfig`]).
@@ -12,11 +15,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod checks;
 pub mod convert;
 pub mod log_store;
 pub mod network;
+pub mod private_fs;
 pub mod replica;
 pub mod sm_store;
+pub mod snapshot;
 pub mod state;
 
 use std::fmt;

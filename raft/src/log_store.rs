@@ -15,6 +15,7 @@ use raft_log::api::raft_log_writer::RaftLogWriter;
 use raft_log::{Config, RaftLog};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
@@ -123,6 +124,9 @@ impl raft_log::Types for WalTypes {
     }
 }
 
+/// The last purged log id, and stored log ids by index (see [`LogStore::log_ids`]).
+pub type StoredLogIds = (Option<LogId<NodeId>>, BTreeMap<u64, LogId<NodeId>>);
+
 /// The durable Raft log and vote store. Cheap to clone (shared handle).
 #[derive(Clone)]
 pub struct LogStore {
@@ -140,7 +144,7 @@ fn read_err(e: io::Error) -> StorageError<NodeId> {
 impl LogStore {
     /// Opens (or creates) the log in `dir`. Fails on a log it cannot read back.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::private_fs::create_dir_all(dir)?;
         let config = Config::new(dir.to_string_lossy());
         let wal = RaftLog::<WalTypes>::open(Arc::new(config))?;
         Ok(Self {
@@ -159,6 +163,28 @@ impl LogStore {
         self.lock().flush(true, Some(FlushCallback::Wait(tx)))?;
         rx.await
             .map_err(|_| io::Error::other("raft log flush worker stopped"))?
+    }
+
+    /// The log ids stored at indices `from..=to` (those present: purged and absent indices are
+    /// left out) and the last purged log id. Used to check peers' messages against this node's
+    /// committed log before openraft sees them.
+    pub fn log_ids(&self, from: u64, to: u64) -> io::Result<StoredLogIds> {
+        let wal = self.lock();
+        let st = wal.log_state();
+        let purged = st.purged().map(|p| p.0);
+        let Some(last) = st.last().map(|l| l.0.index) else {
+            return Ok((purged, BTreeMap::new()));
+        };
+        let from = from.max(purged.map_or(0, |p| p.index + 1));
+        let to = to.min(last);
+        if from > to {
+            return Ok((purged, BTreeMap::new()));
+        }
+        let ids = wal
+            .read(from, to.saturating_add(1))
+            .map(|r| r.map(|(id, _)| (id.0.index, id.0)))
+            .collect::<io::Result<_>>()?;
+        Ok((purged, ids))
     }
 
     fn read_range(&self, from: u64, to: u64) -> io::Result<Vec<Entry<TypeConfig>>> {

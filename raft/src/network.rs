@@ -8,12 +8,23 @@
 //!   `Unreachable`, so openraft pauses replication to it with capped exponential backoff
 //!   (100 ms doubling to 2 s).
 //! * **Size limit**: messages are capped at [`NetworkConfig::max_message_bytes`]; snapshots are
-//!   streamed in chunks of [`NetworkConfig::snapshot_chunk_bytes`], well below it.
+//!   streamed in chunks of [`NetworkConfig::snapshot_chunk_bytes`], well below it, and a whole
+//!   snapshot at [`NetworkConfig::max_snapshot_bytes`].
+//! * **Untrusted peers**: the server refuses (`INVALID_ARGUMENT`) every message [`crate::checks`]
+//!   finds malformed or rewriting committed entries before openraft sees it, and the client
+//!   treats such answers as network errors. A received snapshot is streamed to a file under the
+//!   data dir while its framing and checksum are checked, then decoded into the state with the
+//!   state machine's own decoder ([`crate::snapshot::validate`]); only a snapshot that passes
+//!   reaches openraft. One snapshot is received at a time.
 //! * **Fault hook**: when [`Faults::set_isolated`] is on, this node drops every Raft RPC it sends
 //!   or receives (used by failover drills and partition tests).
 
+use crate::checks::{self, LocalView, Refused};
 use crate::convert::{self, ConvertError};
+use crate::log_store::LogStore;
 use crate::now_ms;
+use crate::sm_store::SmStore;
+use crate::snapshot::{self, SnapshotDataError};
 use crate::{Command, Node, NodeId, TypeConfig};
 use gatekeeper_proto::raft::v1 as pb;
 use gatekeeper_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -27,13 +38,16 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, Raft, Snapshot, SnapshotMeta, Vote};
-use std::collections::HashMap;
+use openraft::{OptionalSend, Raft, Snapshot, SnapshotMeta, StoredMembership, Vote};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::{self, Cursor};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -48,7 +62,18 @@ pub struct NetworkConfig {
     pub snapshot_timeout: Duration,
     /// TCP connect timeout. Default 1 s.
     pub connect_timeout: Duration,
+    /// Largest snapshot received (or sent). Default 256 MiB: see
+    /// [`DEFAULT_MAX_SNAPSHOT_BYTES`].
+    pub max_snapshot_bytes: u64,
 }
+
+/// Default cap on a snapshot: 256 MiB. A snapshot is the JSON of the whole state; a worker costs
+/// about 330 bytes in it (with its cluster), a session or contract binding about 135, a member
+/// with DCAP evidence about 10 KiB. A state at Phala's scale (~40,000 workers and as many
+/// sessions, a few thousand contracts, a dozen members) is about 20 MiB, so the cap leaves more
+/// than ten times that in reserve, while bounding what a peer can make this node write to disk
+/// and decode (the decoded state takes a few times its JSON size in memory).
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
 
 impl Default for NetworkConfig {
     fn default() -> Self {
@@ -57,6 +82,7 @@ impl Default for NetworkConfig {
             snapshot_chunk_bytes: 1 << 20,
             snapshot_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(1),
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
         }
     }
 }
@@ -173,6 +199,13 @@ fn bad_reply<E: std::error::Error>(e: ConvertError) -> RpcErr<E> {
     RPCError::Network(NetworkError::new(&e))
 }
 
+fn refused_reply<E: std::error::Error>(target: NodeId, e: Refused) -> RpcErr<E> {
+    tracing::warn!(peer = target, reason = %e, "ignoring a malformed answer from a peer");
+    RPCError::Network(NetworkError::new(&io::Error::other(format!(
+        "node {target} answered with a malformed message: {e}"
+    ))))
+}
+
 impl PeerClient {
     /// A client for the peer, or why it cannot be reached.
     fn client(&self) -> Result<RaftServiceClient<Channel>, Unreachable> {
@@ -204,7 +237,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .append_entries(req)
             .await
             .map_err(|s| status_to_rpc(self.target, s))?;
-        convert::append_resp_from_pb(resp.into_inner()).map_err(bad_reply)
+        let resp = convert::append_resp_from_pb(resp.into_inner()).map_err(bad_reply)?;
+        checks::check_append_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
+        Ok(resp)
     }
 
     async fn install_snapshot(
@@ -230,7 +265,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .vote(req)
             .await
             .map_err(|s| status_to_rpc(self.target, s))?;
-        convert::vote_resp_from_pb(resp.into_inner()).map_err(bad_reply)
+        let resp = convert::vote_resp_from_pb(resp.into_inner()).map_err(bad_reply)?;
+        checks::check_vote_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
+        Ok(resp)
     }
 
     async fn full_snapshot(
@@ -242,6 +279,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let mut client = self.client().map_err(StreamingError::Unreachable)?;
         let data = snapshot.snapshot.into_inner();
+        if data.len() as u64 > self.config.max_snapshot_bytes {
+            let e = io::Error::other(format!(
+                "the snapshot is {} bytes, above max_snapshot_bytes ({}): node {} would refuse \
+                 it; raise max_snapshot_bytes on every node",
+                data.len(),
+                self.config.max_snapshot_bytes,
+                self.target
+            ));
+            tracing::error!(error = %e, "cannot send a snapshot");
+            return Err(StreamingError::Network(NetworkError::new(&e)));
+        }
         let chunks = snapshot_chunks(
             &vote,
             &snapshot.meta,
@@ -262,9 +310,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                         StreamingError::Network(NetworkError::new(&e))
                     }
                 })?;
-                let vote = convert::vote_from_pb(resp.into_inner().vote)
+                let answer = convert::vote_from_pb(resp.into_inner().vote)
                     .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-                Ok(SnapshotResponse { vote })
+                checks::check_snapshot_response(&answer, &vote).map_err(|e| {
+                    tracing::warn!(peer = target, reason = %e, "ignoring a malformed answer from a peer");
+                    StreamingError::Network(NetworkError::new(&io::Error::other(e.0)))
+                })?;
+                Ok(SnapshotResponse { vote: answer })
             }
         }
     }
@@ -313,28 +365,45 @@ pub fn snapshot_chunks(
     out
 }
 
-/// The server half: answers peers' Raft RPCs with the local `Raft`.
+/// The server half: answers peers' Raft RPCs with the local `Raft`, after [`crate::checks`].
 #[derive(Clone)]
 pub struct RaftServer {
     raft: Raft<TypeConfig>,
+    node_id: NodeId,
+    log: LogStore,
+    sm: SmStore,
     faults: Faults,
     contact: LeaderContact,
     config: NetworkConfig,
+    /// AppendEntries and snapshot installs pass one at a time, so what the checks read (the
+    /// committed log id, the stored log) is still true when openraft handles the message.
+    follower_turn: Arc<AsyncMutex<()>>,
+    /// One snapshot transfer at a time (openraft sends one per follower).
+    snapshot_slot: Arc<Semaphore>,
 }
 
 impl RaftServer {
-    /// Wraps the local Raft.
+    /// Wraps the local Raft; `log` and `sm` are its stores (read by the checks; `sm` also names
+    /// where received snapshots are staged).
     pub fn new(
         raft: Raft<TypeConfig>,
+        node_id: NodeId,
+        log: LogStore,
+        sm: SmStore,
         faults: Faults,
         contact: LeaderContact,
         config: NetworkConfig,
     ) -> Self {
         Self {
             raft,
+            node_id,
+            log,
+            sm,
             faults,
             contact,
             config,
+            follower_turn: Arc::new(AsyncMutex::new(())),
+            snapshot_slot: Arc::new(Semaphore::new(1)),
         }
     }
 
@@ -343,6 +412,133 @@ impl RaftServer {
             Err(Status::unavailable("isolated by fault hook"))
         } else {
             Ok(())
+        }
+    }
+
+    /// openraft's vote, committed log id and committed membership, read in its core loop, and
+    /// the last purged log id plus the stored log ids at `ranges` (see [`checks::LocalView`]).
+    async fn local_view(
+        &self,
+        ranges: impl FnOnce(Option<openraft::LogId<NodeId>>) -> Vec<(u64, u64)>,
+    ) -> Result<LocalView, Status> {
+        let (vote, committed, committed_membership) = self
+            .raft
+            .with_raft_state(|st| {
+                let cm = st.membership_state.committed();
+                (
+                    *st.vote_ref(),
+                    st.committed,
+                    StoredMembership::new(*cm.log_id(), cm.membership().clone()),
+                )
+            })
+            .await
+            .map_err(fatal)?;
+        let mut view = LocalView {
+            node_id: self.node_id,
+            vote,
+            committed,
+            committed_membership,
+            purged: None,
+            stored: BTreeMap::new(),
+        };
+        let mut ranges = ranges(committed);
+        if ranges.is_empty() {
+            ranges.push((1, 0)); // nothing to read; still learn the purge point
+        }
+        for (from, to) in ranges {
+            let (purged, ids) = self
+                .log
+                .log_ids(from, to)
+                .map_err(|e| Status::unavailable(format!("cannot read the raft log: {e}")))?;
+            view.purged = purged;
+            view.stored.extend(ids);
+        }
+        Ok(view)
+    }
+
+    /// Receives a snapshot stream into a file, checking its framing as it arrives, then decodes
+    /// it with the state machine's decoder. Returns the validated data.
+    async fn receive_snapshot(
+        &self,
+        first: pb::SnapshotChunk,
+        stream: &mut Streaming<pb::SnapshotChunk>,
+        total: u64,
+        meta: &SnapshotMeta<NodeId, Node>,
+    ) -> Result<Vec<u8>, Status> {
+        let staged = Staged(self.sm.incoming_snapshot_path());
+        let io_err = |e: io::Error| {
+            Status::unavailable(format!(
+                "cannot stage the snapshot in {}: {e}",
+                staged.0.display()
+            ))
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(crate::private_fs::FILE_MODE)
+            .open(&staged.0)
+            .await
+            .map_err(io_err)?;
+        let mut check = snapshot::StreamCheck::new(total);
+        let mut received: u64 = 0;
+        let mut chunk = Some(first);
+        let mut done = false;
+        while let Some(c) = chunk.take() {
+            if done {
+                return Err(Status::invalid_argument("snapshot chunk after done"));
+            }
+            if received > 0 && c.header.is_some() {
+                return Err(Status::invalid_argument(
+                    "snapshot header repeated after the first chunk",
+                ));
+            }
+            if c.offset != received {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {} but {received} bytes received",
+                    c.offset
+                )));
+            }
+            let len = c.data.len() as u64;
+            if received + len > total {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot data exceeds total_size {total}"
+                )));
+            }
+            check.update(&c.data).map_err(bad_snapshot)?;
+            file.write_all(&c.data).await.map_err(io_err)?;
+            received += len;
+            done = c.done;
+            if !done {
+                chunk = stream.message().await?;
+            }
+        }
+        if !done || received != total {
+            return Err(Status::invalid_argument(format!(
+                "snapshot stream ended at {received} of {total} bytes"
+            )));
+        }
+        check.finish().map_err(bad_snapshot)?;
+        file.flush().await.map_err(io_err)?;
+        drop(file);
+        let bytes = tokio::fs::read(&staged.0).await.map_err(io_err)?;
+        drop(staged);
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || snapshot::validate(&meta, &bytes).map(|_| bytes))
+            .await
+            .map_err(|e| Status::internal(format!("snapshot validation task failed: {e}")))?
+            .map_err(bad_snapshot)
+    }
+}
+
+/// A staged snapshot file, removed when dropped (refused, failed or consumed).
+struct Staged(PathBuf);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.0.display(), error = %e, "cannot remove a staged snapshot");
+            }
         }
     }
 }
@@ -360,6 +556,18 @@ fn invalid(e: ConvertError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// INVALID_ARGUMENT for a message [`crate::checks`] refused (logged: no correct peer sends one).
+fn refused(e: Refused) -> Status {
+    tracing::warn!(reason = %e, "refused a raft message from a peer");
+    Status::invalid_argument(format!("refused: {e}"))
+}
+
+/// INVALID_ARGUMENT for snapshot data that is not a valid snapshot.
+fn bad_snapshot(e: SnapshotDataError) -> Status {
+    tracing::warn!(reason = %e, "refused a snapshot from a peer");
+    Status::invalid_argument(format!("snapshot refused: {e}"))
+}
+
 fn fatal<E: std::fmt::Display>(e: E) -> Status {
     Status::unavailable(format!("raft is not running: {e}"))
 }
@@ -371,7 +579,15 @@ impl RaftService for RaftServer {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.check_fault()?;
-        let req = convert::append_req_from_pb(request.into_inner()).map_err(invalid)?;
+        let mut req = convert::append_req_from_pb(request.into_inner()).map_err(invalid)?;
+        let _turn = self.follower_turn.lock().await;
+        let view = self
+            .local_view(|committed| checks::indices_to_read(&req, committed))
+            .await?;
+        checks::check_append_shape(&req, self.node_id, view.vote.leader_id.term)
+            .map_err(refused)?;
+        checks::check_append_against_local(&req, &view).map_err(refused)?;
+        req.leader_commit = checks::effective_leader_commit(&req);
         let resp = self.raft.append_entries(req).await.map_err(fatal)?;
         if matches!(
             resp,
@@ -388,6 +604,8 @@ impl RaftService for RaftServer {
     ) -> Result<Response<pb::VoteResponse>, Status> {
         self.check_fault()?;
         let req = convert::vote_req_from_pb(request.into_inner()).map_err(invalid)?;
+        let term = self.raft.metrics().borrow().vote.leader_id.term;
+        checks::check_vote_request(&req, self.node_id, term).map_err(refused)?;
         let resp = self.raft.vote(req).await.map_err(fatal)?;
         Ok(Response::new(convert::vote_resp_to_pb(&resp)))
     }
@@ -397,6 +615,11 @@ impl RaftService for RaftServer {
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         self.check_fault()?;
+        let _slot = self
+            .snapshot_slot
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::unavailable("another snapshot is being received"))?;
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -406,11 +629,11 @@ impl RaftService for RaftServer {
             .header
             .clone()
             .ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
-        let total = usize::try_from(header.total_size)
-            .map_err(|_| Status::invalid_argument("snapshot too large"))?;
-        if total > 1 << 30 {
+        let total = header.total_size;
+        let cap = self.config.max_snapshot_bytes;
+        if total > cap {
             return Err(Status::invalid_argument(format!(
-                "snapshot of {total} bytes exceeds the 1 GiB limit"
+                "snapshot of {total} bytes exceeds the limit of {cap} bytes (max_snapshot_bytes)"
             )));
         }
         let vote = convert::vote_from_pb(header.vote).map_err(invalid)?;
@@ -420,36 +643,28 @@ impl RaftService for RaftServer {
                 .ok_or_else(|| Status::invalid_argument("snapshot header has no meta"))?,
         )
         .map_err(invalid)?;
-        // Grow as data arrives: `total_size` is only a claim until the bytes are here.
-        let mut data = Vec::new();
-        let mut chunk = Some(first);
-        let mut done = false;
-        while let Some(c) = chunk.take() {
-            if done {
-                return Err(Status::invalid_argument("snapshot chunk after done"));
-            }
-            if c.offset != data.len() as u64 {
-                return Err(Status::invalid_argument(format!(
-                    "snapshot chunk at offset {} but {} bytes received",
-                    c.offset,
-                    data.len()
-                )));
-            }
-            if data.len() + c.data.len() > total {
-                return Err(Status::invalid_argument("snapshot data exceeds total_size"));
-            }
-            data.extend_from_slice(&c.data);
-            done = c.done;
-            if !done {
-                chunk = stream.message().await?;
-            }
-        }
-        if !done || data.len() != total {
-            return Err(Status::invalid_argument(format!(
-                "snapshot stream ended at {} of {total} bytes",
-                data.len()
-            )));
-        }
+        let meta_indices = |committed: Option<openraft::LogId<NodeId>>| {
+            let c = committed.map_or(0, |c| c.index);
+            [
+                meta.last_log_id.map(|l| l.index),
+                meta.last_membership.log_id().map(|l| l.index),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|&i| committed.is_some() && i <= c)
+            .map(|i| (i, i))
+            .collect()
+        };
+        // The header is checked before any data is taken, and again once the data is in (the
+        // committed log may have moved meanwhile).
+        let view = self.local_view(meta_indices).await?;
+        checks::check_snapshot_meta(&vote, &meta, &view).map_err(refused)?;
+        let data = self
+            .receive_snapshot(first, &mut stream, total, &meta)
+            .await?;
+        let _turn = self.follower_turn.lock().await;
+        let view = self.local_view(meta_indices).await?;
+        checks::check_snapshot_meta(&vote, &meta, &view).map_err(refused)?;
         self.contact.touch();
         let resp = self
             .raft

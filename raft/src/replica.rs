@@ -160,9 +160,11 @@ pub struct Replica {
 impl Replica {
     /// Opens storage and starts Raft. Refuses damaged storage.
     pub async fn open(config: ReplicaConfig) -> Result<Self, ReplicaError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ReplicaError::Log {
-            path: config.data_dir.clone(),
-            source,
+        crate::private_fs::create_dir_all(&config.data_dir).map_err(|source| {
+            ReplicaError::Log {
+                path: config.data_dir.clone(),
+                source,
+            }
         })?;
         let log_dir = config.data_dir.join("log");
         let sm = SmStore::open(&config.data_dir)?;
@@ -204,6 +206,9 @@ impl Replica {
     pub fn raft_server(&self) -> RaftServer {
         RaftServer::new(
             self.raft.clone(),
+            self.node_id,
+            self.log.clone(),
+            self.sm.clone(),
             self.faults.clone(),
             self.contact.clone(),
             self.config.network.clone(),

@@ -12,9 +12,16 @@
 //!   a clear error: the node refuses to start rather than serve wrong (or empty) state.
 //! * Snapshots are files `<data_dir>/snapshots/snapshot-<index>.json`: written to a temp file,
 //!   fsynced, renamed, and the directory fsynced, before openraft is told the snapshot exists (so
-//!   the log is purged only behind a durable snapshot).
+//!   the log is purged only behind a durable snapshot). Their data is in the snapshot format of
+//!   [`crate::snapshot`] (header, length, SHA-256, JSON), decoded by [`snapshot::decode`] only.
+//! * Snapshots being received from a leader are streamed to `<data_dir>/snapshots/.incoming-*`
+//!   files ([`SmStore::incoming_snapshot_path`]); leftovers of an interrupted transfer are
+//!   removed at open.
+//! * Every directory is created `0700` and every file `0600` ([`crate::private_fs`]).
 
 use crate::now_ms;
+use crate::private_fs;
+use crate::snapshot;
 use crate::state::GatekeeperState;
 use crate::{CommandReply, Node, NodeId, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -27,11 +34,18 @@ use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 const STATE_KEY: &[u8] = b"sm/state";
 const ID_KEY: &[u8] = b"sm/id";
+/// Format of the sled state record.
 const FORMAT: u32 = 1;
+/// Format of snapshot files: 2 = `data` in the [`crate::snapshot`] format; 1 (read only) = `data`
+/// is the bare JSON of [`Applied`] (files written before the snapshot format existed).
+const SNAPSHOT_FILE_FORMAT: u32 = 2;
+/// Prefix of snapshot files being received.
+const INCOMING_PREFIX: &str = ".incoming-";
 
 /// Errors opening the state machine store. Each names the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +98,7 @@ struct Record {
 struct SnapshotFile {
     format: u32,
     meta: SnapshotMeta<NodeId, Node>,
-    /// The snapshot data exactly as sent to peers (JSON of [`Applied`]).
+    /// The snapshot data exactly as sent to peers ([`crate::snapshot`] format).
     data: String,
     sha256: String,
 }
@@ -96,7 +110,9 @@ pub struct SmStore {
     db: sled::Db,
     snapshot_dir: PathBuf,
     /// When the state record was last written (ms since the Unix epoch).
-    last_persist_ms: Arc<std::sync::atomic::AtomicU64>,
+    last_persist_ms: Arc<AtomicU64>,
+    /// Numbers the incoming snapshot files of this process.
+    incoming_seq: Arc<AtomicU64>,
 }
 
 /// The state record is rewritten at most this often while applying (it only shortens replay:
@@ -111,15 +127,21 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_snapshot(None, &e).into()
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+/// Writes `bytes` to `path` atomically: temp file (mode `0600`), fsync, rename, fsync of the
+/// directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = private_fs::create_new_file(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -138,7 +160,8 @@ impl SmStore {
             let path = path.to_path_buf();
             move |source| SmOpenError::Io { path, source }
         };
-        fs::create_dir_all(&snapshot_dir).map_err(io(&snapshot_dir))?;
+        private_fs::create_dir_all(&snapshot_dir).map_err(io(&snapshot_dir))?;
+        remove_incoming(&snapshot_dir).map_err(io(&snapshot_dir))?;
         let corrupt = |reason: String| SmOpenError::Corrupt {
             path: sled_dir.clone(),
             reason,
@@ -165,6 +188,7 @@ impl SmStore {
                 db,
                 snapshot_dir,
                 last_persist_ms: Default::default(),
+                incoming_seq: Default::default(),
             };
             store
                 .db
@@ -200,6 +224,7 @@ impl SmStore {
             db,
             snapshot_dir,
             last_persist_ms: Default::default(),
+            incoming_seq: Default::default(),
         };
         // sled may lag (no fsync); the latest snapshot may be newer: start from the newer one.
         if let Some(snap) = store
@@ -208,8 +233,8 @@ impl SmStore {
         {
             let current = store.read().last_applied;
             if snap.meta.last_log_id > current {
-                let a: Applied = serde_json::from_str(&snap.data)
-                    .map_err(|e| corrupt(format!("snapshot data: {e}")))?;
+                let a = snapshot::validate(&snap.meta, snap.data.as_bytes())
+                    .map_err(|e| corrupt(format!("latest snapshot: {e}")))?;
                 *store.applied.write().expect("sm lock") = a;
                 store.persist().map_err(|e| corrupt(e.to_string()))?;
             }
@@ -220,6 +245,21 @@ impl SmStore {
     /// A read guard on the applied state (for reads served by the node).
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
         self.applied.read().expect("sm lock poisoned")
+    }
+
+    /// The directory holding snapshot files.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
+    }
+
+    /// A fresh path for a snapshot being received (`<snapshots>/.incoming-<pid>-<n>`). Removed at
+    /// the next open if the transfer never finished.
+    pub fn incoming_snapshot_path(&self) -> PathBuf {
+        let n = self
+            .incoming_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.snapshot_dir
+            .join(format!("{INCOMING_PREFIX}{}-{n}", std::process::id()))
     }
 
     fn persist(&self) -> Result<(), sled::Error> {
@@ -264,17 +304,26 @@ impl SmStore {
             return Ok(None);
         };
         let bytes = fs::read(&path)?;
-        let f: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| {
+        let bad = |what: String| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
+                format!("{}: {what}", path.display()),
             )
-        })?;
+        };
+        let mut f: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
         if hex::encode(Sha256::digest(f.data.as_bytes())) != f.sha256 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: checksum mismatch", path.display()),
-            ));
+            return Err(bad("checksum mismatch".into()));
+        }
+        match f.format {
+            SNAPSHOT_FILE_FORMAT => {}
+            1 => {
+                // Written before the snapshot format: the data is the bare JSON of the state.
+                let a: Applied = serde_json::from_str(&f.data)
+                    .map_err(|e| bad(format!("snapshot data: {e}")))?;
+                f.data = snapshot::encode(&a);
+                f.format = SNAPSHOT_FILE_FORMAT;
+            }
+            other => return Err(bad(format!("unknown snapshot file format {other}"))),
         }
         Ok(Some(f))
     }
@@ -282,7 +331,7 @@ impl SmStore {
     fn write_snapshot(&self, meta: &SnapshotMeta<NodeId, Node>, data: String) -> io::Result<()> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
         let file = SnapshotFile {
-            format: FORMAT,
+            format: SNAPSHOT_FILE_FORMAT,
             meta: meta.clone(),
             sha256: hex::encode(Sha256::digest(data.as_bytes())),
             data,
@@ -302,6 +351,21 @@ impl SmStore {
         }
         Ok(())
     }
+}
+
+/// Removes snapshot files left by transfers that never finished.
+fn remove_incoming(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(INCOMING_PREFIX))
+        {
+            tracing::info!(path = %e.path().display(), "removing an unfinished incoming snapshot");
+            fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn getrandom_id(out: &mut [u8; 16]) {
@@ -351,7 +415,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
                 last_membership: a.last_membership.clone(),
                 snapshot_id: format!("{term}-{index}"),
             };
-            (meta, serde_json::to_string(&*a).map_err(sm_err)?)
+            (meta, snapshot::encode(&a))
         };
         let this = self.clone();
         let m = meta.clone();
@@ -421,14 +485,17 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let data = String::from_utf8(snapshot.into_inner()).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
-        })?;
-        let mut a: Applied = serde_json::from_str(&data).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
-        })?;
-        a.last_applied = meta.last_log_id;
-        a.last_membership = meta.last_membership.clone();
+        // The RaftService server ran the same validation before openraft saw this snapshot; a
+        // failure here is a bug or a snapshot from elsewhere, and stops Raft as storage errors do.
+        let read_err = |e: String| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &io::Error::new(io::ErrorKind::InvalidData, e),
+            ))
+        };
+        let bytes = snapshot.into_inner();
+        let a = snapshot::validate(meta, &bytes).map_err(|e| read_err(e.to_string()))?;
+        let data = String::from_utf8(bytes).map_err(|e| read_err(e.to_string()))?;
         let this = self.clone();
         let m = meta.clone();
         tokio::task::spawn_blocking(move || this.write_snapshot(&m, data))
@@ -576,5 +643,105 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap().replace("k4", "kX");
         std::fs::write(&p, text).unwrap();
         assert!(sm.get_current_snapshot().await.is_err());
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn snapshots_carry_the_snapshot_format_and_store_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = store_with_writes(dir.path(), 3).await;
+        let s = sm.build_snapshot().await.unwrap();
+        let data = s.snapshot.into_inner();
+        assert!(data.starts_with(b"GKSNAP/1 "));
+        let a = snapshot::validate(&s.meta, &data).unwrap();
+        assert_eq!(a.state.kv.len(), 3);
+        for p in [
+            dir.path().join("snapshots"),
+            dir.path().join("sm.id"),
+            dir.path()
+                .join(format!("snapshots/snapshot-{:020}.json", 3)),
+        ] {
+            let want = if p.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode(&p), want, "{}", p.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_snapshot_is_refused_by_install_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = store_with_writes(dir.path(), 5).await;
+        let good = leader.build_snapshot().await.unwrap();
+        let good_data = good.snapshot.into_inner();
+
+        let other = tempfile::tempdir().unwrap();
+        let mut sm = store_with_writes(other.path(), 2).await;
+        let before = sm.read().clone();
+        let mut bad_meta = good.meta.clone();
+        bad_meta.last_log_id = Some(LogId::new(CommittedLeaderId::new(1, 1), 9));
+        let bare_json = serde_json::to_vec(&*leader.read()).unwrap();
+        let mut flipped = good_data.clone();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 1;
+        for (meta, data) in [
+            (&good.meta, b"garbage".to_vec()),
+            (&good.meta, flipped),
+            (&bad_meta, good_data.clone()),
+            (&good.meta, bare_json),
+        ] {
+            let e = sm
+                .install_snapshot(meta, Box::new(Cursor::new(data)))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("snapshot"), "{e}");
+            assert_eq!(sm.read().last_applied, before.last_applied);
+            assert_eq!(sm.read().state, before.state);
+            assert!(sm.get_current_snapshot().await.unwrap().is_none());
+        }
+        sm.install_snapshot(&good.meta, Box::new(Cursor::new(good_data)))
+            .await
+            .unwrap();
+        assert_eq!(sm.read().state.kv.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn legacy_snapshot_files_load_and_unfinished_transfers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = {
+            let mut sm = store_with_writes(dir.path(), 4).await;
+            let meta = sm.build_snapshot().await.unwrap().meta;
+            // Rewrite the file as the previous version did: format 1, bare JSON data.
+            let json = serde_json::to_string(&*sm.read()).unwrap();
+            let legacy = serde_json::json!({
+                "format": 1,
+                "meta": meta,
+                "sha256": hex::encode(Sha256::digest(json.as_bytes())),
+                "data": json,
+            });
+            let path = dir
+                .path()
+                .join(format!("snapshots/snapshot-{:020}.json", 4));
+            std::fs::write(&path, serde_json::to_vec(&legacy).unwrap()).unwrap();
+            // Make sled lag behind it, so open() loads the snapshot.
+            let mut old = sm.read().clone();
+            old.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 1));
+            sm.db.insert(STATE_KEY, encode_record(&old)).unwrap();
+            sm.db.flush().unwrap();
+            meta
+        };
+        let incoming = dir.path().join("snapshots/.incoming-1-0");
+        std::fs::write(&incoming, b"half a transfer").unwrap();
+        let mut sm = open_when_released(dir.path()).unwrap();
+        assert!(!incoming.exists(), "unfinished transfer removed at open");
+        assert_eq!(sm.read().last_applied, meta.last_log_id);
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        let a = snapshot::validate(&cur.meta, cur.snapshot.get_ref()).unwrap();
+        assert_eq!(a.state.kv.len(), 4);
+        let p = sm.incoming_snapshot_path();
+        assert!(p.starts_with(dir.path().join("snapshots")));
+        assert_ne!(p, sm.incoming_snapshot_path());
     }
 }
