@@ -14,6 +14,20 @@
 //!   follower catches up from the log instead of a full snapshot.
 //! * `max_stale_ms = 5000`: stale reads are refused by a node that has not heard from a leader
 //!   for longer than this (20 heartbeats).
+//! * `max_snapshot_bytes = 256 MiB`: a snapshot is the JSON of the whole state; a state at
+//!   Phala's scale (~40,000 workers and sessions, a dozen members) is about 20 MiB, so this leaves
+//!   ten times that, while bounding what a peer can make a node stage on disk and decode
+//!   (`gatekeeper_raft::network::DEFAULT_MAX_SNAPSHOT_BYTES`).
+//! * Listener limits (`node/listen.rs`): `raft_max_connections = 256` (peers keep one HTTP/2
+//!   connection each; room for reconnects of a large cluster), `api_max_connections = 4096`
+//!   (workers, operators, peers' share fetches), both far below the usual descriptor limit and
+//!   leaving descriptors for storage; `max_concurrent_streams = 256` per connection (a follower
+//!   forwards concurrent writes over one connection: the write benchmark runs 256 writers);
+//!   HTTP/2 keepalive pings every 20 s answered within 20 s; TCP keepalive after 60 s; a new
+//!   connection must send within `connection_handshake_timeout_ms = 10000` and any connection is
+//!   closed after `connection_idle_timeout_ms = 120000` without a byte (pings keep live clients
+//!   well under it); `rpc_timeout_ms = 120000` bounds any RPC (above admin join's 6 ×
+//!   `request_timeout_ms` and a snapshot transfer's 60 s).
 
 use crate::attestation::PolicyKind;
 use anyhow::{bail, Context, Result};
@@ -168,6 +182,67 @@ pub struct NodeConfig {
     /// host:port of an HTTP listener serving Prometheus metrics at `/metrics`; none: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Largest snapshot this node receives or sends, bytes.
+    #[serde(default = "d_max_snapshot")]
+    pub max_snapshot_bytes: u64,
+    /// Open connections at most on the Raft listener.
+    #[serde(default = "d_raft_conns")]
+    pub raft_max_connections: usize,
+    /// Open connections at most on the API listener.
+    #[serde(default = "d_api_conns")]
+    pub api_max_connections: usize,
+    /// HTTP/2 streams (and requests in service) per connection, both listeners.
+    #[serde(default = "d_streams")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PING interval on every server connection.
+    #[serde(default = "d_h2_ping")]
+    pub http2_keepalive_interval_ms: u64,
+    /// An unanswered PING closes the connection after this long.
+    #[serde(default = "d_h2_ping_timeout")]
+    pub http2_keepalive_timeout_ms: u64,
+    /// TCP keepalive idle time on accepted sockets.
+    #[serde(default = "d_tcp_keepalive")]
+    pub tcp_keepalive_ms: u64,
+    /// A new connection that sends nothing for this long is closed.
+    #[serde(default = "d_handshake")]
+    pub connection_handshake_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(default = "d_idle")]
+    pub connection_idle_timeout_ms: u64,
+    /// Longest RPC served, either listener.
+    #[serde(default = "d_rpc_timeout")]
+    pub rpc_timeout_ms: u64,
+}
+
+fn d_max_snapshot() -> u64 {
+    gatekeeper_raft::network::DEFAULT_MAX_SNAPSHOT_BYTES
+}
+fn d_raft_conns() -> usize {
+    256
+}
+fn d_api_conns() -> usize {
+    4096
+}
+fn d_streams() -> u32 {
+    256
+}
+fn d_h2_ping() -> u64 {
+    20_000
+}
+fn d_h2_ping_timeout() -> u64 {
+    20_000
+}
+fn d_tcp_keepalive() -> u64 {
+    60_000
+}
+fn d_handshake() -> u64 {
+    10_000
+}
+fn d_idle() -> u64 {
+    120_000
+}
+fn d_rpc_timeout() -> u64 {
+    120_000
 }
 
 fn d_chain_profile() -> String {
@@ -284,6 +359,16 @@ pub const KEYS: &[&str] = &[
     "chain_reconnect_max_ms",
     "chain_rpc_timeout_ms",
     "metrics_listen",
+    "max_snapshot_bytes",
+    "raft_max_connections",
+    "api_max_connections",
+    "max_concurrent_streams",
+    "http2_keepalive_interval_ms",
+    "http2_keepalive_timeout_ms",
+    "tcp_keepalive_ms",
+    "connection_handshake_timeout_ms",
+    "connection_idle_timeout_ms",
+    "rpc_timeout_ms",
 ];
 
 fn env_value(raw: &str) -> toml::Value {
@@ -400,11 +485,49 @@ impl NodeConfig {
         if self.chain_stall_ms == 0 || self.chain_rpc_timeout_ms == 0 {
             bail!("chain_stall_ms and chain_rpc_timeout_ms must be at least 1");
         }
+        self.validate_limits()?;
         for m in self.allowed_mrenclave.iter().chain(&self.allowed_mrsigner) {
             match hex::decode(m) {
                 Ok(b) if b.len() == 32 => {}
                 _ => bail!("allowed MRENCLAVE/MRSIGNER values must be 32 bytes of hex: {m:?}"),
             }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<()> {
+        if self.max_snapshot_bytes < 1 << 20 {
+            bail!("max_snapshot_bytes must be at least 1048576 (1 MiB)");
+        }
+        if self.raft_max_connections < 8 || self.api_max_connections < 8 {
+            bail!("raft_max_connections and api_max_connections must be at least 8");
+        }
+        if self.max_concurrent_streams == 0 {
+            bail!("max_concurrent_streams must be at least 1");
+        }
+        if self.http2_keepalive_interval_ms == 0
+            || self.http2_keepalive_timeout_ms == 0
+            || self.tcp_keepalive_ms < 1000
+            || self.connection_handshake_timeout_ms == 0
+        {
+            bail!(
+                "http2_keepalive_interval_ms, http2_keepalive_timeout_ms and \
+                 connection_handshake_timeout_ms must be at least 1, tcp_keepalive_ms at least 1000"
+            );
+        }
+        if self.connection_idle_timeout_ms
+            <= self.http2_keepalive_interval_ms + self.http2_keepalive_timeout_ms
+        {
+            bail!(
+                "connection_idle_timeout_ms must exceed http2_keepalive_interval_ms + \
+                 http2_keepalive_timeout_ms, or live idle clients would be closed between pings"
+            );
+        }
+        if self.rpc_timeout_ms <= 6 * self.request_timeout_ms || self.rpc_timeout_ms < 60_000 {
+            bail!(
+                "rpc_timeout_ms must exceed 6 × request_timeout_ms (admin join waits that long) \
+                 and be at least 60000 (a snapshot transfer's deadline)"
+            );
         }
         Ok(())
     }
@@ -520,6 +643,27 @@ mod tests {
     }
 
     #[test]
+    fn listener_and_snapshot_limits_have_defaults_and_env_overrides() {
+        let base = [
+            ("GATEKEEPER_NODE_ID", "1"),
+            ("GATEKEEPER_DATA_DIR", "/d"),
+            ("GATEKEEPER_RAFT_LISTEN", "a:1"),
+            ("GATEKEEPER_API_LISTEN", "a:2"),
+        ];
+        let c = NodeConfig::load(None, env(&base)).unwrap();
+        assert_eq!(c.max_snapshot_bytes, 256 << 20);
+        assert_eq!((c.raft_max_connections, c.api_max_connections), (256, 4096));
+        assert_eq!(c.max_concurrent_streams, 256);
+        assert_eq!(c.connection_idle_timeout_ms, 120_000);
+        let mut v = base.to_vec();
+        v.push(("GATEKEEPER_API_MAX_CONNECTIONS", "64"));
+        v.push(("GATEKEEPER_MAX_SNAPSHOT_BYTES", "2097152"));
+        let c = NodeConfig::load(None, env(&v)).unwrap();
+        assert_eq!(c.api_max_connections, 64);
+        assert_eq!(c.max_snapshot_bytes, 2 << 20);
+    }
+
+    #[test]
     fn production_refuses_the_development_attestation_policies() {
         let prod = [
             ("GATEKEEPER_NODE_ID", "1"),
@@ -608,6 +752,12 @@ mod tests {
         assert!(with(("GATEKEEPER_CHAIN_URL", "http://x:1")).contains("ws://"));
         assert!(with(("GATEKEEPER_CHAIN_RECONNECT_MIN_MS", "0")).contains("reconnect"));
         assert!(with(("GATEKEEPER_ROTATION_DEADLINE_MS", "0")).contains("rotation_deadline_ms"));
+        assert!(with(("GATEKEEPER_MAX_SNAPSHOT_BYTES", "1000")).contains("max_snapshot_bytes"));
+        assert!(with(("GATEKEEPER_RAFT_MAX_CONNECTIONS", "2")).contains("raft_max_connections"));
+        assert!(with(("GATEKEEPER_MAX_CONCURRENT_STREAMS", "0")).contains("streams"));
+        assert!(with(("GATEKEEPER_CONNECTION_IDLE_TIMEOUT_MS", "30000")).contains("must exceed"));
+        assert!(with(("GATEKEEPER_RPC_TIMEOUT_MS", "50000")).contains("rpc_timeout_ms"));
+        assert!(with(("GATEKEEPER_REQUEST_TIMEOUT_MS", "30000")).contains("rpc_timeout_ms"));
         let mut chain = base.to_vec();
         chain.push(("GATEKEEPER_CHAIN_URL", "ws://127.0.0.1:9944"));
         chain.push(("GATEKEEPER_CHAIN_PROFILE", "phala"));

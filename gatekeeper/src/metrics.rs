@@ -189,23 +189,37 @@ async fn handle(
     Ok(resp.expect("static response parts are valid"))
 }
 
-/// Serves `/metrics` on `listener` until `stop` turns true.
-pub async fn serve(
+/// Pause after a failed accept (e.g. out of file descriptors) instead of retrying at once.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Serves `/metrics` on `listener` until `stop` turns true. `admit` applies the node's connection
+/// limits to each accepted connection (`None`: over the cap, the connection is closed).
+pub async fn serve<C, A>(
     listener: TcpListener,
     metrics: Metrics,
+    admit: A,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) where
+    A: Fn(tokio::net::TcpStream) -> Option<C>,
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let m = Arc::new(metrics);
     loop {
-        let (stream, _) = tokio::select! {
+        let accepted = tokio::select! {
             _ = stop.wait_for(|v| *v) => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    continue;
-                }
-            },
+            a = listener.accept() => a,
+        };
+        let (stream, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener accept failed; pausing");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        // Over the cap, the connection is closed here (dropped).
+        let Some(stream) = admit(stream) else {
+            continue;
         };
         let m = m.clone();
         tokio::spawn(async move {

@@ -4,6 +4,13 @@
 //! Shutdown on SIGTERM or SIGINT is graceful: the listeners stop accepting, in-flight RPCs finish,
 //! Raft stops, and the state machine store is flushed. (The Raft log needs no flush: every
 //! acknowledged write was already fsynced.)
+//!
+//! Every listener is built by [`listen`]: one helper sets the connection cap, timeouts and HTTP/2
+//! limits of the Raft and API listeners (and caps the metrics listener). At start the node sets
+//! its umask to `077`, raises its soft descriptor limit to the hard one, and brings its data and
+//! enclave directories to `0700`/`0600` ([`gatekeeper_raft::private_fs`]), logging every change.
+
+pub mod listen;
 
 use crate::attestation::Policy;
 use crate::config::{LogFormat, Mode, NodeConfig};
@@ -20,18 +27,81 @@ use gatekeeper_proto::v1::admin_service_server::AdminServiceServer;
 use gatekeeper_proto::v1::key_service_server::KeyServiceServer;
 use gatekeeper_proto::v1::peer_service_server::PeerServiceServer;
 use gatekeeper_raft::network::NetworkConfig;
+use gatekeeper_raft::private_fs;
 use gatekeeper_raft::replica::{Replica, ReplicaConfig};
+use listen::{ConnTable, ListenLimits};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
-/// Accepted connections with TCP_NODELAY: `serve_with_incoming` ignores the server builder's
-/// nodelay setting, and with Nagle's algorithm small gRPC frames wait for delayed ACKs (~40 ms
-/// each way), which made every follower read-index round trip take ~80 ms.
-fn nodelay(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Connections at most on the metrics listener (a scraper or two).
+pub const METRICS_MAX_CONNECTIONS: usize = 32;
+/// Descriptors kept for everything but listener connections: storage (sled, raft-log chunks,
+/// snapshots), outgoing peer connections, the chain watcher.
+pub const RESERVED_FDS: u64 = 1024;
+
+/// Files and directories this process creates are private to its user: sled and raft-log create
+/// their own files, so the umask is what makes them `0600`.
+fn private_umask() {
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    if old.bits() & 0o077 != 0o077 {
+        tracing::info!(
+            previous = format!("{:03o}", old.bits()),
+            "umask set to 077: data files are created 0600, directories 0700"
+        );
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one and warns when the listeners' connection
+/// caps do not fit under it with [`RESERVED_FDS`] to spare.
+fn check_fd_budget(config: &NodeConfig) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum || (lim.current.is_some() && lim.maximum.is_none()) {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::info!(
+                from = ?lim.current,
+                to = ?lim.maximum,
+                "raised the open-file limit to its hard limit"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current;
+    let needed = (config.raft_max_connections + config.api_max_connections) as u64
+        + METRICS_MAX_CONNECTIONS as u64
+        + RESERVED_FDS;
+    if let Some(soft) = soft.filter(|&s| s < needed) {
+        tracing::warn!(
+            open_file_limit = soft,
+            needed,
+            "raft_max_connections + api_max_connections (+{} for metrics and {RESERVED_FDS} for \
+             storage and peers) exceed the open-file limit: a connection flood could starve \
+             storage of descriptors; lower the caps or raise the limit",
+            METRICS_MAX_CONNECTIONS
+        );
+    }
+}
+
+/// Brings `dir` to `0700` directories and `0600` files, logging each change.
+fn tighten(dir: &Path) -> Result<()> {
+    let changes = private_fs::tighten(dir)
+        .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;
+    for c in changes {
+        tracing::warn!(
+            path = %c.path.display(),
+            from = format!("{:04o}", c.from),
+            to = format!("{:04o}", c.to),
+            "tightened the permissions of a data file (group or others had access)"
+        );
+    }
+    Ok(())
 }
 
 /// Sets up `tracing` to stderr in the configured format (`RUST_LOG` filters; default `info`).
@@ -94,6 +164,8 @@ pub fn policy(
 
 /// Runs the node until a shutdown signal.
 pub async fn run(config: NodeConfig) -> Result<()> {
+    private_umask();
+    check_fd_budget(&config);
     let dev_key = match &config.dev_attestation_key_file {
         Some(p) => Some(crate::keyfile::read_key_file(p)?),
         None => None,
@@ -131,7 +203,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             },
         )?,
     );
-    let network = NetworkConfig::default();
+    // After the enclave opened (it refuses a sealing key that group or others could read, which
+    // may have leaked, rather than have it quietly fixed here).
+    tighten(&config.data_dir)?;
+    if !config.enclave_dir().starts_with(&config.data_dir) {
+        tighten(&config.enclave_dir())?;
+    }
+    let network = NetworkConfig {
+        max_snapshot_bytes: config.max_snapshot_bytes,
+        ..NetworkConfig::default()
+    };
     let max_msg = network.max_message_bytes;
     let replica = Replica::open(ReplicaConfig {
         node_id: config.node_id,
@@ -167,9 +248,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let raft_svc = RaftServiceServer::new(replica.raft_server())
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let raft_server = tonic::transport::Server::builder()
+    let raft_limits = ListenLimits::from_config(&config, config.raft_max_connections);
+    let raft_server = raft_limits
+        .server()
         .add_service(raft_svc)
-        .serve_with_incoming_shutdown(nodelay(raft_listener), wait(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            raft_limits.incoming(raft_listener, "raft"),
+            wait(stop_rx.clone()),
+        );
     let seal = Arc::new(Mutex::new(SealView {
         state: "sealed".into(),
         ..Default::default()
@@ -234,7 +320,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         nonces: nonces.clone(),
         stale_reads: config.key_read_mode == "stale",
     };
-    let api_server = tonic::transport::Server::builder()
+    let api_limits = ListenLimits::from_config(&config, config.api_max_connections);
+    let api_server = api_limits
+        .server()
         .layer(crate::service::layer::ErrorCodeLayer)
         .add_service(
             KeyServiceServer::new(keys)
@@ -249,7 +337,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             PeerServiceServer::new(peer)
                 .max_decoding_message_size(crate::service::MAX_PEER_ADMIN_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(nodelay(api_listener), wait(stop_rx));
+        .serve_with_incoming_shutdown(api_limits.incoming(api_listener, "api"), wait(stop_rx));
 
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
@@ -260,7 +348,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             enclave: enclave.clone(),
             chain,
         };
-        tokio::spawn(crate::metrics::serve(l, m, stop_rx_keeper.clone()))
+        let table = ConnTable::for_listener(
+            "metrics",
+            &ListenLimits::from_config(&config, METRICS_MAX_CONNECTIONS),
+        );
+        let admit = move |s| table.admit(s);
+        tokio::spawn(crate::metrics::serve(l, m, admit, stop_rx_keeper.clone()))
     });
     let watcher_task = watcher.map(|w| {
         tracing::info!(url = %w.settings.url, profile = w.settings.profile.as_str(), "chain watcher starting");
