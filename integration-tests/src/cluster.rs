@@ -130,6 +130,11 @@ impl Cluster {
         format!("http://{}", self.node(i).api_addr)
     }
 
+    /// The process id of node `i` while it runs.
+    pub fn pid(&self, i: u64) -> Option<u32> {
+        lock(&self.node(i).child).as_ref().map(|c| c.id())
+    }
+
     /// The node's data dir.
     pub fn data_dir(&self, i: u64) -> &Path {
         &self.node(i).data_dir

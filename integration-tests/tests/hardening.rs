@@ -1,0 +1,676 @@
+//! No peer message can break a node: real `gatekeeper node` processes receive, over raw
+//! `gatekeeper.raft.v1` clients, what a peer holding a valid member certificate could send —
+//! garbage and forged snapshots, AppendEntries rewriting committed entries, malformed votes, a
+//! flood of idle connections — and must refuse it, keep serving, and restart cleanly. Also: the
+//! data dir is private (`0700`/`0600`) and loose modes are tightened at start.
+//!
+//! Every wait is bounded; failures print the tail of every node's logs and keep the cluster
+//! directory.
+
+use gatekeeper_integration_tests::{Cluster, Consistency, Opts, WAIT};
+use gatekeeper_proto::raft::v1 as rpb;
+use rpb::raft_service_client::RaftServiceClient;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A raw RaftService client to node `i`, as another member would hold (call inside a runtime).
+fn raft_client(c: &Cluster, i: u64) -> RaftServiceClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.raft_addr(i)))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    RaftServiceClient::new(ch)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20)
+}
+
+fn vote(term: u64, node_id: u64, committed: bool) -> rpb::Vote {
+    rpb::Vote {
+        leader_id: Some(rpb::LeaderId { term, node_id }),
+        committed,
+    }
+}
+
+fn log_id(term: u64, node_id: u64, index: u64) -> rpb::LogId {
+    rpb::LogId {
+        term,
+        node_id,
+        index,
+    }
+}
+
+fn blank(l: rpb::LogId) -> rpb::Entry {
+    rpb::Entry {
+        log_id: Some(l),
+        payload: Some(rpb::entry::Payload::Blank(rpb::Blank {})),
+    }
+}
+
+/// Asserts that `r` is an INVALID_ARGUMENT whose message contains `says`.
+fn expect_refused<T: std::fmt::Debug>(
+    c: &Cluster,
+    what: &str,
+    r: Result<T, tonic::Status>,
+    says: &str,
+) {
+    match r {
+        Ok(v) => c.fail(&format!(
+            "{what}: accepted ({v:?}), expected INVALID_ARGUMENT"
+        )),
+        Err(s) if s.code() == Code::InvalidArgument && s.message().contains(says) => {
+            eprintln!("{what}: refused as expected: {}", s.message());
+        }
+        Err(s) => c.fail(&format!(
+            "{what}: expected INVALID_ARGUMENT saying {says:?}, got {:?}: {}",
+            s.code(),
+            s.message()
+        )),
+    }
+}
+
+/// The follower keeps working: a write through it commits, it reads it back linearizably, and
+/// it is still a follower of `leader` below the forged term.
+fn keeps_serving(c: &Cluster, f: u64, leader: u64, below_term: u64, tag: &str) {
+    let key = format!("after-{tag}");
+    c.put_ok(f, &key, tag);
+    let r = c.wait_for(&format!("a linearizable read on node {f}"), WAIT, || {
+        c.get(f, &key, Consistency::Linearizable)
+    });
+    assert_eq!(r.value.as_deref(), Some(tag), "read after {tag}: {r:?}");
+    let s = c.status(f).unwrap_or_else(|e| c.fail(&e));
+    if s.role != "follower" || s.term >= below_term || s.leader_id.is_none() {
+        c.fail(&format!(
+            "after {tag}, node {f} is not a follower below term {below_term}: {s:?} \
+             (leader was {leader})"
+        ));
+    }
+}
+
+/// The snapshot file of node `i` (its single latest one), as JSON.
+fn snapshot_file(c: &Cluster, i: u64) -> serde_json::Value {
+    let dir = c.data_dir(i).join("snapshots");
+    let path = fs::read_dir(&dir)
+        .unwrap_or_else(|e| c.fail(&format!("read {}: {e}", dir.display())))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snapshot-"))
+        })
+        .unwrap_or_else(|| c.fail(&format!("no snapshot file in {}", dir.display())));
+    serde_json::from_slice(&fs::read(&path).unwrap()).unwrap()
+}
+
+fn json_log_id(v: &serde_json::Value) -> rpb::LogId {
+    log_id(
+        v["leader_id"]["term"].as_u64().unwrap(),
+        v["leader_id"]["node_id"].as_u64().unwrap(),
+        v["index"].as_u64().unwrap(),
+    )
+}
+
+/// Snapshot data framed as the snapshot format (header, length, SHA-256) around `body`.
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "GKSNAP/1 {} {}\n",
+        hex::encode(Sha256::digest(body)),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Chunks of a snapshot stream: `data` in 64 KiB pieces, the header on the first, `done` on
+/// the last (unless `done` is false).
+fn chunks(header: rpb::SnapshotHeader, data: &[u8], done: bool) -> Vec<rpb::SnapshotChunk> {
+    let mut out = Vec::new();
+    let mut header = Some(header);
+    let parts: Vec<&[u8]> = if data.is_empty() {
+        vec![&[]]
+    } else {
+        data.chunks(64 << 10).collect()
+    };
+    let n = parts.len();
+    let mut offset = 0u64;
+    for (k, p) in parts.into_iter().enumerate() {
+        out.push(rpb::SnapshotChunk {
+            header: header.take(),
+            offset,
+            data: p.to_vec(),
+            done: done && k + 1 == n,
+        });
+        offset += p.len() as u64;
+    }
+    out
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        out.push(p.clone());
+        let meta = fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            for e in fs::read_dir(&p).unwrap().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn garbage_and_forged_snapshots_are_refused_and_the_follower_keeps_working_and_restarts() {
+    let mut c = Cluster::start(
+        3,
+        Opts {
+            snapshot_logs_since_last: Some(20),
+            ..Opts::default()
+        },
+    );
+    let rt = runtime();
+    let leader = c.leader();
+    for k in 0..30 {
+        c.put_ok(leader, &format!("s-{k}"), &format!("v{k}"));
+    }
+    let head = c.put_ok(leader, "s-head", "x").log_index;
+    c.wait_converged(&c.ids(), head);
+    let f = *c.ids().iter().find(|&&i| i != leader).unwrap();
+    let s = c.status(leader).unwrap_or_else(|e| c.fail(&e));
+    let term = s.term;
+
+    // A real snapshot of the leader: its data (valid framing and state) and metadata.
+    let snap = snapshot_file(&c, leader);
+    let real_data = snap["data"].as_str().unwrap().as_bytes().to_vec();
+    assert!(real_data.starts_with(b"GKSNAP/1 "), "snapshot data format");
+    let real_last = json_log_id(&snap["meta"]["last_log_id"]);
+    let membership_log_id = json_log_id(&snap["meta"]["last_membership"]["log_id"]);
+    let membership = rpb::Membership {
+        configs: vec![rpb::NodeIdSet { node_ids: c.ids() }],
+        nodes: c
+            .ids()
+            .into_iter()
+            .map(|i| {
+                (
+                    i,
+                    rpb::Node {
+                        raft_address: c.raft_addr(i).to_string(),
+                        api_address: c.api_addr(i).to_string(),
+                    },
+                )
+            })
+            .collect(),
+    };
+    // What a member holding the leader's vote could send: a snapshot "from the future" (past
+    // this follower's committed index), so only the data checks stand between it and openraft.
+    let header = |total_size: u64, last: rpb::LogId| rpb::SnapshotHeader {
+        vote: Some(vote(term, leader, true)),
+        meta: Some(rpb::SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: Some(rpb::StoredMembership {
+                log_id: Some(membership_log_id),
+                membership: Some(membership.clone()),
+            }),
+            snapshot_id: "forged".into(),
+        }),
+        total_size,
+    };
+    let future = log_id(term, leader, head + 1000);
+    let send = |chunks: Vec<rpb::SnapshotChunk>| {
+        rt.block_on(async {
+            raft_client(&c, f)
+                .install_snapshot(tonic::codegen::tokio_stream::iter(chunks))
+                .await
+        })
+    };
+
+    // 1. Random bytes.
+    let random: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let r = send(chunks(header(random.len() as u64, future), &random, true));
+    expect_refused(&c, "random bytes", r, "not a Gatekeeper snapshot");
+    keeps_serving(&c, f, leader, term + 1000, "random");
+
+    // 2. A valid header and truncated data: the stream ends early...
+    let half = &real_data[..real_data.len() / 2];
+    let r = send(chunks(header(real_data.len() as u64, future), half, true));
+    expect_refused(&c, "truncated stream", r, "ended at");
+    // ...or never says done...
+    let r = send(chunks(header(real_data.len() as u64, future), half, false));
+    expect_refused(&c, "stream without done", r, "ended at");
+    // ...or announces only what it sends, which the snapshot's own header contradicts.
+    let r = send(chunks(header(half.len() as u64, future), half, true));
+    expect_refused(&c, "total_size below the header's", r, "total_size");
+    keeps_serving(&c, f, leader, term + 1000, "truncated");
+
+    // 3. Oversize: a total above the cap is refused before any data; data beyond total_size too.
+    let r = send(chunks(header(3 << 30, future), b"GKSNAP/1 ", false));
+    expect_refused(&c, "3 GiB total", r, "exceeds the limit");
+    let r = send(chunks(header(10, future), &real_data[..100], true));
+    expect_refused(&c, "data beyond total_size", r, "exceeds total_size");
+    keeps_serving(&c, f, leader, term + 1000, "oversize");
+
+    // 4. Valid framing (header, length, checksum) around content that is not the state.
+    for (name, body) in [
+        (
+            "json of something else",
+            &br#"{"format":1,"hello":"world"}"#[..],
+        ),
+        ("truncated json", &real_data[real_data.len() / 2..]),
+        ("not utf-8", b"\xff\xfe\xfd"),
+    ] {
+        let data = framed(body);
+        let r = send(chunks(header(data.len() as u64, future), &data, true));
+        expect_refused(&c, name, r, "does not decode into the state");
+    }
+    // A flipped bit in the body: the checksum.
+    let mut flipped = real_data.clone();
+    let at = flipped.len() - 3;
+    flipped[at] ^= 1;
+    let r = send(chunks(header(flipped.len() as u64, future), &flipped, true));
+    expect_refused(&c, "flipped bit", r, "checksum");
+    keeps_serving(&c, f, leader, term + 1000, "undecodable");
+
+    // 5. A valid snapshot whose metadata lies about it.
+    let r = send(chunks(
+        header(real_data.len() as u64, future),
+        &real_data,
+        true,
+    ));
+    expect_refused(
+        &c,
+        "metadata not matching the state",
+        r,
+        "disagrees with its metadata",
+    );
+    // 6. A snapshot that would roll this follower back: below its committed index, from a newer
+    //    leader than the committed entry there.
+    let mut h = header(real_data.len() as u64, log_id(term + 1, leader, 1));
+    h.vote = Some(vote(term + 1, leader, true));
+    let r = send(chunks(h, &real_data, true));
+    expect_refused(
+        &c,
+        "rollback",
+        r,
+        "conflicts with this node's committed entry",
+    );
+    // 7. A leader's vote naming the follower itself, and an uncommitted one.
+    let mut h = header(real_data.len() as u64, real_last);
+    h.vote = Some(vote(term, f, true));
+    let r = send(chunks(h, &real_data, true));
+    expect_refused(&c, "vote naming the receiver", r, "names this node");
+    let mut h = header(real_data.len() as u64, real_last);
+    h.vote = Some(vote(term, leader, false));
+    let r = send(chunks(h, &real_data, true));
+    expect_refused(&c, "uncommitted vote", r, "not committed");
+    keeps_serving(&c, f, leader, term + 1000, "forged");
+
+    // Nothing staged is left behind.
+    let staged: Vec<_> = fs::read_dir(c.data_dir(f).join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".incoming-"))
+        .collect();
+    assert!(staged.is_empty(), "staged snapshot files left: {staged:?}");
+
+    // The follower restarts cleanly and converges.
+    let st = c.stop(f);
+    assert!(st.success(), "node {f} exited with {st} on SIGTERM");
+    let during = c.put_ok(leader, "s-while-down", "d").log_index;
+    c.restart(f);
+    let last = c.put_ok(f, "s-after-restart", "r").log_index;
+    c.wait_converged(&c.ids(), last.max(during));
+    for (k, v) in [("s-0", "v0"), ("s-29", "v29"), ("s-while-down", "d")] {
+        let r = c.wait_for(&format!("read {k} on node {f}"), WAIT, || {
+            c.get(f, k, Consistency::Linearizable)
+        });
+        assert_eq!(r.value.as_deref(), Some(v), "{k} on node {f} after restart");
+    }
+}
+
+#[test]
+fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_refused() {
+    let c = Cluster::start(3, Opts::default());
+    let rt = runtime();
+    let leader = c.leader();
+    for k in 0..10 {
+        c.put_ok(leader, &format!("a-{k}"), &format!("v{k}"));
+    }
+    let head = c.put_ok(leader, "a-head", "x").log_index;
+    c.wait_converged(&c.ids(), head);
+    let f = *c.ids().iter().find(|&&i| i != leader).unwrap();
+    let term = c.status(leader).unwrap_or_else(|e| c.fail(&e)).term;
+    let forged = term + 1000;
+    let append = |req: rpb::AppendEntriesRequest| {
+        rt.block_on(async { raft_client(&c, f).append_entries(req).await })
+    };
+
+    // The issue's packet: a newer "leader" rewrites index 1 (committed long ago).
+    let r = append(rpb::AppendEntriesRequest {
+        vote: Some(vote(forged, leader, true)),
+        prev_log_id: None,
+        entries: vec![blank(log_id(0, 0, 0)), blank(log_id(forged, leader, 1))],
+        leader_commit: Some(log_id(forged, leader, 1)),
+    });
+    expect_refused(
+        &c,
+        "conflicting entry at index 1",
+        r,
+        "conflicts with this node's committed entry",
+    );
+    // The same through prev_log_id, with the leader's own vote.
+    let r = append(rpb::AppendEntriesRequest {
+        vote: Some(vote(term, leader, true)),
+        prev_log_id: Some(log_id(0, 0, 1)),
+        entries: vec![blank(log_id(term, leader, 2))],
+        leader_commit: None,
+    });
+    expect_refused(
+        &c,
+        "conflicting prev_log_id",
+        r,
+        "conflicts with this node's committed",
+    );
+    keeps_serving(&c, f, leader, forged, "truncation");
+
+    // Malformed votes and log ids.
+    let heartbeat = |v: rpb::Vote| rpb::AppendEntriesRequest {
+        vote: Some(v),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    let r = append(heartbeat(vote(term, f, true)));
+    expect_refused(&c, "vote naming the receiver", r, "names this node");
+    let r = append(heartbeat(vote(forged, leader, false)));
+    expect_refused(&c, "uncommitted vote", r, "not committed");
+    let r = append(heartbeat(vote(u64::MAX, leader, true)));
+    expect_refused(&c, "term u64::MAX", r, "exceeds the limit");
+    let r = append(heartbeat(vote(term + (1 << 33), leader, true)));
+    expect_refused(&c, "term jump", r, "more than 2^32 above");
+    let r = append(rpb::AppendEntriesRequest {
+        vote: Some(vote(forged, leader, true)),
+        prev_log_id: Some(log_id(term, leader, head)),
+        entries: vec![blank(log_id(forged, leader, head + 2))],
+        leader_commit: None,
+    });
+    expect_refused(&c, "gap after prev_log_id", r, "expected");
+    let r = append(rpb::AppendEntriesRequest {
+        vote: Some(vote(forged, leader, true)),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: Some(log_id(0, 0, 1_000_000)),
+    });
+    expect_refused(
+        &c,
+        "commit point from an old leader far ahead",
+        r,
+        "older leader",
+    );
+    let r = append(rpb::AppendEntriesRequest {
+        vote: Some(vote(forged, leader, true)),
+        prev_log_id: Some(log_id(u64::MAX >> 1, leader, 5)),
+        entries: vec![],
+        leader_commit: None,
+    });
+    expect_refused(
+        &c,
+        "log id newer than the vote",
+        r,
+        "newer than the sender's vote",
+    );
+    let vote_req = |v: rpb::Vote| {
+        rt.block_on(async {
+            raft_client(&c, f)
+                .vote(rpb::VoteRequest {
+                    vote: Some(v),
+                    last_log_id: Some(log_id(term, leader, head + 10)),
+                })
+                .await
+        })
+    };
+    let r = vote_req(vote(u64::MAX, leader, false));
+    expect_refused(&c, "vote request at u64::MAX", r, "exceeds the limit");
+    let r = vote_req(vote(forged, leader, true));
+    expect_refused(&c, "committed vote request", r, "is committed");
+    let r = vote_req(vote(forged, f, false));
+    expect_refused(&c, "vote request for the receiver", r, "names this node");
+    keeps_serving(&c, f, leader, forged, "malformed");
+
+    // Every node still agrees and applies the same log.
+    let last = c.put_ok(leader, "a-last", "z").log_index;
+    c.wait_converged(&c.ids(), last);
+}
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// How many of `conns` the other side has closed (EOF or reset), without blocking.
+fn closed_by_peer(conns: &mut [TcpStream]) -> usize {
+    let mut n = 0;
+    let mut buf = [0u8; 64];
+    for s in conns.iter_mut() {
+        s.set_nonblocking(true).unwrap();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => n += 1,
+                Ok(_) => continue, // the server's HTTP/2 settings
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => n += 1,
+            }
+            break;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_flood_of_idle_connections_does_not_stop_a_node() {
+    const RAFT_CAP: usize = 64;
+    const API_CAP: usize = 128;
+    const FLOOD: usize = 1000; // per listener: 2000 in all
+    let c = Cluster::start(
+        3,
+        Opts {
+            extra_config: vec![
+                format!("raft_max_connections = {RAFT_CAP}"),
+                format!("api_max_connections = {API_CAP}"),
+                "connection_handshake_timeout_ms = 20000".into(),
+            ],
+            ..Opts::default()
+        },
+    );
+    let leader = c.leader();
+    let n = *c.ids().iter().find(|&&i| i != leader).unwrap();
+    c.put_ok(n, "f-before", "0");
+    let pid = c.pid(n).unwrap_or_else(|| c.fail("no pid"));
+    let baseline = open_fds(pid);
+
+    // Idle connections (never a byte sent) to both listeners; after each wave the node holds at
+    // most its cap and has closed the rest already (well before the handshake timeout).
+    let started = std::time::Instant::now();
+    let mut flood: Vec<TcpStream> = Vec::with_capacity(2 * FLOOD);
+    let mut held = baseline;
+    for (addr, cap) in [
+        (c.api_addr(n).to_string(), API_CAP),
+        (c.raft_addr(n).to_string(), RAFT_CAP),
+    ] {
+        let mut wave: Vec<TcpStream> = (0..FLOOD)
+            .map(|k| {
+                TcpStream::connect(&addr)
+                    .unwrap_or_else(|e| c.fail(&format!("flood connection {k} to {addr}: {e}")))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let closed = closed_by_peer(&mut wave);
+        let fds = open_fds(pid);
+        eprintln!(
+            "{addr}: {closed} of {FLOOD} closed by the node at once; it holds {fds} descriptors \
+             ({:?} after the flood began)",
+            started.elapsed()
+        );
+        // (Connecting can take seconds: the kernel drops SYNs while the accept queue is full
+        // and the client retries after 1 s, 3 s, ...)
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the flood was too slow to test the cap before the handshake timeout"
+        );
+        if closed < FLOOD - cap || fds > held + cap + 8 {
+            c.fail(&format!(
+                "{addr}: over its cap of {cap}: {closed} of {FLOOD} closed, {fds} descriptors \
+                 held (before this wave: {held})"
+            ));
+        }
+        held = fds;
+        flood.extend(wave);
+    }
+
+    // New clients are served (each replaces a flood connection silent for over a second),
+    // writes commit through the node and replicate to it over the peers' connections.
+    std::thread::sleep(Duration::from_millis(1100));
+    for k in 0..5 {
+        c.status(n)
+            .unwrap_or_else(|e| c.fail(&format!("status during the flood: {e}")));
+        c.put_ok(n, &format!("f-during-{k}"), "d");
+    }
+    let last = c.put_ok(leader, "f-leader", "l").log_index;
+    c.wait_converged(&c.ids(), last);
+    let r = c.get(n, "f-during-4", Consistency::Linearizable);
+    assert_eq!(r.map(|r| r.value), Ok(Some("d".to_string())));
+
+    // Connections that stay silent are closed at the handshake timeout.
+    c.wait_for(
+        "every flood connection to be closed by the node",
+        WAIT,
+        || {
+            let closed = closed_by_peer(&mut flood);
+            if closed == flood.len() {
+                Ok(())
+            } else {
+                Err(format!("{closed} of {} closed", flood.len()))
+            }
+        },
+    );
+    eprintln!(
+        "all flood connections closed {:?} after the flood began",
+        started.elapsed()
+    );
+    drop(flood);
+    c.wait_for(
+        &format!("node {n}'s descriptors back near {baseline}"),
+        WAIT,
+        || {
+            let now = open_fds(pid);
+            if now <= baseline + 16 {
+                Ok(())
+            } else {
+                Err(format!("{now} open"))
+            }
+        },
+    );
+    c.put_ok(n, "f-after", "a");
+}
+
+#[test]
+fn a_nodes_data_dir_is_private_and_loose_modes_are_tightened_at_start() {
+    let mut c = Cluster::start(
+        1,
+        Opts {
+            snapshot_logs_since_last: Some(5),
+            ..Opts::default()
+        },
+    );
+    for k in 0..12 {
+        c.put_ok(1, &format!("m-{k}"), "v");
+    }
+    let data = c.data_dir(1).to_path_buf();
+    c.wait_for("a snapshot file", WAIT, || {
+        let has = fs::read_dir(data.join("snapshots"))
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("snapshot-"));
+        has.then_some(()).ok_or_else(|| "none yet".to_string())
+    });
+    let check_private = |when: &str| {
+        let all = files_in(&data);
+        for p in &all {
+            let m = mode(p);
+            let meta = fs::symlink_metadata(p).unwrap();
+            let want = if meta.is_dir() { 0o700 } else { 0o600 };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            assert!(
+                m & 0o077 == 0 && (!meta.is_dir() || m == want),
+                "{when}: {} has mode {m:o}, want {want:o}",
+                p.display()
+            );
+        }
+        for must in [
+            "log",
+            "sm",
+            "sm.id",
+            "snapshots",
+            "enclave",
+            "enclave/sealing.key",
+        ] {
+            assert!(all.contains(&data.join(must)), "{when}: {must} not found");
+        }
+        eprintln!("{when}: {} paths, all private", all.len());
+    };
+    check_private("after start");
+
+    // Loosen some modes (as a copy with a permissive umask would), restart: tightened, logged.
+    let st = c.stop(1);
+    assert!(st.success());
+    for (p, m) in [
+        ("", 0o755),
+        ("sm.id", 0o644),
+        ("log", 0o775),
+        ("snapshots", 0o777),
+    ] {
+        fs::set_permissions(data.join(p), fs::Permissions::from_mode(m)).unwrap();
+    }
+    c.restart(1);
+    check_private("after restart");
+    let log = fs::read_to_string(c.stderr_log(1)).unwrap_or_default()
+        + &fs::read_to_string(c.stdout_log(1)).unwrap_or_default();
+    for p in ["sm.id", "snapshots"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("tightened the permissions") && l.contains(p))
+            .unwrap_or_else(|| c.fail(&format!("no log line about tightening {p}")));
+        eprintln!("{line}");
+    }
+    c.put_ok(1, "m-after", "v");
+}
