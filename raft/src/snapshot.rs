@@ -296,6 +296,62 @@ mod tests {
         c.finish()
     }
 
+    /// The figures behind `DEFAULT_MAX_SNAPSHOT_BYTES` (network.rs) and the docs: bytes of
+    /// snapshot per worker (with one cluster), per session and per contract binding, and a state
+    /// at Phala's scale.
+    #[test]
+    fn snapshot_size_per_record_backs_the_default_cap() {
+        use crate::state::{Bytes32, WorkerRecord, WorkerStatus};
+        let n = 1000u32;
+        let key = |tag: u8, i: u32| {
+            let mut b = [tag; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            Bytes32(b)
+        };
+        let size = |st: &GatekeeperState| {
+            encode(&Applied {
+                state: st.clone(),
+                ..Default::default()
+            })
+            .len() as f64
+        };
+        let empty = size(&GatekeeperState::default());
+        let mut st = GatekeeperState::default();
+        for i in 0..n {
+            st.workers.insert(
+                key(1, i),
+                WorkerRecord {
+                    public_key: key(1, i),
+                    attestation_provider: "dcap".into(),
+                    confidence_level: 1,
+                    registered_at: 20_000_000 + u64::from(i),
+                    status: WorkerStatus::Active,
+                    clusters: [key(2, i % 16)].into_iter().collect(),
+                },
+            );
+        }
+        let per_worker = (size(&st) - empty) / f64::from(n);
+        let with_workers = size(&st);
+        for i in 0..n {
+            st.sessions.insert(key(3, i), key(1, i));
+        }
+        let per_session = (size(&st) - with_workers) / f64::from(n);
+        let with_sessions = size(&st);
+        for i in 0..n {
+            st.contracts.insert(key(4, i), key(2, i % 16));
+        }
+        let per_contract = (size(&st) - with_sessions) / f64::from(n);
+        eprintln!("bytes per worker {per_worker}, session {per_session}, contract {per_contract}");
+        assert!((250.0..=400.0).contains(&per_worker), "{per_worker}");
+        assert!((100.0..=160.0).contains(&per_session), "{per_session}");
+        assert!((100.0..=160.0).contains(&per_contract), "{per_contract}");
+        // ~40,000 workers and sessions, 5,000 contracts, 12 members with ~10 KiB of evidence.
+        let phala =
+            40_000.0 * (per_worker + per_session) + 5_000.0 * per_contract + 12.0 * 10_240.0;
+        assert!(phala < 32.0 * 1024.0 * 1024.0, "{phala}");
+        assert!(phala * 10.0 < crate::network::DEFAULT_MAX_SNAPSHOT_BYTES as f64);
+    }
+
     #[test]
     fn encoded_state_decodes_and_streams() {
         let a = applied();
