@@ -286,7 +286,7 @@ fn d_rotation_deadline() -> u64 {
     60_000
 }
 fn d_join_timeout() -> u64 {
-    45_000
+    30_000
 }
 
 fn d_election_min() -> u64 {
@@ -523,10 +523,12 @@ impl NodeConfig {
                  http2_keepalive_timeout_ms, or live idle clients would be closed between pings"
             );
         }
-        if self.rpc_timeout_ms <= 6 * self.request_timeout_ms || self.rpc_timeout_ms < 60_000 {
+        if self.rpc_timeout_ms <= self.join_timeout_ms + 2 * self.request_timeout_ms
+            || self.rpc_timeout_ms < 60_000
+        {
             bail!(
-                "rpc_timeout_ms must exceed 6 × request_timeout_ms (admin join waits that long) \
-                 and be at least 60000 (a snapshot transfer's deadline)"
+                "rpc_timeout_ms must exceed join_timeout_ms + 2 × request_timeout_ms (a forwarded \
+                 admin join waits that long) and be at least 60000 (a snapshot transfer's deadline)"
             );
         }
         Ok(())
@@ -757,7 +759,8 @@ mod tests {
         assert!(with(("GATEKEEPER_MAX_CONCURRENT_STREAMS", "0")).contains("streams"));
         assert!(with(("GATEKEEPER_CONNECTION_IDLE_TIMEOUT_MS", "30000")).contains("must exceed"));
         assert!(with(("GATEKEEPER_RPC_TIMEOUT_MS", "50000")).contains("rpc_timeout_ms"));
-        assert!(with(("GATEKEEPER_REQUEST_TIMEOUT_MS", "30000")).contains("rpc_timeout_ms"));
+        assert!(with(("GATEKEEPER_REQUEST_TIMEOUT_MS", "50000")).contains("rpc_timeout_ms"));
+        assert!(with(("GATEKEEPER_JOIN_TIMEOUT_MS", "110000")).contains("rpc_timeout_ms"));
         let mut chain = base.to_vec();
         chain.push(("GATEKEEPER_CHAIN_URL", "ws://127.0.0.1:9944"));
         chain.push(("GATEKEEPER_CHAIN_PROFILE", "phala"));

@@ -119,7 +119,8 @@ catalog! {
     /// Removing the node would leave fewer voters than a live epoch's threshold.
     BelowThreshold = "BELOW_THRESHOLD" => FailedPrecondition,
     /// A joining node did not catch up, or did not register evidence that passes the member
-    /// policy, in time: it was not made a voter (and was removed as a learner).
+    /// policy, in time: it was not made a voter (the message says whether removing it as a
+    /// learner succeeded).
     LearnerNotReady = "LEARNER_NOT_READY" => FailedPrecondition,
 
     // --- Cluster operations ---

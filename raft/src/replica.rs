@@ -426,10 +426,12 @@ impl Replica {
         Ok(index)
     }
 
-    /// Adds `id` as a learner (or updates its addresses) and waits until it has replicated the
-    /// log up to that membership entry. A learner that does not catch up within `timeout` (not
-    /// running, unreachable, wrong address) is refused with `Timeout` and stays a learner (the
-    /// caller decides whether to remove it). Must run on the leader. Returns the entry's index.
+    /// Adds `id` as a learner (an existing learner keeps the addresses it has) and waits until it
+    /// has replicated the log up to that membership entry. A learner that does not catch up
+    /// within `timeout` (not running, unreachable, wrong address) is refused with `Timeout` and
+    /// stays a learner (the caller decides whether to remove it). Fails at once with `NoLeader`
+    /// if this node stops leading, and with `Raft` if Raft stopped. Must run on the leader.
+    /// Returns the entry's index.
     pub async fn add_learner(
         &self,
         id: NodeId,
@@ -457,10 +459,19 @@ impl Replica {
             if matched.is_some_and(|m| m >= index) {
                 return Ok(index);
             }
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
+            if metrics.borrow().state != ServerState::Leader {
+                return Err(ReplicaError::NoLeader {
+                    last_known: metrics.borrow().current_leader,
+                    detail: format!("this node stopped leading while node {id} caught up"),
+                });
+            }
+            let changed = tokio::time::timeout_at(deadline, metrics.changed()).await;
+            if let Ok(Err(_)) = changed {
+                return Err(ReplicaError::Raft(
+                    "raft stopped while a learner caught up".into(),
+                ));
+            }
+            if changed.is_err() {
                 return Err(ReplicaError::Timeout(format!(
                     "node {id} did not catch up within {} ms (replicated through {}, needs {index}): is it running and reachable at its Raft address?",
                     timeout.as_millis(),

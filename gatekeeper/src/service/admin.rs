@@ -54,12 +54,30 @@ impl AdminServer {
     async fn admit(&self, node_id: u64, node: Node) -> ApiResult<u64> {
         let started = tokio::time::Instant::now();
         let deadline = started + self.config.join_timeout();
-        let not_ready = |why: String| {
+        let not_ready = |why: String, removed: Result<(), String>| {
+            let outcome = match removed {
+                Ok(()) => "it was removed again".to_string(),
+                Err(e) => format!(
+                    "removing it as a learner failed ({e}): run `admin leave --node-id {node_id}`"
+                ),
+            };
             ApiError::new(
                 ErrorCode::LearnerNotReady,
-                format!("node {node_id} was not made a voter: {why}"),
+                format!("node {node_id} was not made a voter: {why}; {outcome}"),
             )
         };
+        // A record left by an earlier incarnation of this node id (left, then joined again before
+        // the keeper removed it) must not count as this node's registration.
+        let stale = {
+            let members = self.membership();
+            let applied = self.replica.sm.read();
+            applied.state.members.contains_key(&node_id)
+                && !members.iter().any(|(id, _)| *id == node_id)
+        };
+        if stale {
+            self.write_retrying(&Command::RemoveMember { node_id })
+                .await?;
+        }
         let index = match self
             .replica
             .add_learner(node_id, node, self.config.join_timeout())
@@ -67,8 +85,8 @@ impl AdminServer {
         {
             Ok(index) => index,
             Err(ReplicaError::Timeout(why)) => {
-                self.remove_learner(node_id).await;
-                return Err(not_ready(why));
+                let removed = self.remove_learner(node_id).await;
+                return Err(not_ready(why, removed));
             }
             Err(e) => return Err(error::replica(e)),
         };
@@ -82,11 +100,14 @@ impl AdminServer {
             match ready {
                 Ok(()) => break,
                 Err(why) if tokio::time::Instant::now() >= deadline => {
-                    self.remove_learner(node_id).await;
-                    return Err(not_ready(format!(
-                        "it caught up but within {} ms {why}",
-                        self.config.join_timeout_ms
-                    )));
+                    let removed = self.remove_learner(node_id).await;
+                    return Err(not_ready(
+                        format!(
+                            "it caught up but within {} ms {why}",
+                            self.config.join_timeout_ms
+                        ),
+                        removed,
+                    ));
                 }
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
@@ -99,11 +120,15 @@ impl AdminServer {
         Ok(index)
     }
 
-    async fn remove_learner(&self, node_id: u64) {
+    async fn remove_learner(&self, node_id: u64) -> Result<(), String> {
         match self.replica.leave(node_id).await {
-            Ok(_) => tracing::warn!(node = node_id, "removed a learner that was not ready"),
+            Ok(_) => {
+                tracing::warn!(node = node_id, "removed a learner that was not ready");
+                Ok(())
+            }
             Err(e) => {
-                tracing::warn!(node = node_id, error = %e, "could not remove a learner that was not ready")
+                tracing::warn!(node = node_id, error = %e, "could not remove a learner that was not ready");
+                Err(e.to_string())
             }
         }
     }
@@ -367,15 +392,17 @@ impl AdminService for AdminServer {
             return forward(self.leader_admin().await?.join(r).await);
         }
         operator::check_join(&self.membership(), r.node_id)?;
-        let index = self
-            .admit(
-                r.node_id,
-                Node {
-                    raft_address: r.raft_address,
-                    api_address: r.api_address,
-                },
-            )
-            .await?;
+        // Admission runs in its own task: if this call is cancelled (the client's deadline), it
+        // still finishes, including removing a learner that was not ready.
+        let this = self.clone();
+        let node = Node {
+            raft_address: r.raft_address,
+            api_address: r.api_address,
+        };
+        let node_id = r.node_id;
+        let index = tokio::spawn(async move { this.admit(node_id, node).await })
+            .await
+            .map_err(ApiError::internal)??;
         Ok(Response::new(pb::JoinResponse {
             log_index: index,
             voter: true,
