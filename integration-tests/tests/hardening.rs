@@ -16,7 +16,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -413,7 +413,7 @@ fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_re
     let r = append(heartbeat(vote(u64::MAX, leader, true)));
     expect_refused(&c, "term u64::MAX", r, "exceeds the limit");
     let r = append(heartbeat(vote(term + (1 << 33), leader, true)));
-    expect_refused(&c, "term jump", r, "more than 2^32 above");
+    expect_refused(&c, "term jump", r, "more than 2^24 above");
     let r = append(rpb::AppendEntriesRequest {
         vote: Some(vote(forged, leader, true)),
         prev_log_id: Some(log_id(term, leader, head)),
@@ -499,13 +499,20 @@ fn a_flood_of_idle_connections_does_not_stop_a_node() {
     const RAFT_CAP: usize = 64;
     const API_CAP: usize = 128;
     const FLOOD: usize = 1000; // per listener: 2000 in all
+                               // Each wave must be seen capped within WAVE of its start: well inside the handshake timeout,
+                               // so every close counted is the cap's doing, not the timeout's.
+    const WAVE: Duration = Duration::from_secs(30);
+    const HANDSHAKE: Duration = Duration::from_secs(45);
     let c = Cluster::start(
         3,
         Opts {
             extra_config: vec![
                 format!("raft_max_connections = {RAFT_CAP}"),
                 format!("api_max_connections = {API_CAP}"),
-                "connection_handshake_timeout_ms = 20000".into(),
+                format!(
+                    "connection_handshake_timeout_ms = {}",
+                    HANDSHAKE.as_millis()
+                ),
             ],
             ..Opts::default()
         },
@@ -516,41 +523,47 @@ fn a_flood_of_idle_connections_does_not_stop_a_node() {
     let pid = c.pid(n).unwrap_or_else(|| c.fail("no pid"));
     let baseline = open_fds(pid);
 
-    // Idle connections (never a byte sent) to both listeners; after each wave the node holds at
-    // most its cap and has closed the rest already (well before the handshake timeout).
-    let started = std::time::Instant::now();
+    // Idle connections (never a byte sent) to both listeners; within WAVE of its start, each
+    // wave finds the node holding at most its cap and the rest closed (long before the handshake
+    // timeout could have closed any of them). Polled, not timed: under load the closes and the
+    // descriptor count may lag.
+    let started = Instant::now();
     let mut flood: Vec<TcpStream> = Vec::with_capacity(2 * FLOOD);
     let mut held = baseline;
     for (addr, cap) in [
         (c.api_addr(n).to_string(), API_CAP),
         (c.raft_addr(n).to_string(), RAFT_CAP),
     ] {
+        let wave_start = Instant::now();
         let mut wave: Vec<TcpStream> = (0..FLOOD)
             .map(|k| {
                 TcpStream::connect(&addr)
                     .unwrap_or_else(|e| c.fail(&format!("flood connection {k} to {addr}: {e}")))
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
-        let closed = closed_by_peer(&mut wave);
-        let fds = open_fds(pid);
-        eprintln!(
-            "{addr}: {closed} of {FLOOD} closed by the node at once; it holds {fds} descriptors \
-             ({:?} after the flood began)",
-            started.elapsed()
-        );
         // (Connecting can take seconds: the kernel drops SYNs while the accept queue is full
         // and the client retries after 1 s, 3 s, ...)
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the flood was too slow to test the cap before the handshake timeout"
+        let (closed, fds) = loop {
+            let closed = closed_by_peer(&mut wave);
+            let fds = open_fds(pid);
+            if closed >= FLOOD - cap && fds <= held + cap + 8 {
+                break (closed, fds);
+            }
+            if wave_start.elapsed() >= WAVE {
+                c.fail(&format!(
+                    "{addr}: over its cap of {cap} {:?} after the wave began: {closed} of {FLOOD} \
+                     closed, {fds} descriptors held (before this wave: {held})",
+                    wave_start.elapsed()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(wave_start.elapsed() < HANDSHAKE);
+        eprintln!(
+            "{addr}: {closed} of {FLOOD} closed by the node; it holds {fds} descriptors \
+             ({:?} after the wave began)",
+            wave_start.elapsed()
         );
-        if closed < FLOOD - cap || fds > held + cap + 8 {
-            c.fail(&format!(
-                "{addr}: over its cap of {cap}: {closed} of {FLOOD} closed, {fds} descriptors \
-                 held (before this wave: {held})"
-            ));
-        }
         held = fds;
         flood.extend(wave);
     }
@@ -571,7 +584,7 @@ fn a_flood_of_idle_connections_does_not_stop_a_node() {
     // Connections that stay silent are closed at the handshake timeout.
     c.wait_for(
         "every flood connection to be closed by the node",
-        WAIT,
+        HANDSHAKE + WAIT,
         || {
             let closed = closed_by_peer(&mut flood);
             if closed == flood.len() {

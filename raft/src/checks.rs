@@ -4,10 +4,14 @@
 //! asserts invariants on what a leader sends (debug builds panic), and computes terms and indices
 //! without overflow checks. A peer holding a valid member certificate can still send anything,
 //! so the RaftService server ([`crate::network::RaftServer`]) refuses, with `INVALID_ARGUMENT`,
-//! every message that no correct openraft 0.9 peer sends and that would make openraft panic,
-//! stop, or rewrite what this node has committed; the client ([`crate::network`]'s
-//! `PeerClient`) refuses answers of the same kind. The rules, all pure functions of the message
-//! and a [`LocalView`]:
+//! messages that would make openraft panic, stop, or rewrite what this node has committed; the
+//! client ([`crate::network`]'s `PeerClient`) refuses answers of the same kind. A correct peer
+//! can still send a message that conflicts with this node's committed log: a stale leader (lower
+//! term) that has not yet learnt of its successor. openraft rejects such a message on its vote
+//! before touching the log and answers with its higher vote, which makes that leader step down,
+//! so the comparisons with the committed log and membership are skipped for a vote openraft
+//! rejects ([`rejected_by_vote`]); what is refused is then only what no correct openraft 0.9 peer
+//! sends. The rules, all pure functions of the message and a [`LocalView`]:
 //!
 //! * **Votes**: never this node's own id as leader/candidate; a term at most [`MAX_TERM`] and at
 //!   most [`MAX_TERM_STEP`] above this node's term (openraft computes `term + 1` unchecked);
@@ -16,7 +20,8 @@
 //! * **Log ids** in one message are ids of one log: indices at most [`MAX_INDEX`]; entries follow
 //!   `prev_log_id` and each other index by index with non-decreasing leaders; no id newer than
 //!   the sender's vote; `leader_commit` agrees with them.
-//! * **Committed entries are never rewritten**: every log id in the message at or below this
+//! * **Committed entries are never rewritten** (for a vote openraft accepts, i.e. `>=` this
+//!   node's): every log id in the message at or below this
 //!   node's committed index must be the one stored there (or, where the log is purged, not
 //!   newer than the committed id); ids above it must not be older than it. A snapshot's last log
 //!   id obeys the same rule, and its membership may not be older than the committed one.
@@ -36,8 +41,12 @@ pub const MAX_TERM: u64 = 1 << 62;
 /// Highest log index accepted from a peer.
 pub const MAX_INDEX: u64 = 1 << 62;
 /// Largest step above this node's own term a peer's vote may take. Terms grow by one per
-/// election: 2^32 elections are centuries of them, so only a forged message jumps further.
-pub const MAX_TERM_STEP: u64 = 1 << 32;
+/// election: 2^24 (16.7 million) elections are about 290 days of one election every 1.5 s, so
+/// only a forged message jumps further. The step must stay small against [`MAX_TERM`]: each
+/// granted (forged) VoteRequest can raise this node's term by the step, and a node at
+/// `MAX_TERM` can never hold an election again; with 2^32 that took ~2^30 messages, with 2^24 it
+/// takes ~2^38.
+pub const MAX_TERM_STEP: u64 = 1 << 24;
 
 /// Why a peer's message is refused (sent back as `INVALID_ARGUMENT`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +128,7 @@ fn check_term(term: u64, local_term: u64, what: &str) -> Result<(), Refused> {
     }
     if term > local_term.saturating_add(MAX_TERM_STEP) {
         return refuse(format!(
-            "{what}: term {term} is more than 2^32 above this node's term {local_term}"
+            "{what}: term {term} is more than 2^24 above this node's term {local_term}"
         ));
     }
     Ok(())
@@ -281,12 +290,29 @@ fn check_against_committed(
     }
 }
 
+/// Whether openraft rejects a leader's `vote` on the vote alone: it accepts only a vote `>=` its
+/// own (a partial order, so `!(a >= b)` is not `a < b`), and answers anything else with its
+/// higher vote before it looks at the log. A stale leader (a lower term, still sending until it
+/// learns of the newer one) needs exactly that answer to step down, so the comparisons with this
+/// node's committed log and membership, which such a leader can legitimately fail, are skipped
+/// for it. `local.vote` only grows, so a vote lower than it is lower than openraft's vote too.
+pub fn rejected_by_vote(vote: &Vote<NodeId>, local: &LocalView) -> bool {
+    !matches!(
+        vote.partial_cmp(&local.vote),
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+    )
+}
+
 /// Checks an AppendEntries (whose shape passed [`check_append_shape`]) against what this node has
-/// committed.
+/// committed. Passes a request whose vote openraft rejects ([`rejected_by_vote`]): openraft
+/// answers it with its higher vote without touching the log.
 pub fn check_append_against_local(
     req: &AppendEntriesRequest<TypeConfig>,
     local: &LocalView,
 ) -> Result<(), Refused> {
+    if rejected_by_vote(&req.vote, local) {
+        return Ok(());
+    }
     for (what, x) in request_log_ids(req) {
         check_against_committed(&x, local, &format!("AppendEntries: {what}"))?;
     }
@@ -321,7 +347,8 @@ pub fn effective_leader_commit(req: &AppendEntriesRequest<TypeConfig>) -> Option
 /// Checks an InstallSnapshot header: the vote, the metadata's log ids and membership, and the
 /// snapshot's last log id against this node's committed log id and membership. `local.stored`
 /// should hold the ids at the snapshot's last index and its membership's index (when at or below
-/// the committed index).
+/// the committed index). The comparisons with this node's committed log and membership are
+/// skipped when openraft rejects `vote` ([`rejected_by_vote`]).
 pub fn check_snapshot_meta(
     vote: &Vote<NodeId>,
     meta: &SnapshotMeta<NodeId, Node>,
@@ -349,6 +376,10 @@ pub fn check_snapshot_meta(
     }
     if m.membership().voter_ids().next().is_none() {
         return refuse("InstallSnapshot: the snapshot's membership has no voters");
+    }
+    if rejected_by_vote(vote, local) {
+        // openraft answers with its higher vote and installs nothing.
+        return Ok(());
     }
     check_against_committed(&last, local, "InstallSnapshot: last_log_id")?;
     check_against_committed(ml, local, "InstallSnapshot: membership log id")?;

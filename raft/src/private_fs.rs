@@ -46,15 +46,34 @@ pub struct ModeChange {
     pub to: u32,
 }
 
-/// Walks `root` (not following symbolic links) and removes group and other permissions: a
-/// directory with any of them becomes `0700`, a file `0600`. Returns every change; a missing
-/// `root` is no change.
+/// Whether a failed `chmod` means the mode cannot be changed here (not owned by this user,
+/// a filesystem without Unix modes, a read-only mount) rather than something being wrong.
+fn cannot_change_mode(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EROFS | libc::ENOTSUP | libc::EOPNOTSUPP)
+    ) || matches!(
+        e.kind(),
+        io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::Unsupported
+    )
+}
+
+/// Walks `root` (not following symbolic links below it; a `root` that is itself a symbolic link
+/// is resolved first) and removes group and other permissions: a directory with any of them
+/// becomes `0700`, a file `0600`. Returns every change; a missing `root` is no change. A mode
+/// that cannot be changed (EPERM, ENOTSUP, read-only filesystem) is logged as a warning with its
+/// path and left as it is: loose modes must not stop a node. Other errors are returned.
 pub fn tighten(root: &Path) -> io::Result<Vec<ModeChange>> {
     let mut changes = Vec::new();
-    if fs::symlink_metadata(root).is_err() {
+    let Ok(meta) = fs::symlink_metadata(root) else {
         return Ok(changes);
-    }
-    let mut stack = vec![root.to_path_buf()];
+    };
+    let root = if meta.file_type().is_symlink() {
+        fs::canonicalize(root)?
+    } else {
+        root.to_path_buf()
+    };
+    let mut stack = vec![root];
     while let Some(path) = stack.pop() {
         let meta = fs::symlink_metadata(&path)?;
         let kind = meta.file_type();
@@ -64,12 +83,21 @@ pub fn tighten(root: &Path) -> io::Result<Vec<ModeChange>> {
         let mode = meta.permissions().mode() & 0o7777;
         let want = if kind.is_dir() { DIR_MODE } else { FILE_MODE };
         if mode & 0o077 != 0 {
-            fs::set_permissions(&path, Permissions::from_mode(want))?;
-            changes.push(ModeChange {
-                path: path.clone(),
-                from: mode,
-                to: want,
-            });
+            match fs::set_permissions(&path, Permissions::from_mode(want)) {
+                Ok(()) => changes.push(ModeChange {
+                    path: path.clone(),
+                    from: mode,
+                    to: want,
+                }),
+                Err(e) if cannot_change_mode(&e) => tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:04o}"),
+                    error = %e,
+                    "cannot restrict the permissions of a data file (group or others have \
+                     access); left as it is"
+                ),
+                Err(e) => return Err(e),
+            }
         }
         if kind.is_dir() {
             for e in fs::read_dir(&path)? {
@@ -146,5 +174,36 @@ mod tests {
         // The second pass changes nothing; a missing root is fine.
         assert!(tighten(&root).unwrap().is_empty());
         assert!(tighten(&d.path().join("absent")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_symlinked_root_is_resolved_and_walked() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        fs::create_dir_all(real.join("sm")).unwrap();
+        fs::write(real.join("sm/db"), b"x").unwrap();
+        fs::set_permissions(&real, Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(real.join("sm"), Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(real.join("sm/db"), Permissions::from_mode(0o644)).unwrap();
+        let link = d.path().join("data");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let changes = tighten(&link).unwrap();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(mode(&real), 0o700);
+        assert_eq!(mode(&real.join("sm/db")), 0o600);
+        assert_eq!(mode(&link), 0o777, "the link itself is untouched");
+    }
+
+    #[test]
+    fn mode_changes_the_filesystem_refuses_are_not_errors() {
+        for code in [libc::EPERM, libc::EROFS, libc::ENOTSUP] {
+            assert!(cannot_change_mode(&io::Error::from_raw_os_error(code)));
+        }
+        assert!(!cannot_change_mode(&io::Error::from_raw_os_error(
+            libc::EIO
+        )));
+        assert!(!cannot_change_mode(&io::Error::from_raw_os_error(
+            libc::ENOENT
+        )));
     }
 }
