@@ -49,13 +49,13 @@ pub struct ModeChange {
 /// Whether a failed `chmod` means the mode cannot be changed here (not owned by this user,
 /// a filesystem without Unix modes, a read-only mount) rather than something being wrong.
 fn cannot_change_mode(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EPERM | libc::EROFS | libc::ENOTSUP | libc::EOPNOTSUPP)
-    ) || matches!(
-        e.kind(),
-        io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::Unsupported
-    )
+    // (ENOTSUP and EOPNOTSUPP are one value on Linux, two on some other systems.)
+    e.raw_os_error()
+        .is_some_and(|c| [libc::EPERM, libc::EROFS, libc::ENOTSUP, libc::EOPNOTSUPP].contains(&c))
+        || matches!(
+            e.kind(),
+            io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::Unsupported
+        )
 }
 
 /// Walks `root` (not following symbolic links below it; a `root` that is itself a symbolic link
