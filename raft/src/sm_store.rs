@@ -337,15 +337,27 @@ impl SmStore {
             data,
         };
         let path = self.snapshot_path(index);
+        let snapshots = || -> io::Result<Vec<PathBuf>> {
+            Ok(fs::read_dir(&self.snapshot_dir)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("snapshot-"))
+                })
+                .collect())
+        };
+        // A build that finishes after a newer snapshot was installed (openraft runs them
+        // concurrently) must neither replace nor delete it: the log may already be purged up to
+        // the newer one. Names are zero-padded, so they order as their indexes do.
+        if snapshots()?.iter().any(|p| *p > path) {
+            return Ok(());
+        }
         write_atomic(&path, &serde_json::to_vec(&file).map_err(io::Error::other)?)?;
         // Keep only the newest snapshot (it is durable now).
-        for e in fs::read_dir(&self.snapshot_dir)?.flatten() {
-            let p = e.path();
-            if p != path
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("snapshot-"))
-            {
+        for p in snapshots()? {
+            if p < path {
                 let _ = fs::remove_file(p);
             }
         }
@@ -620,6 +632,28 @@ mod tests {
         let sm = open_when_released(dir.path()).unwrap();
         assert_eq!(sm.read().last_applied.unwrap().index, 5);
         assert_eq!(sm.read().state.kv.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_late_build_never_replaces_a_newer_snapshot() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = store_with_writes(dir.path(), 3).await;
+        let mut old = sm.build_snapshot().await.unwrap();
+        sm.apply(vec![put(4, "k4")]).await.unwrap();
+        let new = sm.build_snapshot().await.unwrap();
+        // The build at index 3 finishes only now (it ran concurrently with an install at 4).
+        let mut data = String::new();
+        old.snapshot.read_to_string(&mut data).unwrap();
+        sm.write_snapshot(&old.meta, data).unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec![format!("snapshot-{:020}.json", 4)]);
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta.last_log_id, new.meta.last_log_id);
     }
 
     #[tokio::test]
