@@ -1,5 +1,5 @@
 //! What an operator may ask of the cluster: the pure checks and request shaping behind
-//! AdminService ([`crate::service::admin`] only decodes, calls these, and talks to the replica).
+//! AdminService (`service/admin.rs` only decodes, calls these, and talks to the replica).
 
 use crate::config::Mode;
 use crate::error::{ApiError, ApiResult, ErrorCode};

@@ -1,5 +1,5 @@
 //! Who gets a key: every KeyService check of docs/api.md ("KeyService — checks, in order"), as
-//! pure functions. The service ([`crate::service::key`]) only decodes, reads a [`RequestView`]
+//! pure functions. The service (`service/key.rs`) only decodes, reads a [`RequestView`]
 //! from the replicated state, calls [`parse`] and [`authorize`], then has the enclave derive and
 //! seal the key and spends the nonce.
 //!

@@ -2,7 +2,7 @@
 //! ([`parse`] then [`authorize`], in the order of docs/api.md "PeerService.FetchShare"), and the
 //! FetchShare client a sealed node uses to gather shares ([`client`]).
 //!
-//! The service ([`crate::service::peer`]) reads the state and membership, calls these, then asks
+//! The service (`service/peer.rs`) reads the state and membership, calls these, then asks
 //! the enclave for the share and spends the nonce — the only steps with effects.
 
 pub mod client;
