@@ -186,13 +186,8 @@ impl Keeper {
                 recipients,
                 imported,
             } => {
-                let gk = Self::gatekeeper_id(state)?;
-                let p = self
-                    .enclave
-                    .create_epoch(GatekeeperId(gk.0), 0, threshold, &recipients, imported)
-                    .map_err(|e| e.to_string())?;
                 tracing::info!(epoch = 0, threshold, imported, "dealing genesis epoch");
-                self.install(0, threshold, &p, &recipients).await
+                self.deal(state, 0, threshold, &recipients, imported).await
             }
             Step::RemoveMember { node_id } => {
                 tracing::info!(node = node_id, "removing the record of a departed member");
@@ -215,13 +210,8 @@ impl Keeper {
                 threshold,
                 recipients,
             } => {
-                let gk = Self::gatekeeper_id(state)?;
-                let p = self
-                    .enclave
-                    .create_epoch(GatekeeperId(gk.0), epoch, threshold, &recipients, false)
-                    .map_err(|e| e.to_string())?;
                 tracing::info!(epoch, rotation = %rotation_id, "dealing rotation epoch");
-                self.install(epoch, threshold, &p, &recipients).await
+                self.deal(state, epoch, threshold, &recipients, false).await
             }
             Step::StartRotation {
                 rotation_id,
@@ -337,13 +327,22 @@ impl Keeper {
         };
     }
 
-    async fn install(
+    /// Has the enclave create `epoch`'s master (the staged import when `imported`) and commit its
+    /// dealing to `recipients`.
+    async fn deal(
         &self,
+        state: &GatekeeperState,
         epoch: u64,
         t: usize,
-        p: &DealingPublic,
         recipients: &[Recipient],
+        imported: bool,
     ) -> Result<(), String> {
+        let gk = Self::gatekeeper_id(state)?;
+        let p = self
+            .enclave
+            .create_epoch(GatekeeperId(gk.0), epoch, t, recipients, imported)
+            .map_err(|e| e.to_string())?;
+        let p = &p;
         self.write(Command::InstallEpoch(EpochRecord {
             epoch,
             threshold: u8::try_from(t).map_err(|_| "threshold above 255".to_string())?,
