@@ -53,15 +53,17 @@ impl KeyServer {
         }
     }
 
-    async fn serve<M: Message>(
+    /// `encoded_len` is the request's size on the wire (row 1); the header is moved in, not
+    /// copied (it carries the attestation evidence).
+    async fn serve(
         &self,
-        message: &M,
+        encoded_len: usize,
         header: Option<pb::KeyRequestHeader>,
         target_id: Option<&[u8]>,
         kind: pb::KeyKind,
         signature: &[u8],
     ) -> ApiResult<pb::KeyResponse> {
-        issuance::check_size(message.encoded_len(), MAX_KEY_REQUEST_BYTES)?;
+        issuance::check_size(encoded_len, MAX_KEY_REQUEST_BYTES)?;
         let parsed = issuance::parse(header, target_id, kind, signature)?;
         let view = self.read(|s| RequestView::of(s, &parsed.request)).await?;
         let now = clock::now_ms();
@@ -134,16 +136,11 @@ impl KeyService for KeyServer {
         &self,
         request: Request<pb::GetWorkerKeyRequest>,
     ) -> Result<Response<pb::KeyResponse>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        let (len, header) = (r.encoded_len(), r.header.take());
         Ok(Response::new(
-            self.serve(
-                &r,
-                r.header.clone(),
-                None,
-                pb::KeyKind::Worker,
-                &r.signature,
-            )
-            .await?,
+            self.serve(len, header, None, pb::KeyKind::Worker, &r.signature)
+                .await?,
         ))
     }
 
@@ -151,11 +148,12 @@ impl KeyService for KeyServer {
         &self,
         request: Request<pb::GetClusterKeyRequest>,
     ) -> Result<Response<pb::KeyResponse>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        let (len, header) = (r.encoded_len(), r.header.take());
         Ok(Response::new(
             self.serve(
-                &r,
-                r.header.clone(),
+                len,
+                header,
                 Some(&r.cluster_id),
                 pb::KeyKind::Cluster,
                 &r.signature,
@@ -168,11 +166,12 @@ impl KeyService for KeyServer {
         &self,
         request: Request<pb::GetContractKeyRequest>,
     ) -> Result<Response<pb::KeyResponse>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        let (len, header) = (r.encoded_len(), r.header.take());
         Ok(Response::new(
             self.serve(
-                &r,
-                r.header.clone(),
+                len,
+                header,
                 Some(&r.contract_id),
                 pb::KeyKind::Contract,
                 &r.signature,
