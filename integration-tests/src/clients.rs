@@ -208,3 +208,44 @@ impl Consistency {
         }
     }
 }
+
+/// A `GetWorkerKey` request for the current epoch from worker `w` to cluster `gk`, signed, with a
+/// fresh nonce and recipient key and the current time (no attestation).
+pub fn signed_worker_request(
+    gk: &[u8],
+    w: &keyring::Sr25519Keypair,
+) -> gatekeeper_proto::v1::GetWorkerKeyRequest {
+    use gatekeeper_proto::v1 as pb;
+    use keyring::sign::{KeyRequest, KeyTarget};
+    use keyring::{GatekeeperId, X25519SecretKey};
+    use rand_core::{OsRng, RngCore};
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    let recipient = X25519SecretKey::generate(&mut OsRng).public_key();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let body = KeyRequest {
+        target: KeyTarget::Worker,
+        gatekeeper_id: GatekeeperId::from_slice(gk).unwrap(),
+        worker: w.public_key(),
+        recipient,
+        epoch: None,
+        nonce,
+        timestamp_ms: ts,
+        evidence: None,
+    };
+    pb::GetWorkerKeyRequest {
+        header: Some(pb::KeyRequestHeader {
+            gatekeeper_id: gk.to_vec(),
+            worker_public_key: w.public_key().as_bytes().to_vec(),
+            recipient_public_key: recipient.as_bytes().to_vec(),
+            epoch: None,
+            nonce: nonce.to_vec(),
+            timestamp_ms: ts,
+            attestation: None,
+        }),
+        signature: body.sign(w).0.to_vec(),
+    }
+}

@@ -2,14 +2,13 @@
 //! `gatekeeper-error-code` response metadata (docs/api.md "Error codes"), against a real node
 //! over real gRPC; undecodable protobuf is INVALID_ARGUMENT + MALFORMED_REQUEST.
 
-use gatekeeper_integration_tests::{Cluster, Opts};
+use gatekeeper_integration_tests::{signed_worker_request, Cluster, Opts};
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
 use gatekeeper_proto::v1::key_service_client::KeyServiceClient;
 use gatekeeper_proto::v1::peer_service_client::PeerServiceClient;
-use keyring::sign::{KeyRequest, KeyTarget};
-use keyring::{GatekeeperId, Sr25519Keypair, X25519SecretKey};
-use rand_core::{OsRng, RngCore};
+use keyring::{Sr25519Keypair, X25519SecretKey};
+use rand_core::OsRng;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(45);
@@ -34,35 +33,6 @@ fn refused<T: std::fmt::Debug>(
         .unwrap()
         .to_string();
     (s.code(), code)
-}
-
-fn worker_request(gk: &[u8], w: &Sr25519Keypair) -> pb::GetWorkerKeyRequest {
-    let mut nonce = [0u8; 32];
-    OsRng.fill_bytes(&mut nonce);
-    let recipient = X25519SecretKey::generate(&mut OsRng).public_key();
-    let ts = now_ms();
-    let body = KeyRequest {
-        target: KeyTarget::Worker,
-        gatekeeper_id: GatekeeperId::from_slice(gk).unwrap(),
-        worker: w.public_key(),
-        recipient,
-        epoch: None,
-        nonce,
-        timestamp_ms: ts,
-        evidence: None,
-    };
-    pb::GetWorkerKeyRequest {
-        header: Some(pb::KeyRequestHeader {
-            gatekeeper_id: gk.to_vec(),
-            worker_public_key: w.public_key().as_bytes().to_vec(),
-            recipient_public_key: recipient.as_bytes().to_vec(),
-            epoch: None,
-            nonce: nonce.to_vec(),
-            timestamp_ms: ts,
-            attestation: None,
-        }),
-        signature: body.sign(w).0.to_vec(),
-    }
 }
 
 #[test]
@@ -100,7 +70,7 @@ fn every_service_sends_the_stable_error_code() {
             ),
             (Code::InvalidArgument, "INVALID_ARGUMENT".into())
         );
-        let mut short = worker_request(&gk, &stranger);
+        let mut short = signed_worker_request(&gk, &stranger);
         short.header.as_mut().unwrap().recipient_public_key.pop();
         assert_eq!(
             refused(keys.get_worker_key(short).await),
@@ -108,22 +78,25 @@ fn every_service_sends_the_stable_error_code() {
         );
         assert_eq!(
             refused(
-                keys.get_worker_key(worker_request(&[9; 32], &stranger))
+                keys.get_worker_key(signed_worker_request(&[9; 32], &stranger))
                     .await
             ),
             (Code::InvalidArgument, "WRONG_GATEKEEPER".into())
         );
-        let mut forged = worker_request(&gk, &stranger);
+        let mut forged = signed_worker_request(&gk, &stranger);
         forged.signature[3] ^= 1;
         assert_eq!(
             refused(keys.get_worker_key(forged).await),
             (Code::Unauthenticated, "BAD_SIGNATURE".into())
         );
         assert_eq!(
-            refused(keys.get_worker_key(worker_request(&gk, &stranger)).await),
+            refused(
+                keys.get_worker_key(signed_worker_request(&gk, &stranger))
+                    .await
+            ),
             (Code::NotFound, "WORKER_NOT_REGISTERED".into())
         );
-        let mut big = worker_request(&gk, &stranger);
+        let mut big = signed_worker_request(&gk, &stranger);
         big.header.as_mut().unwrap().attestation = Some(pb::Attestation {
             kind: 3,
             evidence: vec![0; 70 << 10],
@@ -159,7 +132,7 @@ fn every_service_sends_the_stable_error_code() {
 
         // Statuses tonic makes itself get a code too: a message above the transport's limit, an
         // unknown method.
-        let mut huge = worker_request(&gk, &stranger);
+        let mut huge = signed_worker_request(&gk, &stranger);
         huge.header.as_mut().unwrap().attestation = Some(pb::Attestation {
             kind: 3,
             evidence: vec![0; 200 << 10],

@@ -25,44 +25,8 @@ use keyring::derive;
 use keyring::envelope::{self, subject, EnvelopeContext, Purpose};
 use keyring::sign::{KeyRequest, KeyResponse, KeyTarget};
 use keyring::{GatekeeperId, MasterSecret, Sr25519Keypair, X25519SecretKey};
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use std::time::{Duration, Instant};
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn signed(gk: &[u8], w: &Sr25519Keypair) -> pb::GetWorkerKeyRequest {
-    let mut nonce = [0u8; 32];
-    OsRng.fill_bytes(&mut nonce);
-    let recipient = X25519SecretKey::generate(&mut OsRng).public_key();
-    let ts = now_ms();
-    let body = KeyRequest {
-        target: KeyTarget::Worker,
-        gatekeeper_id: GatekeeperId::from_slice(gk).unwrap(),
-        worker: w.public_key(),
-        recipient,
-        epoch: None,
-        nonce,
-        timestamp_ms: ts,
-        evidence: None,
-    };
-    pb::GetWorkerKeyRequest {
-        header: Some(pb::KeyRequestHeader {
-            gatekeeper_id: gk.to_vec(),
-            worker_public_key: w.public_key().as_bytes().to_vec(),
-            recipient_public_key: recipient.as_bytes().to_vec(),
-            epoch: None,
-            nonce: nonce.to_vec(),
-            timestamp_ms: ts,
-            attestation: None,
-        }),
-        signature: body.sign(w).0.to_vec(),
-    }
-}
 
 /// The node's per-request crypto, on one thread, for `secs` seconds: requests per second.
 fn crypto_only(secs: f64) -> f64 {
@@ -153,7 +117,11 @@ fn main() {
         // Enough pre-signed requests for the run (generous upper bound).
         let per_task = (crypto * secs / conc as f64 * 1.5).ceil() as usize + 16;
         let batches: Vec<Vec<pb::GetWorkerKeyRequest>> = (0..conc)
-            .map(|_| (0..per_task).map(|_| signed(&gk, &w)).collect())
+            .map(|_| {
+                (0..per_task)
+                    .map(|_| gatekeeper_integration_tests::signed_worker_request(&gk, &w))
+                    .collect()
+            })
             .collect();
         let (served, elapsed) = rt.block_on(async {
             let ch = tonic::transport::Endpoint::from_shared(url.clone())
