@@ -68,6 +68,16 @@ pub struct MinerClient {
     evidence: Option<EvidenceFn>,
     timeout: Duration,
     pinned: bool,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+/// The host part of `host:port` (`[v6]:port` gives `v6`): the name a node's certificate must be
+/// valid for.
+fn host_of(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    address.rsplit_once(':').map_or(address, |(h, _)| h)
 }
 
 fn now_ms() -> u64 {
@@ -75,6 +85,21 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// An error with its sources ("transport error: …: invalid peer certificate: UnknownIssuer").
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 fn refused(s: tonic::Status) -> ClientError {
@@ -101,7 +126,35 @@ impl MinerClient {
             evidence: None,
             timeout: Duration::from_secs(10),
             pinned: false,
+            tls: None,
         }
+    }
+
+    /// Connect over TLS, trusting only the CA certificates in `pem` (the cluster's miner bundle,
+    /// `gatekeeper certs miner-bundle`); each node's certificate must be valid for the host of
+    /// its endpoint. Without this the client speaks plaintext, which only development nodes with
+    /// `plaintext = true` accept.
+    pub fn with_tls_ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls = Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        );
+        self
+    }
+
+    /// [`MinerClient::with_tls_ca_pem`] from a file.
+    pub fn with_tls_ca_file(self, path: impl AsRef<std::path::Path>) -> std::io::Result<Self> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+        })?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        Ok(self.with_tls_ca_pem(pem))
     }
 
     /// Trust only this cluster description (obtained out of band, e.g. from the operator or the
@@ -124,13 +177,20 @@ impl MinerClient {
         &self,
         ep: &str,
     ) -> Result<KeyServiceClient<tonic::transport::Channel>, String> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))
-            .map_err(|e| e.to_string())?
+        let endpoint = match &self.tls {
+            Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{ep}"))
+                .map_err(|e| e.to_string())?
+                .tls_config(tls.clone().domain_name(host_of(ep)))
+                .map_err(|e| format!("{ep}: TLS settings: {e}"))?,
+            None => tonic::transport::Endpoint::from_shared(format!("http://{ep}"))
+                .map_err(|e| e.to_string())?,
+        };
+        let ch = endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(self.timeout)
             .connect()
             .await
-            .map_err(|e| format!("{ep}: {e}"))?;
+            .map_err(|e| format!("{ep}: {}", chain(&e)))?;
         Ok(KeyServiceClient::new(ch))
     }
 

@@ -317,6 +317,17 @@ pub fn check_evidence(
         })
 }
 
+/// The report data a member's registration evidence binds: its identity key, its HPKE key and
+/// its TLS key (SPKI SHA-256; 32 zero bytes without TLS), so with DCAP the quote vouches that the
+/// enclave holds all three.
+pub fn member_report_data(
+    identity: &[u8; 32],
+    hpke: &keyring::X25519PublicKey,
+    tls_spki: Option<&[u8; 32]>,
+) -> [u8; 64] {
+    keyring::sign::report_data(identity, hpke, tls_spki.unwrap_or(&[0; 32]))
+}
+
 /// Whether a member's registration evidence (recorded with its keys) passes the member policy:
 /// the evidence must bind `report_data(identity, hpke, 0…)`. The age limit does not apply here —
 /// registration binds keys, it does not prove freshness (FetchShare checks fresh evidence per
@@ -331,7 +342,11 @@ pub fn member_evidence_ok(
     }
     let hpke =
         keyring::X25519PublicKey::from_slice(&m.hpke_public_key.0).map_err(|e| e.to_string())?;
-    let rd = keyring::sign::report_data(&m.identity_public_key.0, &hpke, &[0; 32]);
+    let rd = member_report_data(
+        &m.identity_public_key.0,
+        &hpke,
+        m.tls_spki.as_ref().map(|b| &b.0),
+    );
     let kind = match policy.kind {
         PolicyKind::Dev => EvidenceKind::Dev,
         _ => EvidenceKind::SgxDcap,
@@ -623,6 +638,8 @@ mod tests {
             identity_public_key: gatekeeper_raft::state::Bytes32(identity),
             hpke_public_key: gatekeeper_raft::state::Bytes32(*hpke.as_bytes()),
             attestation: gatekeeper_raft::state::HexBytes(evidence),
+            tls_spki: None,
+            admin_address: None,
         }
     }
 
@@ -638,12 +655,25 @@ mod tests {
         member_evidence_ok(&p, &record(*id.as_bytes(), hpke, good.clone()), 2_000).unwrap();
         // The same evidence presented for another HPKE key (an attacker's) is refused.
         let attacker = keyring::X25519SecretKey::generate(&mut rand_core::OsRng).public_key();
-        assert!(member_evidence_ok(&p, &record(*id.as_bytes(), attacker, good), 2_000).is_err());
+        assert!(
+            member_evidence_ok(&p, &record(*id.as_bytes(), attacker, good.clone()), 2_000).is_err()
+        );
         // No evidence, or evidence from another key, is refused.
         assert!(member_evidence_ok(&p, &record(*id.as_bytes(), hpke, vec![]), 2_000).is_err());
         let other = keyring::Sr25519Keypair::from_seed(&[3; 32]);
         let forged = keyring::dev_attestation::issue(&other, &rd, 1_000);
         assert!(member_evidence_ok(&p, &record(*id.as_bytes(), hpke, forged), 2_000).is_err());
+        // The evidence also binds the TLS key: with one pinned, evidence over "no TLS key" (or
+        // another key) does not pass, evidence over it does.
+        let mut pinned = record(*id.as_bytes(), hpke, good.clone());
+        pinned.tls_spki = Some(gatekeeper_raft::state::Bytes32([5; 32]));
+        assert!(member_evidence_ok(&p, &pinned, 2_000).is_err());
+        let rd_tls = member_report_data(id.as_bytes(), &hpke, Some(&[5; 32]));
+        pinned.attestation =
+            gatekeeper_raft::state::HexBytes(keyring::dev_attestation::issue(&dev, &rd_tls, 1_000));
+        member_evidence_ok(&p, &pinned, 2_000).unwrap();
+        pinned.tls_spki = Some(gatekeeper_raft::state::Bytes32([6; 32]));
+        assert!(member_evidence_ok(&p, &pinned, 2_000).is_err());
         // The `none` policy accepts anything.
         member_evidence_ok(
             &member_policy(PolicyKind::None, &dev),

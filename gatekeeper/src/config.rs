@@ -63,16 +63,46 @@ pub struct NodeConfig {
     pub node_id: u64,
     /// Data directory (Raft log, state machine, snapshots).
     pub data_dir: PathBuf,
-    /// Listen address of RaftService (host:port).
+    /// Listen address of the cluster listener: RaftService and PeerService (host:port).
     pub raft_listen: String,
-    /// Listen address of AdminService (host:port).
+    /// Listen address of the key listener: KeyService (host:port).
     pub api_listen: String,
+    /// Listen address of the admin listener: AdminService (host:port). Default: 127.0.0.1 with
+    /// `api_listen`'s port + 1, so operators reach it only from the node's host unless configured.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// PEM bundle of the cluster CA: peers' client certificates on the cluster listener and
+    /// peers' server certificates are verified against it; miners trust it for the key listener.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM chain of this node's certificate (SANs = its advertised hosts, CN = `node-<id>`): the
+    /// server certificate of all three listeners and the client certificate towards peers.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file` (mode 0600).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM bundle of the CA that issues operator certificates; default `tls_ca_file`.
+    #[serde(default)]
+    pub operator_ca_file: Option<PathBuf>,
+    /// If not empty, only operator certificates with one of these names (CN or DNS SAN) may use
+    /// the admin listener.
+    #[serde(default)]
+    pub operator_names: Vec<String>,
+    /// Serve every listener in plaintext without client authentication. Development mode only,
+    /// and only when set explicitly; TLS files must then be absent.
+    #[serde(default)]
+    pub plaintext: bool,
     /// Raft address announced to peers; defaults to `raft_listen`.
     #[serde(default)]
     pub raft_advertise: Option<String>,
     /// API address announced to peers and clients; defaults to `api_listen`.
     #[serde(default)]
     pub api_advertise: Option<String>,
+    /// Admin address announced to operators (a follower names the leader's when refusing a
+    /// membership call); defaults to the admin listener's address.
+    #[serde(default)]
+    pub admin_advertise: Option<String>,
     /// Minimum election timeout.
     #[serde(default = "d_election_min")]
     pub election_timeout_min_ms: u64,
@@ -191,6 +221,9 @@ pub struct NodeConfig {
     /// Open connections at most on the API listener.
     #[serde(default = "d_api_conns")]
     pub api_max_connections: usize,
+    /// Open connections at most on the admin listener.
+    #[serde(default = "d_admin_conns")]
+    pub admin_max_connections: usize,
     /// HTTP/2 streams (and requests in service) per connection, both listeners.
     #[serde(default = "d_streams")]
     pub max_concurrent_streams: u32,
@@ -222,6 +255,9 @@ fn d_raft_conns() -> usize {
 }
 fn d_api_conns() -> usize {
     4096
+}
+fn d_admin_conns() -> usize {
+    64
 }
 fn d_streams() -> u32 {
     256
@@ -323,8 +359,16 @@ pub const KEYS: &[&str] = &[
     "data_dir",
     "raft_listen",
     "api_listen",
+    "admin_listen",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "operator_ca_file",
+    "operator_names",
+    "plaintext",
     "raft_advertise",
     "api_advertise",
+    "admin_advertise",
     "election_timeout_min_ms",
     "election_timeout_max_ms",
     "heartbeat_interval_ms",
@@ -362,6 +406,7 @@ pub const KEYS: &[&str] = &[
     "max_snapshot_bytes",
     "raft_max_connections",
     "api_max_connections",
+    "admin_max_connections",
     "max_concurrent_streams",
     "http2_keepalive_interval_ms",
     "http2_keepalive_timeout_ms",
@@ -486,6 +531,7 @@ impl NodeConfig {
             bail!("chain_stall_ms and chain_rpc_timeout_ms must be at least 1");
         }
         self.validate_limits()?;
+        self.validate_tls()?;
         for m in self.allowed_mrenclave.iter().chain(&self.allowed_mrsigner) {
             match hex::decode(m) {
                 Ok(b) if b.len() == 32 => {}
@@ -495,12 +541,111 @@ impl NodeConfig {
         Ok(())
     }
 
+    fn validate_tls(&self) -> Result<()> {
+        let files = [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        if self.plaintext {
+            if self.mode == Mode::Production {
+                bail!(
+                    "plaintext = true is for development only: production mode needs \
+                     tls_ca_file, tls_cert_file and tls_key_file"
+                );
+            }
+            let set: Vec<&str> = files
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| *k)
+                .chain(self.operator_ca_file.as_ref().map(|_| "operator_ca_file"))
+                .chain((!self.operator_names.is_empty()).then_some("operator_names"))
+                .collect();
+            if !set.is_empty() {
+                bail!(
+                    "plaintext = true but {} {} set: choose TLS or plaintext",
+                    set.join(", "),
+                    if set.len() == 1 { "is" } else { "are" }
+                );
+            }
+            return Ok(());
+        }
+        let missing: Vec<&str> = files
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "TLS needs tls_ca_file, tls_cert_file and tls_key_file ({} missing; \
+                 `gatekeeper certs` makes them). For development without TLS set \
+                 plaintext = true",
+                missing.join(", ")
+            );
+        }
+        let shared_ca =
+            self.operator_ca_file.is_none() || self.operator_ca_file == self.tls_ca_file;
+        if self.mode == Mode::Production && shared_ca && self.operator_names.is_empty() {
+            bail!(
+                "in production mode operators need their own CA (operator_ca_file, not the \
+                 cluster CA) or an allowlist (operator_names): otherwise any certificate of the \
+                 cluster CA could use the admin listener"
+            );
+        }
+        if let Some(a) = &self.admin_listen {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                bail!("admin_listen {a:?} is not a host:port socket address");
+            }
+        }
+        Ok(())
+    }
+
+    /// The admin listener's address: `admin_listen`, or 127.0.0.1 with `api_listen`'s port + 1.
+    pub fn admin_listen(&self) -> Result<String> {
+        if let Some(a) = &self.admin_listen {
+            return Ok(a.clone());
+        }
+        let port = self
+            .api_listen
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .and_then(|p| p.checked_add(1))
+            .with_context(|| {
+                format!(
+                    "admin_listen is not set and api_listen {:?} has no port to derive it from",
+                    self.api_listen
+                )
+            })?;
+        Ok(format!("127.0.0.1:{port}"))
+    }
+
+    /// The admin address operators use: `admin_advertise`, else [`NodeConfig::admin_listen`].
+    pub fn admin_address(&self) -> Result<String> {
+        match &self.admin_advertise {
+            Some(a) => Ok(a.clone()),
+            None => self.admin_listen(),
+        }
+    }
+
+    /// The admin listener's CA bundle: `operator_ca_file`, else `tls_ca_file`.
+    pub fn operator_ca(&self) -> Option<&Path> {
+        self.operator_ca_file
+            .as_deref()
+            .or(self.tls_ca_file.as_deref())
+    }
+
     fn validate_limits(&self) -> Result<()> {
         if self.max_snapshot_bytes < 1 << 20 {
             bail!("max_snapshot_bytes must be at least 1048576 (1 MiB)");
         }
-        if self.raft_max_connections < 8 || self.api_max_connections < 8 {
-            bail!("raft_max_connections and api_max_connections must be at least 8");
+        if self.raft_max_connections < 8
+            || self.api_max_connections < 8
+            || self.admin_max_connections < 8
+        {
+            bail!(
+                "raft_max_connections, api_max_connections and admin_max_connections must be \
+                 at least 8"
+            );
         }
         if self.max_concurrent_streams == 0 {
             bail!("max_concurrent_streams must be at least 1");
@@ -527,8 +672,8 @@ impl NodeConfig {
             || self.rpc_timeout_ms < 60_000
         {
             bail!(
-                "rpc_timeout_ms must exceed join_timeout_ms + 2 × request_timeout_ms (a forwarded \
-                 admin join waits that long) and be at least 60000 (a snapshot transfer's deadline)"
+                "rpc_timeout_ms must exceed join_timeout_ms + 2 × request_timeout_ms (an admin \
+                 join waits that long) and be at least 60000 (a snapshot transfer's deadline)"
             );
         }
         Ok(())
@@ -634,6 +779,7 @@ mod tests {
                 ("GATEKEEPER_DATA_DIR", "/tmp/x"),
                 ("GATEKEEPER_RAFT_LISTEN", "127.0.0.1:1"),
                 ("GATEKEEPER_API_LISTEN", "127.0.0.1:2"),
+                ("GATEKEEPER_PLAINTEXT", "true"),
             ]),
         )
         .unwrap();
@@ -651,6 +797,7 @@ mod tests {
             ("GATEKEEPER_DATA_DIR", "/d"),
             ("GATEKEEPER_RAFT_LISTEN", "a:1"),
             ("GATEKEEPER_API_LISTEN", "a:2"),
+            ("GATEKEEPER_PLAINTEXT", "true"),
         ];
         let c = NodeConfig::load(None, env(&base)).unwrap();
         assert_eq!(c.max_snapshot_bytes, 256 << 20);
@@ -672,6 +819,9 @@ mod tests {
             ("GATEKEEPER_DATA_DIR", "/d"),
             ("GATEKEEPER_RAFT_LISTEN", "a:1"),
             ("GATEKEEPER_API_LISTEN", "a:2"),
+            ("GATEKEEPER_TLS_CA_FILE", "/c/ca.pem"),
+            ("GATEKEEPER_TLS_CERT_FILE", "/c/node-1.pem"),
+            ("GATEKEEPER_TLS_KEY_FILE", "/c/node-1.key"),
             ("GATEKEEPER_MODE", "production"),
             ("GATEKEEPER_ALLOW_SOFTWARE_ENCLAVE_IN_PRODUCTION", "true"),
         ];
@@ -702,14 +852,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("member_attestation = \"dev\""), "{e}");
+        let e = with(&[
+            ("GATEKEEPER_MEMBER_ATTESTATION", "dcap"),
+            ("GATEKEEPER_WORKER_ATTESTATION", "dcap"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("operators need their own CA"), "{e}");
         let ok = with(&[
             ("GATEKEEPER_MEMBER_ATTESTATION", "dcap"),
             ("GATEKEEPER_WORKER_ATTESTATION", "dcap"),
+            ("GATEKEEPER_OPERATOR_CA_FILE", "/o/ca.pem"),
         ])
         .unwrap();
         assert_eq!(ok.mode, Mode::Production);
         // Development keeps "none" as its default.
-        let dev = NodeConfig::load(None, env(&prod[..4])).unwrap();
+        let dev = NodeConfig::load(None, env(&prod[..7])).unwrap();
         assert_eq!(dev.member_attestation, PolicyKind::None);
     }
 
@@ -719,7 +877,7 @@ mod tests {
         let p = dir.path().join("c.toml");
         std::fs::write(
             &p,
-            "node_id = 1\ndata_dir = \"/d\"\nraft_listen = \"a:1\"\napi_listen = \"a:2\"\nheartbeat_interval_ms = 100\n",
+            "node_id = 1\ndata_dir = \"/d\"\nraft_listen = \"a:1\"\napi_listen = \"a:2\"\nheartbeat_interval_ms = 100\nplaintext = true\n",
         )
         .unwrap();
         let c = NodeConfig::load(Some(&p), env(&[("GATEKEEPER_NODE_ID", "9")])).unwrap();
@@ -734,6 +892,7 @@ mod tests {
             ("GATEKEEPER_DATA_DIR", "/d"),
             ("GATEKEEPER_RAFT_LISTEN", "a:1"),
             ("GATEKEEPER_API_LISTEN", "a:2"),
+            ("GATEKEEPER_PLAINTEXT", "true"),
         ];
         let with = |extra: (&'static str, &'static str)| {
             let mut v = base.to_vec();
@@ -748,7 +907,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("production"));
-        let e = NodeConfig::load(None, env(&base[..2])).unwrap_err();
+        let e = NodeConfig::load(None, env(&[base[0], base[1], base[4]])).unwrap_err();
         assert!(format!("{e:#}").contains("raft_listen"), "{e:#}");
         assert!(with(("GATEKEEPER_CHAIN_PROFILE", "kusama")).contains("chain_profile"));
         assert!(with(("GATEKEEPER_CHAIN_URL", "http://x:1")).contains("ws://"));
@@ -770,5 +929,64 @@ mod tests {
             .unwrap();
         assert_eq!(s.profile, crate::chain::Profile::Phala);
         assert_eq!(s.stall, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn tls_is_required_unless_plaintext_is_set_in_development() {
+        let base = [
+            ("GATEKEEPER_NODE_ID", "1"),
+            ("GATEKEEPER_DATA_DIR", "/d"),
+            ("GATEKEEPER_RAFT_LISTEN", "127.0.0.1:7000"),
+            ("GATEKEEPER_API_LISTEN", "0.0.0.0:7100"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            NodeConfig::load(None, env(&v))
+        };
+        let e = with(&[]).unwrap_err().to_string();
+        assert!(
+            e.contains("tls_ca_file, tls_cert_file, tls_key_file missing")
+                && e.contains("plaintext = true"),
+            "{e}"
+        );
+        let e = with(&[("GATEKEEPER_TLS_CA_FILE", "/c/ca.pem")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(tls_cert_file, tls_key_file missing"), "{e}");
+        let tls = [
+            ("GATEKEEPER_TLS_CA_FILE", "/c/ca.pem"),
+            ("GATEKEEPER_TLS_CERT_FILE", "/c/n.pem"),
+            ("GATEKEEPER_TLS_KEY_FILE", "/c/n.key"),
+        ];
+        let c = with(&tls).unwrap();
+        assert_eq!(c.admin_listen().unwrap(), "127.0.0.1:7101");
+        assert_eq!(c.operator_ca(), Some(Path::new("/c/ca.pem")));
+        let mut op = tls.to_vec();
+        op.push(("GATEKEEPER_OPERATOR_CA_FILE", "/o/ca.pem"));
+        op.push(("GATEKEEPER_OPERATOR_NAMES", "[\"alice\"]"));
+        op.push(("GATEKEEPER_ADMIN_LISTEN", "10.0.0.1:9000"));
+        let c = with(&op).unwrap();
+        assert_eq!(c.operator_ca(), Some(Path::new("/o/ca.pem")));
+        assert_eq!(c.operator_names, vec!["alice".to_string()]);
+        assert_eq!(c.admin_listen().unwrap(), "10.0.0.1:9000");
+        let mut mixed = tls.to_vec();
+        mixed.push(("GATEKEEPER_PLAINTEXT", "true"));
+        let e = with(&mixed).unwrap_err().to_string();
+        assert!(e.contains("choose TLS or plaintext"), "{e}");
+        let e = with(&[
+            ("GATEKEEPER_PLAINTEXT", "true"),
+            ("GATEKEEPER_MODE", "production"),
+            ("GATEKEEPER_ALLOW_SOFTWARE_ENCLAVE_IN_PRODUCTION", "true"),
+            ("GATEKEEPER_MEMBER_ATTESTATION", "dcap"),
+            ("GATEKEEPER_WORKER_ATTESTATION", "dcap"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("plaintext = true is for development only"),
+            "{e}"
+        );
+        assert!(with(&[("GATEKEEPER_PLAINTEXT", "true")]).is_ok());
     }
 }

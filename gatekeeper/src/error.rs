@@ -112,6 +112,14 @@ catalog! {
     NotAMember = "NOT_A_MEMBER" => PermissionDenied,
     /// The requester's key is not the one in its member record.
     MemberKeyMismatch = "MEMBER_KEY_MISMATCH" => PermissionDenied,
+    /// The client certificate on the cluster listener is not a current member's (nor the joining node's), or the message claims another node than the certificate's.
+    PeerNotAdmitted = "PEER_NOT_ADMITTED" => PermissionDenied,
+    /// The admin listener's client certificate is a node's (named `node-<id>`), not an operator's.
+    NotAnOperator = "NOT_AN_OPERATOR" => PermissionDenied,
+    /// The listener needs a client certificate and the connection presented none.
+    NoClientCertificate = "NO_CLIENT_CERTIFICATE" => Unauthenticated,
+    /// Membership changes run on the leader only: this node is not it. The `gatekeeper-leader-admin` response metadata, when known, names the leader's admin address.
+    NotLeader = "NOT_LEADER" => FailedPrecondition,
     /// The node is already a voter.
     AlreadyMember = "ALREADY_MEMBER" => AlreadyExists,
     /// The node is not a member.
@@ -179,7 +187,12 @@ enum Code {
 pub struct ApiError {
     code: Code,
     message: String,
+    /// Extra response metadata (e.g. [`LEADER_ADMIN_METADATA`] with `NOT_LEADER`).
+    metadata: Vec<(&'static str, String)>,
 }
+
+/// With `NOT_LEADER`: the leader's admin listener address, where an operator's client retries.
+pub const LEADER_ADMIN_METADATA: &str = "gatekeeper-leader-admin";
 
 impl ApiError {
     /// An error with a catalog code.
@@ -187,7 +200,14 @@ impl ApiError {
         Self {
             code: Code::Api(code),
             message: message.into(),
+            metadata: vec![],
         }
+    }
+
+    /// Adds a response metadata entry (ASCII values only; others are dropped on the wire).
+    pub fn with_metadata(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.metadata.push((key, value.into()));
+        self
     }
 
     /// A client-supplied field the keyring refused: `INVALID_ARGUMENT` with the keyring's code
@@ -196,6 +216,7 @@ impl ApiError {
         Self {
             code: Code::Keyring(e.code()),
             message: format!("{field}: {e}"),
+            metadata: vec![],
         }
     }
 
@@ -232,39 +253,6 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
-
-    /// The answer of the leader to a membership call (`Join`, `Leave`) this node forwarded. Its
-    /// stable code is kept when it carries one of ours. Without one (a leader of an older version,
-    /// or a transport failure) the gRPC code decides, mapped onto the codes those calls use, and
-    /// the leader's message is kept.
-    pub fn forwarded(s: &tonic::Status) -> Self {
-        let code = s
-            .metadata()
-            .get(ERROR_CODE_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .and_then(ErrorCode::parse)
-            .unwrap_or(match s.code() {
-                tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
-                    ErrorCode::InvalidArgument
-                }
-                tonic::Code::NotFound => ErrorCode::MemberNotFound,
-                tonic::Code::AlreadyExists => ErrorCode::AlreadyMember,
-                tonic::Code::FailedPrecondition => ErrorCode::InvalidState,
-                tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
-                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
-                    ErrorCode::NotAMember
-                }
-                tonic::Code::Internal | tonic::Code::DataLoss => ErrorCode::Internal,
-                // Unavailable, Unknown, Cancelled, …: the leader could not be asked.
-                _ => ErrorCode::NoLeader,
-            });
-        let message = if code == ErrorCode::Internal {
-            format!("the leader failed: {}", s.message())
-        } else {
-            s.message().to_string()
-        };
-        Self::new(code, message)
-    }
 }
 
 impl fmt::Debug for ApiError {
@@ -297,6 +285,11 @@ impl From<ApiError> for tonic::Status {
             ERROR_CODE_METADATA,
             tonic::metadata::MetadataValue::from_static(code),
         );
+        for (k, v) in e.metadata {
+            if let Ok(v) = v.parse() {
+                status.metadata_mut().insert(k, v);
+            }
+        }
         status
     }
 }
@@ -473,41 +466,21 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_errors_keep_their_code() {
-        let s: tonic::Status = ApiError::new(ErrorCode::AlreadyMember, "node 4").into();
-        let back = ApiError::forwarded(&s);
-        assert_eq!(back.code(), Some(ErrorCode::AlreadyMember));
-        assert_eq!(back.message(), "node 4");
-        // A leader without codes (older version) or a transport failure: the gRPC code decides
-        // and the message is kept.
-        for (status, want) in [
-            (tonic::Status::unavailable("down"), ErrorCode::NoLeader),
-            (
-                tonic::Status::unknown("transport error"),
-                ErrorCode::NoLeader,
-            ),
-            (
-                tonic::Status::already_exists("node 4 is already a voter"),
-                ErrorCode::AlreadyMember,
-            ),
-            (
-                tonic::Status::not_found("node 9 is not a member"),
-                ErrorCode::MemberNotFound,
-            ),
-            (
-                tonic::Status::failed_precondition("below threshold"),
-                ErrorCode::InvalidState,
-            ),
-            (
-                tonic::Status::invalid_argument("bad address"),
-                ErrorCode::InvalidArgument,
-            ),
-            (tonic::Status::deadline_exceeded("slow"), ErrorCode::Timeout),
-        ] {
-            let f = ApiError::forwarded(&status);
-            assert_eq!(f.code(), Some(want), "{status:?}");
-            assert_eq!(f.message(), status.message());
-        }
+    fn not_leader_carries_the_leaders_admin_address() {
+        let s: tonic::Status = ApiError::new(ErrorCode::NotLeader, "leader is node 2")
+            .with_metadata(LEADER_ADMIN_METADATA, "10.0.0.2:7102")
+            .into();
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(s.metadata().get(ERROR_CODE_METADATA).unwrap(), "NOT_LEADER");
+        assert_eq!(
+            s.metadata().get(LEADER_ADMIN_METADATA).unwrap(),
+            "10.0.0.2:7102"
+        );
+        // A value that is not valid metadata is dropped, not sent broken.
+        let s: tonic::Status = ApiError::new(ErrorCode::NotLeader, "x")
+            .with_metadata(LEADER_ADMIN_METADATA, "bad\nvalue")
+            .into();
+        assert!(s.metadata().get(LEADER_ADMIN_METADATA).is_none());
     }
 
     #[test]

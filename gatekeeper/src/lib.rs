@@ -14,6 +14,7 @@
 //! | [`epochs`] | read-only views over the replicated epochs: active epochs, dealing contexts | no |
 //! | [`enclave`] | the enclave boundary: secrets, shares, sealing (software backend) | its own directory |
 //! | [`issuance`] | **who gets a key**: `authorize` runs every KeyService check of docs/api.md in order | no |
+//! | [`admission`] | **who may use the cluster listener**: `admit` maps a verified client certificate to a member (pinned key, or `node-<id>` valid for its Raft host) and checks the id the message claims | no |
 //! | [`peer`] | **who gets a share**: `authorize` for FetchShare, and the FetchShare client | client only |
 //! | [`keeper`] | the master-key lifecycle: a pure planner (`plan`) and the runtime that executes its steps | runtime only |
 //! | [`operator`] | **what an operator may ask**: the checks behind AdminService (init, join, leave, rotate, dev events, canaries, fault hooks) | no |
@@ -30,13 +31,14 @@
 //! **No import cycles.** No top-level module imports another that imports it back, directly or
 //! through a third module. The order, from the bottom: `error`, `clock`, `keyfile`; the leaves
 //! `replay`, `attestation`, `enclave`, `tls`, `chain`; `config` (which names chain settings);
-//! `epochs`; the decisions `issuance`, `peer`, `keeper`, `operator`; then `service`, `metrics`,
+//! `epochs`; the decisions `admission`, `issuance`, `peer`, `keeper`, `operator`; then `service`, `metrics`,
 //! `node`, `cli`. A unit test (`tests::no_cycles`) reads the sources and keeps this true. Inside a
 //! module directory, children import their siblings, never the parent's re-exports (e.g.
 //! `keeper/runtime.rs` imports `keeper/plan.rs`).
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod attestation;
 pub mod chain;
 pub mod cli;

@@ -32,11 +32,13 @@ fn main() {
         Command::Devnet(args) => runtime().and_then(|rt| rt.block_on(cli::devnet::run(args))),
         Command::Admin {
             endpoint,
+            tls,
             timeout_secs,
             command,
         } => runtime().and_then(|rt| {
             rt.block_on(cli::admin::run(
                 &endpoint,
+                &tls,
                 Duration::from_secs(timeout_secs),
                 command,
             ))

@@ -73,6 +73,23 @@ pub fn plan_init(r: &pb::InitRequest, this: (u64, Node)) -> ApiResult<InitPlan> 
     Ok(InitPlan { members, threshold })
 }
 
+/// Whether the admin listener's verified client certificate (its subject CN) may act as an
+/// operator. Node certificates (`node-<id>`, from the cluster CA) are not operators', even when
+/// the operator CA is the cluster CA (the development default): a member's credentials must not
+/// be enough to join, remove or rotate.
+pub fn check_operator(common_name: Option<&str>) -> ApiResult<()> {
+    match common_name.and_then(crate::admission::node_id_of_name) {
+        Some(id) => Err(ApiError::new(
+            ErrorCode::NotAnOperator,
+            format!(
+                "the client certificate is node {id}'s, not an operator's: use an operator \
+                 certificate (`gatekeeper certs operator`)"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A `Join` of `node_id` given the current membership (node id, voter).
 pub fn check_join(members: &[(u64, bool)], node_id: u64) -> ApiResult<()> {
     if members.iter().any(|(id, voter)| *id == node_id && *voter) {
@@ -266,6 +283,23 @@ pub fn dev_event(r: pb::ApplyDevEventRequest) -> ApiResult<ChainEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_certificates_are_not_operators() {
+        for ok in [
+            Some("operator"),
+            Some("alice"),
+            Some("node"),
+            Some("node-x"),
+            None,
+        ] {
+            check_operator(ok).unwrap();
+        }
+        for node in ["node-1", "node-42"] {
+            let e = check_operator(Some(node)).unwrap_err();
+            assert_eq!(e.code(), Some(ErrorCode::NotAnOperator), "{node}");
+        }
+    }
     use gatekeeper_raft::state::EpochRecord;
 
     fn node(i: u64) -> Node {
@@ -412,6 +446,8 @@ mod tests {
             identity_public_key: Bytes32(*id.as_bytes()),
             hpke_public_key: Bytes32(*hpke.as_bytes()),
             attestation: gatekeeper_raft::state::HexBytes(vec![]),
+            tls_spki: None,
+            admin_address: None,
         };
         s.members.insert(4, record.clone());
         assert!(learner_ready(&s, 4, &policy, 2_000).is_err(), "no evidence");

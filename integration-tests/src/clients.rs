@@ -6,17 +6,69 @@ use crate::pb::admin_service_client::AdminServiceClient;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// A gRPC `AdminService` client for `url` (`http://host:port`), connecting lazily. Every call has
-/// a 10 s deadline. Call it from inside a tokio runtime.
-pub fn admin_client(url: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("bad endpoint {url}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
-    Ok(AdminServiceClient::new(channel))
+/// PEM files a test client uses for TLS: the CA it trusts and, for mutual TLS, its certificate
+/// and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCerts {
+    /// CA bundle the server's certificate must chain to.
+    pub ca: PathBuf,
+    /// Client certificate and key (operator or node), if the listener needs one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where and how to reach one listener: `host:port` and its TLS (`None`: plaintext).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// host:port.
+    pub addr: String,
+    /// TLS settings; `None` for a plaintext (development) node.
+    pub tls: Option<ClientCerts>,
+}
+
+impl Target {
+    /// A tonic endpoint for this target: `https://` verifying the server for its host with the
+    /// CA (and presenting the identity), or `http://`.
+    pub fn endpoint(&self) -> Result<tonic::transport::Endpoint> {
+        let Some(tls) = &self.tls else {
+            return tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                .with_context(|| format!("bad endpoint {}", self.addr));
+        };
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+        let host = self.addr.rsplit_once(':').map_or(&*self.addr, |(h, _)| h);
+        let mut cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&tls.ca)?))
+            .domain_name(host);
+        if let Some((cert, key)) = &tls.identity {
+            cfg = cfg.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        tonic::transport::Endpoint::from_shared(format!("https://{}", self.addr))
+            .with_context(|| format!("bad endpoint {}", self.addr))?
+            .tls_config(cfg)
+            .with_context(|| format!("TLS settings for {}", self.addr))
+    }
+
+    /// A lazily connecting channel with a 2 s connect timeout and a 10 s deadline per call.
+    /// Call it from inside a tokio runtime.
+    pub fn channel(&self) -> Result<tonic::transport::Channel> {
+        Ok(self
+            .endpoint()?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy())
+    }
+}
+
+/// A gRPC `AdminService` client for `target` (a node's admin listener, see
+/// [`Cluster::admin_target`](crate::Cluster::admin_target)), connecting lazily. Every call has a
+/// 10 s deadline. Call it from inside a tokio runtime.
+pub fn admin_client(target: &Target) -> Result<AdminServiceClient<tonic::transport::Channel>> {
+    Ok(AdminServiceClient::new(target.channel()?))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -44,6 +44,10 @@ pub struct Opts {
     pub extra_config: Vec<String>,
     /// Give every node a `metrics_listen` port (read with [`Cluster::metrics`]).
     pub metrics: bool,
+    /// TLS on every listener (default true): the cluster makes a CA, an operator certificate
+    /// and one node certificate per node (`gatekeeper certs`) under `<dir>/certs`, and every
+    /// client of the harness uses them. False: `plaintext = true` (development mode).
+    pub tls: bool,
 }
 
 impl Default for Opts {
@@ -59,6 +63,7 @@ impl Default for Opts {
             base_dir: None,
             extra_config: vec![],
             metrics: false,
+            tls: true,
         }
     }
 }
@@ -66,6 +71,7 @@ impl Default for Opts {
 struct Node {
     raft_addr: String,
     api_addr: String,
+    admin_addr: String,
     metrics_addr: Option<String>,
     data_dir: PathBuf,
     config: PathBuf,
@@ -125,9 +131,56 @@ impl Cluster {
         &self.node(i).raft_addr
     }
 
-    /// `http://` URL of the node's API, for [`admin_client`](crate::admin_client).
-    pub fn api_url(&self, i: u64) -> String {
-        format!("http://{}", self.node(i).api_addr)
+    /// The node's admin listener address (host:port).
+    pub fn admin_addr(&self, i: u64) -> &str {
+        &self.node(i).admin_addr
+    }
+
+    /// Where the cluster's certificates are (`ca.pem`, `operator.pem/key`, `node-<i>.pem/key`).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// The cluster CA (what miners trust), when TLS is on.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.opts.tls.then(|| self.certs_dir().join("ca.pem"))
+    }
+
+    /// Node `id`'s certificate and key (they exist once the node was added).
+    pub fn node_cert(&self, id: u64) -> (PathBuf, PathBuf) {
+        let d = self.certs_dir();
+        (
+            d.join(format!("node-{id}.pem")),
+            d.join(format!("node-{id}.key")),
+        )
+    }
+
+    /// The operator's certificate and key.
+    pub fn operator_cert(&self) -> (PathBuf, PathBuf) {
+        let d = self.certs_dir();
+        (d.join("operator.pem"), d.join("operator.key"))
+    }
+
+    fn target(&self, addr: &str, identity: Option<(PathBuf, PathBuf)>) -> crate::Target {
+        crate::Target {
+            addr: addr.to_string(),
+            tls: self.ca_file().map(|ca| crate::ClientCerts { ca, identity }),
+        }
+    }
+
+    /// Node `i`'s admin listener, as the operator (for [`admin_client`](crate::admin_client)).
+    pub fn admin_target(&self, i: u64) -> crate::Target {
+        self.target(self.admin_addr(i), Some(self.operator_cert()))
+    }
+
+    /// Node `i`'s key listener, as a miner (server TLS only).
+    pub fn key_target(&self, i: u64) -> crate::Target {
+        self.target(self.api_addr(i), None)
+    }
+
+    /// Node `i`'s cluster (Raft) listener, presenting node `as_node`'s certificate.
+    pub fn raft_target(&self, i: u64, as_node: u64) -> crate::Target {
+        self.target(self.raft_addr(i), Some(self.node_cert(as_node)))
     }
 
     /// The process id of node `i` while it runs.

@@ -150,9 +150,29 @@ pub(crate) fn scrub_env(cmd: &mut Command) {
     }
 }
 
-/// Run `gatekeeper admin --endpoint <endpoint> <args…>`, killing it after `timeout`.
-pub fn run_admin(bin: &Path, endpoint: &str, args: &[&str], timeout: Duration) -> AdminOutput {
-    let mut all = vec!["admin", "--endpoint", endpoint];
+/// Run `gatekeeper admin --endpoint <target> <TLS flags> <args…>`, killing it after `timeout`.
+/// The TLS flags are `--ca/--cert/--key` from the target, or `--plaintext`.
+pub fn run_admin(
+    bin: &Path,
+    target: &crate::Target,
+    args: &[&str],
+    timeout: Duration,
+) -> AdminOutput {
+    let mut flags: Vec<String> = vec!["admin".into(), "--endpoint".into(), target.addr.clone()];
+    match &target.tls {
+        None => flags.push("--plaintext".into()),
+        Some(t) => {
+            flags.push("--ca".into());
+            flags.push(t.ca.display().to_string());
+            if let Some((cert, key)) = &t.identity {
+                flags.push("--cert".into());
+                flags.push(cert.display().to_string());
+                flags.push("--key".into());
+                flags.push(key.display().to_string());
+            }
+        }
+    }
+    let mut all: Vec<&str> = flags.iter().map(String::as_str).collect();
     all.extend_from_slice(args);
     run_command(bin, &all, timeout)
 }

@@ -115,7 +115,9 @@ fn fetch(
     epoch: Option<u64>,
 ) -> Result<FetchedKey, ClientError> {
     rt().block_on(async {
-        let mut m = MinerClient::new(vec![net.c.api_addr(i).to_string()], w.clone());
+        let mut m = MinerClient::new(vec![net.c.api_addr(i).to_string()], w.clone())
+            .with_tls_ca_file(net.c.ca_file().unwrap())
+            .unwrap();
         m.fetch(target, epoch).await
     })
 }

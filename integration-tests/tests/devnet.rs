@@ -1,7 +1,9 @@
 //! `gatekeeper devnet`, the README's run command, as a user runs it: a real process that starts
 //! the dev chain and three node processes, runs the demo, and stops everything.
 
-use gatekeeper_integration_tests::{gatekeeper_bin, http_get, run_admin, run_command};
+use gatekeeper_integration_tests::{
+    gatekeeper_bin, http_get, run_admin, run_command, ClientCerts, Target,
+};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -11,9 +13,10 @@ use std::time::{Duration, Instant};
 /// The devnets of this file run one at a time (three nodes each on a 2-core machine).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// A base port whose derived ports (chain, Raft, API, metrics of three nodes) are all free now.
+/// A base port whose derived ports (chain, Raft, API, metrics, admin of three nodes) are all
+/// free now.
 fn free_base() -> u16 {
-    let offsets = [0u16, 11, 12, 13, 21, 22, 23, 31, 32, 33];
+    let offsets = [0u16, 11, 12, 13, 21, 22, 23, 31, 32, 33, 41, 42, 43];
     let seed = std::process::id() as u16;
     for k in 0..200u16 {
         let base = 20_000 + (seed.wrapping_mul(37).wrapping_add(k * 97)) % 40_000;
@@ -132,9 +135,17 @@ fn devnet_runs_until_ctrl_c_then_stops_every_child() {
             "devnet did not come up:\n{seen}"
         );
     }
-    // It is really running: the nodes answer, follow the chain and export metrics.
-    let api = format!("127.0.0.1:{}", base + 21);
-    let st = run_admin(&bin, &api, &["status", "--json"], Duration::from_secs(30));
+    // It is really running: the nodes answer (over TLS, with the operator certificate the
+    // devnet wrote), follow the chain and export metrics.
+    let certs = dir.join("certs");
+    let mut admin = Target {
+        addr: format!("127.0.0.1:{}", base + 41),
+        tls: Some(ClientCerts {
+            ca: certs.join("ca.pem"),
+            identity: Some((certs.join("operator.pem"), certs.join("operator.key"))),
+        }),
+    };
+    let st = run_admin(&bin, &admin, &["status", "--json"], Duration::from_secs(30));
     let v: serde_json::Value = st.json().unwrap();
     assert_eq!(v["seal_status"], "unsealed", "{v}");
     assert_eq!(v["chain"]["connected"], true, "{v}");
@@ -143,6 +154,15 @@ fn devnet_runs_until_ctrl_c_then_stops_every_child() {
         metrics.contains("gatekeeper_chain_connected 1"),
         "{metrics}"
     );
+    // Without a client certificate, or in plaintext, the admin listener refuses.
+    if let Some(t) = admin.tls.as_mut() {
+        t.identity = None;
+    }
+    let refused = run_admin(&bin, &admin, &["status"], Duration::from_secs(30));
+    assert!(!refused.success(), "{}", refused.describe());
+    admin.tls = None;
+    let refused = run_admin(&bin, &admin, &["status"], Duration::from_secs(30));
+    assert!(!refused.success(), "{}", refused.describe());
 
     // Ctrl-C (SIGINT to the devnet process): every node stops cleanly, then the devnet exits 0.
     let _ = Command::new("kill")

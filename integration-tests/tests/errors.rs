@@ -50,16 +50,16 @@ fn every_service_sends_the_stable_error_code() {
     assert!(out.success(), "{}", out.describe());
     let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let gk = hex::decode(status["gatekeeper_id"].as_str().unwrap()).unwrap();
-    let url = c.api_url(1);
+    let (key_t, peer_t, admin_t) = (c.key_target(1), c.raft_target(1, 1), c.admin_target(1));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
         use tonic::Code;
-        let mut keys = KeyServiceClient::connect(url.clone()).await.unwrap();
-        let mut peers = PeerServiceClient::connect(url.clone()).await.unwrap();
-        let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
+        let mut keys = KeyServiceClient::new(key_t.channel().unwrap());
+        let mut peers = PeerServiceClient::new(peer_t.channel().unwrap());
+        let mut admin = AdminServiceClient::new(admin_t.channel().unwrap());
         let stranger = Sr25519Keypair::generate(&mut OsRng);
 
         // KeyService.
@@ -109,11 +109,7 @@ fn every_service_sends_the_stable_error_code() {
 
         // Undecodable protobuf: a LeaveRequest (field 1 a varint) sent as GetWorkerKey (field 1 a
         // message) is the caller's fault, not the server's.
-        let ch = tonic::transport::Endpoint::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let ch = key_t.endpoint().unwrap().connect().await.unwrap();
         let mut raw = tonic::client::Grpc::new(ch);
         raw.ready().await.unwrap();
         let r: Result<tonic::Response<pb::KeyResponse>, tonic::Status> = raw
@@ -154,9 +150,16 @@ fn every_service_sends_the_stable_error_code() {
             .await;
         assert_eq!(refused(r), (Code::Unimplemented, "UNIMPLEMENTED".into()));
 
-        // PeerService.
+        // PeerService (on the cluster listener, as node 1 with its own certificate).
         assert_eq!(
-            refused(peers.fetch_share(pb::FetchShareRequest::default()).await),
+            refused(
+                peers
+                    .fetch_share(pb::FetchShareRequest {
+                        requester_node_id: 1,
+                        ..Default::default()
+                    })
+                    .await
+            ),
             (Code::InvalidArgument, "KEYRING_INVALID_LENGTH".into())
         );
         let intruder = pb::FetchShareRequest {
@@ -173,9 +176,10 @@ fn every_service_sends_the_stable_error_code() {
             evidence: None,
             signature: vec![0; 64],
         };
+        // Node 1's certificate speaking for node 77: refused before any check of the request.
         assert_eq!(
             refused(peers.fetch_share(intruder).await),
-            (Code::PermissionDenied, "NOT_A_MEMBER".into())
+            (Code::PermissionDenied, "PEER_NOT_ADMITTED".into())
         );
 
         // AdminService.
@@ -223,33 +227,60 @@ fn every_service_sends_the_stable_error_code() {
 }
 
 #[test]
-fn membership_calls_forwarded_by_a_follower_keep_the_leaders_code() {
+fn a_follower_refuses_membership_calls_naming_the_leaders_admin_address_and_the_cli_follows() {
     let c = Cluster::start(3, Opts::default());
     let leader = c.leader();
     let follower = *c.ids().iter().find(|i| **i != leader).unwrap();
-    let url = c.api_url(follower);
+    // Every node registers its admin address; wait until the leader's is known to the follower.
+    let leader_admin = c.admin_addr(leader).to_string();
+    let target = c.admin_target(follower);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async move {
+    rt.block_on(async {
         use tonic::Code;
-        let mut admin = AdminServiceClient::connect(url).await.unwrap();
+        let mut admin = AdminServiceClient::new(target.channel().unwrap());
+        let deadline = std::time::Instant::now() + WAIT;
+        let s = loop {
+            let s = admin
+                .leave(pb::LeaveRequest { node_id: 99 })
+                .await
+                .unwrap_err();
+            if s.metadata().get("gatekeeper-leader-admin").is_some()
+                || std::time::Instant::now() > deadline
+            {
+                break s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         assert_eq!(
-            refused(admin.leave(pb::LeaveRequest { node_id: 99 }).await),
-            (Code::NotFound, "MEMBER_NOT_FOUND".into())
+            refused::<()>(Err(s.clone())),
+            (Code::FailedPrecondition, "NOT_LEADER".into())
         );
         assert_eq!(
-            refused(
-                admin
-                    .join(pb::JoinRequest {
-                        node_id: leader,
-                        raft_address: "127.0.0.1:1".into(),
-                        api_address: "127.0.0.1:2".into(),
-                    })
-                    .await
-            ),
-            (Code::AlreadyExists, "ALREADY_MEMBER".into())
+            s.metadata().get("gatekeeper-leader-admin").unwrap(),
+            leader_admin.as_str()
+        );
+        let join = admin
+            .join(pb::JoinRequest {
+                node_id: leader,
+                raft_address: "127.0.0.1:1".into(),
+                api_address: "127.0.0.1:2".into(),
+            })
+            .await;
+        assert_eq!(
+            refused(join),
+            (Code::FailedPrecondition, "NOT_LEADER".into())
         );
     });
+    // The CLI follows the hint: the leader answers with its own codes.
+    let out = c.admin(follower, &["leave", "--node-id", "99"]);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("retrying on the leader at")
+            && out.stderr.contains("node 99 is not a member"),
+        "{}",
+        out.describe()
+    );
 }

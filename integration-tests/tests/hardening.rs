@@ -28,9 +28,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// A raw RaftService client to node `i`, as another member would hold (call inside a runtime).
-fn raft_client(c: &Cluster, i: u64) -> RaftServiceClient<Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.raft_addr(i)))
+/// A raw RaftService client to node `i`, presenting member `as_node`'s certificate, as that
+/// member would hold (call inside a runtime). The cluster listener admits a message only if the
+/// node it claims to come from is the certificate's, so tests send as the node they claim.
+fn raft_client(c: &Cluster, i: u64, as_node: u64) -> RaftServiceClient<Channel> {
+    let ch = c
+        .raft_target(i, as_node)
+        .endpoint()
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
@@ -240,9 +244,16 @@ fn garbage_and_forged_snapshots_are_refused_and_the_follower_keeps_working_and_r
         total_size,
     };
     let future = log_id(term, leader, head + 1000);
+    // Sent as the node the vote names (the cluster listener admits no other sender).
     let send = |chunks: Vec<rpb::SnapshotChunk>| {
+        let sender = chunks
+            .first()
+            .and_then(|c| c.header.as_ref())
+            .and_then(|h| h.vote.as_ref())
+            .and_then(|v| v.leader_id.as_ref())
+            .map_or(leader, |l| l.node_id);
         rt.block_on(async {
-            raft_client(&c, f)
+            raft_client(&c, f, sender)
                 .install_snapshot(tonic::codegen::tokio_stream::iter(chunks))
                 .await
         })
@@ -368,7 +379,12 @@ fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_re
     let term = c.status(leader).unwrap_or_else(|e| c.fail(&e)).term;
     let forged = term + 1000;
     let append = |req: rpb::AppendEntriesRequest| {
-        rt.block_on(async { raft_client(&c, f).append_entries(req).await })
+        let sender = req
+            .vote
+            .as_ref()
+            .and_then(|v| v.leader_id.as_ref())
+            .map_or(leader, |l| l.node_id);
+        rt.block_on(async { raft_client(&c, f, sender).append_entries(req).await })
     };
 
     // The packet: a newer "leader" rewrites index 1 (committed long ago).
@@ -447,7 +463,8 @@ fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_re
     );
     let vote_req = |v: rpb::Vote| {
         rt.block_on(async {
-            raft_client(&c, f)
+            let sender = v.leader_id.as_ref().map_or(leader, |l| l.node_id);
+            raft_client(&c, f, sender)
                 .vote(rpb::VoteRequest {
                     vote: Some(v),
                     last_log_id: Some(log_id(term, leader, head + 10)),

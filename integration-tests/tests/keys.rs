@@ -92,7 +92,9 @@ fn setup_worker(c: &Cluster) -> Sr25519Keypair {
 /// Fetches (worker key, contract key) public keys from node `i` alone.
 fn keys_from(c: &Cluster, i: u64, w: &Sr25519Keypair, epoch: Option<u64>) -> ([u8; 32], [u8; 32]) {
     rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone());
+        let mut m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone())
+            .with_tls_ca_file(c.ca_file().unwrap())
+            .unwrap();
         let wk = m
             .fetch(KeyTarget::Worker, epoch)
             .await
@@ -157,7 +159,9 @@ fn with_fewer_than_t_nodes_a_restarted_node_stays_sealed_and_says_so() {
     // It refuses keys with FAILED_PRECONDITION (read mode here is linearizable: with no quorum
     // the read itself is UNAVAILABLE first; either way, no key).
     let err = rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone());
+        let mut m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone())
+            .with_tls_ca_file(c.ca_file().unwrap())
+            .unwrap();
         m.fetch(KeyTarget::Worker, None).await.unwrap_err()
     });
     let text = err.to_string();
@@ -235,7 +239,9 @@ fn rotation_gives_new_keys_old_epoch_until_retired() {
     let out = c.admin(1, &["retire", "--min-epoch", "1"]);
     assert!(out.success(), "{}", out.describe());
     let err = rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(2).to_string()], w.clone());
+        let mut m = MinerClient::new(vec![c.api_addr(2).to_string()], w.clone())
+            .with_tls_ca_file(c.ca_file().unwrap())
+            .unwrap();
         m.fetch(KeyTarget::Worker, Some(0)).await.unwrap_err()
     });
     assert!(err.to_string().contains("FailedPrecondition"), "{err}");
@@ -303,10 +309,10 @@ fn every_bad_request_gets_its_code_and_changes_nothing() {
             .unwrap(),
     )
     .unwrap();
-    let url = c.api_url(2);
-    let admin_url = c.api_url(1);
+    let url = c.key_target(2);
+    let admin_url = c.admin_target(1);
     rt().block_on(async move {
-        let mut k = KeyServiceClient::connect(url).await.unwrap();
+        let mut k = KeyServiceClient::new(url.channel().unwrap());
         let worker = |r: &Req| pb::GetWorkerKeyRequest {
             header: Some(r.header.clone()),
             signature: r.signature.clone(),
@@ -417,12 +423,10 @@ fn every_bad_request_gets_its_code_and_changes_nothing() {
         );
     });
 
-    async fn dev_async(admin: &str, w: &Sr25519Keypair) {
-        let mut a = gatekeeper_proto::v1::admin_service_client::AdminServiceClient::connect(
-            admin.to_string(),
-        )
-        .await
-        .unwrap();
+    async fn dev_async(admin: &gatekeeper_integration_tests::Target, w: &Sr25519Keypair) {
+        let mut a = gatekeeper_proto::v1::admin_service_client::AdminServiceClient::new(
+            admin.channel().unwrap(),
+        );
         a.apply_dev_event(pb::ApplyDevEventRequest {
             event: Some(pb::apply_dev_event_request::Event::WorkerAddedToCluster(
                 pb::DevWorkerAddedToCluster {
@@ -434,12 +438,10 @@ fn every_bad_request_gets_its_code_and_changes_nothing() {
         .await
         .unwrap();
     }
-    async fn slash_async(admin: &str, w: &Sr25519Keypair) {
-        let mut a = gatekeeper_proto::v1::admin_service_client::AdminServiceClient::connect(
-            admin.to_string(),
-        )
-        .await
-        .unwrap();
+    async fn slash_async(admin: &gatekeeper_integration_tests::Target, w: &Sr25519Keypair) {
+        let mut a = gatekeeper_proto::v1::admin_service_client::AdminServiceClient::new(
+            admin.channel().unwrap(),
+        );
         a.apply_dev_event(pb::ApplyDevEventRequest {
             event: Some(pb::apply_dev_event_request::Event::WorkerSlashed(
                 pb::DevWorkerSlashed {
@@ -459,7 +461,9 @@ fn no_delivered_secret_appears_in_clear_in_any_data_dir_or_log() {
     wait_unsealed(&c, &[1, 2, 3], 1);
     let w = setup_worker(&c);
     let secrets: Vec<[u8; 32]> = rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone());
+        let mut m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone())
+            .with_tls_ca_file(c.ca_file().unwrap())
+            .unwrap();
         let a = m.fetch(KeyTarget::Worker, None).await.unwrap();
         let b = m
             .fetch(KeyTarget::Contract(ContractId(CONTRACT)), None)
@@ -662,7 +666,9 @@ fn a_removed_node_keeps_its_old_share_but_stays_sealed_and_serves_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let err = rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(n4).to_string()], w.clone());
+        let mut m = MinerClient::new(vec![c.api_addr(n4).to_string()], w.clone())
+            .with_tls_ca_file(c.ca_file().unwrap())
+            .unwrap();
         m.fetch(KeyTarget::Worker, None).await.unwrap_err()
     });
     let text = err.to_string();

@@ -51,7 +51,7 @@ fn others(c: &Cluster, not: u64) -> Vec<u64> {
 /// failed write (the same value, so a retry that lands twice is harmless here). Returns the
 /// highest acknowledged log index.
 fn grpc_put_all(c: &Cluster, rt: &tokio::runtime::Runtime, via: u64, keys: &[String]) -> u64 {
-    let url = c.api_url(via);
+    let url = c.admin_target(via);
     let res: Result<u64, String> = rt.block_on(async {
         let client = admin_client(&url).map_err(|e| e.to_string())?;
         let mut max_index = 0;
@@ -95,7 +95,7 @@ fn grpc_read_all(
     keys: &[String],
     consistency: pb::ReadConsistency,
 ) -> BTreeMap<String, Option<String>> {
-    let url = c.api_url(i);
+    let url = c.admin_target(i);
     let res: Result<BTreeMap<String, Option<String>>, String> = rt.block_on(async {
         let client = admin_client(&url).map_err(|e| e.to_string())?;
         let mut out = BTreeMap::new();
@@ -299,8 +299,9 @@ fn b_killing_the_leader_under_write_load_loses_no_acknowledged_write() {
     let baseline = c.wait_converged(&ids, 0)[0].audit_sequence;
 
     let rt = runtime();
-    let live: Arc<Mutex<Vec<(u64, String)>>> =
-        Arc::new(Mutex::new(ids.iter().map(|&i| (i, c.api_url(i))).collect()));
+    let live: Arc<Mutex<Vec<(u64, gatekeeper_integration_tests::Target)>>> = Arc::new(Mutex::new(
+        ids.iter().map(|&i| (i, c.admin_target(i))).collect(),
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     let run = unique_suffix();

@@ -44,16 +44,60 @@ use std::future::Future;
 use std::io::{self, Cursor};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
+
+/// TLS towards peers: tonic's client config (the cluster CA and this node's certificate as its
+/// client identity), swappable when the node re-reads its certificate (SIGHUP). Channels made
+/// under an older config are replaced on their next use. Each peer's certificate is verified for
+/// the host of its Raft address.
+#[derive(Clone, Default)]
+pub struct PeerTls(Arc<RwLock<Option<(ClientTlsConfig, u64)>>>);
+
+impl PeerTls {
+    /// TLS with `config` (its `domain_name` is set per peer).
+    pub fn new(config: ClientTlsConfig) -> Self {
+        Self(Arc::new(RwLock::new(Some((config, 0)))))
+    }
+
+    /// Replaces the config; new channels use it.
+    pub fn set(&self, config: ClientTlsConfig) {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let generation = g.as_ref().map_or(0, |(_, n)| n + 1);
+        *g = Some((config, generation));
+    }
+
+    fn current(&self) -> Option<(ClientTlsConfig, u64)> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.current() {
+            Some((_, generation)) => write!(f, "PeerTls(generation {generation})"),
+            None => f.write_str("PeerTls(plaintext)"),
+        }
+    }
+}
+
+/// The host part of `host:port` (`[v6]:port` gives `v6`).
+pub fn host_of(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    address.rsplit_once(':').map_or(address, |(h, _)| h)
+}
 
 /// Network tunables. Defaults are documented on each field.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
+    /// TLS towards peers; `None` is plaintext (development mode only).
+    pub tls: Option<PeerTls>,
     /// Largest gRPC message sent or accepted. Default 8 MiB.
     pub max_message_bytes: usize,
     /// Snapshot stream chunk size. Default 1 MiB.
@@ -78,6 +122,7 @@ pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
+            tls: None,
             max_message_bytes: 8 << 20,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_timeout: Duration::from_secs(60),
@@ -124,10 +169,14 @@ impl LeaderContact {
     }
 }
 
+/// A cached channel to a peer: its address, the [`PeerTls`] generation it was made with, the
+/// channel.
+type CachedChannel = (String, u64, Channel);
+
 /// Creates per-peer clients; owns the channel cache.
 #[derive(Clone)]
 pub struct Network {
-    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    channels: Arc<Mutex<HashMap<NodeId, CachedChannel>>>,
     faults: Faults,
     config: NetworkConfig,
 }
@@ -145,19 +194,28 @@ impl Network {
     /// The cached channel to `target` at `addr` (created lazily; replaced if the address
     /// changed). Shared by Raft replication and the replica's forwarded writes and read-index calls.
     pub(crate) fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let tls = self.config.tls.as_ref().and_then(|t| t.current());
+        let generation = tls.as_ref().map_or(0, |(_, g)| *g);
         let mut map = self.channels.lock().expect("channel cache lock");
-        if let Some((a, ch)) = map.get(&target) {
-            if a == addr {
+        if let Some((a, g, ch)) = map.get(&target) {
+            if a == addr && *g == generation {
                 return Ok(ch.clone());
             }
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad raft address {addr:?} for node {target}: {e}"))?
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad raft address {addr:?} for node {target}: {e}"))?;
+        if let Some((tls, _)) = tls {
+            endpoint = endpoint
+                .tls_config(tls.domain_name(host_of(addr)))
+                .map_err(|e| format!("TLS settings for node {target} at {addr}: {e}"))?;
+        }
+        let ch = endpoint
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .connect_lazy();
-        map.insert(target, (addr.to_string(), ch.clone()));
+        map.insert(target, (addr.to_string(), generation, ch.clone()));
         Ok(ch)
     }
 }
@@ -365,9 +423,26 @@ pub fn snapshot_chunks(
     out
 }
 
+/// One Raft RPC as the admission hook sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftCall {
+    /// The RPC: `AppendEntries`, `Vote`, `InstallSnapshot`, `ClientWrite` or `ReadIndex`.
+    pub method: &'static str,
+    /// The node the message says it comes from (the vote's leader or candidate id); `None` for
+    /// `ClientWrite` and `ReadIndex`, which any member may send.
+    pub claimed_sender: Option<NodeId>,
+}
+
+/// Decides whether the caller of a Raft RPC may make it: given the request's extensions (where
+/// the transport put the verified peer certificate) and the call. Runs before any check or
+/// openraft sees the message; its error is returned to the caller as is.
+pub type Admission = Arc<dyn Fn(&tonic::Extensions, RaftCall) -> Result<(), Status> + Send + Sync>;
+
 /// The server half: answers peers' Raft RPCs with the local `Raft`, after [`crate::checks`].
 #[derive(Clone)]
 pub struct RaftServer {
+    /// Who may call (none: everyone; development plaintext only).
+    admission: Option<Admission>,
     raft: Raft<TypeConfig>,
     node_id: NodeId,
     log: LogStore,
@@ -395,6 +470,7 @@ impl RaftServer {
         config: NetworkConfig,
     ) -> Self {
         Self {
+            admission: None,
             raft,
             node_id,
             log,
@@ -404,6 +480,30 @@ impl RaftServer {
             config,
             follower_turn: Arc::new(AsyncMutex::new(())),
             snapshot_slot: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    /// Sets the admission hook (see [`Admission`]).
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    fn admit(
+        &self,
+        extensions: &tonic::Extensions,
+        method: &'static str,
+        claimed_sender: Option<NodeId>,
+    ) -> Result<(), Status> {
+        match &self.admission {
+            Some(a) => a(
+                extensions,
+                RaftCall {
+                    method,
+                    claimed_sender,
+                },
+            ),
+            None => Ok(()),
         }
     }
 
@@ -579,7 +679,14 @@ impl RaftService for RaftServer {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.check_fault()?;
-        let mut req = convert::append_req_from_pb(request.into_inner()).map_err(invalid)?;
+        let (_, extensions, msg) = request.into_parts();
+        let sender = msg
+            .vote
+            .as_ref()
+            .and_then(|v| v.leader_id.as_ref())
+            .map(|l| l.node_id);
+        self.admit(&extensions, "AppendEntries", sender)?;
+        let mut req = convert::append_req_from_pb(msg).map_err(invalid)?;
         let _turn = self.follower_turn.lock().await;
         let view = self
             .local_view(|committed| checks::indices_to_read(&req, committed))
@@ -603,7 +710,14 @@ impl RaftService for RaftServer {
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
         self.check_fault()?;
-        let req = convert::vote_req_from_pb(request.into_inner()).map_err(invalid)?;
+        let (_, extensions, msg) = request.into_parts();
+        let sender = msg
+            .vote
+            .as_ref()
+            .and_then(|v| v.leader_id.as_ref())
+            .map(|l| l.node_id);
+        self.admit(&extensions, "Vote", sender)?;
+        let req = convert::vote_req_from_pb(msg).map_err(invalid)?;
         let term = self.raft.metrics().borrow().vote.leader_id.term;
         checks::check_vote_request(&req, self.node_id, term).map_err(refused)?;
         let resp = self.raft.vote(req).await.map_err(fatal)?;
@@ -615,12 +729,15 @@ impl RaftService for RaftServer {
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         self.check_fault()?;
+        // The sender is in the first chunk's header: admit the connection's peer now (as a
+        // member at all) and its claimed identity once the header is read.
+        self.admit(request.extensions(), "InstallSnapshot", None)?;
         let _slot = self
             .snapshot_slot
             .clone()
             .try_acquire_owned()
             .map_err(|_| Status::unavailable("another snapshot is being received"))?;
-        let mut stream = request.into_inner();
+        let (_, extensions, mut stream) = request.into_parts();
         let first = stream
             .message()
             .await?
@@ -637,6 +754,7 @@ impl RaftService for RaftServer {
             )));
         }
         let vote = convert::vote_from_pb(header.vote).map_err(invalid)?;
+        self.admit(&extensions, "InstallSnapshot", Some(vote.leader_id.node_id))?;
         let meta = convert::snapshot_meta_from_pb(
             header
                 .meta
@@ -687,6 +805,7 @@ impl RaftService for RaftServer {
         request: Request<pb::ClientWriteRequest>,
     ) -> Result<Response<pb::ClientWriteResponse>, Status> {
         self.check_fault()?;
+        self.admit(request.extensions(), "ClientWrite", None)?;
         let cmd = Command(request.into_inner().command);
         if cmd.0.len() > self.config.max_message_bytes {
             return Err(Status::resource_exhausted("command too large"));
@@ -706,9 +825,10 @@ impl RaftService for RaftServer {
 
     async fn read_index(
         &self,
-        _request: Request<pb::ReadIndexRequest>,
+        request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         self.check_fault()?;
+        self.admit(request.extensions(), "ReadIndex", None)?;
         match self.raft.ensure_linearizable().await {
             Ok(l) => Ok(Response::new(pb::ReadIndexResponse {
                 read_log_id: l.as_ref().map(convert::log_id_to_pb),

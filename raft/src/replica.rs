@@ -516,6 +516,18 @@ impl Replica {
         Ok(r.log_id.index)
     }
 
+    /// Voters and learners of the effective membership (the latest in the log, committed or
+    /// not), with their addresses.
+    pub fn membership_nodes(&self) -> BTreeMap<NodeId, Node> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
     /// The current leader's API address, when known.
     pub fn leader_api_address(&self) -> (Option<NodeId>, Option<String>) {
         let (id, node) = self.leader();

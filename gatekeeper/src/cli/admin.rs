@@ -5,8 +5,153 @@ use clap::Subcommand;
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// How the CLI reaches a node's admin listener: mutual TLS with an operator certificate (the
+/// default), or plaintext for a development node with `plaintext = true`. Every flag also reads a
+/// `GATEKEEPER_ADMIN_*` variable, so an operator sets them once per shell.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct AdminTls {
+    /// PEM bundle of the CA that signed the nodes' certificates (the cluster CA).
+    #[arg(long = "ca", id = "tls_ca", env = "GATEKEEPER_ADMIN_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// PEM operator certificate (`gatekeeper certs operator`).
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        env = "GATEKEEPER_ADMIN_CERT",
+        global = true
+    )]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        env = "GATEKEEPER_ADMIN_KEY",
+        global = true
+    )]
+    pub key: Option<PathBuf>,
+    /// The name the node's certificate must be valid for (default: the endpoint's host).
+    #[arg(
+        long,
+        id = "tls_server_name",
+        env = "GATEKEEPER_ADMIN_SERVER_NAME",
+        global = true
+    )]
+    pub server_name: Option<String>,
+    /// Connect without TLS (only a development node with `plaintext = true` accepts this).
+    #[arg(
+        long,
+        id = "tls_plaintext",
+        env = "GATEKEEPER_ADMIN_PLAINTEXT",
+        global = true
+    )]
+    pub plaintext: bool,
+}
+
+impl AdminTls {
+    /// Plaintext (development nodes).
+    pub fn plaintext() -> AdminTls {
+        AdminTls {
+            plaintext: true,
+            ..Default::default()
+        }
+    }
+
+    /// Mutual TLS with the given CA, operator certificate and key.
+    pub fn mutual(ca: &Path, cert: &Path, key: &Path) -> AdminTls {
+        AdminTls {
+            ca: Some(ca.to_path_buf()),
+            cert: Some(cert.to_path_buf()),
+            key: Some(key.to_path_buf()),
+            ..Default::default()
+        }
+    }
+
+    /// The endpoint for `address` (host:port), with TLS unless plaintext.
+    pub fn endpoint(&self, address: &str) -> Result<tonic::transport::Endpoint> {
+        if address.contains("://") {
+            bail!(
+                "endpoint {address:?}: give host:port without a scheme (TLS is chosen by \
+                 --ca/--cert/--key or --plaintext)"
+            );
+        }
+        if self.plaintext {
+            if self.ca.is_some() || self.cert.is_some() || self.key.is_some() {
+                bail!("--plaintext cannot be combined with --ca, --cert or --key");
+            }
+            return tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .with_context(|| format!("bad endpoint {address:?}"));
+        }
+        let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
+            bail!(
+                "the admin listener uses mutual TLS: pass --ca (the cluster CA), --cert and --key \
+                 (an operator certificate from `gatekeeper certs operator`), or set \
+                 GATEKEEPER_ADMIN_CA, GATEKEEPER_ADMIN_CERT and GATEKEEPER_ADMIN_KEY; for a \
+                 development node with plaintext = true use --plaintext"
+            );
+        };
+        let tls = crate::tls::ClientTls::load(ca, Some((cert, key)), crate::clock::now())?;
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| gatekeeper_raft::network::host_of(address).to_string());
+        Ok(tls.endpoint(address, &name)?)
+    }
+}
+
+/// An operator-readable explanation of a failed connection or call: the error chain, plus what
+/// usually causes it.
+pub fn explain(endpoint: &str, plaintext: bool, detail: &str) -> String {
+    let d = detail.to_ascii_lowercase();
+    let hint = if d.contains("unknownissuer") || d.contains("unknown issuer") {
+        "the node's certificate is not signed by the CA given with --ca (wrong CA?)"
+    } else if d.contains("notvalidforname") || d.contains("not valid for name") {
+        "the node's certificate is not valid for this host name: connect by a name it has, or \
+         pass --server-name"
+    } else if d.contains("expired") || d.contains("notvalidyet") || d.contains("not valid yet") {
+        "a certificate is outside its validity period (the node's, or yours)"
+    } else if d.contains("certificaterequired") || d.contains("certificate required") {
+        "the node requires a client certificate: pass --cert and --key"
+    } else if d.contains("unknownca") || d.contains("unknown ca") {
+        "the node does not trust the CA that issued your certificate (its operator_ca_file)"
+    } else if d.contains("accessdenied") || d.contains("access denied") {
+        "your certificate's name is not in the node's operator_names allowlist"
+    } else if d.contains("badcertificate") || d.contains("bad certificate") {
+        "the node refused your certificate"
+    } else if d.contains("invalidcontenttype") || d.contains("corrupt message") {
+        "the endpoint does not speak TLS (a development node with plaintext = true? then use \
+         --plaintext)"
+    } else if d.contains("connection refused") {
+        "nothing listens there: is it the node's admin_listen address (default 127.0.0.1 with \
+         api_listen's port + 1)?"
+    } else if plaintext {
+        "if the node uses TLS (the default), drop --plaintext and pass --ca, --cert and --key"
+    } else {
+        ""
+    };
+    if hint.is_empty() {
+        format!("{endpoint}: {detail}")
+    } else {
+        format!("{endpoint}: {detail}\nhint: {hint}")
+    }
+}
+
+/// The whole source chain of an error, joined with ": ".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
 
 /// Admin subcommands.
 #[derive(Subcommand, Debug)]
@@ -575,27 +720,56 @@ fn print_lines(lines: &[String]) {
 // The subcommands: call AdminService, print the answer.
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", s.code(), s.message())
+    use std::error::Error as _;
+    match s.code() {
+        tonic::Code::Unimplemented
+            if s.message().is_empty() || s.message().contains("AdminService") =>
+        {
+            anyhow::anyhow!(
+                "{}: {}\nhint: this endpoint does not serve AdminService: use the node's \
+                 admin_listen address (default 127.0.0.1 with api_listen's port + 1), not its \
+                 key or cluster (Raft) port",
+                s.code(),
+                s.message()
+            )
+        }
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
+            let detail = match s.source() {
+                Some(src) => format!("{}: {}", s.message(), error_chain(src)),
+                None => s.message().to_string(),
+            };
+            anyhow::anyhow!("{}", explain(&format!("{}", s.code()), false, &detail))
+        }
+        _ => anyhow::anyhow!("{}: {}", s.code(), s.message()),
+    }
 }
 
-/// Connects to the AdminService at `endpoint` (host:port); every call gets `timeout`.
+/// Connects to the AdminService at `endpoint` (host:port) as `tls` says; every call gets
+/// `timeout`. Errors explain the usual causes (wrong CA, missing or refused certificate,
+/// plaintext against TLS, a port that is not the admin listener).
 pub async fn connect(
     endpoint: &str,
+    tls: &AdminTls,
     timeout: Duration,
 ) -> Result<AdminServiceClient<tonic::transport::Channel>> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-        .with_context(|| format!("bad endpoint {endpoint:?}"))?
+    let ch = tls
+        .endpoint(endpoint)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(timeout)
         .connect()
         .await
-        .with_context(|| format!("cannot reach {endpoint}"))?;
+        .map_err(|e| anyhow::anyhow!("{}", explain(endpoint, tls.plaintext, &error_chain(&e))))?;
     Ok(AdminServiceClient::new(ch))
 }
 
 /// Runs one admin command against `endpoint`.
-pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result<()> {
-    let mut c = connect(endpoint, timeout).await?;
+pub async fn run(
+    endpoint: &str,
+    tls: &AdminTls,
+    timeout: Duration,
+    cmd: AdminCommand,
+) -> Result<()> {
+    let mut c = connect(endpoint, tls, timeout).await?;
     match cmd {
         AdminCommand::Init {
             members,
@@ -606,8 +780,34 @@ pub async fn run(endpoint: &str, timeout: Duration, cmd: AdminCommand) -> Result
             node_id,
             raft_address,
             api_address,
-        } => join(&mut c, node_id, raft_address, api_address).await,
-        AdminCommand::Leave { node_id } => leave(&mut c, node_id).await,
+        } => {
+            let req = pb::JoinRequest {
+                node_id,
+                raft_address,
+                api_address,
+            };
+            let r = match c.join(req.clone()).await {
+                Err(s) if leader_hint(&s).is_some() => {
+                    let mut l = follow_leader(&s, tls, timeout).await?;
+                    l.join(req).await
+                }
+                r => r,
+            };
+            println!("{}", join_json(&r.map_err(status_error)?.into_inner()));
+            Ok(())
+        }
+        AdminCommand::Leave { node_id } => {
+            let req = pb::LeaveRequest { node_id };
+            let r = match c.leave(req).await {
+                Err(s) if leader_hint(&s).is_some() => {
+                    let mut l = follow_leader(&s, tls, timeout).await?;
+                    l.leave(req).await
+                }
+                r => r,
+            };
+            println!("{}", leave_json(&r.map_err(status_error)?.into_inner()));
+            Ok(())
+        }
         AdminCommand::Status { json } => status(&mut c, json).await,
         AdminCommand::Members { json } => members(&mut c, json).await,
         AdminCommand::Put { key, value } => put(&mut c, key, value).await,
@@ -660,27 +860,24 @@ async fn sealed_master_import(c: &mut Client, path: &Path) -> Result<pb::HpkeEnv
     seal_master_secret(&secret, &s.enclave_hpke_public_key)
 }
 
-async fn join(
-    c: &mut Client,
-    node_id: u64,
-    raft_address: String,
-    api_address: String,
-) -> Result<()> {
-    let req = pb::JoinRequest {
-        node_id,
-        raft_address,
-        api_address,
-    };
-    let r = c.join(req).await.map_err(status_error)?.into_inner();
-    println!("{}", join_json(&r));
-    Ok(())
+/// The leader's admin address from a follower's `NOT_LEADER` refusal.
+fn leader_hint(s: &tonic::Status) -> Option<String> {
+    let code = s.metadata().get(crate::error::ERROR_CODE_METADATA)?;
+    if code.to_str().ok()? != crate::error::ErrorCode::NotLeader.as_str() {
+        return None;
+    }
+    let addr = s.metadata().get(crate::error::LEADER_ADMIN_METADATA)?;
+    Some(addr.to_str().ok()?.to_string())
 }
 
-async fn leave(c: &mut Client, node_id: u64) -> Result<()> {
-    let req = pb::LeaveRequest { node_id };
-    let r = c.leave(req).await.map_err(status_error)?.into_inner();
-    println!("{}", leave_json(&r));
-    Ok(())
+/// Membership calls run on the leader: connect to the one a follower named, with the same TLS
+/// settings (the leader authenticates this operator itself; nothing is forwarded).
+async fn follow_leader(s: &tonic::Status, tls: &AdminTls, timeout: Duration) -> Result<Client> {
+    let addr = leader_hint(s).context("no leader address in the refusal")?;
+    eprintln!("note: {}; retrying on the leader at {addr}", s.message());
+    let mut tls = tls.clone();
+    tls.server_name = None;
+    connect(&addr, &tls, timeout).await
 }
 
 async fn status(c: &mut Client, as_json: bool) -> Result<()> {

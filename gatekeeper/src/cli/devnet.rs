@@ -12,7 +12,12 @@
 //!    stops every node with SIGTERM and waits for it.
 //!
 //! Ports (with the default `--base-port 9944`): the chain on 9944; node `i` Raft on
-//! `base + 10 + i`, API on `base + 20 + i`, metrics on `base + 30 + i`.
+//! `base + 10 + i`, API on `base + 20 + i`, metrics on `base + 30 + i`, admin on `base + 40 + i`.
+//!
+//! TLS on every listener: before starting the nodes the devnet writes a development CA, node
+//! certificates, an operator certificate and the miners' CA bundle into `<dir>/certs`
+//! (`gatekeeper certs dev-cluster`); the nodes, the devnet's own admin calls and the demo miner
+//! use them.
 
 use anyhow::{bail, Context, Result};
 use devchain::actions::{Action, Profile as DevProfile};
@@ -39,8 +44,8 @@ pub struct DevnetArgs {
     /// Number of gatekeeper nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
-    /// First port: the chain listens on it, nodes on base+10+i (Raft), base+20+i (API) and
-    /// base+30+i (metrics).
+    /// First port: the chain listens on it, nodes on base+10+i (Raft), base+20+i (API),
+    /// base+30+i (metrics) and base+40+i (admin).
     #[arg(long, default_value_t = 9944)]
     pub base_port: u16,
     /// Milliseconds between dev chain blocks.
@@ -63,9 +68,18 @@ struct NodeInfo {
     raft: String,
     api: String,
     metrics: String,
+    admin: String,
     data: PathBuf,
     log: PathBuf,
 }
+
+/// The certificates of a devnet: `<dir>/certs` as `gatekeeper certs dev-cluster` writes them.
+fn certs(dir: &Path, nodes: u64) -> crate::cli::certs::DevCluster {
+    crate::cli::certs::DevCluster::at(dir.join("certs"), nodes as usize)
+}
+
+/// The devnet's operator connection (set once, at the start of [`run`]).
+static ADMIN_TLS: std::sync::OnceLock<crate::cli::admin::AdminTls> = std::sync::OnceLock::new();
 
 /// A running node process.
 struct NodeProc {
@@ -196,19 +210,24 @@ fn node_info(id: u64, base_port: u16, ndir: &Path) -> Result<NodeInfo> {
         raft: format!("127.0.0.1:{}", port(base_port, 10 + id)?),
         api: format!("127.0.0.1:{}", port(base_port, 20 + id)?),
         metrics: format!("127.0.0.1:{}", port(base_port, 30 + id)?),
+        admin: format!("127.0.0.1:{}", port(base_port, 40 + id)?),
         data: ndir.join("data"),
         log: ndir.join(NODE_LOG),
     })
 }
 
-fn node_config(n: &NodeInfo, chain_url: &str) -> String {
+fn node_config(n: &NodeInfo, chain_url: &str, certs: &crate::cli::certs::DevCluster) -> String {
     format!(
         "# written by `gatekeeper devnet`\n\
          node_id = {id}\n\
          data_dir = {data:?}\n\
          raft_listen = {raft:?}\n\
          api_listen = {api:?}\n\
+         admin_listen = {admin:?}\n\
          metrics_listen = {metrics:?}\n\
+         tls_ca_file = {ca:?}\n\
+         tls_cert_file = {cert:?}\n\
+         tls_key_file = {key:?}\n\
          election_timeout_min_ms = 500\n\
          election_timeout_max_ms = 1000\n\
          heartbeat_interval_ms = 150\n\
@@ -219,7 +238,11 @@ fn node_config(n: &NodeInfo, chain_url: &str) -> String {
         data = n.data.display().to_string(),
         raft = n.raft,
         api = n.api,
+        admin = n.admin,
         metrics = n.metrics,
+        ca = certs.ca_cert().display().to_string(),
+        cert = certs.node_cert(n.id as usize).display().to_string(),
+        key = certs.node_key(n.id as usize).display().to_string(),
     )
 }
 
@@ -292,9 +315,10 @@ fn summary_lines(s: &Summary) -> Vec<String> {
     ];
     l.extend(s.nodes.iter().map(|n| {
         format!(
-            "  node {}         api {}  raft {}  metrics http://{}/metrics{}",
+            "  node {}         api {}  admin {}  raft {}  metrics http://{}/metrics{}",
             n.id,
             n.api,
+            n.admin,
             n.raft,
             n.metrics,
             if n.id == s.genesis.leader {
@@ -338,11 +362,22 @@ fn summary_lines(s: &Summary) -> Vec<String> {
 
 /// The "Try:" part of [`summary_lines`].
 fn try_lines(s: &Summary) -> Vec<String> {
-    let first_api = s.nodes.first().map(|n| n.api.as_str()).unwrap_or_default();
+    let first_admin = s
+        .nodes
+        .first()
+        .map(|n| n.admin.as_str())
+        .unwrap_or_default();
+    let c = certs(&s.dir, s.nodes.len() as u64);
     vec![
         String::new(),
         "Try:".to_string(),
-        format!("  gatekeeper admin --endpoint {first_api} status"),
+        format!(
+            "  export GATEKEEPER_ADMIN_CA={} GATEKEEPER_ADMIN_CERT={} GATEKEEPER_ADMIN_KEY={}",
+            c.ca_cert().display(),
+            c.operator_cert().display(),
+            c.operator_key().display()
+        ),
+        format!("  gatekeeper admin --endpoint {first_admin} status"),
         format!(
             "  gatekeeper-devchain emit --url {} slash-worker --worker {} --reason demo",
             s.chain_url,
@@ -351,8 +386,11 @@ fn try_lines(s: &Summary) -> Vec<String> {
     ]
 }
 
-async fn admin(api: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
-    crate::cli::admin::connect(api, Duration::from_secs(20)).await
+async fn admin(addr: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
+    let tls = ADMIN_TLS
+        .get()
+        .context("the devnet's operator certificate is not set")?;
+    crate::cli::admin::connect(addr, tls, Duration::from_secs(20)).await
 }
 
 async fn status(api: &str) -> Result<pb::StatusResponse> {
@@ -427,6 +465,18 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     }
     prepare_dir(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
+    let c = crate::cli::certs::dev_cluster(
+        &certs(&dir, args.nodes).dir,
+        args.nodes as usize,
+        &["127.0.0.1".to_string(), "localhost".to_string()],
+        false,
+    )
+    .context("cannot write the devnet's certificates")?;
+    let _ = ADMIN_TLS.set(crate::cli::admin::AdminTls::mutual(
+        &c.ca_cert(),
+        &c.operator_cert(),
+        &c.operator_key(),
+    ));
     let mut nodes: Vec<NodeProc> = vec![];
     let result = demo(&args, &dir, &mut nodes).await;
     let outcome = match result {
@@ -464,7 +514,9 @@ async fn demo(
     let apis = start_nodes(args, dir, &chain.url(), nodes).await?;
     let genesis = init_cluster(nodes, &apis).await?;
     let worker = register_demo_worker(&chain, nodes, &apis, genesis.leader).await?;
-    let (worker_key, contract_key) = fetch_demo_keys(&apis, &worker).await?;
+    let keys: Vec<String> = nodes.iter().map(|n| n.info.api.clone()).collect();
+    let bundle = certs(dir, args.nodes).miner_bundle();
+    let (worker_key, contract_key) = fetch_demo_keys(&keys, &bundle, &worker).await?;
     let summary = Summary {
         chain_url: chain.url(),
         dir: dir.to_path_buf(),
@@ -506,7 +558,8 @@ async fn start_chain(args: &DevnetArgs, dir: &Path) -> Result<devchain::DevChain
     Ok(chain)
 }
 
-/// Step 2: the node processes, until each answers on its API. Returns the API addresses.
+/// Step 2: the node processes, until each answers on its admin listener. Returns the admin
+/// addresses.
 async fn start_nodes(
     args: &DevnetArgs,
     dir: &Path,
@@ -519,16 +572,19 @@ async fn start_nodes(
         nodes.push(spawn_node(&exe, dir, id, args.base_port, chain_url)?);
         step.note(&format!("node {id} started"));
     }
-    let apis: Vec<String> = nodes.iter().map(|n| n.info.api.clone()).collect();
-    let up = wait_for(nodes, Duration::from_secs(30), "the nodes' APIs", || {
-        all_answer(apis.clone())
-    })
+    let apis: Vec<String> = nodes.iter().map(|n| n.info.admin.clone()).collect();
+    let up = wait_for(
+        nodes,
+        Duration::from_secs(30),
+        "the nodes' admin listeners",
+        || all_answer(apis.clone()),
+    )
     .await;
     if let Err(e) = up {
         step.fail();
         return Err(e);
     }
-    step.done(&format!("APIs on {}", apis.join(", ")));
+    step.done(&format!("admin listeners on {} (TLS)", apis.join(", ")));
     Ok(apis)
 }
 
@@ -545,7 +601,10 @@ fn spawn_node(
     let logf = std::fs::File::create(ndir.join(NODE_LOG))?;
     let info = node_info(id, base_port, &ndir)?;
     let config = ndir.join("gatekeeper.toml");
-    std::fs::write(&config, node_config(&info, chain_url))?;
+    std::fs::write(
+        &config,
+        node_config(&info, chain_url, &certs(dir, id.max(1))),
+    )?;
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .arg("--config")
@@ -580,7 +639,7 @@ async fn all_answer(apis: Vec<String>) -> Option<()> {
 async fn init_cluster(nodes: &mut [NodeProc], apis: &[String]) -> Result<Genesis> {
     let step = Step::start("Initialising the cluster and dealing the genesis master key");
     let infos: Vec<NodeInfo> = nodes.iter().map(|n| n.info.clone()).collect();
-    let init = admin(&infos[0].api)
+    let init = admin(&infos[0].admin)
         .await?
         .init(pb::InitRequest {
             members: init_members(&infos),
@@ -651,7 +710,7 @@ async fn register_demo_worker(
     let leader_api = nodes
         .iter()
         .find(|n| n.info.id == leader)
-        .map(|n| n.info.api.clone())
+        .map(|n| n.info.admin.clone())
         .unwrap_or_else(|| apis[0].clone());
     wait_for(
         nodes,
@@ -674,9 +733,13 @@ async fn cursor_through(api: String, block: u64) -> Option<()> {
 }
 
 /// Step 5: the demo miner fetches the worker key and the demo contract's key.
-async fn fetch_demo_keys(apis: &[String], worker: &Sr25519Keypair) -> Result<(DemoKey, DemoKey)> {
-    let step = Step::start("Demo miner fetching its worker key and a contract key");
-    let mut miner = MinerClient::new(apis.to_vec(), worker.clone());
+async fn fetch_demo_keys(
+    apis: &[String],
+    ca_bundle: &Path,
+    worker: &Sr25519Keypair,
+) -> Result<(DemoKey, DemoKey)> {
+    let step = Step::start("Demo miner fetching its worker key and a contract key over TLS");
+    let mut miner = MinerClient::new(apis.to_vec(), worker.clone()).with_tls_ca_file(ca_bundle)?;
     let wk = miner
         .fetch(KeyTarget::Worker, None)
         .await
@@ -706,6 +769,7 @@ mod tests {
                 raft: "127.0.0.1:9956".into(),
                 api: "127.0.0.1:9966".into(),
                 metrics: "127.0.0.1:9976".into(),
+                admin: "127.0.0.1:9986".into(),
                 data: "/d/node-2/data".into(),
                 log: "/d/node-2/node.log".into(),
             }
@@ -714,12 +778,13 @@ mod tests {
             format!("{:#}", node_info(1, 65_505, Path::new("/d")).unwrap_err()),
             "--base-port is too high for these ports: out of range integral type conversion attempted"
         );
-        assert!(node_info(9, 65_535 - 39, Path::new("/d")).is_ok());
+        assert!(node_info(9, 65_535 - 49, Path::new("/d")).is_ok());
+        assert!(node_info(9, 65_535 - 48, Path::new("/d")).is_err());
     }
 
     #[test]
     fn node_config_is_toml_for_a_development_node() {
-        let text = node_config(&node(1), "ws://127.0.0.1:9944");
+        let text = node_config(&node(1), "ws://127.0.0.1:9944", &certs(Path::new("/d"), 1));
         assert!(text.starts_with("# written by `gatekeeper devnet`\n"));
         let v: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(v["node_id"].as_integer(), Some(1));
@@ -727,6 +792,11 @@ mod tests {
         assert_eq!(v["raft_listen"].as_str(), Some("127.0.0.1:9955"));
         assert_eq!(v["api_listen"].as_str(), Some("127.0.0.1:9965"));
         assert_eq!(v["metrics_listen"].as_str(), Some("127.0.0.1:9975"));
+        assert_eq!(v["admin_listen"].as_str(), Some("127.0.0.1:9985"));
+        assert_eq!(v["tls_ca_file"].as_str(), Some("/d/certs/ca.pem"));
+        assert_eq!(v["tls_cert_file"].as_str(), Some("/d/certs/node-1.pem"));
+        assert_eq!(v["tls_key_file"].as_str(), Some("/d/certs/node-1.key"));
+        assert!(v.get("plaintext").is_none());
         assert_eq!(v["mode"].as_str(), Some("development"));
         assert_eq!(v["chain_url"].as_str(), Some("ws://127.0.0.1:9944"));
         assert_eq!(v["chain_profile"].as_str(), Some("gatekeeper"));
@@ -867,8 +937,8 @@ mod tests {
                 "".to_string(),
                 "Gatekeeper devnet is up".into(),
                 "  chain          ws://127.0.0.1:9944 (gatekeeper profile)".into(),
-                "  node 1         api 127.0.0.1:9965  raft 127.0.0.1:9955  metrics http://127.0.0.1:9975/metrics".into(),
-                "  node 2         api 127.0.0.1:9966  raft 127.0.0.1:9956  metrics http://127.0.0.1:9976/metrics  (leader)".into(),
+                "  node 1         api 127.0.0.1:9965  admin 127.0.0.1:9985  raft 127.0.0.1:9955  metrics http://127.0.0.1:9975/metrics".into(),
+                "  node 2         api 127.0.0.1:9966  admin 127.0.0.1:9986  raft 127.0.0.1:9956  metrics http://127.0.0.1:9976/metrics  (leader)".into(),
                 "  epoch          1, master public key aabb".into(),
                 format!("  demo worker    {w}"),
                 format!("  worker key     {wk} (epoch 1, served by node 2)"),
@@ -879,7 +949,8 @@ mod tests {
                 "                 chain: /d/chain".into(),
                 "".into(),
                 "Try:".into(),
-                "  gatekeeper admin --endpoint 127.0.0.1:9965 status".into(),
+                "  export GATEKEEPER_ADMIN_CA=/d/certs/ca.pem GATEKEEPER_ADMIN_CERT=/d/certs/operator.pem GATEKEEPER_ADMIN_KEY=/d/certs/operator.key".into(),
+                "  gatekeeper admin --endpoint 127.0.0.1:9985 status".into(),
                 format!(
                     "  gatekeeper-devchain emit --url ws://127.0.0.1:9944 slash-worker --worker {w} --reason demo"
                 ),

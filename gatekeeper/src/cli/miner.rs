@@ -31,6 +31,13 @@ pub enum MinerCommand {
         /// Also print the secret seed (hex). Off by default: secrets do not go to terminals.
         #[arg(long)]
         show_secret: bool,
+        /// The cluster's CA bundle (`gatekeeper certs miner-bundle`): nodes are verified against
+        /// it over TLS.
+        #[arg(long, env = "GATEKEEPER_MINER_CA")]
+        ca: Option<PathBuf>,
+        /// Connect without TLS (development nodes with `plaintext = true` only).
+        #[arg(long, conflicts_with = "ca")]
+        plaintext: bool,
     },
 }
 
@@ -54,6 +61,8 @@ pub async fn run(cmd: MinerCommand) -> Result<()> {
             id,
             epoch,
             show_secret,
+            ca,
+            plaintext,
         } => {
             let worker = crate::keyfile::read_key_file(&worker_key_file)?;
             let target = match kind.as_str() {
@@ -63,6 +72,15 @@ pub async fn run(cmd: MinerCommand) -> Result<()> {
                 other => bail!("--kind must be worker, cluster or contract, got {other:?}"),
             };
             let mut c = MinerClient::new(endpoints, worker);
+            match (ca, plaintext) {
+                (Some(ca), _) => c = c.with_tls_ca_file(&ca)?,
+                (None, true) => {}
+                (None, false) => bail!(
+                    "nodes serve keys over TLS: pass --ca with the cluster's CA bundle \
+                     (`gatekeeper certs miner-bundle`), or --plaintext for a development node \
+                     with plaintext = true"
+                ),
+            }
             let k = c.fetch(target, epoch).await?;
             let mut out = json!({
                 "kind": kind,

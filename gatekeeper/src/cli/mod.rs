@@ -40,9 +40,12 @@ pub enum Command {
     },
     /// Operate a cluster through a node's AdminService.
     Admin {
-        /// host:port of a node's API listener.
+        /// host:port of a node's admin listener (`admin_listen`).
         #[arg(long, env = "GATEKEEPER_ENDPOINT")]
         endpoint: String,
+        /// TLS settings.
+        #[command(flatten)]
+        tls: admin::AdminTls,
         /// Per-call deadline in seconds.
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
@@ -76,4 +79,58 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn admin_tls_flags_do_not_collide_with_subcommand_arguments() {
+        // `put KEY VALUE` has a positional `key`; the TLS `--key` must not be confused with it.
+        let cli = Cli::try_parse_from([
+            "gatekeeper",
+            "admin",
+            "--endpoint",
+            "h:1",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "op.pem",
+            "--key",
+            "op.key",
+            "put",
+            "k",
+            "v",
+        ])
+        .unwrap();
+        let Command::Admin { tls, command, .. } = cli.command else {
+            panic!("not admin")
+        };
+        assert_eq!(tls.key.as_deref(), Some(std::path::Path::new("op.key")));
+        assert_eq!(tls.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert!(
+            matches!(command, admin::AdminCommand::Put { key, value } if key == "k" && value == "v")
+        );
+        // Global: the flags may come after the subcommand too.
+        let cli = Cli::try_parse_from([
+            "gatekeeper",
+            "admin",
+            "--endpoint",
+            "h:1",
+            "status",
+            "--plaintext",
+        ])
+        .unwrap();
+        let Command::Admin { tls, .. } = cli.command else {
+            panic!("not admin")
+        };
+        assert!(tls.plaintext);
+    }
 }

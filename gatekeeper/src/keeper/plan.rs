@@ -36,6 +36,8 @@ pub struct EnclaveView {
     pub identity: Bytes32,
     /// The enclave's HPKE key.
     pub hpke: Bytes32,
+    /// The SPKI SHA-256 of the node's current TLS certificate (none: plaintext).
+    pub tls_spki: Option<Bytes32>,
     /// Epochs whose master secret is in memory.
     pub masters: BTreeSet<u64>,
     /// Per epoch, for its current generation: verified shares held, and whether this node's own
@@ -186,7 +188,9 @@ pub fn plan(
     }
     // 1. register
     let registered = state.members.get(&me).is_some_and(|m| {
-        m.identity_public_key == enclave.identity && m.hpke_public_key == enclave.hpke
+        m.identity_public_key == enclave.identity
+            && m.hpke_public_key == enclave.hpke
+            && m.tls_spki == enclave.tls_spki
     });
     if !registered {
         return vec![Step::Register];

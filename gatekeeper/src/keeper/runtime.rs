@@ -29,10 +29,15 @@ pub struct Keeper {
     pub raft_address: String,
     /// API address of this node.
     pub api_address: String,
+    /// Admin address of this node (registered so followers can name the leader's).
+    pub admin_address: String,
     /// Request deadline for peer calls.
     pub request_timeout: Duration,
     /// The planner's settings.
     pub config: PlanConfig,
+    /// The node's TLS material towards peers (none: development plaintext); its key is
+    /// registered in the member record.
+    pub tls: Option<crate::tls::NodeTls>,
 }
 
 fn dealing_record(p: &DealingPublic, recipients: &[Recipient]) -> DealingRecord {
@@ -95,6 +100,7 @@ impl Keeper {
         let mut view = EnclaveView {
             identity: Bytes32(*self.enclave.identity_public_key().as_bytes()),
             hpke: Bytes32(*self.enclave.hpke_public_key().as_bytes()),
+            tls_spki: self.tls_spki().map(Bytes32),
             ..Default::default()
         };
         for e in state.epochs.values() {
@@ -289,10 +295,15 @@ impl Keeper {
         }
     }
 
+    fn tls_spki(&self) -> Option<[u8; 32]> {
+        self.tls.as_ref().map(|t| t.spki())
+    }
+
     async fn register(&self) -> Result<(), String> {
         let identity = Bytes32(*self.enclave.identity_public_key().as_bytes());
         let hpke = self.enclave.hpke_public_key();
-        let rd = keyring::sign::report_data(&identity.0, &hpke, &[0; 32]);
+        let tls_spki = self.tls_spki();
+        let rd = crate::attestation::member_report_data(&identity.0, &hpke, tls_spki.as_ref());
         let attestation = self
             .enclave
             .evidence(&rd)
@@ -305,6 +316,8 @@ impl Keeper {
             identity_public_key: identity,
             hpke_public_key: Bytes32(*hpke.as_bytes()),
             attestation: HexBytes(attestation),
+            tls_spki: tls_spki.map(Bytes32),
+            admin_address: Some(self.admin_address.clone()),
         }))
         .await
     }
@@ -366,6 +379,7 @@ impl Keeper {
         let comm = commitments(&e.dealing).map_err(|x| x.to_string())?;
         let me = self.replica.node_id;
         let (mut held, _) = self.enclave.held_shares(e.epoch, e.dealing.generation);
+        let tls = self.tls.as_ref().map(|t| t.client());
         self.set_seal("unsealing", held as u32, t as u32, e.epoch);
         for id in peers {
             if held >= t {
@@ -381,7 +395,8 @@ impl Keeper {
                 e,
                 SharePeer {
                     identity: &peer.identity_public_key,
-                    api_address: &peer.api_address,
+                    address: &peer.raft_address,
+                    tls: tls.as_ref(),
                     timeout: self.request_timeout,
                 },
                 clock::now_ms(),

@@ -37,6 +37,8 @@ fn member(n: u64) -> MemberRecord {
         identity_public_key: identity(n),
         hpke_public_key: hpke(n),
         attestation: HexBytes(vec![]),
+        tls_spki: None,
+        admin_address: None,
     }
 }
 
@@ -213,6 +215,12 @@ fn a_member_registered_with_other_enclave_keys_registers_again() {
         ..holding(2, &[0])
     };
     assert_eq!(run(2, &s, &m, &wiped), vec![Step::Register]);
+    // A new TLS certificate key (renewed certificate): the record must pin it.
+    let renewed = EnclaveView {
+        tls_spki: Some(b(97)),
+        ..holding(2, &[0])
+    };
+    assert_eq!(run(2, &s, &m, &renewed), vec![Step::Register]);
 }
 
 // --- genesis --------------------------------------------------------------------------------

@@ -103,6 +103,41 @@ impl ListenLimits {
     }
 }
 
+impl ListenLimits {
+    /// [`ListenLimits::incoming`], then TLS with `tls` (`None`: plaintext, development only) by
+    /// [`crate::tls::incoming_from`]: what tonic serves. Each request's extensions carry the
+    /// connection's [`crate::tls::ConnectInfo`] (the verified client certificate).
+    pub fn incoming_tls(
+        &self,
+        listener: TcpListener,
+        name: &'static str,
+        tls: Option<crate::tls::Reloadable>,
+    ) -> crate::tls::Incoming {
+        use tokio_stream::StreamExt as _;
+        let local = listener.local_addr().ok();
+        let conns = self.incoming(listener, name).map(|r| {
+            r.map(|c| {
+                let info = c.connect_info();
+                let remote = info
+                    .remote_addr()
+                    .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                let io: Box<dyn crate::tls::Io> = Box::new(c);
+                (io, remote, info.local_addr())
+            })
+        });
+        crate::tls::incoming_from(
+            Box::pin(conns),
+            local,
+            tls,
+            crate::tls::Limits {
+                max_connections: self.max_connections,
+                handshake_timeout: self.handshake_timeout,
+                nodelay: false,
+            },
+        )
+    }
+}
+
 /// State of one open connection shared with its [`ConnTable`].
 #[derive(Debug)]
 struct ConnState {

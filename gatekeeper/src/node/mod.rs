@@ -1,5 +1,7 @@
-//! `gatekeeper node`: runs one replica: its Raft listener (RaftService) and API listener
-//! (KeyService, PeerService, AdminService), the keeper, the chain watcher and `/metrics`.
+//! `gatekeeper node`: runs one replica: its three listeners — cluster (RaftService and
+//! PeerService, mutual TLS with member certificates), key (KeyService, server TLS) and admin
+//! (AdminService, mutual TLS with operator certificates) — the keeper, the chain watcher and
+//! `/metrics`. SIGHUP re-reads every certificate (docs/design.md §10.6).
 //!
 //! Shutdown on SIGTERM or SIGINT is graceful: the listeners stop accepting, in-flight RPCs finish,
 //! Raft stops, and the state machine store is flushed. (The Raft log needs no flush: every
@@ -74,7 +76,9 @@ fn check_fd_budget(config: &NodeConfig) {
         }
     }
     let soft = getrlimit(Resource::Nofile).current;
-    let needed = (config.raft_max_connections + config.api_max_connections) as u64
+    let needed = (config.raft_max_connections
+        + config.api_max_connections
+        + config.admin_max_connections) as u64
         + METRICS_MAX_CONNECTIONS as u64
         + RESERVED_FDS;
     if let Some(soft) = soft.filter(|&s| s < needed) {
@@ -162,6 +166,79 @@ pub fn policy(
     }
 }
 
+/// The node's TLS material: its client side towards peers and one reloadable config per listener.
+struct Tls {
+    node: crate::tls::NodeTls,
+    cluster: crate::tls::Reloadable,
+    key: crate::tls::Reloadable,
+    admin: crate::tls::Reloadable,
+}
+
+fn load_tls(config: &NodeConfig) -> Result<Option<Tls>> {
+    use crate::tls::{NodeTls, Reloadable, ServerTls};
+    if config.plaintext {
+        tracing::warn!(
+            "plaintext = true: every listener serves WITHOUT TLS or client authentication \
+             (development only)"
+        );
+        return Ok(None);
+    }
+    let (Some(ca), Some(cert), Some(key)) = (
+        &config.tls_ca_file,
+        &config.tls_cert_file,
+        &config.tls_key_file,
+    ) else {
+        anyhow::bail!("TLS needs tls_ca_file, tls_cert_file and tls_key_file");
+    };
+    let operator_ca = config.operator_ca().unwrap_or(ca);
+    let admin = if config.operator_names.is_empty() {
+        ServerTls::mutual(cert, key, operator_ca)
+    } else {
+        ServerTls::mutual_with_names(cert, key, operator_ca, config.operator_names.clone())
+    };
+    let node = NodeTls::load(ca, cert, key).context("cannot load the node's TLS material")?;
+    let tls = Tls {
+        cluster: Reloadable::load("cluster", ServerTls::mutual(cert, key, ca))
+            .context("cluster listener TLS")?,
+        key: Reloadable::load("key", ServerTls::server_only(cert, key))
+            .context("key listener TLS")?,
+        admin: Reloadable::load("admin", admin).context("admin listener TLS")?,
+        node,
+    };
+    tracing::info!(
+        spki_sha256 = %hex::encode(tls.node.spki()),
+        subject = %tls.cluster.leaf().subject,
+        "TLS on every listener"
+    );
+    Ok(Some(tls))
+}
+
+/// On every SIGHUP, re-reads the listeners' and the peer client's certificates (each keeps its
+/// old material if its files do not load).
+fn spawn_tls_reloader(tls: &Tls) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let listeners = vec![tls.cluster.clone(), tls.key.clone(), tls.admin.clone()];
+    let node = tls.node.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading TLS certificates");
+            crate::tls::reload_all(&listeners);
+            match node.reload() {
+                Ok(()) => tracing::info!(
+                    spki_sha256 = %hex::encode(node.spki()),
+                    "peer client certificate reloaded"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "peer client certificate reload failed; still using the previous one"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Runs the node until a shutdown signal.
 pub async fn run(config: NodeConfig) -> Result<()> {
     private_umask();
@@ -209,7 +286,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     if !config.enclave_dir().starts_with(&config.data_dir) {
         tighten(&config.enclave_dir())?;
     }
+    let tls = load_tls(&config)?;
     let network = NetworkConfig {
+        tls: tls.as_ref().map(|t| t.node.peer_tls()),
         max_snapshot_bytes: config.max_snapshot_bytes,
         ..NetworkConfig::default()
     };
@@ -227,6 +306,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let raft_listener = bind(&config.raft_listen, "raft_listen").await?;
     let api_listener = bind(&config.api_listen, "api_listen").await?;
+    let admin_address = config.admin_listen()?;
+    let admin_listener = bind(&admin_address, "admin_listen").await?;
+    if let Some(t) = &tls {
+        spawn_tls_reloader(t)?;
+    }
     let metrics_listener = match &config.metrics_listen {
         Some(a) => Some(bind(a, "metrics_listen").await?),
         None => None,
@@ -235,6 +319,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         node_id = config.node_id,
         raft = %config.raft_address(),
         api = %config.api_address(),
+        admin = %admin_address,
+        tls = tls.is_some(),
         data_dir = %config.data_dir.display(),
         mode = ?config.mode,
         "node started"
@@ -245,17 +331,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let raft_svc = RaftServiceServer::new(replica.raft_server())
+    let mut raft_server = replica.raft_server();
+    if tls.is_some() {
+        raft_server =
+            raft_server.with_admission(crate::service::cluster::raft_admission(replica.clone()));
+    }
+    let raft_svc = RaftServiceServer::new(raft_server)
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let raft_limits = ListenLimits::from_config(&config, config.raft_max_connections);
-    let raft_server = raft_limits
-        .server()
-        .add_service(raft_svc)
-        .serve_with_incoming_shutdown(
-            raft_limits.incoming(raft_listener, "raft"),
-            wait(stop_rx.clone()),
-        );
     let seal = Arc::new(Mutex::new(SealView {
         state: "sealed".into(),
         ..Default::default()
@@ -267,7 +350,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         seal: seal.clone(),
         raft_address: config.raft_address(),
         api_address: config.api_address(),
+        admin_address: config.admin_address()?,
         request_timeout: config.request_timeout(),
+        tls: tls.as_ref().map(|t| t.node.clone()),
         config: PlanConfig {
             member_policy: policy(
                 &config,
@@ -307,6 +392,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             collateral.as_ref(),
         ),
         nonces: nonces.clone(),
+        require_member_certificate: tls.is_some(),
     };
     let keys = KeyServer {
         replica: replica.clone(),
@@ -320,6 +406,25 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         nonces: nonces.clone(),
         stale_reads: config.key_read_mode == "stale",
     };
+    // Cluster listener: RaftService and PeerService, for members only.
+    let raft_limits = ListenLimits::from_config(&config, config.raft_max_connections);
+    let raft_server = raft_limits
+        .server()
+        .layer(crate::service::layer::ErrorCodeLayer)
+        .add_service(raft_svc)
+        .add_service(
+            PeerServiceServer::new(peer)
+                .max_decoding_message_size(crate::service::MAX_PEER_ADMIN_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            raft_limits.incoming_tls(
+                raft_listener,
+                "cluster",
+                tls.as_ref().map(|t| t.cluster.clone()),
+            ),
+            wait(stop_rx.clone()),
+        );
+    // Key listener: KeyService for workers (server TLS).
     let api_limits = ListenLimits::from_config(&config, config.api_max_connections);
     let api_server = api_limits
         .server()
@@ -328,19 +433,33 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             KeyServiceServer::new(keys)
                 .max_decoding_message_size(crate::service::MAX_KEY_REQUEST_BYTES * 2),
         )
-        .add_service(
+        .serve_with_incoming_shutdown(
+            api_limits.incoming_tls(api_listener, "key", tls.as_ref().map(|t| t.key.clone())),
+            wait(stop_rx.clone()),
+        );
+    // Admin listener: AdminService for operators (mutual TLS with the operator CA).
+    let admin_limits = ListenLimits::from_config(&config, config.admin_max_connections);
+    let admin_server = admin_limits
+        .server()
+        .layer(crate::service::layer::ErrorCodeLayer)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             AdminServiceServer::new(admin)
                 .max_decoding_message_size(crate::service::MAX_PEER_ADMIN_MESSAGE_BYTES)
                 .max_encoding_message_size(max_msg),
-        )
-        .add_service(
-            PeerServiceServer::new(peer)
-                .max_decoding_message_size(crate::service::MAX_PEER_ADMIN_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(api_limits.incoming(api_listener, "api"), wait(stop_rx));
+            crate::service::admin::operator_interceptor,
+        ))
+        .serve_with_incoming_shutdown(
+            admin_limits.incoming_tls(
+                admin_listener,
+                "admin",
+                tls.as_ref().map(|t| t.admin.clone()),
+            ),
+            wait(stop_rx),
+        );
 
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
+    let admin_task = tokio::spawn(admin_server);
     let keeper_task = tokio::spawn(keeper.run(stop_rx_keeper.clone()));
     let metrics_task = metrics_listener.map(|l| {
         let m = crate::metrics::Metrics {
@@ -371,6 +490,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             let _ = m.await;
         }
         let _ = api_task.await;
+        let _ = admin_task.await;
         let _ = raft_task.await;
     })
     .await;

@@ -16,8 +16,10 @@ use std::time::Duration;
 pub struct SharePeer<'a> {
     /// Its registered identity key (signs the response).
     pub identity: &'a Bytes32,
-    /// Its API address.
-    pub api_address: &'a str,
+    /// Its cluster (Raft) address, where PeerService is served.
+    pub address: &'a str,
+    /// TLS towards it (none: development plaintext).
+    pub tls: Option<&'a crate::tls::ClientTls>,
     /// The call's deadline.
     pub timeout: Duration,
 }
@@ -34,7 +36,8 @@ pub async fn fetch_share(
 ) -> Result<(u8, Envelope), String> {
     let SharePeer {
         identity: peer_identity,
-        api_address,
+        address,
+        tls,
         timeout,
     } = peer;
     let mut nonce = [0u8; 32];
@@ -58,13 +61,19 @@ pub async fn fetch_share(
         evidence: digest_of(&evidence),
     };
     let signature = enclave.sign_identity(SigningPurpose::ShareRequest, &body.signing_bytes());
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{api_address}"))
-        .map_err(|e| e.to_string())?
+    let endpoint = match tls {
+        Some(tls) => tls
+            .endpoint(address, gatekeeper_raft::network::host_of(address))
+            .map_err(|e| e.to_string())?,
+        None => tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| e.to_string())?,
+    };
+    let ch = endpoint
         .connect_timeout(Duration::from_secs(1))
         .timeout(timeout)
         .connect()
         .await
-        .map_err(|e| format!("{api_address}: {e}"))?;
+        .map_err(|e| format!("{address}: {e}"))?;
     let resp = PeerServiceClient::new(ch)
         .fetch_share(pb::FetchShareRequest {
             gatekeeper_id: gk.0.to_vec(),

@@ -53,6 +53,8 @@ fn member(node: u64) -> MemberRecord {
         identity_public_key: Bytes32(*identity(node).public_key().as_bytes()),
         hpke_public_key: Bytes32(*hpke(node).as_bytes()),
         attestation: HexBytes(vec![]),
+        tls_spki: None,
+        admin_address: None,
     }
 }
 

@@ -2,11 +2,10 @@
 
 use crate::clock;
 use crate::config::NodeConfig;
-use crate::error::{self, ApiError, ApiResult, ErrorCode};
+use crate::error::{self, ApiError, ApiResult, ErrorCode, LEADER_ADMIN_METADATA};
 use crate::keeper::SealView;
 use crate::operator;
 use gatekeeper_proto::v1 as pb;
-use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
 use gatekeeper_proto::v1::admin_service_server::AdminService;
 use gatekeeper_raft::replica::{Replica, ReplicaError, StatusView};
 use gatekeeper_raft::state::{Bytes32, EpochStatus};
@@ -171,26 +170,37 @@ impl AdminServer {
             .collect()
     }
 
-    /// Connects to the leader's AdminService, for calls that must run there.
-    async fn leader_admin(&self) -> ApiResult<AdminServiceClient<tonic::transport::Channel>> {
-        let (id, addr) = self.replica.leader_api_address();
-        let last = id.map_or_else(|| "none".to_string(), |i| i.to_string());
-        let addr = addr.ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NoLeader,
-                format!("no leader is known (last known: {last})"),
+    /// `NOT_LEADER` for a membership call on a follower, naming the leader and, when its member
+    /// record has one, its admin address (in `gatekeeper-leader-admin`), where the operator's
+    /// client retries. Operator calls are not forwarded: the leader authenticates the operator's
+    /// certificate itself.
+    fn not_leader(&self) -> ApiError {
+        let (id, _) = self.replica.leader_api_address();
+        let Some(id) = id else {
+            return ApiError::new(ErrorCode::NoLeader, "no leader is known");
+        };
+        let admin = self
+            .replica
+            .sm
+            .read()
+            .state
+            .members
+            .get(&id)
+            .and_then(|m| m.admin_address.clone());
+        match admin {
+            Some(addr) => ApiError::new(
+                ErrorCode::NotLeader,
+                format!("membership changes run on the leader: node {id}, admin address {addr}"),
             )
-        })?;
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(ApiError::internal)?
-            // A forwarded Join waits for the new node to catch up and register.
-            .timeout(self.config.join_timeout() + self.config.request_timeout() * 2)
-            .connect()
-            .await
-            .map_err(|e| {
-                ApiError::new(ErrorCode::NoLeader, format!("leader {last} at {addr}: {e}"))
-            })?;
-        Ok(AdminServiceClient::new(ch))
+            .with_metadata(LEADER_ADMIN_METADATA, addr),
+            None => ApiError::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "membership changes run on the leader: node {id} (its admin address is not \
+                     registered; call its admin listener)"
+                ),
+            ),
+        }
     }
 }
 
@@ -212,11 +222,6 @@ fn epochs_pb(state: &gatekeeper_raft::state::GatekeeperState) -> Vec<pb::EpochIn
             scheme: pb::DerivationScheme::Native as i32,
         })
         .collect()
-}
-
-/// A reply from the leader, passed on with its stable error code.
-fn forward<T>(r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
-    r.map_err(|s| ApiError::forwarded(&s).into())
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -389,7 +394,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let r = request.into_inner();
         if !self.replica.is_leader() {
-            return forward(self.leader_admin().await?.join(r).await);
+            return Err(self.not_leader().into());
         }
         operator::check_join(&self.membership(), r.node_id)?;
         // Admission runs in its own task: if this call is cancelled (the client's deadline), it
@@ -415,7 +420,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::LeaveResponse>, Status> {
         let r = request.into_inner();
         if !self.replica.is_leader() {
-            return forward(self.leader_admin().await?.leave(r).await);
+            return Err(self.not_leader().into());
         }
         // Membership first: `status()` takes its own state-machine read, and a second read
         // guard held across it could deadlock against a waiting writer (std's RwLock).
@@ -585,4 +590,29 @@ impl AdminService for AdminServer {
         tracing::warn!(isolated = isolate, "fault hook changed");
         Ok(Response::new(pb::SetFaultResponse { isolated: isolate }))
     }
+}
+
+/// AdminService's interceptor on a TLS admin listener: the verified client certificate must be
+/// an operator's ([`operator::check_operator`]). On a plaintext (development) listener there is
+/// no certificate and nothing to check.
+#[allow(clippy::result_large_err)]
+pub fn operator_interceptor(req: Request<()>) -> Result<Request<()>, Status> {
+    let Some(info) = crate::tls::connect_info(&req) else {
+        return Ok(req);
+    };
+    if !info.tls {
+        return Ok(req);
+    }
+    let Some(peer) = &info.peer else {
+        return Err(ApiError::new(
+            ErrorCode::NoClientCertificate,
+            "the admin listener needs an operator's client certificate",
+        )
+        .into());
+    };
+    operator::check_operator(peer.common_name.as_deref()).map_err(|e| {
+        tracing::warn!(remote = %peer.remote_addr, error = %e, "admin listener refused a node certificate");
+        Status::from(e)
+    })?;
+    Ok(req)
 }

@@ -3,6 +3,7 @@
 //! (so every non-OK status carries `gatekeeper-error-code`). No decision is made here.
 
 pub mod admin;
+pub mod cluster;
 pub mod key;
 pub mod layer;
 pub mod peer;

@@ -26,6 +26,9 @@ pub struct PeerServer {
     pub policy: Policy,
     /// Replay window.
     pub nonces: Arc<NonceCache>,
+    /// Served on a TLS cluster listener: the caller's certificate must be the requester's
+    /// ([`crate::service::cluster::admit`]). False only in development plaintext.
+    pub require_member_certificate: bool,
 }
 
 impl PeerServer {
@@ -83,6 +86,15 @@ impl PeerService for PeerServer {
         &self,
         request: Request<pb::FetchShareRequest>,
     ) -> Result<Response<pb::FetchShareResponse>, Status> {
-        Ok(Response::new(self.serve(request.into_inner()).await?))
+        let (_, extensions, msg) = request.into_parts();
+        if self.require_member_certificate {
+            crate::service::cluster::admit(
+                &self.replica,
+                &extensions,
+                crate::admission::ClusterCall::FetchShare,
+                Some(msg.requester_node_id),
+            )?;
+        }
+        Ok(Response::new(self.serve(msg).await?))
     }
 }

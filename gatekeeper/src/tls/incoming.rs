@@ -16,7 +16,7 @@
 
 use super::cert::CertInfo;
 use super::reload::Reloadable;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use rustls_pki_types::CertificateDer;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -247,9 +247,20 @@ pub struct ServerIo {
     _permit: OwnedSemaphorePermit,
 }
 
+/// What a connection runs over: a TCP stream, or one already wrapped by the node's own limits
+/// (`node::listen::LimitedConn`).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// An accepted connection before TLS: the stream, its remote and local addresses.
+pub type Accepted = (Box<dyn Io>, SocketAddr, Option<SocketAddr>);
+
+/// A source of accepted connections for [`incoming_from`].
+pub type AcceptStream = Pin<Box<dyn Stream<Item = io::Result<Accepted>> + Send>>;
+
 enum Conn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Plain(Box<dyn Io>),
+    Tls(Box<tokio_rustls::server::TlsStream<Box<dyn Io>>>),
 }
 
 impl ServerIo {
@@ -372,6 +383,35 @@ impl Stream for Incoming {
 /// plaintext — for development mode only, and logged as such. With TLS, each connection is
 /// handshaken with the config that is current when it is accepted.
 pub fn incoming(listener: TcpListener, tls: Option<Reloadable>, limits: Limits) -> Incoming {
+    let local_addr = listener.local_addr().ok();
+    let nodelay = limits.nodelay;
+    let source = futures::stream::unfold(listener, move |l| async move {
+        loop {
+            match l.accept().await {
+                Ok((tcp, remote)) => {
+                    if nodelay {
+                        let _ = tcp.set_nodelay(true);
+                    }
+                    let local = tcp.local_addr().ok();
+                    let io: Box<dyn Io> = Box::new(tcp);
+                    return Some((Ok((io, remote, local)), l));
+                }
+                Err(e) if per_connection(&e) => continue,
+                Err(e) => return Some((Err(e), l)),
+            }
+        }
+    });
+    incoming_from(Box::pin(source), local_addr, tls, limits)
+}
+
+/// Like [`incoming()`], over connections accepted elsewhere (the node wraps its TCP connections
+/// in its own limits first). An error item pauses accepting for 100 ms (out of descriptors).
+pub fn incoming_from(
+    source: AcceptStream,
+    local_addr: Option<SocketAddr>,
+    tls: Option<Reloadable>,
+    limits: Limits,
+) -> Incoming {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let stats = Arc::new(ListenerStats {
         max: limits.max_connections,
@@ -381,7 +421,6 @@ pub fn incoming(listener: TcpListener, tls: Option<Reloadable>, limits: Limits) 
         handshake_failures: AtomicU64::new(0),
         last_failure: Mutex::new(None),
     });
-    let local_addr = listener.local_addr().ok();
     match &tls {
         None => tracing::warn!(
             addr = ?local_addr,
@@ -395,14 +434,7 @@ pub fn incoming(listener: TcpListener, tls: Option<Reloadable>, limits: Limits) 
         ),
     }
     let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(accept_loop(
-        listener,
-        tls,
-        limits,
-        permits,
-        stats.clone(),
-        tx,
-    ));
+    let task = tokio::spawn(accept_loop(source, tls, limits, permits, stats.clone(), tx));
     Incoming {
         rx,
         stats,
@@ -423,7 +455,7 @@ fn per_connection(e: &io::Error) -> bool {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    mut source: AcceptStream,
     tls: Option<Reloadable>,
     limits: Limits,
     permits: Arc<Semaphore>,
@@ -435,10 +467,13 @@ async fn accept_loop(
     loop {
         while handshakes.try_join_next().is_some() {}
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = source.next() => match a {
+                Some(a) => a,
+                None => return,
+            },
             _ = tx.closed() => return,
         };
-        let (tcp, remote_addr) = match accepted {
+        let (tcp, remote_addr, local_addr) = match accepted {
             Ok(a) => a,
             Err(e) if per_connection(&e) => continue,
             Err(e) => {
@@ -454,10 +489,6 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
-        if limits.nodelay {
-            let _ = tcp.set_nodelay(true);
-        }
-        let local_addr = tcp.local_addr().ok();
         let Some(tls) = &tls else {
             let io = ServerIo {
                 stream: Conn::Plain(tcp),

@@ -12,11 +12,13 @@
 //! seal its seed, sign the response. Output: one JSON line per concurrency level, e.g.
 //!
 //! ```text
-//! {"bench":"key_request","writers":16,"requests":..,"seconds":..,"served_per_sec":..,"crypto_only_per_sec_one_core":..,"ratio":..}
+//! {"bench":"key_request","tls":true,"writers":16,"requests":..,"seconds":..,"served_per_sec":..,"crypto_only_per_sec_one_core":..,"ratio":..}
 //! ```
 //!
-//! `ratio` = served per second / crypto-only per second on one core. Environment:
-//! `KEY_BENCH_SECONDS` (default 8), `KEY_BENCH_CONCURRENCY` (default `1,16,64`).
+//! `ratio` = served per second / crypto-only per second on one core. It runs twice, on a fresh
+//! cluster each: plaintext (`"tls":false`), then TLS on every listener as deployed
+//! (`"tls":true`), so one run shows what TLS costs. Environment: `KEY_BENCH_SECONDS` (default 8),
+//! `KEY_BENCH_CONCURRENCY` (default `1,16,64`), `KEY_BENCH_TLS` (`0` or `1`: only that mode).
 
 use gatekeeper_integration_tests::{Cluster, Opts};
 use gatekeeper_proto::v1 as pb;
@@ -89,7 +91,26 @@ fn main() {
         .collect();
 
     let crypto = crypto_only(secs.min(3.0));
-    let c = Cluster::start(3, Opts::default());
+    // Plaintext first, then TLS (as deployed), each on a fresh cluster, in the same run.
+    let modes: Vec<bool> = match std::env::var("KEY_BENCH_TLS").as_deref() {
+        Ok("0") => vec![false],
+        Ok("1") => vec![true],
+        _ => vec![false, true],
+    };
+    for tls in modes {
+        bench(tls, crypto, secs, &levels);
+    }
+}
+
+/// One cluster (TLS on or off), every concurrency level.
+fn bench(tls: bool, crypto: f64, secs: f64, levels: &[usize]) {
+    let c = Cluster::start(
+        3,
+        Opts {
+            tls,
+            ..Opts::default()
+        },
+    );
     let w = Sr25519Keypair::generate(&mut OsRng);
     let out = c.admin(
         1,
@@ -111,9 +132,9 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let gk = hex::decode(status(2)["gatekeeper_id"].as_str().unwrap()).unwrap();
-    let url = c.api_url(2);
+    let target = c.key_target(2);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    for conc in levels {
+    for &conc in levels {
         // Enough pre-signed requests for the run (generous upper bound).
         let per_task = (crypto * secs / conc as f64 * 1.5).ceil() as usize + 16;
         let batches: Vec<Vec<pb::GetWorkerKeyRequest>> = (0..conc)
@@ -124,11 +145,7 @@ fn main() {
             })
             .collect();
         let (served, elapsed) = rt.block_on(async {
-            let ch = tonic::transport::Endpoint::from_shared(url.clone())
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let ch = target.endpoint().unwrap().connect().await.unwrap();
             let start = Instant::now();
             let mut tasks = vec![];
             for batch in batches {
@@ -158,6 +175,7 @@ fn main() {
             "{}",
             serde_json::json!({
                 "bench": "key_request",
+                "tls": tls,
                 "writers": conc,
                 "requests": served,
                 "seconds": (elapsed * 10.0).round() / 10.0,

@@ -14,7 +14,7 @@
 //! JSON line to stdout:
 //!
 //! ```text
-//! {"bench":"replicated_write","nodes":3,"writers":16,"ops":1234,"seconds":12.0,"ops_per_sec":102.8,"p50_ms":150.2,"p99_ms":310.9}
+//! {"bench":"replicated_write","nodes":3,"tls":true,"writers":16,"ops":1234,"seconds":12.0,"ops_per_sec":102.8,"p50_ms":150.2,"p99_ms":310.9}
 //! ```
 //!
 //! `ops` counts acknowledged (committed) writes; latencies are per acknowledged write, measured at
@@ -25,6 +25,8 @@
 //! * `RAFT_BENCH_DIR` — where the nodes' data dirs go (default: the system temp dir). Put it on
 //!   the disk you want to measure: a tmpfs makes fsync free.
 //! * `RAFT_BENCH_VALUE_BYTES` — value size (default 64).
+//! * `RAFT_BENCH_TLS` — `1` (default): TLS on every listener, as deployed; `0`: plaintext
+//!   (development), to measure what TLS costs.
 
 #![forbid(unsafe_code)]
 
@@ -51,7 +53,7 @@ struct RunResult {
 /// `writers` tasks each loop on WriteCanary until `warmup + measure` has passed; only writes that
 /// start after the warm-up and finish before the end are counted.
 async fn run(
-    urls: &[String],
+    urls: &[gatekeeper_integration_tests::Target],
     writers: usize,
     warmup: Duration,
     measure: Duration,
@@ -151,15 +153,17 @@ fn main() -> Result<()> {
         election_timeout_max_ms: 2000,
         heartbeat_interval_ms: 250,
         fault_hooks: false,
+        tls: env_or("RAFT_BENCH_TLS", 1u8) != 0,
         ..Opts::default()
     };
+    let tls = opts.tls;
     let cluster = Cluster::start(3, opts);
     let leader = cluster.leader();
     eprintln!(
         "raft_bench: 3 nodes in {}, leader {leader}",
         cluster.dir().display()
     );
-    let urls = vec![cluster.api_url(leader)];
+    let urls = vec![cluster.admin_target(leader)];
     let value = "v".repeat(value_bytes);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -179,7 +183,7 @@ fn main() -> Result<()> {
         let secs = r.elapsed.as_secs_f64();
         // Keys in this fixed order (serde_json's map would sort them).
         let line = format!(
-            "{{\"bench\":\"replicated_write\",\"nodes\":3,\"writers\":{writers},\"ops\":{},\
+            "{{\"bench\":\"replicated_write\",\"nodes\":3,\"tls\":{tls},\"writers\":{writers},\"ops\":{},\
              \"seconds\":{:?},\"ops_per_sec\":{:?},\"p50_ms\":{:?},\"p99_ms\":{:?}}}",
             lat.len(),
             round(secs, 3),

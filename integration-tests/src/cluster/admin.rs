@@ -8,14 +8,15 @@ use crate::util::{http_get, ADMIN_TIMEOUT, JOIN_TIMEOUT, WAIT};
 use std::time::Duration;
 
 impl Cluster {
-    /// Run `gatekeeper admin --endpoint <node i's api> <args…>` with [`ADMIN_TIMEOUT`].
+    /// Run `gatekeeper admin --endpoint <node i's admin listener> <TLS flags> <args…>` with
+    /// [`ADMIN_TIMEOUT`].
     pub fn admin(&self, i: u64, args: &[&str]) -> AdminOutput {
         self.admin_timeout(i, args, ADMIN_TIMEOUT)
     }
 
     /// [`Cluster::admin`] with an explicit timeout.
     pub fn admin_timeout(&self, i: u64, args: &[&str], timeout: Duration) -> AdminOutput {
-        run_admin(&self.bin, &self.node(i).api_addr, args, timeout)
+        run_admin(&self.bin, &self.admin_target(i), args, timeout)
     }
 
     /// `admin status --json` on node `i`.

@@ -1,7 +1,7 @@
 //! Creating, starting, stopping, restarting and wiping the nodes of a [`Cluster`].
 
 use super::{Cluster, Node, Opts, CLUSTER_LOCK};
-use crate::processes::{gatekeeper_bin, read_from, scrub_env, tail_lines};
+use crate::processes::{gatekeeper_bin, read_from, run_command, scrub_env, tail_lines};
 use crate::util::{lock, toml_str, POLL, WAIT};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -42,13 +42,31 @@ impl Cluster {
             None => b.tempdir(),
         }
         .expect("create the cluster's temporary directory");
-        Cluster {
+        let c = Cluster {
             dir,
             bin,
             opts,
             nodes: BTreeMap::new(),
             used_ports: BTreeSet::new(),
             _lock: guard,
+        };
+        if c.opts.tls {
+            let certs = c.certs_dir().display().to_string();
+            c.certs(&["ca", "--out", &certs]);
+            c.certs(&[
+                "operator", "--ca", &certs, "--name", "operator", "--out", &certs,
+            ]);
+        }
+        c
+    }
+
+    /// Runs `gatekeeper certs <args…>`; panics with its output if it fails.
+    fn certs(&self, args: &[&str]) {
+        let mut all = vec!["certs"];
+        all.extend_from_slice(args);
+        let out = run_command(&self.bin, &all, Duration::from_secs(30));
+        if !out.success() {
+            self.fail(&format!("`gatekeeper certs` failed: {}", out.describe()));
         }
     }
 
@@ -85,6 +103,20 @@ impl Cluster {
         let _ = writeln!(t, "data_dir = {}", toml_str(&n.data_dir.to_string_lossy()));
         let _ = writeln!(t, "raft_listen = {}", toml_str(&n.raft_addr));
         let _ = writeln!(t, "api_listen = {}", toml_str(&n.api_addr));
+        let _ = writeln!(t, "admin_listen = {}", toml_str(&n.admin_addr));
+        if o.tls {
+            let (cert, key) = self.node_cert(i);
+            let ca = self.certs_dir().join("ca.pem");
+            for (k, v) in [
+                ("tls_ca_file", ca),
+                ("tls_cert_file", cert),
+                ("tls_key_file", key),
+            ] {
+                let _ = writeln!(t, "{k} = {}", toml_str(&v.to_string_lossy()));
+            }
+        } else {
+            let _ = writeln!(t, "plaintext = true");
+        }
         let _ = writeln!(t, "election_timeout_min_ms = {}", o.election_timeout_min_ms);
         let _ = writeln!(t, "election_timeout_max_ms = {}", o.election_timeout_max_ms);
         let _ = writeln!(t, "heartbeat_interval_ms = {}", o.heartbeat_interval_ms);
@@ -114,6 +146,24 @@ impl Cluster {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
         let raft = self.free_port();
         let api = self.free_port();
+        let admin = self.free_port();
+        if self.opts.tls {
+            let certs = self.certs_dir().display().to_string();
+            let name = format!("node-{id}");
+            self.certs(&[
+                "node",
+                "--ca",
+                &certs,
+                "--name",
+                &name,
+                "--host",
+                "127.0.0.1",
+                "--host",
+                "localhost",
+                "--out",
+                &certs,
+            ]);
+        }
         let metrics = self
             .opts
             .metrics
@@ -125,6 +175,7 @@ impl Cluster {
             Node {
                 raft_addr: format!("127.0.0.1:{raft}"),
                 api_addr: format!("127.0.0.1:{api}"),
+                admin_addr: format!("127.0.0.1:{admin}"),
                 metrics_addr: metrics,
                 data_dir: ndir.join("data"),
                 config: ndir.join("gatekeeper.toml"),
@@ -145,9 +196,11 @@ impl Cluster {
                 Err(stderr) if attempt < 3 && stderr.to_lowercase().contains("in use") => {
                     let raft = self.free_port();
                     let api = self.free_port();
+                    let admin = self.free_port();
                     let n = self.nodes.get_mut(&id).expect("node exists");
                     n.raft_addr = format!("127.0.0.1:{raft}");
                     n.api_addr = format!("127.0.0.1:{api}");
+                    n.admin_addr = format!("127.0.0.1:{admin}");
                     self.write_config(id);
                 }
                 Err(_) => break,

@@ -73,6 +73,14 @@ pub struct MemberRecord {
     pub hpke_public_key: Bytes32,
     /// Encoded attestation evidence the member registered with.
     pub attestation: HexBytes,
+    /// SHA-256 of the SubjectPublicKeyInfo of the node's TLS certificate, bound into the
+    /// registration evidence (its report data); the cluster listener admits this key as the
+    /// member. `None` for a node without TLS (development plaintext).
+    #[serde(default)]
+    pub tls_spki: Option<Bytes32>,
+    /// Admin listener address (operators; a follower names the leader's in `NOT_LEADER`).
+    #[serde(default)]
+    pub admin_address: Option<String>,
 }
 
 /// Status of a master-key epoch.

@@ -12,6 +12,8 @@ fn member(id: NodeId) -> Command {
         identity_public_key: b(id as u8),
         hpke_public_key: b(100 + id as u8),
         attestation: HexBytes(vec![]),
+        tls_spki: None,
+        admin_address: None,
     })
 }
 

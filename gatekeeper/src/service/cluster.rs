@@ -1,0 +1,73 @@
+//! The cluster listener's admission, as RaftService's hook and PeerService's first check: reads
+//! the caller's verified certificate and this node's membership view, and asks
+//! [`crate::admission::admit`].
+
+use crate::admission::{self, Caller, ClusterCall, ClusterView};
+use crate::error::{ApiError, ErrorCode};
+use crate::tls::ConnectInfo;
+use gatekeeper_raft::network::{Admission, RaftCall};
+use gatekeeper_raft::replica::Replica;
+use gatekeeper_raft::NodeId;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Admits the caller of `call` on a TLS cluster listener, or refuses it with
+/// `PEER_NOT_ADMITTED` / `NO_CLIENT_CERTIFICATE`. Returns the caller's node id.
+pub fn admit(
+    replica: &Replica,
+    extensions: &tonic::Extensions,
+    call: ClusterCall,
+    claimed: Option<NodeId>,
+) -> Result<NodeId, ApiError> {
+    let peer = extensions
+        .get::<ConnectInfo>()
+        .and_then(|c| c.peer.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NoClientCertificate,
+                "the cluster listener needs a member's client certificate",
+            )
+        })?;
+    let nodes = replica.membership_nodes();
+    let pinned: BTreeMap<NodeId, [u8; 32]> = replica
+        .sm
+        .read()
+        .state
+        .members
+        .iter()
+        .filter_map(|(id, m)| m.tls_spki.as_ref().map(|s| (*id, s.0)))
+        .collect();
+    admission::admit(
+        ClusterView {
+            nodes: &nodes,
+            pinned: &pinned,
+        },
+        Caller::from(&*peer),
+        call,
+        claimed,
+    )
+    .map_err(|r| {
+        tracing::warn!(
+            remote = %peer.remote_addr,
+            call = ?call,
+            reason = %r,
+            "cluster listener refused a caller"
+        );
+        ApiError::new(ErrorCode::PeerNotAdmitted, r.to_string())
+    })
+}
+
+/// RaftService's admission hook over [`admit`].
+pub fn raft_admission(replica: Replica) -> Admission {
+    Arc::new(move |extensions: &tonic::Extensions, call: RaftCall| {
+        let kind = ClusterCall::from_raft_method(call.method).ok_or_else(|| {
+            tonic::Status::from(ApiError::new(
+                ErrorCode::Unimplemented,
+                format!("unknown Raft method {}", call.method),
+            ))
+        })?;
+        admit(&replica, extensions, kind, call.claimed_sender)
+            .map(|_| ())
+            .map_err(tonic::Status::from)
+    })
+}
