@@ -704,3 +704,51 @@ fn a_nodes_data_dir_is_private_and_loose_modes_are_tightened_at_start() {
     }
     c.put_ok(1, "m-after", "v");
 }
+
+/// A follower whose data was lost comes back without `leave`/`join` and answers the leader that
+/// its log conflicts below what it had confirmed. openraft's leader would panic on that answer
+/// ("follower log reversion is not allowed") and stay down while still calling itself leader; a
+/// member holding its certificate can send the same answer on purpose. The leader must refuse the
+/// answer, keep committing with the rest, and not replicate to the wiped node.
+#[test]
+fn a_follower_that_lost_its_log_cannot_stop_the_leader() {
+    let mut c = Cluster::start(3, Opts::default());
+    let leader = c.leader();
+    let f = *c.ids().iter().find(|&&i| i != leader).unwrap();
+    for k in 0..20 {
+        c.put_ok(leader, &format!("r-{k}"), "v");
+    }
+    let head = c.put_ok(leader, "r-head", "x").log_index;
+    c.wait_converged(&c.ids(), head);
+    c.kill9(f);
+    c.wipe(f);
+    c.restart(f);
+    // The leader hears the wiped node's conflict answers; it keeps leading and committing.
+    let log = c.dir().join(format!("n{leader}/stderr.log"));
+    c.wait_for(
+        "the leader to refuse the wiped follower's answer",
+        WAIT,
+        || {
+            let text = fs::read_to_string(&log).map_err(|e| e.to_string())?;
+            if text.contains("follower log reversion refused") {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
+    for k in 0..5 {
+        let ack = c.put_ok(leader, &format!("after-wipe-{k}"), "v");
+        assert_eq!(ack.leader_id, leader, "{ack:?}");
+    }
+    let s = c.status(leader).unwrap_or_else(|e| c.fail(&e));
+    assert_eq!(s.role, "leader", "{s:?}");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("panicked"), "the leader panicked:\n{text}");
+    // The wiped node got nothing: it is not initialised.
+    let w = c.status(f).unwrap_or_else(|e| c.fail(&e));
+    assert!(
+        w.last_applied.unwrap_or(0) == 0,
+        "wiped node applied entries: {w:?}"
+    );
+}

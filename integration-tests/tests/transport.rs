@@ -556,3 +556,102 @@ fn a_renewed_certificate_is_served_after_sighup_and_the_cluster_keeps_working() 
         "no reload failure logged"
     );
 }
+
+#[test]
+fn the_cli_explains_the_common_tls_mistakes() {
+    let c = Cluster::start(1, Opts::default());
+    let bin = gatekeeper_integration_tests::gatekeeper_bin().unwrap();
+    let d = c.certs_dir();
+    let other = c.dir().join("other-ca");
+    let o = other.display().to_string();
+    let ca = d.display().to_string();
+    certs(&["ca", "--out", &o]);
+    certs(&[
+        "operator", "--ca", &ca, "--name", "old", "--out", &o, "--days", "0",
+    ]);
+    let (op_cert, op_key) = c.operator_cert();
+    let run = |endpoint: &str, flags: &[&str]| {
+        let mut args = vec!["admin", "--endpoint", endpoint];
+        args.extend_from_slice(flags);
+        args.push("status");
+        let out = gatekeeper_integration_tests::run_command(&bin, &args, Duration::from_secs(30));
+        assert!(!out.success(), "{}", out.describe());
+        out.stderr
+    };
+    let s = |p: &std::path::Path| p.display().to_string();
+    let good = [
+        "--ca".to_string(),
+        s(&d.join("ca.pem")),
+        "--cert".into(),
+        s(&op_cert),
+        "--key".into(),
+        s(&op_key),
+    ];
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let cases: Vec<(&str, String, Vec<String>, &str)> = vec![
+        (
+            "wrong CA",
+            c.admin_addr(1).to_string(),
+            vec![
+                "--ca".into(),
+                s(&other.join("ca.pem")),
+                "--cert".into(),
+                s(&op_cert),
+                "--key".into(),
+                s(&op_key),
+            ],
+            "not signed by the CA given with --ca",
+        ),
+        (
+            "plaintext client to a TLS port",
+            c.admin_addr(1).to_string(),
+            vec!["--plaintext".into()],
+            "drop --plaintext",
+        ),
+        (
+            "the Raft port as admin endpoint",
+            c.raft_addr(1).to_string(),
+            good.iter().map(|x| x.to_string()).collect(),
+            "does not serve AdminService",
+        ),
+        (
+            "the key port as admin endpoint",
+            c.api_addr(1).to_string(),
+            good.iter().map(|x| x.to_string()).collect(),
+            "does not serve AdminService",
+        ),
+        (
+            "an expired operator certificate",
+            c.admin_addr(1).to_string(),
+            vec![
+                "--ca".into(),
+                s(&d.join("ca.pem")),
+                "--cert".into(),
+                s(&other.join("old.pem")),
+                "--key".into(),
+                s(&other.join("old.key")),
+            ],
+            "expired",
+        ),
+        (
+            "no TLS material at all",
+            c.admin_addr(1).to_string(),
+            vec![],
+            "pass --ca (the cluster CA), --cert and --key",
+        ),
+    ];
+    for (what, endpoint, flags, says) in cases {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let stderr = run(&endpoint, &flags);
+        assert!(
+            stderr.contains(says),
+            "{what}: expected {says:?} in:\n{stderr}"
+        );
+    }
+    // And the right material works.
+    let mut args = vec!["admin", "--endpoint", c.admin_addr(1)];
+    args.extend_from_slice(&good);
+    args.push("status");
+    let out = gatekeeper_integration_tests::run_command(&bin, &args, Duration::from_secs(30));
+    assert!(out.success(), "{}", out.describe());
+}

@@ -177,6 +177,7 @@ type CachedChannel = (String, u64, Channel);
 #[derive(Clone)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<NodeId, CachedChannel>>>,
+    confirmed: Confirmed,
     faults: Faults,
     config: NetworkConfig,
 }
@@ -186,6 +187,7 @@ impl Network {
     pub fn new(faults: Faults, config: NetworkConfig) -> Self {
         Self {
             channels: Default::default(),
+            confirmed: Default::default(),
             faults,
             config,
         }
@@ -226,6 +228,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         PeerClient {
             target,
+            confirmed: self.confirmed.clone(),
             channel: self.channel(target, &node.raft_address),
             faults: self.faults.clone(),
             config: self.config.clone(),
@@ -233,9 +236,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// Per follower, the highest log index it confirmed holding to the leader with this vote.
+/// openraft asserts that a follower's log never goes back below what it confirmed (its leader
+/// panics otherwise: "follower log reversion is not allowed"), so such an answer — a follower
+/// that lost its data, or a member lying — is refused here before openraft sees it.
+type Confirmed = Arc<Mutex<HashMap<NodeId, (Vote<NodeId>, u64)>>>;
+
 /// The client for one peer.
 pub struct PeerClient {
     target: NodeId,
+    confirmed: Confirmed,
     channel: Result<Channel, String>,
     faults: Faults,
     config: NetworkConfig,
@@ -265,6 +275,55 @@ fn refused_reply<E: std::error::Error>(target: NodeId, e: Refused) -> RpcErr<E> 
 }
 
 impl PeerClient {
+    /// Refuses an answer that goes back below what this follower already confirmed to this
+    /// leader (see [`Confirmed`]); records what a success confirms.
+    fn check_no_reversion(
+        &self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        resp: &AppendEntriesResponse<NodeId>,
+    ) -> Result<(), Refused> {
+        let mut map = self.confirmed.lock().expect("confirmed lock");
+        let floor = match map.get(&self.target) {
+            Some((vote, index)) if *vote == rpc.vote => Some(*index),
+            _ => None,
+        };
+        let prev = rpc.prev_log_id.map(|l| l.index);
+        let reached = match resp {
+            AppendEntriesResponse::Success => rpc.entries.last().map(|e| e.log_id.index).or(prev),
+            AppendEntriesResponse::PartialSuccess(m) => m.map(|l| l.index),
+            AppendEntriesResponse::Conflict => {
+                if let (Some(floor), Some(p)) = (floor, prev) {
+                    if p <= floor {
+                        let e = Refused(format!(
+                            "node {} says its log conflicts at index {p}, but it confirmed \
+                             holding entries up to {floor}: it lost its data or misbehaves. Not \
+                             replicating to it; if it lost its disk, `leave` it and `join` it \
+                             again",
+                            self.target
+                        ));
+                        drop(map);
+                        tracing::error!(peer = self.target, reason = %e, "follower log reversion refused");
+                        return Err(e);
+                    }
+                }
+                None
+            }
+            AppendEntriesResponse::HigherVote(_) => None,
+        };
+        if let Some(r) = reached {
+            if let Some(floor) = floor.filter(|&f| r < f) {
+                let e = Refused(format!(
+                    "node {} confirmed only up to index {r} after confirming {floor}",
+                    self.target
+                ));
+                drop(map);
+                return Err(e);
+            }
+            map.insert(self.target, (rpc.vote, r.max(floor.unwrap_or(0))));
+        }
+        Ok(())
+    }
+
     /// A client for the peer, or why it cannot be reached.
     fn client(&self) -> Result<RaftServiceClient<Channel>, Unreachable> {
         if self.faults.is_isolated() {
@@ -297,6 +356,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .map_err(|s| status_to_rpc(self.target, s))?;
         let resp = convert::append_resp_from_pb(resp.into_inner()).map_err(bad_reply)?;
         checks::check_append_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
+        self.check_no_reversion(&rpc, &resp)
+            .map_err(|e| refused_reply(self.target, e))?;
         Ok(resp)
     }
 

@@ -105,24 +105,33 @@ impl AdminTls {
 /// usually causes it.
 pub fn explain(endpoint: &str, plaintext: bool, detail: &str) -> String {
     let d = detail.to_ascii_lowercase();
-    let hint = if d.contains("unknownissuer") || d.contains("unknown issuer") {
-        "the node's certificate is not signed by the CA given with --ca (wrong CA?)"
-    } else if d.contains("notvalidforname") || d.contains("not valid for name") {
+    let hint = if d.contains("notvalidforname") || d.contains("not valid for name") {
         "the node's certificate is not valid for this host name: connect by a name it has, or \
          pass --server-name"
     } else if d.contains("expired") || d.contains("notvalidyet") || d.contains("not valid yet") {
         "a certificate is outside its validity period (the node's, or yours)"
+    } else if d.contains("unknownissuer")
+        || d.contains("unknown issuer")
+        || d.contains("invalid peer certificate")
+    {
+        "the node's certificate is not signed by the CA given with --ca (wrong CA?)"
     } else if d.contains("certificaterequired") || d.contains("certificate required") {
         "the node requires a client certificate: pass --cert and --key"
     } else if d.contains("unknownca") || d.contains("unknown ca") {
         "the node does not trust the CA that issued your certificate (its operator_ca_file)"
     } else if d.contains("accessdenied") || d.contains("access denied") {
         "your certificate's name is not in the node's operator_names allowlist"
+    } else if d.contains("decrypterror") || d.contains("decrypt error") {
+        "the node could not verify your certificate's signature: it was not issued by the CA \
+         the node trusts for operators (a CA with the same name is not the same CA)"
     } else if d.contains("badcertificate") || d.contains("bad certificate") {
         "the node refused your certificate"
     } else if d.contains("invalidcontenttype") || d.contains("corrupt message") {
         "the endpoint does not speak TLS (a development node with plaintext = true? then use \
          --plaintext)"
+    } else if d.contains("frame with invalid size") || d.contains("invalid http version") {
+        "the endpoint speaks TLS (a plaintext HTTP/2 client got TLS bytes back): drop \
+         --plaintext and pass --ca, --cert and --key"
     } else if d.contains("connection refused") {
         "nothing listens there: is it the node's admin_listen address (default 127.0.0.1 with \
          api_listen's port + 1)?"
