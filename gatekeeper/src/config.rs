@@ -221,6 +221,10 @@ pub struct NodeConfig {
     /// Open connections at most on the API listener.
     #[serde(default = "d_api_conns")]
     pub api_max_connections: usize,
+    /// Key requests in service at once on the key listener, over all connections (more wait).
+    /// Bounds the memory unauthenticated callers can make the node hold in request bodies.
+    #[serde(default = "d_api_requests")]
+    pub api_max_requests: usize,
     /// Open connections at most on the admin listener.
     #[serde(default = "d_admin_conns")]
     pub admin_max_connections: usize,
@@ -255,6 +259,9 @@ fn d_raft_conns() -> usize {
 }
 fn d_api_conns() -> usize {
     4096
+}
+fn d_api_requests() -> usize {
+    256
 }
 fn d_admin_conns() -> usize {
     64
@@ -407,6 +414,7 @@ pub const KEYS: &[&str] = &[
     "raft_max_connections",
     "api_max_connections",
     "admin_max_connections",
+    "api_max_requests",
     "max_concurrent_streams",
     "http2_keepalive_interval_ms",
     "http2_keepalive_timeout_ms",
@@ -646,6 +654,9 @@ impl NodeConfig {
                 "raft_max_connections, api_max_connections and admin_max_connections must be \
                  at least 8"
             );
+        }
+        if self.api_max_requests == 0 {
+            bail!("api_max_requests must be at least 1");
         }
         if self.max_concurrent_streams == 0 {
             bail!("max_concurrent_streams must be at least 1");

@@ -2,11 +2,16 @@
 //! their accepted connections (the metrics listener uses the connection cap too).
 //!
 //! * **Connection cap** ([`ConnTable`]): at most `max_connections` open connections per listener.
-//!   When a new connection arrives at the cap, the oldest connection that has not sent a single
-//!   byte for [`EVICT_SILENT_AFTER`] is closed to make room (a gRPC client sends its HTTP/2
-//!   preface at once, so such a connection is idle or hostile); if there is none, the new
-//!   connection is closed at once. Established clients keep being served either way, and the
-//!   node's file descriptors stay bounded (they are shared with its storage).
+//!   A connection is *pending* until it is established (its TLS handshake completed — on the
+//!   cluster and admin listeners that means a valid client certificate; on a plaintext listener,
+//!   at accept). Established connections are never closed to make room. When a new connection
+//!   arrives at the cap, the oldest pending connection older than [`EVICT_PENDING_AFTER`] is
+//!   closed to make room; if there is none, the new connection is closed at once.
+//! * **Per source address**: at most [`MAX_PENDING_PER_IP`] pending connections per remote IP;
+//!   a newcomer beyond that replaces the oldest pending connection of the same IP, whatever its
+//!   age. So one host flooding a listener with connections that never finish a handshake (silent,
+//!   or trickling a byte now and then, or reconnecting at once) only competes with itself, and
+//!   clients from other hosts — and the flooder's own next real client — still get in.
 //! * **Handshake and idle timeouts** ([`LimitedConn`]): a connection that sends nothing within
 //!   `handshake_timeout`, or nothing for `idle_timeout` later on, is closed. HTTP/2 keepalive
 //!   pings (`http2_keepalive_interval`, answered within `http2_keepalive_timeout`) keep live
@@ -19,9 +24,10 @@
 //! [`ACCEPT_ERROR_PAUSE`] instead of retrying in a busy loop.
 
 use crate::config::NodeConfig;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,8 +40,18 @@ use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tonic::transport::Server;
 
-/// A connection silent for this long may be closed to admit a new one at the cap.
-pub const EVICT_SILENT_AFTER: Duration = Duration::from_secs(1);
+/// A pending connection this old may be closed to admit a new one at the cap (younger ones are
+/// left to finish their handshake: a burst of real clients must not evict each other).
+pub const EVICT_PENDING_AFTER: Duration = Duration::from_millis(250);
+/// Pending (not yet established) connections at most per remote IP address.
+pub const MAX_PENDING_PER_IP: usize = 8;
+/// HTTP/2 flow-control windows of the key listener: how much request data one connection (and
+/// one stream) may send that no handler has taken yet. Key requests are a few KiB; hyper's
+/// default of 1 MiB per connection would let each of `api_max_connections` unauthenticated
+/// connections park a megabyte in the node.
+pub const KEY_CONNECTION_WINDOW: u32 = 256 << 10;
+/// See [`KEY_CONNECTION_WINDOW`].
+pub const KEY_STREAM_WINDOW: u32 = 64 << 10;
 /// Pause after an accept error.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often a listener at its cap reports what it refused and evicted.
@@ -121,8 +137,13 @@ impl ListenLimits {
                 let remote = info
                     .remote_addr()
                     .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-                let io: Box<dyn crate::tls::Io> = Box::new(c);
-                (io, remote, info.local_addr())
+                let established: Box<dyn FnOnce() + Send> = Box::new(c.establisher());
+                crate::tls::Accepted {
+                    io: Box::new(c),
+                    remote,
+                    local: info.local_addr(),
+                    established: Some(established),
+                }
             })
         });
         crate::tls::incoming_from(
@@ -166,12 +187,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 struct Table {
     open: HashMap<u64, Arc<ConnState>>,
-    /// Ids in accept order, for finding the oldest silent connection (entries of connections
-    /// that closed or spoke are dropped lazily).
-    order: VecDeque<u64>,
+    /// Pending connections by id (ids grow in accept order: the first is the oldest).
+    pending: BTreeMap<u64, IpAddr>,
+    /// Pending connections per remote IP.
+    pending_by_ip: HashMap<IpAddr, BTreeSet<u64>>,
     refused: u64,
     evicted: u64,
     last_report: Option<Instant>,
+}
+
+impl Table {
+    fn unpend(&mut self, id: u64) {
+        if let Some(ip) = self.pending.remove(&id) {
+            if let Some(set) = self.pending_by_ip.get_mut(&ip) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.pending_by_ip.remove(&ip);
+                }
+            }
+        }
+    }
+
+    fn evict(&mut self, id: u64) {
+        self.unpend(id);
+        if let Some(c) = self.open.remove(&id) {
+            c.evict();
+        }
+        self.evicted += 1;
+    }
 }
 
 /// The open connections of one listener, with the cap.
@@ -207,41 +250,36 @@ impl ConnTable {
         lock(&self.table).open.len()
     }
 
-    /// Admits `stream` under the cap (closing the oldest silent connection to make room if
-    /// needed), or drops it — closing it — when the listener is full.
-    pub fn admit<S>(self: &Arc<Self>, stream: S) -> Option<LimitedConn<S>> {
+    /// Admits `stream` from `ip` under the per-IP and listener caps (closing older pending
+    /// connections to make room as the module docs say), or drops it — closing it — when the
+    /// listener is full of established or young pending connections.
+    pub fn admit<S>(self: &Arc<Self>, stream: S, ip: IpAddr) -> Option<LimitedConn<S>> {
         let now = Instant::now();
         let mut t = lock(&self.table);
-        // Forget connections that closed or spoke: the front is then the oldest silent one
-        // (silent ones close within the handshake timeout, so the queue stays short).
-        while let Some(&id) = t.order.front() {
-            match t.open.get(&id) {
-                Some(c) if !c.heard.load(Ordering::SeqCst) => break,
-                _ => {
-                    t.order.pop_front();
-                }
-            }
+        let oldest_of_ip = t
+            .pending_by_ip
+            .get(&ip)
+            .filter(|s| s.len() >= MAX_PENDING_PER_IP)
+            .and_then(|s| s.first().copied());
+        if let Some(id) = oldest_of_ip {
+            t.evict(id);
         }
         if t.open.len() >= self.max {
-            let victim = t
-                .order
-                .front()
-                .copied()
-                .filter(|id| now.duration_since(t.open[id].accepted) >= EVICT_SILENT_AFTER);
+            let victim = t.pending.keys().next().copied().filter(|id| {
+                t.open
+                    .get(id)
+                    .is_some_and(|c| now.duration_since(c.accepted) >= EVICT_PENDING_AFTER)
+            });
             match victim {
-                Some(id) => {
-                    t.order.pop_front();
-                    if let Some(c) = t.open.remove(&id) {
-                        c.evict();
-                    }
-                    t.evicted += 1;
-                }
+                Some(id) => t.evict(id),
                 None => {
                     t.refused += 1;
                     self.report(&mut t, now);
                     return None;
                 }
             }
+            self.report(&mut t, now);
+        } else if oldest_of_ip.is_some() {
             self.report(&mut t, now);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -252,7 +290,8 @@ impl ConnTable {
             waker: Mutex::new(None),
         });
         t.open.insert(id, state.clone());
-        t.order.push_back(id);
+        t.pending.insert(id, ip);
+        t.pending_by_ip.entry(ip).or_default().insert(id);
         drop(t);
         Some(LimitedConn {
             inner: stream,
@@ -276,7 +315,8 @@ impl ConnTable {
             max_connections = self.max,
             refused = t.refused,
             evicted_silent = t.evicted,
-            "listener at its connection cap: new connections were closed, or replaced silent ones"
+            "listener at its connection cap, or one address at its pending cap: new connections \
+             were closed, or replaced connections that had not finished their handshake"
         );
         t.refused = 0;
         t.evicted = 0;
@@ -284,7 +324,13 @@ impl ConnTable {
     }
 
     fn remove(&self, id: u64) {
-        lock(&self.table).open.remove(&id);
+        let mut t = lock(&self.table);
+        t.unpend(id);
+        t.open.remove(&id);
+    }
+
+    fn establish(&self, id: u64) {
+        lock(&self.table).unpend(id);
     }
 }
 
@@ -308,6 +354,13 @@ impl<S> Drop for LimitedConn<S> {
 }
 
 impl<S> LimitedConn<S> {
+    /// Marks the connection established (its TLS handshake completed): from then on it is never
+    /// closed to make room for others. Returns a closure so the TLS layer can call it later.
+    pub fn establisher(&self) -> impl FnOnce() + Send + 'static {
+        let (table, id) = (self.table.clone(), self.id);
+        move || table.establish(id)
+    }
+
     fn deadline(&self) -> Instant {
         if self.state.heard.load(Ordering::Relaxed) {
             self.last_read + self.table.idle_timeout
@@ -457,7 +510,11 @@ impl Stream for LimitedIncoming {
                     this.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_ERROR_PAUSE)));
                 }
                 Some(Ok(s)) => {
-                    if let Some(c) = this.table.admit(s) {
+                    let ip = s
+                        .peer_addr()
+                        .map(|a| a.ip())
+                        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                    if let Some(c) = this.table.admit(s, ip) {
                         return Poll::Ready(Some(Ok(c)));
                     }
                 }
@@ -484,31 +541,36 @@ mod tests {
         }
     }
 
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn the_cap_refuses_or_evicts_the_oldest_silent_connection() {
+    async fn at_the_cap_an_old_pending_connection_makes_room_an_established_one_never_does() {
         let t = ConnTable::new("test", &limits(2));
-        let (a, mut a_peer) = tokio::io::duplex(64);
-        let (b, _b_peer) = tokio::io::duplex(64);
-        let mut a = t.admit(a).unwrap();
-        let b = t.admit(b).unwrap();
+        let a = t.admit(tokio::io::duplex(64).0, ip(1)).unwrap();
+        a.establisher()();
+        let b = t.admit(tokio::io::duplex(64).0, ip(2)).unwrap();
         assert_eq!(t.open(), 2);
-        // Full, and nobody has been silent long enough: the newcomer is refused.
-        assert!(t.admit(tokio::io::duplex(64).0).is_none());
-        // `a` speaks; after a second, the silent `b` is the one evicted for a newcomer.
-        a_peer.write_all(b"PRI").await.unwrap();
-        let mut buf = [0u8; 3];
-        a.read_exact(&mut buf).await.unwrap();
-        tokio::time::advance(EVICT_SILENT_AFTER).await;
-        let c = t.admit(tokio::io::duplex(64).0).unwrap();
+        // Full; the only pending connection is younger than EVICT_PENDING_AFTER: refused.
+        assert!(t.admit(tokio::io::duplex(64).0, ip(3)).is_none());
+        tokio::time::advance(EVICT_PENDING_AFTER).await;
+        // Now it makes room; the established one is never touched.
+        let c = t.admit(tokio::io::duplex(64).0, ip(3)).unwrap();
         assert!(b.state.evicted.load(Ordering::SeqCst));
         assert!(!a.state.evicted.load(Ordering::SeqCst));
         assert_eq!(t.open(), 2);
         // The evicted connection fails its next read; dropping it frees nothing twice.
         let mut b = b;
+        let mut buf = [0u8; 3];
         let e = b.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
         drop(b);
         assert_eq!(t.open(), 2);
+        // Everything established: newcomers are refused, however long they wait.
+        c.establisher()();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(t.admit(tokio::io::duplex(64).0, ip(4)).is_none());
         drop(c);
         assert_eq!(t.open(), 1);
         drop(a);
@@ -516,10 +578,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn one_address_holds_a_bounded_number_of_pending_connections() {
+        let t = ConnTable::new("test", &limits(100));
+        let flood: Vec<_> = (0..MAX_PENDING_PER_IP)
+            .map(|_| t.admit(tokio::io::duplex(64).0, ip(1)).unwrap())
+            .collect();
+        let other = t.admit(tokio::io::duplex(64).0, ip(2)).unwrap();
+        // One more from the same address replaces its oldest pending connection, at once.
+        let next = t.admit(tokio::io::duplex(64).0, ip(1)).unwrap();
+        assert!(flood[0].state.evicted.load(Ordering::SeqCst));
+        assert!(flood[1..]
+            .iter()
+            .all(|c| !c.state.evicted.load(Ordering::SeqCst)));
+        assert!(!other.state.evicted.load(Ordering::SeqCst));
+        assert_eq!(t.open(), MAX_PENDING_PER_IP + 1);
+        // Established connections do not count: that address may now start another.
+        next.establisher()();
+        let more = t.admit(tokio::io::duplex(64).0, ip(1)).unwrap();
+        assert!(flood[1..]
+            .iter()
+            .all(|c| !c.state.evicted.load(Ordering::SeqCst)));
+        drop((flood, other, next, more));
+        assert_eq!(t.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn silent_connections_time_out() {
         let t = ConnTable::new("test", &limits(4));
         let (s, _peer) = tokio::io::duplex(64);
-        let mut c = t.admit(s).unwrap();
+        let mut c = t.admit(s, ip(1)).unwrap();
         let mut buf = [0u8; 4];
         let started = Instant::now();
         let e = c.read(&mut buf).await.unwrap_err();
@@ -532,7 +619,7 @@ mod tests {
 
         // After the first bytes, the idle timeout counts from the last read.
         let (s, mut peer) = tokio::io::duplex(64);
-        let mut c = t.admit(s).unwrap();
+        let mut c = t.admit(s, ip(1)).unwrap();
         peer.write_all(b"x").await.unwrap();
         c.read_exact(&mut buf[..1]).await.unwrap();
         tokio::time::advance(Duration::from_secs(25)).await;

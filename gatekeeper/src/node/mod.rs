@@ -426,9 +426,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         );
     // Key listener: KeyService for workers (server TLS).
     let api_limits = ListenLimits::from_config(&config, config.api_max_connections);
+    // Memory an unauthenticated caller can make the node hold is bounded by the in-flight cap
+    // (each request body at most twice MAX_KEY_REQUEST_BYTES) and the flow-control windows.
     let api_server = api_limits
         .server()
+        .initial_connection_window_size(listen::KEY_CONNECTION_WINDOW)
+        .initial_stream_window_size(listen::KEY_STREAM_WINDOW)
         .layer(crate::service::layer::ErrorCodeLayer)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.api_max_requests,
+        ))
         .add_service(
             KeyServiceServer::new(keys)
                 .max_decoding_message_size(crate::service::MAX_KEY_REQUEST_BYTES * 2),
@@ -471,7 +478,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             "metrics",
             &ListenLimits::from_config(&config, METRICS_MAX_CONNECTIONS),
         );
-        let admit = move |s| table.admit(s);
+        let admit = move |s: tokio::net::TcpStream| {
+            let ip = s
+                .peer_addr()
+                .map(|a| a.ip())
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            table.admit(s, ip)
+        };
         tokio::spawn(crate::metrics::serve(l, m, admit, stop_rx_keeper.clone()))
     });
     let watcher_task = watcher.map(|w| {

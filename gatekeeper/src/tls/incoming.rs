@@ -188,7 +188,13 @@ pub struct ListenerStats {
     refused_over_limit: AtomicU64,
     handshake_failures: AtomicU64,
     last_failure: Mutex<Option<HandshakeFailure>>,
+    /// When a refusal was last logged, and how many refusals were not logged since.
+    log_gate: Mutex<(Option<std::time::Instant>, u64)>,
 }
+
+/// Refused clients are logged at most once per this interval (with a count of the others), so a
+/// handshake flood cannot fill the disk with log lines.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ListenerStats {
     /// Connections open now (including those in their handshake).
@@ -225,10 +231,25 @@ impl ListenerStats {
             | FailureKind::UnknownIssuer
             | FailureKind::CertificateNotCurrent
             | FailureKind::NameNotAllowed
-            | FailureKind::BadCertificate => tracing::warn!(
-                remote = %f.remote_addr, kind = ?f.kind, error = %f.message,
-                "TLS client refused"
-            ),
+            | FailureKind::BadCertificate => {
+                let mut gate = self.log_gate.lock().unwrap_or_else(|p| p.into_inner());
+                let now = std::time::Instant::now();
+                if gate
+                    .0
+                    .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL)
+                {
+                    let suppressed = std::mem::take(&mut gate.1);
+                    gate.0 = Some(now);
+                    drop(gate);
+                    tracing::warn!(
+                        remote = %f.remote_addr, kind = ?f.kind, error = %f.message,
+                        refused_since_last_line = suppressed,
+                        "TLS client refused"
+                    );
+                } else {
+                    gate.1 += 1;
+                }
+            }
             _ => tracing::debug!(
                 remote = %f.remote_addr, kind = ?f.kind, error = %f.message,
                 "TLS handshake failed"
@@ -252,8 +273,18 @@ pub struct ServerIo {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-/// An accepted connection before TLS: the stream, its remote and local addresses.
-pub type Accepted = (Box<dyn Io>, SocketAddr, Option<SocketAddr>);
+/// An accepted connection before TLS.
+pub struct Accepted {
+    /// The stream.
+    pub io: Box<dyn Io>,
+    /// Its remote address.
+    pub remote: SocketAddr,
+    /// Its local address.
+    pub local: Option<SocketAddr>,
+    /// Called once the connection is established (TLS handshake done; at once on plaintext), so
+    /// the source's limits stop treating it as pending.
+    pub established: Option<Box<dyn FnOnce() + Send>>,
+}
 
 /// A source of accepted connections for [`incoming_from`].
 pub type AcceptStream = Pin<Box<dyn Stream<Item = io::Result<Accepted>> + Send>>;
@@ -393,8 +424,13 @@ pub fn incoming(listener: TcpListener, tls: Option<Reloadable>, limits: Limits) 
                         let _ = tcp.set_nodelay(true);
                     }
                     let local = tcp.local_addr().ok();
-                    let io: Box<dyn Io> = Box::new(tcp);
-                    return Some((Ok((io, remote, local)), l));
+                    let a = Accepted {
+                        io: Box::new(tcp),
+                        remote,
+                        local,
+                        established: None,
+                    };
+                    return Some((Ok(a), l));
                 }
                 Err(e) if per_connection(&e) => continue,
                 Err(e) => return Some((Err(e), l)),
@@ -420,6 +456,7 @@ pub fn incoming_from(
         refused_over_limit: AtomicU64::new(0),
         handshake_failures: AtomicU64::new(0),
         last_failure: Mutex::new(None),
+        log_gate: Mutex::new((None, 0)),
     });
     match &tls {
         None => tracing::warn!(
@@ -473,7 +510,12 @@ async fn accept_loop(
             },
             _ = tx.closed() => return,
         };
-        let (tcp, remote_addr, local_addr) = match accepted {
+        let Accepted {
+            io: tcp,
+            remote: remote_addr,
+            local: local_addr,
+            established,
+        } = match accepted {
             Ok(a) => a,
             Err(e) if per_connection(&e) => continue,
             Err(e) => {
@@ -490,6 +532,9 @@ async fn accept_loop(
             continue;
         };
         let Some(tls) = &tls else {
+            if let Some(done) = established {
+                done();
+            }
             let io = ServerIo {
                 stream: Conn::Plain(tcp),
                 info: ConnectInfo {
@@ -534,6 +579,9 @@ async fn accept_loop(
                     ))
                 }
             };
+            if let Some(done) = established {
+                done();
+            }
             let chain: Option<Arc<[CertificateDer<'static>]>> = stream
                 .get_ref()
                 .1
