@@ -3,23 +3,25 @@
 //! to come from (docs/design.md §10.6).
 //!
 //! The TLS handshake has already checked that the certificate chains to the cluster CA and is
-//! current. On top of that, [`admit`] decides which member the caller is, in this order:
+//! current. On top of that, [`admit`] decides which member the caller is:
 //!
-//! 1. **Pinned key.** A member record whose `tls_spki` equals the certificate's SPKI SHA-256
-//!    names the caller — if that node is still in the membership (voter or learner); a removed
-//!    member's key is refused.
-//! 2. **Certificate name**, for a node that has not registered its key yet (bootstrap, a learner
-//!    being joined) or has a renewed certificate: the subject CN must be `node-<id>` with `id` in
-//!    the membership, and a subjectAltName (DNS or IP) must equal the host of that node's Raft
-//!    address in the membership. A node whose record pins another key is admitted this way only
-//!    for `ClientWrite` and `ReadIndex` (so it can re-register its new key), never to send
-//!    `AppendEntries`, `Vote`, `InstallSnapshot` or to fetch shares.
-//! 3. **Uninitialised node.** A node with no membership at all (before `init`, or a node about
-//!    to be joined) admits a certificate named `node-<id>` for any id: its only caller is the
-//!    leader that is bringing it in, and it has nothing to lose.
+//! 1. **The certificate names the node**: its subject CN is `node-<id>` (every node certificate
+//!    is named so); anything else is refused.
+//! 2. **Membership and host**: `id` must be in this node's membership (voters and learners), and
+//!    one of the certificate's subjectAltNames (DNS or IP) must equal the host of that node's
+//!    Raft address there.
+//! 3. **Pinned key**, for fetching shares: once node `id` registered the SPKI of its certificate
+//!    in its member record, FetchShare needs exactly that key (the one its enclave's evidence
+//!    covers). Raft calls are admitted by name and host alone, so a node whose certificate was
+//!    just renewed keeps replicating, voting and leading until its new key is registered.
+//! 4. **Uninitialised node**: a node with no membership at all (before `init`, or a node about
+//!    to be joined) admits any certificate named `node-<id>`: its only caller is the leader that
+//!    is bringing it in. (This trusts the cluster CA not to have issued node certificates to
+//!    anyone else; see the threat model.)
 //!
 //! Then, if the message claims a sender (a vote's node id, a share request's requester), it must
-//! be the admitted node. Everything else is refused with a reason.
+//! be the admitted node. A member record pinning someone else's key changes nothing: identity
+//! comes from the certificate's name, the pin only restricts that named node.
 
 use gatekeeper_raft::{Node, NodeId};
 use std::collections::BTreeMap;
@@ -56,10 +58,9 @@ impl ClusterCall {
         })
     }
 
-    /// Whether a node whose record pins another TLS key may make this call (only to forward the
-    /// write that re-registers its new key).
-    fn allowed_with_stale_pin(self) -> bool {
-        matches!(self, ClusterCall::ClientWrite | ClusterCall::ReadIndex)
+    /// Whether the call needs the key the node's member record pins.
+    fn needs_pinned_key(self) -> bool {
+        matches!(self, ClusterCall::FetchShare)
     }
 }
 
@@ -101,12 +102,7 @@ pub struct ClusterView<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
-    /// The certificate's key is pinned by node `id`, which is no longer in the membership.
-    RemovedMember {
-        /// The removed node.
-        id: NodeId,
-    },
-    /// The certificate is not pinned by any member and its CN is not `node-<id>`.
+    /// The certificate's CN is not `node-<id>`.
     UnknownCertificate {
         /// The CN, if any.
         common_name: Option<String>,
@@ -124,7 +120,7 @@ pub enum Refusal {
         /// The host its Raft address has.
         host: String,
     },
-    /// Node `id`'s record pins another key, and this call needs the pinned one.
+    /// Node `id`'s record pins another key, and this call (FetchShare) needs the pinned one.
     StalePin {
         /// The node.
         id: NodeId,
@@ -141,14 +137,10 @@ pub enum Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::RemovedMember { id } => write!(
-                f,
-                "the client certificate belongs to node {id}, which is no longer a member"
-            ),
             Refusal::UnknownCertificate { common_name } => write!(
                 f,
-                "the client certificate (CN {}) is not a member's: no member record pins its key \
-                 and it is not named node-<id>",
+                "the client certificate (CN {}) is not a node's: node certificates are named \
+                 node-<id>",
                 common_name.as_deref().unwrap_or("none")
             ),
             Refusal::NotInMembership { id } => write!(
@@ -161,8 +153,8 @@ impl fmt::Display for Refusal {
             ),
             Refusal::StalePin { id } => write!(
                 f,
-                "node {id}'s member record pins another TLS key; this certificate may only \
-                 forward writes until the node re-registers"
+                "node {id}'s member record pins another TLS key; shares go only to the pinned \
+                 key (the node re-registers a renewed certificate on its own)"
             ),
             Refusal::WrongIdentity { caller, claimed } => write!(
                 f,
@@ -202,37 +194,29 @@ pub fn admit(
     call: ClusterCall,
     claimed: Option<NodeId>,
 ) -> Result<NodeId, Refusal> {
-    let pinned_by = view
-        .pinned
-        .iter()
-        .find(|(_, spki)| keyring::ct_eq(*spki, caller.spki_sha256))
-        .map(|(id, _)| *id);
-    let id = match pinned_by {
-        Some(id) if view.nodes.contains_key(&id) => id,
-        Some(id) if !view.nodes.is_empty() => return Err(Refusal::RemovedMember { id }),
-        _ => {
-            let id = caller
-                .common_name
-                .and_then(node_id_of_name)
-                .ok_or_else(|| Refusal::UnknownCertificate {
-                    common_name: caller.common_name.map(str::to_string),
-                })?;
-            if !view.nodes.is_empty() {
-                let node = view.nodes.get(&id).ok_or(Refusal::NotInMembership { id })?;
-                let host = gatekeeper_raft::network::host_of(&node.raft_address);
-                if !valid_for_host(&caller, host) {
-                    return Err(Refusal::HostMismatch {
-                        id,
-                        host: host.to_string(),
-                    });
-                }
-                if view.pinned.contains_key(&id) && !call.allowed_with_stale_pin() {
+    let id = caller
+        .common_name
+        .and_then(node_id_of_name)
+        .ok_or_else(|| Refusal::UnknownCertificate {
+            common_name: caller.common_name.map(str::to_string),
+        })?;
+    if !view.nodes.is_empty() {
+        let node = view.nodes.get(&id).ok_or(Refusal::NotInMembership { id })?;
+        let host = gatekeeper_raft::network::host_of(&node.raft_address);
+        if !valid_for_host(&caller, host) {
+            return Err(Refusal::HostMismatch {
+                id,
+                host: host.to_string(),
+            });
+        }
+        if call.needs_pinned_key() {
+            if let Some(pin) = view.pinned.get(&id) {
+                if !keyring::ct_eq(pin, caller.spki_sha256) {
                     return Err(Refusal::StalePin { id });
                 }
             }
-            id
         }
-    };
+    }
     match claimed {
         Some(c) if c != id => Err(Refusal::WrongIdentity {
             caller: id,

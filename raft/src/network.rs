@@ -178,6 +178,9 @@ type CachedChannel = (String, u64, Channel);
 pub struct Network {
     channels: Arc<Mutex<HashMap<NodeId, CachedChannel>>>,
     confirmed: Confirmed,
+    /// The local Raft (set once it exists): its leader's progress tells when a follower's
+    /// replication starts afresh, so its reversion floor is dropped.
+    raft: Arc<std::sync::OnceLock<Raft<TypeConfig>>>,
     faults: Faults,
     config: NetworkConfig,
 }
@@ -188,6 +191,7 @@ impl Network {
         Self {
             channels: Default::default(),
             confirmed: Default::default(),
+            raft: Default::default(),
             faults,
             config,
         }
@@ -222,14 +226,43 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Gives the network its Raft (called once, right after `Raft::new`).
+    pub(crate) fn set_raft(&self, raft: Raft<TypeConfig>) {
+        let _ = self.raft.set(raft);
+    }
+
+    /// Whether this leader's progress for `target` is fresh (nothing matched yet): then openraft
+    /// holds no floor for it either (e.g. the node left and was joined again), and neither may
+    /// the reversion guard.
+    fn progress_is_fresh(&self, target: NodeId) -> bool {
+        let Some(raft) = self.raft.get() else {
+            return true;
+        };
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&target).copied().flatten())
+            .is_none()
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        if self.progress_is_fresh(target) {
+            self.confirmed
+                .lock()
+                .expect("confirmed lock")
+                .remove(&target);
+        }
         PeerClient {
             target,
+            address: node.raft_address.clone(),
+            network: self.clone(),
             confirmed: self.confirmed.clone(),
-            channel: self.channel(target, &node.raft_address),
             faults: self.faults.clone(),
             config: self.config.clone(),
         }
@@ -245,8 +278,9 @@ type Confirmed = Arc<Mutex<HashMap<NodeId, (Vote<NodeId>, u64)>>>;
 /// The client for one peer.
 pub struct PeerClient {
     target: NodeId,
+    address: String,
+    network: Network,
     confirmed: Confirmed,
-    channel: Result<Channel, String>,
     faults: Faults,
     config: NetworkConfig,
 }
@@ -331,11 +365,15 @@ impl PeerClient {
                 "isolated by fault hook",
             )));
         }
-        let ch = self
-            .channel
-            .as_ref()
-            .map_err(|m| Unreachable::new(&io::Error::other(m.clone())))?;
-        Ok(RaftServiceClient::new(ch.clone())
+        // From the cache on every call, so a TLS reload (SIGHUP) reaches replication streams
+        // that outlive it (openraft keeps a client for a stream's whole life).
+        let ch = match self.network.channel(self.target, &self.address) {
+            Ok(ch) => ch,
+            Err(m) => {
+                return Err(Unreachable::new(&io::Error::other(m)));
+            }
+        };
+        Ok(RaftServiceClient::new(ch)
             .max_decoding_message_size(self.config.max_message_bytes)
             .max_encoding_message_size(self.config.max_message_bytes))
     }

@@ -190,6 +190,7 @@ impl Replica {
         )
         .await
         .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        network.set_raft(raft.clone());
         Ok(Self {
             node_id: config.node_id,
             raft,

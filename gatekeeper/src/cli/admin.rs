@@ -797,7 +797,7 @@ pub async fn run(
             };
             let r = match c.join(req.clone()).await {
                 Err(s) if leader_hint(&s).is_some() => {
-                    let mut l = follow_leader(&s, tls, timeout).await?;
+                    let mut l = follow_leader(endpoint, &s, tls, timeout).await?;
                     l.join(req).await
                 }
                 r => r,
@@ -809,7 +809,7 @@ pub async fn run(
             let req = pb::LeaveRequest { node_id };
             let r = match c.leave(req).await {
                 Err(s) if leader_hint(&s).is_some() => {
-                    let mut l = follow_leader(&s, tls, timeout).await?;
+                    let mut l = follow_leader(endpoint, &s, tls, timeout).await?;
                     l.leave(req).await
                 }
                 r => r,
@@ -869,6 +869,25 @@ async fn sealed_master_import(c: &mut Client, path: &Path) -> Result<pb::HpkeEnv
     seal_master_secret(&secret, &s.enclave_hpke_public_key)
 }
 
+/// Whether the CLI may follow a `NOT_LEADER` hint from `endpoint` to `leader`: never to an
+/// unspecified address (0.0.0.0, ::), and to a loopback one only from a loopback endpoint (a
+/// node on another host that registered its default 127.0.0.1 admin address).
+fn check_follow(endpoint: &str, leader: &str) -> Result<()> {
+    use gatekeeper_raft::network::host_of;
+    let ip = |a: &str| host_of(a).parse::<std::net::IpAddr>().ok();
+    match ip(leader) {
+        Some(l) if l.is_unspecified() => bail!(
+            "the leader registered the admin address {leader}, which is not reachable: set \
+             admin_advertise on the nodes"
+        ),
+        Some(l) if l.is_loopback() && !ip(endpoint).is_some_and(|e| e.is_loopback()) => bail!(
+            "the leader registered the loopback admin address {leader}: run the command on the \
+             leader's host, or set admin_advertise (and admin_listen) on the nodes"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The leader's admin address from a follower's `NOT_LEADER` refusal.
 fn leader_hint(s: &tonic::Status) -> Option<String> {
     let code = s.metadata().get(crate::error::ERROR_CODE_METADATA)?;
@@ -881,8 +900,14 @@ fn leader_hint(s: &tonic::Status) -> Option<String> {
 
 /// Membership calls run on the leader: connect to the one a follower named, with the same TLS
 /// settings (the leader authenticates this operator itself; nothing is forwarded).
-async fn follow_leader(s: &tonic::Status, tls: &AdminTls, timeout: Duration) -> Result<Client> {
+async fn follow_leader(
+    endpoint: &str,
+    s: &tonic::Status,
+    tls: &AdminTls,
+    timeout: Duration,
+) -> Result<Client> {
     let addr = leader_hint(s).context("no leader address in the refusal")?;
+    check_follow(endpoint, &addr)?;
     eprintln!("note: {}; retrying on the leader at {addr}", s.message());
     let mut tls = tls.clone();
     tls.server_name = None;
@@ -978,6 +1003,17 @@ async fn fault(c: &mut Client, isolate: bool, heal: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cli_follows_only_reachable_leader_addresses() {
+        check_follow("127.0.0.1:9985", "127.0.0.1:9986").unwrap();
+        check_follow("10.0.0.1:8102", "10.0.0.2:8102").unwrap();
+        check_follow("gk1.example:8102", "gk2.example:8102").unwrap();
+        let e = check_follow("10.0.0.1:8102", "127.0.0.1:8102").unwrap_err();
+        assert!(e.to_string().contains("admin_advertise"), "{e}");
+        assert!(check_follow("127.0.0.1:1", "0.0.0.0:8102").is_err());
+        assert!(check_follow("[::1]:1", "[::]:8102").is_err());
+    }
 
     fn err(r: Result<impl std::fmt::Debug>) -> String {
         format!("{:#}", r.expect_err("an error"))

@@ -7,9 +7,9 @@
 //!   at accept). Established connections are never closed to make room. When a new connection
 //!   arrives at the cap, the oldest pending connection older than [`EVICT_PENDING_AFTER`] is
 //!   closed to make room; if there is none, the new connection is closed at once.
-//! * **Per source address**: at most [`MAX_PENDING_PER_IP`] pending connections per remote IP;
-//!   a newcomer beyond that replaces the oldest pending connection of the same IP, whatever its
-//!   age. So one host flooding a listener with connections that never finish a handshake (silent,
+//! * **Per source address**: at most [`MAX_PENDING_PER_IP`] pending connections per remote IP
+//!   (IPv6: per /64); a newcomer beyond that replaces the oldest pending connection of the same
+//!   address if it is older than [`EVICT_PENDING_AFTER`], or is closed. So one host flooding a listener with connections that never finish a handshake (silent,
 //!   or trickling a byte now and then, or reconnecting at once) only competes with itself, and
 //!   clients from other hosts — and the flooder's own next real client — still get in.
 //! * **Handshake and idle timeouts** ([`LimitedConn`]): a connection that sends nothing within
@@ -43,8 +43,23 @@ use tonic::transport::Server;
 /// A pending connection this old may be closed to admit a new one at the cap (younger ones are
 /// left to finish their handshake: a burst of real clients must not evict each other).
 pub const EVICT_PENDING_AFTER: Duration = Duration::from_millis(250);
-/// Pending (not yet established) connections at most per remote IP address.
+/// Pending (not yet established) connections at most per remote IP address (IPv6: per /64).
 pub const MAX_PENDING_PER_IP: usize = 8;
+
+/// The address a connection's pending count is kept under: the IPv4 address, or the /64 of an
+/// IPv6 address (one host usually holds a whole /64).
+fn source_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+    }
+}
 /// HTTP/2 flow-control windows of the key listener: how much request data one connection (and
 /// one stream) may send that no handler has taken yet. Key requests are a few KiB; hyper's
 /// default of 1 MiB per connection would let each of `api_max_connections` unauthenticated
@@ -151,7 +166,10 @@ impl ListenLimits {
             local,
             tls,
             crate::tls::Limits {
-                max_connections: self.max_connections,
+                // The connection table above is the cap; this second one only has to be out of
+                // its way (an evicted connection's permit is released a moment later, and the
+                // newcomer that evicted it must not be refused in between).
+                max_connections: self.max_connections.saturating_mul(2),
                 handshake_timeout: self.handshake_timeout,
                 nodelay: false,
             },
@@ -256,12 +274,23 @@ impl ConnTable {
     pub fn admit<S>(self: &Arc<Self>, stream: S, ip: IpAddr) -> Option<LimitedConn<S>> {
         let now = Instant::now();
         let mut t = lock(&self.table);
+        let ip = source_bucket(ip);
         let oldest_of_ip = t
             .pending_by_ip
             .get(&ip)
             .filter(|s| s.len() >= MAX_PENDING_PER_IP)
             .and_then(|s| s.first().copied());
         if let Some(id) = oldest_of_ip {
+            let old_enough = t
+                .open
+                .get(&id)
+                .is_some_and(|c| now.duration_since(c.accepted) >= EVICT_PENDING_AFTER);
+            if !old_enough {
+                // This address has as many handshakes in flight as it may, all recent.
+                t.refused += 1;
+                self.report(&mut t, now);
+                return None;
+            }
             t.evict(id);
         }
         if t.open.len() >= self.max {
@@ -584,7 +613,10 @@ mod tests {
             .map(|_| t.admit(tokio::io::duplex(64).0, ip(1)).unwrap())
             .collect();
         let other = t.admit(tokio::io::duplex(64).0, ip(2)).unwrap();
-        // One more from the same address replaces its oldest pending connection, at once.
+        // One more from the same address, at once: refused (its handshakes are all recent)...
+        assert!(t.admit(tokio::io::duplex(64).0, ip(1)).is_none());
+        // ...later, it replaces that address's oldest pending connection.
+        tokio::time::advance(EVICT_PENDING_AFTER).await;
         let next = t.admit(tokio::io::duplex(64).0, ip(1)).unwrap();
         assert!(flood[0].state.evicted.load(Ordering::SeqCst));
         assert!(flood[1..]
@@ -600,6 +632,17 @@ mod tests {
             .all(|c| !c.state.evicted.load(Ordering::SeqCst)));
         drop((flood, other, next, more));
         assert_eq!(t.open(), 0);
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_bucket(a), source_bucket(b));
+        assert_ne!(source_bucket(a), source_bucket(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(source_bucket(mapped), ip(1));
     }
 
     #[tokio::test(start_paused = true)]

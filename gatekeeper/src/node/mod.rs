@@ -453,7 +453,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             AdminServiceServer::new(admin)
                 .max_decoding_message_size(crate::service::MAX_PEER_ADMIN_MESSAGE_BYTES)
                 .max_encoding_message_size(max_msg),
-            crate::service::admin::operator_interceptor,
+            crate::service::admin::operator_interceptor(tls.is_some()),
         ))
         .serve_with_incoming_shutdown(
             admin_limits.incoming_tls(

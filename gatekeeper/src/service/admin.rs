@@ -592,18 +592,23 @@ impl AdminService for AdminServer {
     }
 }
 
-/// AdminService's interceptor on a TLS admin listener: the verified client certificate must be
-/// an operator's ([`operator::check_operator`]). On a plaintext (development) listener there is
-/// no certificate and nothing to check.
+/// AdminService's interceptor: on a TLS admin listener (`tls`), the verified client certificate
+/// must be an operator's ([`operator::check_operator`]); a request without one is refused, also
+/// if the connection's details are missing. On a plaintext (development) listener there is no
+/// certificate and nothing to check.
+pub fn operator_interceptor(
+    tls: bool,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |req| check_operator_request(tls, req)
+}
+
 #[allow(clippy::result_large_err)]
-pub fn operator_interceptor(req: Request<()>) -> Result<Request<()>, Status> {
-    let Some(info) = crate::tls::connect_info(&req) else {
-        return Ok(req);
-    };
-    if !info.tls {
+fn check_operator_request(tls: bool, req: Request<()>) -> Result<Request<()>, Status> {
+    if !tls {
         return Ok(req);
     }
-    let Some(peer) = &info.peer else {
+    let peer = crate::tls::connect_info(&req).and_then(|i| i.peer.clone());
+    let Some(peer) = peer else {
         return Err(ApiError::new(
             ErrorCode::NoClientCertificate,
             "the admin listener needs an operator's client certificate",

@@ -19,15 +19,20 @@ pub fn admit(
     call: ClusterCall,
     claimed: Option<NodeId>,
 ) -> Result<NodeId, ApiError> {
-    let peer = extensions
-        .get::<ConnectInfo>()
-        .and_then(|c| c.peer.clone())
-        .ok_or_else(|| {
+    let info = extensions.get::<ConnectInfo>();
+    let peer = info.and_then(|c| c.peer.clone()).ok_or_else(|| {
+        if info.is_some_and(|c| c.peer_certificates.is_some()) {
+            ApiError::new(
+                ErrorCode::PeerNotAdmitted,
+                "the client certificate could not be parsed",
+            )
+        } else {
             ApiError::new(
                 ErrorCode::NoClientCertificate,
                 "the cluster listener needs a member's client certificate",
             )
-        })?;
+        }
+    })?;
     let nodes = replica.membership_nodes();
     let pinned: BTreeMap<NodeId, [u8; 32]> = replica
         .sm
