@@ -595,6 +595,9 @@ fn a_flood_of_idle_connections_does_not_stop_a_node() {
     // New clients of the flooded listeners are served (each replaces one of the flood's pending
     // connections: one address holds only a few of those), writes commit through the node and
     // replicate to it over the peers' connections.
+    // (The flood and the new clients share 127.0.0.1: a newcomer replaces one of that address's
+    // pending connections once they are older than EVICT_PENDING_AFTER, 250 ms.)
+    std::thread::sleep(Duration::from_millis(300));
     let rt = runtime();
     rt.block_on(async {
         let mut keys = gatekeeper_proto::v1::key_service_client::KeyServiceClient::new(
