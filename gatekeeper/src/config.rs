@@ -225,6 +225,11 @@ pub struct NodeConfig {
     /// Bounds the memory unauthenticated callers can make the node hold in request bodies.
     #[serde(default = "d_api_requests")]
     pub api_max_requests: usize,
+    /// Key requests in service at once from one source address (IPv6: one /64); more are
+    /// refused with `SOURCE_BUSY`. Keeps one client from holding every slot of
+    /// `api_max_requests`.
+    #[serde(default = "d_api_requests_per_source")]
+    pub api_max_requests_per_source: usize,
     /// Open connections at most on the admin listener.
     #[serde(default = "d_admin_conns")]
     pub admin_max_connections: usize,
@@ -262,6 +267,9 @@ fn d_api_conns() -> usize {
 }
 fn d_api_requests() -> usize {
     256
+}
+fn d_api_requests_per_source() -> usize {
+    64
 }
 fn d_admin_conns() -> usize {
     64
@@ -415,6 +423,7 @@ pub const KEYS: &[&str] = &[
     "api_max_connections",
     "admin_max_connections",
     "api_max_requests",
+    "api_max_requests_per_source",
     "max_concurrent_streams",
     "http2_keepalive_interval_ms",
     "http2_keepalive_timeout_ms",
@@ -655,8 +664,8 @@ impl NodeConfig {
                  at least 8"
             );
         }
-        if self.api_max_requests == 0 {
-            bail!("api_max_requests must be at least 1");
+        if self.api_max_requests == 0 || self.api_max_requests_per_source == 0 {
+            bail!("api_max_requests and api_max_requests_per_source must be at least 1");
         }
         if self.max_concurrent_streams == 0 {
             bail!("max_concurrent_streams must be at least 1");

@@ -50,6 +50,8 @@ catalog! {
     // --- Malformed requests ---
     /// The request exceeds the service's size limit.
     RequestTooLarge = "REQUEST_TOO_LARGE" => ResourceExhausted,
+    /// Too many key requests from this source address are in service at once; retry shortly.
+    SourceBusy = "SOURCE_BUSY" => ResourceExhausted,
     /// The message exceeds the transport's decoding limit (refused before any handler runs).
     MessageTooLarge = "MESSAGE_TOO_LARGE" => OutOfRange,
     /// The request bytes are not a valid protobuf message of the method's type.

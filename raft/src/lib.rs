@@ -18,6 +18,7 @@
 pub mod checks;
 pub mod convert;
 pub mod log_store;
+pub mod lograte;
 pub mod network;
 pub mod private_fs;
 pub mod replica;

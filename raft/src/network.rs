@@ -275,6 +275,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// that lost its data, or a member lying — is refused here before openraft sees it.
 type Confirmed = Arc<Mutex<HashMap<NodeId, (Vote<NodeId>, u64)>>>;
 
+/// "follower log reversion refused" is logged at most once a second.
+static REVERSIONS: crate::lograte::LogGate = crate::lograte::LogGate::new(Duration::from_secs(1));
+
 /// The client for one peer.
 pub struct PeerClient {
     target: NodeId,
@@ -288,23 +291,33 @@ pub struct PeerClient {
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
 
 fn status_to_rpc<E: std::error::Error>(target: NodeId, s: Status) -> RpcErr<E> {
+    // Every failure backs off (openraft retries a plain network error at once: a peer that
+    // refuses or fails every message at once would otherwise be asked ~1000 times a second).
     let e = io::Error::other(format!("node {target}: {}: {}", s.code(), s.message()));
-    match s.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::new(&e))
-        }
-        _ => RPCError::Network(NetworkError::new(&e)),
-    }
+    RPCError::Unreachable(Unreachable::new(&e))
 }
 
 fn bad_reply<E: std::error::Error>(e: ConvertError) -> RpcErr<E> {
-    RPCError::Network(NetworkError::new(&e))
+    // Undecodable answers back off too (see `refused_reply`).
+    RPCError::Unreachable(Unreachable::new(&e))
 }
 
+/// Refused answers are logged at most once a second: a peer answering at once, over and over,
+/// must not fill the disk.
+static REFUSED_ANSWERS: crate::lograte::LogGate =
+    crate::lograte::LogGate::new(Duration::from_secs(1));
+
+/// A refused answer is reported as `Unreachable`, so openraft backs off before asking that peer
+/// again (100 ms doubling to 2 s) instead of retrying at once.
 fn refused_reply<E: std::error::Error>(target: NodeId, e: Refused) -> RpcErr<E> {
-    tracing::warn!(peer = target, reason = %e, "ignoring a malformed answer from a peer");
-    RPCError::Network(NetworkError::new(&io::Error::other(format!(
-        "node {target} answered with a malformed message: {e}"
+    if let Some(left_out) = REFUSED_ANSWERS.pass(std::time::Instant::now()) {
+        tracing::warn!(
+            peer = target, reason = %e, refused_since_last_line = left_out,
+            "refused an answer from a peer"
+        );
+    }
+    RPCError::Unreachable(Unreachable::new(&io::Error::other(format!(
+        "node {target} answered with a message this node refuses: {e}"
     ))))
 }
 
@@ -336,7 +349,12 @@ impl PeerClient {
                             self.target
                         ));
                         drop(map);
-                        tracing::error!(peer = self.target, reason = %e, "follower log reversion refused");
+                        if let Some(n) = REVERSIONS.pass(std::time::Instant::now()) {
+                            tracing::error!(
+                                peer = self.target, reason = %e, refused_since_last_line = n,
+                                "follower log reversion refused"
+                            );
+                        }
                         return Err(e);
                     }
                 }

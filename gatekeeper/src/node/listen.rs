@@ -46,20 +46,7 @@ pub const EVICT_PENDING_AFTER: Duration = Duration::from_millis(250);
 /// Pending (not yet established) connections at most per remote IP address (IPv6: per /64).
 pub const MAX_PENDING_PER_IP: usize = 8;
 
-/// The address a connection's pending count is kept under: the IPv4 address, or the /64 of an
-/// IPv6 address (one host usually holds a whole /64).
-fn source_bucket(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-            }
-        },
-    }
-}
+use crate::service::source_limit::source_bucket;
 /// HTTP/2 flow-control windows of the key listener: how much request data one connection (and
 /// one stream) may send that no handler has taken yet. Key requests are a few KiB; hyper's
 /// default of 1 MiB per connection would let each of `api_max_connections` unauthenticated
@@ -138,11 +125,14 @@ impl ListenLimits {
     /// [`ListenLimits::incoming`], then TLS with `tls` (`None`: plaintext, development only) by
     /// [`crate::tls::incoming_from`]: what tonic serves. Each request's extensions carry the
     /// connection's [`crate::tls::ConnectInfo`] (the verified client certificate).
+    /// `establish_on_handshake`: see [`crate::tls::Limits::establish_on_handshake`] (false on the
+    /// cluster and admin listeners, whose services admit the caller after the handshake).
     pub fn incoming_tls(
         &self,
         listener: TcpListener,
         name: &'static str,
         tls: Option<crate::tls::Reloadable>,
+        establish_on_handshake: bool,
     ) -> crate::tls::Incoming {
         use tokio_stream::StreamExt as _;
         let local = listener.local_addr().ok();
@@ -172,6 +162,7 @@ impl ListenLimits {
                 max_connections: self.max_connections.saturating_mul(2),
                 handshake_timeout: self.handshake_timeout,
                 nodelay: false,
+                establish_on_handshake,
             },
         )
     }
@@ -632,17 +623,6 @@ mod tests {
             .all(|c| !c.state.evicted.load(Ordering::SeqCst)));
         drop((flood, other, next, more));
         assert_eq!(t.open(), 0);
-    }
-
-    #[test]
-    fn ipv6_sources_count_per_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(source_bucket(a), source_bucket(b));
-        assert_ne!(source_bucket(a), source_bucket(c));
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(source_bucket(mapped), ip(1));
     }
 
     #[tokio::test(start_paused = true)]

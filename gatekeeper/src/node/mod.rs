@@ -421,6 +421,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 raft_listener,
                 "cluster",
                 tls.as_ref().map(|t| t.cluster.clone()),
+                false,
             ),
             wait(stop_rx.clone()),
         );
@@ -433,6 +434,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .initial_connection_window_size(listen::KEY_CONNECTION_WINDOW)
         .initial_stream_window_size(listen::KEY_STREAM_WINDOW)
         .layer(crate::service::layer::ErrorCodeLayer)
+        .layer(crate::service::source_limit::SourceLimitLayer::new(
+            config.api_max_requests_per_source,
+        ))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.api_max_requests,
         ))
@@ -441,7 +445,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 .max_decoding_message_size(crate::service::MAX_KEY_REQUEST_BYTES * 2),
         )
         .serve_with_incoming_shutdown(
-            api_limits.incoming_tls(api_listener, "key", tls.as_ref().map(|t| t.key.clone())),
+            api_limits.incoming_tls(
+                api_listener,
+                "key",
+                tls.as_ref().map(|t| t.key.clone()),
+                true,
+            ),
             wait(stop_rx.clone()),
         );
     // Admin listener: AdminService for operators (mutual TLS with the operator CA).
@@ -460,6 +469,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 admin_listener,
                 "admin",
                 tls.as_ref().map(|t| t.admin.clone()),
+                false,
             ),
             wait(stop_rx),
         );

@@ -592,6 +592,10 @@ impl AdminService for AdminServer {
     }
 }
 
+/// Refusals of node certificates are logged at most once a second.
+static NODE_CERT_REFUSALS: gatekeeper_raft::lograte::LogGate =
+    gatekeeper_raft::lograte::LogGate::new(std::time::Duration::from_secs(1));
+
 /// AdminService's interceptor: on a TLS admin listener (`tls`), the verified client certificate
 /// must be an operator's ([`operator::check_operator`]); a request without one is refused, also
 /// if the connection's details are missing. On a plaintext (development) listener there is no
@@ -616,8 +620,16 @@ fn check_operator_request(tls: bool, req: Request<()>) -> Result<Request<()>, St
         .into());
     };
     operator::check_operator(peer.common_name.as_deref()).map_err(|e| {
-        tracing::warn!(remote = %peer.remote_addr, error = %e, "admin listener refused a node certificate");
+        if let Some(left_out) = NODE_CERT_REFUSALS.pass(std::time::Instant::now()) {
+            tracing::warn!(
+                remote = %peer.remote_addr, error = %e, refused_since_last_line = left_out,
+                "admin listener refused a node certificate"
+            );
+        }
         Status::from(e)
     })?;
+    if let Some(info) = crate::tls::connect_info(&req) {
+        info.mark_established();
+    }
     Ok(req)
 }

@@ -11,6 +11,10 @@ use gatekeeper_raft::NodeId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Refusals are logged at most once a second (a member could otherwise fill the disk).
+static REFUSALS: gatekeeper_raft::lograte::LogGate =
+    gatekeeper_raft::lograte::LogGate::new(std::time::Duration::from_secs(1));
+
 /// Admits the caller of `call` on a TLS cluster listener, or refuses it with
 /// `PEER_NOT_ADMITTED` / `NO_CLIENT_CERTIFICATE`. Returns the caller's node id.
 pub fn admit(
@@ -42,7 +46,7 @@ pub fn admit(
         .iter()
         .filter_map(|(id, m)| m.tls_spki.as_ref().map(|s| (*id, s.0)))
         .collect();
-    admission::admit(
+    let admitted = admission::admit(
         ClusterView {
             nodes: &nodes,
             pinned: &pinned,
@@ -52,14 +56,23 @@ pub fn admit(
         claimed,
     )
     .map_err(|r| {
-        tracing::warn!(
-            remote = %peer.remote_addr,
-            call = ?call,
-            reason = %r,
-            "cluster listener refused a caller"
-        );
+        if let Some(left_out) = REFUSALS.pass(std::time::Instant::now()) {
+            tracing::warn!(
+                remote = %peer.remote_addr,
+                call = ?call,
+                reason = %r,
+                refused_since_last_line = left_out,
+                "cluster listener refused a caller"
+            );
+        }
         ApiError::new(ErrorCode::PeerNotAdmitted, r.to_string())
-    })
+    })?;
+    // Admitted: the connection now counts as established (never evicted to make room). A
+    // refused caller's connection stays pending: evictable and capped per address.
+    if let Some(info) = info {
+        info.mark_established();
+    }
+    Ok(admitted)
 }
 
 /// RaftService's admission hook over [`admit`].

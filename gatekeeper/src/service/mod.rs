@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod key;
 pub mod layer;
 pub mod peer;
+pub mod source_limit;
 
 /// Largest accepted KeyService request (evidence included).
 pub const MAX_KEY_REQUEST_BYTES: usize = 64 << 10;

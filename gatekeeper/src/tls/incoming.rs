@@ -41,6 +41,11 @@ pub struct Limits {
     /// Set TCP_NODELAY on accepted connections (small gRPC frames otherwise wait for delayed
     /// ACKs).
     pub nodelay: bool,
+    /// Tell the connection's source it is established as soon as the TLS handshake completes
+    /// (default). When false, the service does it once it has admitted the caller
+    /// ([`ConnectInfo::mark_established`]): a certificate the handshake accepts but the service
+    /// refuses then keeps its connection *pending* (evictable, capped per address).
+    pub establish_on_handshake: bool,
 }
 
 impl Default for Limits {
@@ -49,6 +54,7 @@ impl Default for Limits {
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
             nodelay: true,
+            establish_on_handshake: true,
         }
     }
 }
@@ -105,6 +111,40 @@ pub struct ConnectInfo {
     pub peer_certificates: Option<Arc<[CertificateDer<'static>]>>,
     /// The verified client's identity, parsed from the leaf.
     pub peer: Option<Arc<PeerIdentity>>,
+    /// Marks the connection established with its source (see [`Limits::establish_on_handshake`]).
+    pub establish: Option<Establish>,
+}
+
+/// A connection's "established" signal to its source's limits, fired once by whoever admits the
+/// caller (shared by every request on the connection; later calls do nothing).
+#[derive(Clone)]
+pub struct Establish(Arc<Mutex<Option<EstablishFn>>>);
+
+/// What [`Establish`] fires.
+type EstablishFn = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for Establish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Establish")
+    }
+}
+
+impl Establish {
+    fn fire(&self) {
+        let done = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(done) = done {
+            done();
+        }
+    }
+}
+
+impl ConnectInfo {
+    /// Marks the connection established (the service admitted its caller); idempotent.
+    pub fn mark_established(&self) {
+        if let Some(e) = &self.establish {
+            e.fire();
+        }
+    }
 }
 
 /// The [`ConnectInfo`] of a request served through [`incoming()`].
@@ -188,8 +228,8 @@ pub struct ListenerStats {
     refused_over_limit: AtomicU64,
     handshake_failures: AtomicU64,
     last_failure: Mutex<Option<HandshakeFailure>>,
-    /// When a refusal was last logged, and how many refusals were not logged since.
-    log_gate: Mutex<(Option<std::time::Instant>, u64)>,
+    /// Refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`].
+    log_gate: gatekeeper_raft::lograte::LogGate,
 }
 
 /// Refused clients are logged at most once per this interval (with a count of the others), so a
@@ -232,22 +272,12 @@ impl ListenerStats {
             | FailureKind::CertificateNotCurrent
             | FailureKind::NameNotAllowed
             | FailureKind::BadCertificate => {
-                let mut gate = self.log_gate.lock().unwrap_or_else(|p| p.into_inner());
-                let now = std::time::Instant::now();
-                if gate
-                    .0
-                    .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL)
-                {
-                    let suppressed = std::mem::take(&mut gate.1);
-                    gate.0 = Some(now);
-                    drop(gate);
+                if let Some(left_out) = self.log_gate.pass(std::time::Instant::now()) {
                     tracing::warn!(
                         remote = %f.remote_addr, kind = ?f.kind, error = %f.message,
-                        refused_since_last_line = suppressed,
+                        refused_since_last_line = left_out,
                         "TLS client refused"
                     );
-                } else {
-                    gate.1 += 1;
                 }
             }
             _ => tracing::debug!(
@@ -456,7 +486,7 @@ pub fn incoming_from(
         refused_over_limit: AtomicU64::new(0),
         handshake_failures: AtomicU64::new(0),
         last_failure: Mutex::new(None),
-        log_gate: Mutex::new((None, 0)),
+        log_gate: gatekeeper_raft::lograte::LogGate::new(REFUSAL_LOG_INTERVAL),
     });
     match &tls {
         None => tracing::warn!(
@@ -543,6 +573,7 @@ async fn accept_loop(
                     tls: false,
                     peer_certificates: None,
                     peer: None,
+                    establish: None,
                 },
                 _permit: permit,
             };
@@ -554,6 +585,7 @@ async fn accept_loop(
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let (tx, stats, timeout) = (tx.clone(), stats.clone(), limits.handshake_timeout);
+        let establish_on_handshake = limits.establish_on_handshake;
         handshakes.spawn(async move {
             let failure = |kind, message| HandshakeFailure {
                 remote_addr,
@@ -579,9 +611,14 @@ async fn accept_loop(
                     ))
                 }
             };
-            if let Some(done) = established {
-                done();
-            }
+            let establish = match established {
+                Some(done) if establish_on_handshake => {
+                    done();
+                    None
+                }
+                Some(done) => Some(Establish(Arc::new(Mutex::new(Some(done))))),
+                None => None,
+            };
             let chain: Option<Arc<[CertificateDer<'static>]>> = stream
                 .get_ref()
                 .1
@@ -599,6 +636,7 @@ async fn accept_loop(
                     tls: true,
                     peer_certificates: chain,
                     peer,
+                    establish,
                 },
                 _permit: permit,
             };

@@ -41,8 +41,8 @@ mod tests;
 pub use cert::{spki_sha256, CertInfo};
 pub use client::{ClientTls, NodeTls};
 pub use incoming::{
-    connect_info, incoming, incoming_from, AcceptStream, Accepted, ConnectInfo, FailureKind,
-    HandshakeFailure, Incoming, Io, Limits, ListenerStats, PeerIdentity, ServerIo,
+    connect_info, incoming, incoming_from, AcceptStream, Accepted, ConnectInfo, Establish,
+    FailureKind, HandshakeFailure, Incoming, Io, Limits, ListenerStats, PeerIdentity, ServerIo,
 };
 pub use pem::{load_ca_bundle, load_certs, load_private_key, Identity, PrivateKey};
 pub use reload::{reload_all, reload_on, spawn_sighup_reloader, Reloadable};
