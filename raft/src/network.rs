@@ -4,9 +4,10 @@
 //!   kept across openraft's `new_client` calls and replaced only when the peer's address changes.
 //! * **Timeouts**: every RPC carries openraft's hard TTL as its gRPC deadline; snapshots get at
 //!   least [`NetworkConfig::snapshot_timeout`].
-//! * **Backoff**: an unreachable peer (connection refused, `UNAVAILABLE`) is reported as
-//!   `Unreachable`, so openraft pauses replication to it with capped exponential backoff
-//!   (100 ms doubling to 2 s).
+//! * **Backoff**: every failed RPC (unreachable, any error status) and every answer this node
+//!   refuses is reported as `Unreachable`, so openraft pauses replication to that peer with
+//!   capped exponential backoff (100 ms doubling to 2 s) instead of asking again at once; lines
+//!   about refused answers are logged at most once a second ([`crate::lograte`]).
 //! * **Size limit**: messages are capped at [`NetworkConfig::max_message_bytes`]; snapshots are
 //!   streamed in chunks of [`NetworkConfig::snapshot_chunk_bytes`], well below it, and a whole
 //!   snapshot at [`NetworkConfig::max_snapshot_bytes`].
