@@ -91,17 +91,24 @@ pub struct SourceLimit<S>(S, Arc<Shares>);
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for SourceLimit<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     ResBody: Default + Send + 'static,
     S::Error: Send + 'static,
+    ReqBody: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+    /// Always ready: the share is checked first, in `call`, and only then does the request wait
+    /// for the inner service (the listener-wide cap). Otherwise a source over its share would
+    /// wait for a listener-wide slot before being told it is over its share.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
@@ -122,9 +129,13 @@ where
             Some(ip) => Some(Share(self.1.clone(), ip)),
             None => None,
         };
-        let fut = self.0.call(req);
+        // The future waits for the inner service itself (`oneshot`: ready, then call), on the
+        // instance taken from `self`; `self` keeps a fresh clone for the next request.
+        let clone = self.0.clone();
+        let inner = std::mem::replace(&mut self.0, clone);
         Box::pin(async move {
-            let r = fut.await;
+            use tower::ServiceExt;
+            let r = inner.oneshot(req).await;
             drop(share);
             r
         })
