@@ -778,6 +778,27 @@ pub async fn run(
     timeout: Duration,
     cmd: AdminCommand,
 ) -> Result<()> {
+    run_command(endpoint, tls, timeout, cmd).await.map_err(|e| {
+        // A plaintext client against a TLS node fails in several ways depending on timing
+        // (invalid frame size, broken pipe, reset): whichever it is, say what usually causes it.
+        let text = format!("{e:#}");
+        if tls.plaintext && text.contains("transport error") && !text.contains("hint:") {
+            anyhow::anyhow!(
+                "{text}\nhint: if the node uses TLS (the default), drop --plaintext and pass \
+                 --ca, --cert and --key"
+            )
+        } else {
+            e
+        }
+    })
+}
+
+async fn run_command(
+    endpoint: &str,
+    tls: &AdminTls,
+    timeout: Duration,
+    cmd: AdminCommand,
+) -> Result<()> {
     let mut c = connect(endpoint, tls, timeout).await?;
     match cmd {
         AdminCommand::Init {
