@@ -87,8 +87,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// An error with its sources ("transport error: …: invalid peer certificate: UnknownIssuer").
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its sources, joined with ": " ("transport error: …: invalid peer
+/// certificate: UnknownIssuer"); tonic's transport errors say little without them.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -190,7 +191,7 @@ impl MinerClient {
             .timeout(self.timeout)
             .connect()
             .await
-            .map_err(|e| format!("{ep}: {}", chain(&e)))?;
+            .map_err(|e| format!("{ep}: {}", error_chain(&e)))?;
         Ok(KeyServiceClient::new(ch))
     }
 

@@ -196,18 +196,6 @@ fn body(path: &str, claimed: u64, term: u64) -> Vec<u8> {
     }
 }
 
-/// Runs `gatekeeper certs <args…>` in the cluster's directory.
-fn certs(args: &[&str]) {
-    let mut all = vec!["certs"];
-    all.extend_from_slice(args);
-    let out = gatekeeper_integration_tests::run_command(
-        &gatekeeper_integration_tests::gatekeeper_bin().unwrap(),
-        &all,
-        Duration::from_secs(30),
-    );
-    assert!(out.success(), "{}", out.describe());
-}
-
 #[test]
 fn every_listener_refuses_every_caller_it_must_and_nothing_changes() {
     let c = Cluster::start(3, Opts::default());
@@ -231,8 +219,8 @@ fn every_listener_refuses_every_caller_it_must_and_nothing_changes() {
     let other = dir.join("other-ca");
     let ours = c.certs_dir();
     let (o, ca) = (other.display().to_string(), ours.display().to_string());
-    certs(&["ca", "--out", &o]);
-    certs(&[
+    c.certs(&["ca", "--out", &o]);
+    c.certs(&[
         "node",
         "--ca",
         &o,
@@ -243,10 +231,10 @@ fn every_listener_refuses_every_caller_it_must_and_nothing_changes() {
         "--out",
         &o,
     ]);
-    certs(&["operator", "--ca", &o, "--name", "operator", "--out", &o]);
+    c.certs(&["operator", "--ca", &o, "--name", "operator", "--out", &o]);
     let stray = dir.join("stray");
     let s = stray.display().to_string();
-    certs(&[
+    c.certs(&[
         "node",
         "--ca",
         &ca,
@@ -257,7 +245,7 @@ fn every_listener_refuses_every_caller_it_must_and_nothing_changes() {
         "--out",
         &s,
     ]);
-    certs(&["operator", "--ca", &ca, "--name", "mallory", "--out", &s]);
+    c.certs(&["operator", "--ca", &ca, "--name", "mallory", "--out", &s]);
     let pair = |d: &PathBuf, n: &str| (d.join(format!("{n}.pem")), d.join(format!("{n}.key")));
     let our_ca = ours.join("ca.pem");
 
@@ -501,22 +489,7 @@ fn a_renewed_leader_certificate_is_served_after_sighup_and_the_cluster_keeps_wor
     assert_eq!(served_spki(&ca, c.api_addr(n)), old);
 
     // A renewed certificate (new key) over the old files: not served before SIGHUP...
-    let dir = c.certs_dir().display().to_string();
-    let name = format!("node-{n}");
-    certs(&[
-        "node",
-        "--ca",
-        &dir,
-        "--name",
-        &name,
-        "--host",
-        "127.0.0.1",
-        "--host",
-        "localhost",
-        "--out",
-        &dir,
-        "--force",
-    ]);
+    c.issue_node_cert(n, true);
     let new = file_spki(&cert);
     assert_ne!(new, old);
     assert_eq!(served_spki(&ca, c.api_addr(n)), old);
@@ -574,8 +547,8 @@ fn the_cli_explains_the_common_tls_mistakes() {
     let other = c.dir().join("other-ca");
     let o = other.display().to_string();
     let ca = d.display().to_string();
-    certs(&["ca", "--out", &o]);
-    certs(&[
+    c.certs(&["ca", "--out", &o]);
+    c.certs(&[
         "operator", "--ca", &ca, "--name", "old", "--out", &o, "--days", "0",
     ]);
     // `--days 0` ends the certificate's validity now (seconds): let it pass.

@@ -770,6 +770,11 @@ fn not_leader(leader: Option<NodeId>) -> Status {
     s
 }
 
+/// The node a message's vote names (the leader or candidate it claims to come from).
+fn vote_sender(vote: Option<&pb::Vote>) -> Option<NodeId> {
+    vote.and_then(|v| v.leader_id.as_ref()).map(|l| l.node_id)
+}
+
 fn invalid(e: ConvertError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -798,11 +803,7 @@ impl RaftService for RaftServer {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.check_fault()?;
         let (_, extensions, msg) = request.into_parts();
-        let sender = msg
-            .vote
-            .as_ref()
-            .and_then(|v| v.leader_id.as_ref())
-            .map(|l| l.node_id);
+        let sender = vote_sender(msg.vote.as_ref());
         self.admit(&extensions, "AppendEntries", sender)?;
         let mut req = convert::append_req_from_pb(msg).map_err(invalid)?;
         let _turn = self.follower_turn.lock().await;
@@ -829,11 +830,7 @@ impl RaftService for RaftServer {
     ) -> Result<Response<pb::VoteResponse>, Status> {
         self.check_fault()?;
         let (_, extensions, msg) = request.into_parts();
-        let sender = msg
-            .vote
-            .as_ref()
-            .and_then(|v| v.leader_id.as_ref())
-            .map(|l| l.node_id);
+        let sender = vote_sender(msg.vote.as_ref());
         self.admit(&extensions, "Vote", sender)?;
         let req = convert::vote_req_from_pb(msg).map_err(invalid)?;
         let term = self.raft.metrics().borrow().vote.leader_id.term;

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use gatekeeper_client::error_chain;
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
 use serde_json::json;
@@ -145,21 +146,6 @@ pub fn explain(endpoint: &str, plaintext: bool, detail: &str) -> String {
     } else {
         format!("{endpoint}: {detail}\nhint: {hint}")
     }
-}
-
-/// The whole source chain of an error, joined with ": ".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// Admin subcommands.

@@ -60,8 +60,33 @@ impl Cluster {
         c
     }
 
-    /// Runs `gatekeeper certs <args…>`; panics with its output if it fails.
-    fn certs(&self, args: &[&str]) {
+    /// Issues node `id`'s certificate and key (CN `node-<id>`, SANs 127.0.0.1 and localhost)
+    /// into [`Cluster::certs_dir`] with the cluster CA; `renew` overwrites existing files (a new
+    /// key).
+    pub fn issue_node_cert(&self, id: u64, renew: bool) {
+        let certs = self.certs_dir().display().to_string();
+        let name = format!("node-{id}");
+        let mut args = vec![
+            "node",
+            "--ca",
+            &certs,
+            "--name",
+            &name,
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+            "--out",
+            &certs,
+        ];
+        if renew {
+            args.push("--force");
+        }
+        self.certs(&args);
+    }
+
+    /// Runs `gatekeeper certs <args…>`; fails the test with its output if it fails.
+    pub fn certs(&self, args: &[&str]) {
         let mut all = vec!["certs"];
         all.extend_from_slice(args);
         let out = run_command(&self.bin, &all, Duration::from_secs(30));
@@ -148,21 +173,7 @@ impl Cluster {
         let api = self.free_port();
         let admin = self.free_port();
         if self.opts.tls {
-            let certs = self.certs_dir().display().to_string();
-            let name = format!("node-{id}");
-            self.certs(&[
-                "node",
-                "--ca",
-                &certs,
-                "--name",
-                &name,
-                "--host",
-                "127.0.0.1",
-                "--host",
-                "localhost",
-                "--out",
-                &certs,
-            ]);
+            self.issue_node_cert(id, false);
         }
         let metrics = self
             .opts
