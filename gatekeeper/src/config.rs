@@ -221,6 +221,15 @@ pub struct NodeConfig {
     /// Open connections at most on the API listener.
     #[serde(default = "d_api_conns")]
     pub api_max_connections: usize,
+    /// Open connections at most on the Raft listener from one source address (IPv6: one /64):
+    /// what a compromised member (or a host holding one member's certificate) can take.
+    #[serde(default = "d_raft_conns_per_source")]
+    pub raft_max_connections_per_source: usize,
+    /// Open connections at most on the key listener from one source address (IPv6: one /64).
+    /// A TLS handshake there needs no credential: without this, one host could hold every
+    /// connection of `api_max_connections`.
+    #[serde(default = "d_api_conns_per_source")]
+    pub api_max_connections_per_source: usize,
     /// Key requests in service at once on the key listener, over all connections (more wait).
     /// Bounds the memory unauthenticated callers can make the node hold in request bodies.
     #[serde(default = "d_api_requests")]
@@ -264,6 +273,12 @@ fn d_raft_conns() -> usize {
 }
 fn d_api_conns() -> usize {
     4096
+}
+fn d_raft_conns_per_source() -> usize {
+    32
+}
+fn d_api_conns_per_source() -> usize {
+    128
 }
 fn d_api_requests() -> usize {
     256
@@ -421,6 +436,8 @@ pub const KEYS: &[&str] = &[
     "max_snapshot_bytes",
     "raft_max_connections",
     "api_max_connections",
+    "raft_max_connections_per_source",
+    "api_max_connections_per_source",
     "admin_max_connections",
     "api_max_requests",
     "api_max_requests_per_source",
@@ -662,6 +679,12 @@ impl NodeConfig {
             bail!(
                 "raft_max_connections, api_max_connections and admin_max_connections must be \
                  at least 8"
+            );
+        }
+        if self.raft_max_connections_per_source == 0 || self.api_max_connections_per_source == 0 {
+            bail!(
+                "raft_max_connections_per_source and api_max_connections_per_source must be at \
+                 least 1"
             );
         }
         if self.api_max_requests == 0 || self.api_max_requests_per_source == 0 {

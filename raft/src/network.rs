@@ -4,10 +4,11 @@
 //!   kept across openraft's `new_client` calls and replaced only when the peer's address changes.
 //! * **Timeouts**: every RPC carries openraft's hard TTL as its gRPC deadline; snapshots get at
 //!   least [`NetworkConfig::snapshot_timeout`].
-//! * **Backoff**: every failed RPC (unreachable, any error status) and every answer this node
+//! * **Backoff**: every failed RPC (unreachable, an error status) and every answer this node
 //!   refuses is reported as `Unreachable`, so openraft pauses replication to that peer with
-//!   capped exponential backoff (100 ms doubling to 2 s) instead of asking again at once; lines
-//!   about refused answers are logged at most once a second ([`crate::lograte`]).
+//!   capped exponential backoff (50 ms doubling to 500 ms) instead of asking again at once; an
+//!   expired deadline does not back off (the call already waited its whole TTL). Lines about
+//!   refused answers are logged at most once a second ([`crate::lograte`]).
 //! * **Size limit**: messages are capped at [`NetworkConfig::max_message_bytes`]; snapshots are
 //!   streamed in chunks of [`NetworkConfig::snapshot_chunk_bytes`], well below it, and a whole
 //!   snapshot at [`NetworkConfig::max_snapshot_bytes`].
@@ -279,6 +280,11 @@ type Confirmed = Arc<Mutex<HashMap<NodeId, (Vote<NodeId>, u64)>>>;
 /// "follower log reversion refused" is logged at most once a second.
 static REVERSIONS: crate::lograte::LogGate = crate::lograte::LogGate::new(Duration::from_secs(1));
 
+/// The longest pause after a failed RPC: below the shortest election timeout a deployment may
+/// configure with the default heartbeat (2 × 250 ms), so a follower that failed a few calls
+/// still hears from its leader before it starts an election.
+const BACKOFF_CAP: Duration = Duration::from_millis(500);
+
 /// The client for one peer.
 pub struct PeerClient {
     target: NodeId,
@@ -292,10 +298,19 @@ pub struct PeerClient {
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
 
 fn status_to_rpc<E: std::error::Error>(target: NodeId, s: Status) -> RpcErr<E> {
-    // Every failure backs off (openraft retries a plain network error at once: a peer that
-    // refuses or fails every message at once would otherwise be asked ~1000 times a second).
     let e = io::Error::other(format!("node {target}: {}: {}", s.code(), s.message()));
-    RPCError::Unreachable(Unreachable::new(&e))
+    match s.code() {
+        // The deadline expired (here or at the peer): the call already took the whole TTL, so
+        // asking again at the next heartbeat cannot spin; backing off would starve a slow but
+        // live follower of heartbeats until it starts an election.
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Network(NetworkError::new(&e))
+        }
+        // Every other failure backs off (openraft asks again at once after a plain network
+        // error: a peer that refuses or fails every message at once would otherwise be asked
+        // ~1000 times a second).
+        _ => RPCError::Unreachable(Unreachable::new(&e)),
+    }
 }
 
 fn bad_reply<E: std::error::Error>(e: ConvertError) -> RpcErr<E> {
@@ -309,7 +324,7 @@ static REFUSED_ANSWERS: crate::lograte::LogGate =
     crate::lograte::LogGate::new(Duration::from_secs(1));
 
 /// A refused answer is reported as `Unreachable`, so openraft backs off before asking that peer
-/// again (100 ms doubling to 2 s) instead of retrying at once.
+/// again (50 ms doubling to 500 ms) instead of retrying at once.
 fn refused_reply<E: std::error::Error>(target: NodeId, e: Refused) -> RpcErr<E> {
     if let Some(left_out) = REFUSED_ANSWERS.pass(std::time::Instant::now()) {
         tracing::warn!(
@@ -322,9 +337,54 @@ fn refused_reply<E: std::error::Error>(target: NodeId, e: Refused) -> RpcErr<E> 
     ))))
 }
 
+/// Decides whether an append-entries answer from `target` goes back below `floor`, the highest
+/// index it already confirmed to this leader under the same vote. `Ok(Some(i))` is the new
+/// floor, `Ok(None)` leaves it as it is.
+///
+/// A conflict at or below the floor, or a partial success short of it, is a reversion: the
+/// follower lost entries it acknowledged (openraft's leader would panic on it). A success at a
+/// lower index is not: it says only that the follower holds that entry (a follower truncates
+/// only on a conflict), and openraft's leadership check for reads sends its heartbeat at the
+/// leader's view of `matching`, which may lag behind what a replication answer that just came
+/// back confirmed (refusing it failed linearizable reads with "not enough for a quorum").
+fn reversion_check(
+    target: NodeId,
+    floor: Option<u64>,
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    resp: &AppendEntriesResponse<NodeId>,
+) -> Result<Option<u64>, Refused> {
+    let prev = rpc.prev_log_id.map(|l| l.index);
+    let reached = match resp {
+        AppendEntriesResponse::Success => rpc.entries.last().map(|e| e.log_id.index).or(prev),
+        AppendEntriesResponse::PartialSuccess(m) => {
+            let m = m.map(|l| l.index);
+            if let Some(floor) = floor.filter(|&f| m.is_none_or(|m| m < f)) {
+                return Err(Refused(format!(
+                    "node {target} accepted entries only up to {m:?} after confirming {floor}"
+                )));
+            }
+            m
+        }
+        AppendEntriesResponse::Conflict => {
+            if let (Some(floor), Some(p)) = (floor, prev) {
+                if p <= floor {
+                    return Err(Refused(format!(
+                        "node {target} says its log conflicts at index {p}, but it confirmed \
+                         holding entries up to {floor}: it lost its data or misbehaves. Not \
+                         replicating to it; if it lost its disk, `leave` it and `join` it again"
+                    )));
+                }
+            }
+            None
+        }
+        AppendEntriesResponse::HigherVote(_) => None,
+    };
+    Ok(reached.map(|r| r.max(floor.unwrap_or(0))))
+}
+
 impl PeerClient {
     /// Refuses an answer that goes back below what this follower already confirmed to this
-    /// leader (see [`Confirmed`]); records what a success confirms.
+    /// leader (see [`Confirmed`] and [`reversion_check`]); records what a success confirms.
     fn check_no_reversion(
         &self,
         rpc: &AppendEntriesRequest<TypeConfig>,
@@ -335,46 +395,23 @@ impl PeerClient {
             Some((vote, index)) if *vote == rpc.vote => Some(*index),
             _ => None,
         };
-        let prev = rpc.prev_log_id.map(|l| l.index);
-        let reached = match resp {
-            AppendEntriesResponse::Success => rpc.entries.last().map(|e| e.log_id.index).or(prev),
-            AppendEntriesResponse::PartialSuccess(m) => m.map(|l| l.index),
-            AppendEntriesResponse::Conflict => {
-                if let (Some(floor), Some(p)) = (floor, prev) {
-                    if p <= floor {
-                        let e = Refused(format!(
-                            "node {} says its log conflicts at index {p}, but it confirmed \
-                             holding entries up to {floor}: it lost its data or misbehaves. Not \
-                             replicating to it; if it lost its disk, `leave` it and `join` it \
-                             again",
-                            self.target
-                        ));
-                        drop(map);
-                        if let Some(n) = REVERSIONS.pass(std::time::Instant::now()) {
-                            tracing::error!(
-                                peer = self.target, reason = %e, refused_since_last_line = n,
-                                "follower log reversion refused"
-                            );
-                        }
-                        return Err(e);
-                    }
-                }
-                None
+        match reversion_check(self.target, floor, rpc, resp) {
+            Ok(Some(reached)) => {
+                map.insert(self.target, (rpc.vote, reached));
+                Ok(())
             }
-            AppendEntriesResponse::HigherVote(_) => None,
-        };
-        if let Some(r) = reached {
-            if let Some(floor) = floor.filter(|&f| r < f) {
-                let e = Refused(format!(
-                    "node {} confirmed only up to index {r} after confirming {floor}",
-                    self.target
-                ));
+            Ok(None) => Ok(()),
+            Err(e) => {
                 drop(map);
-                return Err(e);
+                if let Some(n) = REVERSIONS.pass(std::time::Instant::now()) {
+                    tracing::error!(
+                        peer = self.target, reason = %e, refused_since_last_line = n,
+                        "follower log reversion refused"
+                    );
+                }
+                Err(e)
             }
-            map.insert(self.target, (rpc.vote, r.max(floor.unwrap_or(0))));
         }
-        Ok(())
     }
 
     /// A client for the peer, or why it cannot be reached.
@@ -498,11 +535,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 
     fn backoff(&self) -> Backoff {
-        Backoff::new(
-            (0..).map(|i: u32| {
-                Duration::from_millis(100u64 << i.min(4)).min(Duration::from_secs(2))
-            }),
-        )
+        Backoff::new((0..).map(|i: u32| Duration::from_millis(50u64 << i.min(4)).min(BACKOFF_CAP)))
     }
 }
 
@@ -975,5 +1008,71 @@ mod tests {
         let empty = snapshot_chunks(&vote, &meta, vec![], 1000);
         assert_eq!(empty.len(), 1);
         assert!(empty[0].done && empty[0].header.is_some());
+    }
+
+    fn append(prev: Option<u64>, last: Option<u64>) -> AppendEntriesRequest<TypeConfig> {
+        let vote = Vote::new_committed(2, 1);
+        let id = |i| openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), i);
+        AppendEntriesRequest {
+            vote,
+            prev_log_id: prev.map(id),
+            entries: last
+                .map(|i| {
+                    vec![openraft::Entry {
+                        log_id: id(i),
+                        payload: openraft::EntryPayload::Blank,
+                    }]
+                })
+                .unwrap_or_default(),
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn a_success_below_the_floor_is_no_reversion_and_keeps_the_floor() {
+        // The read check's heartbeat at a lagging `matching` (the chain test's intermittent
+        // "not enough for a quorum").
+        let ok = AppendEntriesResponse::Success;
+        assert_eq!(
+            reversion_check(2, Some(10), &append(Some(7), None), &ok),
+            Ok(Some(10))
+        );
+        assert_eq!(
+            reversion_check(2, Some(10), &append(Some(10), Some(12)), &ok),
+            Ok(Some(12))
+        );
+        assert_eq!(
+            reversion_check(2, None, &append(Some(3), None), &ok),
+            Ok(Some(3))
+        );
+    }
+
+    #[test]
+    fn a_conflict_or_partial_success_below_the_floor_is_refused() {
+        let conflict = AppendEntriesResponse::Conflict;
+        assert!(reversion_check(2, Some(10), &append(Some(10), None), &conflict).is_err());
+        assert!(reversion_check(2, Some(10), &append(Some(4), None), &conflict).is_err());
+        assert_eq!(
+            reversion_check(2, Some(10), &append(Some(11), None), &conflict),
+            Ok(None)
+        );
+        assert_eq!(
+            reversion_check(2, None, &append(Some(4), None), &conflict),
+            Ok(None)
+        );
+        let id = openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), 8);
+        let partial = AppendEntriesResponse::PartialSuccess(Some(id));
+        assert!(reversion_check(2, Some(10), &append(Some(4), Some(12)), &partial).is_err());
+        assert!(reversion_check(
+            2,
+            Some(10),
+            &append(None, Some(12)),
+            &AppendEntriesResponse::PartialSuccess(None)
+        )
+        .is_err());
+        assert_eq!(
+            reversion_check(2, Some(5), &append(Some(4), Some(12)), &partial),
+            Ok(Some(8))
+        );
     }
 }

@@ -8,10 +8,13 @@
 //!   arrives at the cap, the oldest pending connection older than [`EVICT_PENDING_AFTER`] is
 //!   closed to make room; if there is none, the new connection is closed at once.
 //! * **Per source address**: at most [`MAX_PENDING_PER_IP`] pending connections per remote IP
-//!   (IPv6: per /64); a newcomer beyond that replaces the oldest pending connection of the same
-//!   address if it is older than [`EVICT_PENDING_AFTER`], or is closed. So one host flooding a listener with connections that never finish a handshake (silent,
+//!   (IPv6: per /64), and at most `max_connections_per_source` open ones, pending or established;
+//!   a newcomer beyond either replaces the oldest pending connection of the same address if it is
+//!   older than [`EVICT_PENDING_AFTER`], or is closed. So one host flooding a listener with connections that never finish a handshake (silent,
 //!   or trickling a byte now and then, or reconnecting at once) only competes with itself, and
-//!   clients from other hosts — and the flooder's own next real client — still get in.
+//!   clients from other hosts — and the flooder's own next real client — still get in; and a
+//!   host holding completed connections (a TLS handshake on the key listener needs no
+//!   credential; a member's certificate passes the cluster listener's) holds only its share.
 //! * **Handshake and idle timeouts** ([`LimitedConn`]): a connection that sends nothing within
 //!   `handshake_timeout`, or nothing for `idle_timeout` later on, is closed. HTTP/2 keepalive
 //!   pings (`http2_keepalive_interval`, answered within `http2_keepalive_timeout`) keep live
@@ -64,6 +67,8 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 pub struct ListenLimits {
     /// Open connections at most.
     pub max_connections: usize,
+    /// Open connections (pending or established) at most per remote IP (IPv6: per /64).
+    pub max_connections_per_source: usize,
     /// HTTP/2 streams per connection, and requests served at once per connection.
     pub max_concurrent_streams: u32,
     /// HTTP/2 PING interval on every connection.
@@ -81,11 +86,17 @@ pub struct ListenLimits {
 }
 
 impl ListenLimits {
-    /// The configured limits, with `max_connections` for this listener.
-    pub fn from_config(c: &NodeConfig, max_connections: usize) -> Self {
+    /// The configured limits, with `max_connections` and `max_connections_per_source` for this
+    /// listener.
+    pub fn from_config(
+        c: &NodeConfig,
+        max_connections: usize,
+        max_connections_per_source: usize,
+    ) -> Self {
         let ms = Duration::from_millis;
         Self {
             max_connections,
+            max_connections_per_source,
             max_concurrent_streams: c.max_concurrent_streams,
             http2_keepalive_interval: ms(c.http2_keepalive_interval_ms),
             http2_keepalive_timeout: ms(c.http2_keepalive_timeout_ms),
@@ -172,6 +183,8 @@ impl ListenLimits {
 #[derive(Debug)]
 struct ConnState {
     accepted: Instant,
+    /// Source bucket ([`source_bucket`]) of the remote address.
+    ip: IpAddr,
     /// Whether any byte has arrived.
     heard: AtomicBool,
     /// Set when the table closes the connection to make room.
@@ -200,6 +213,8 @@ struct Table {
     pending: BTreeMap<u64, IpAddr>,
     /// Pending connections per remote IP.
     pending_by_ip: HashMap<IpAddr, BTreeSet<u64>>,
+    /// Open connections (pending or established) per remote IP.
+    open_by_ip: HashMap<IpAddr, usize>,
     refused: u64,
     evicted: u64,
     last_report: Option<Instant>,
@@ -217,12 +232,32 @@ impl Table {
         }
     }
 
-    fn evict(&mut self, id: u64) {
+    fn close(&mut self, id: u64) -> Option<Arc<ConnState>> {
         self.unpend(id);
-        if let Some(c) = self.open.remove(&id) {
+        let c = self.open.remove(&id)?;
+        if let Some(n) = self.open_by_ip.get_mut(&c.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.open_by_ip.remove(&c.ip);
+            }
+        }
+        Some(c)
+    }
+
+    fn evict(&mut self, id: u64) {
+        if let Some(c) = self.close(id) {
             c.evict();
         }
         self.evicted += 1;
+    }
+
+    /// The oldest pending connection of `ip`, if it is old enough to be replaced.
+    fn replaceable_of(&self, ip: IpAddr, now: Instant) -> Option<u64> {
+        let id = *self.pending_by_ip.get(&ip)?.first()?;
+        self.open
+            .get(&id)
+            .filter(|c| now.duration_since(c.accepted) >= EVICT_PENDING_AFTER)
+            .map(|_| id)
     }
 }
 
@@ -231,6 +266,7 @@ impl Table {
 pub struct ConnTable {
     name: &'static str,
     max: usize,
+    max_per_source: usize,
     handshake_timeout: Duration,
     idle_timeout: Duration,
     next_id: AtomicU64,
@@ -242,6 +278,7 @@ impl ConnTable {
         Arc::new(Self {
             name,
             max: limits.max_connections.max(1),
+            max_per_source: limits.max_connections_per_source.max(1),
             handshake_timeout: limits.handshake_timeout,
             idle_timeout: limits.idle_timeout,
             next_id: AtomicU64::new(0),
@@ -284,6 +321,21 @@ impl ConnTable {
             }
             t.evict(id);
         }
+        if t.open_by_ip
+            .get(&ip)
+            .is_some_and(|&n| n >= self.max_per_source)
+        {
+            // This address holds its share of the listener: it may replace one of its own
+            // stale handshakes, never anyone's established connection.
+            match t.replaceable_of(ip, now) {
+                Some(id) => t.evict(id),
+                None => {
+                    t.refused += 1;
+                    self.report(&mut t, now);
+                    return None;
+                }
+            }
+        }
         if t.open.len() >= self.max {
             let victim = t.pending.keys().next().copied().filter(|id| {
                 t.open
@@ -305,6 +357,7 @@ impl ConnTable {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState {
             accepted: now,
+            ip,
             heard: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             waker: Mutex::new(None),
@@ -312,6 +365,7 @@ impl ConnTable {
         t.open.insert(id, state.clone());
         t.pending.insert(id, ip);
         t.pending_by_ip.entry(ip).or_default().insert(id);
+        *t.open_by_ip.entry(ip).or_default() += 1;
         drop(t);
         Some(LimitedConn {
             inner: stream,
@@ -344,9 +398,7 @@ impl ConnTable {
     }
 
     fn remove(&self, id: u64) {
-        let mut t = lock(&self.table);
-        t.unpend(id);
-        t.open.remove(&id);
+        lock(&self.table).close(id);
     }
 
     fn establish(&self, id: u64) {
@@ -551,6 +603,7 @@ mod tests {
     fn limits(max: usize) -> ListenLimits {
         ListenLimits {
             max_connections: max,
+            max_connections_per_source: max,
             max_concurrent_streams: 8,
             http2_keepalive_interval: Duration::from_secs(20),
             http2_keepalive_timeout: Duration::from_secs(20),
@@ -622,6 +675,39 @@ mod tests {
             .iter()
             .all(|c| !c.state.evicted.load(Ordering::SeqCst)));
         drop((flood, other, next, more));
+        assert_eq!(t.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_address_holds_at_most_its_share_of_open_connections() {
+        let mut l = limits(100);
+        l.max_connections_per_source = 3;
+        let t = ConnTable::new("test", &l);
+        // Three established connections from one address: its share is used up.
+        let held: Vec<_> = (0..3)
+            .map(|_| {
+                let c = t.admit(tokio::io::duplex(64).0, ip(1)).unwrap();
+                c.establisher()();
+                c
+            })
+            .collect();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(t.admit(tokio::io::duplex(64).0, ip(1)).is_none());
+        // Other addresses are not affected.
+        let other = t.admit(tokio::io::duplex(64).0, ip(2)).unwrap();
+        // A closed connection frees its place.
+        let mut held = held;
+        drop(held.pop());
+        let pending = t.admit(tokio::io::duplex(64).0, ip(1)).unwrap();
+        // At the share, a stale handshake of the same address is replaced, an established
+        // connection never.
+        assert!(t.admit(tokio::io::duplex(64).0, ip(1)).is_none());
+        tokio::time::advance(EVICT_PENDING_AFTER).await;
+        let next = t.admit(tokio::io::duplex(64).0, ip(1)).unwrap();
+        assert!(pending.state.evicted.load(Ordering::SeqCst));
+        assert!(held.iter().all(|c| !c.state.evicted.load(Ordering::SeqCst)));
+        assert_eq!(t.open(), 4);
+        drop((held, other, pending, next));
         assert_eq!(t.open(), 0);
     }
 

@@ -407,7 +407,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         stale_reads: config.key_read_mode == "stale",
     };
     // Cluster listener: RaftService and PeerService, for members only.
-    let raft_limits = ListenLimits::from_config(&config, config.raft_max_connections);
+    let raft_limits = ListenLimits::from_config(
+        &config,
+        config.raft_max_connections,
+        config.raft_max_connections_per_source,
+    );
     let raft_server = raft_limits
         .server()
         .layer(crate::service::layer::ErrorCodeLayer)
@@ -426,7 +430,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             wait(stop_rx.clone()),
         );
     // Key listener: KeyService for workers (server TLS).
-    let api_limits = ListenLimits::from_config(&config, config.api_max_connections);
+    let api_limits = ListenLimits::from_config(
+        &config,
+        config.api_max_connections,
+        config.api_max_connections_per_source,
+    );
     // Memory an unauthenticated caller can make the node hold is bounded by the in-flight cap
     // (each request body at most twice MAX_KEY_REQUEST_BYTES) and the flow-control windows.
     let api_server = api_limits
@@ -454,7 +462,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             wait(stop_rx.clone()),
         );
     // Admin listener: AdminService for operators (mutual TLS with the operator CA).
-    let admin_limits = ListenLimits::from_config(&config, config.admin_max_connections);
+    let admin_limits = ListenLimits::from_config(
+        &config,
+        config.admin_max_connections,
+        config.admin_max_connections,
+    );
     let admin_server = admin_limits
         .server()
         .layer(crate::service::layer::ErrorCodeLayer)
@@ -486,7 +498,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         };
         let table = ConnTable::for_listener(
             "metrics",
-            &ListenLimits::from_config(&config, METRICS_MAX_CONNECTIONS),
+            &ListenLimits::from_config(&config, METRICS_MAX_CONNECTIONS, METRICS_MAX_CONNECTIONS),
         );
         let admit = move |s: tokio::net::TcpStream| {
             let ip = s
