@@ -118,6 +118,10 @@ catalog! {
     PeerNotAdmitted = "PEER_NOT_ADMITTED" => PermissionDenied,
     /// The admin listener's client certificate is a node's (named `node-<id>`), not an operator's.
     NotAnOperator = "NOT_AN_OPERATOR" => PermissionDenied,
+    /// The proposer of a replicated command may not issue it, or its proof does not verify.
+    CommandNotAuthorized = "COMMAND_NOT_AUTHORIZED" => PermissionDenied,
+    /// A replicated command's sequence is not above its proposer's last: a replay.
+    CommandReplayed = "COMMAND_REPLAYED" => Aborted,
     /// The listener needs a client certificate and the connection presented none.
     NoClientCertificate = "NO_CLIENT_CERTIFICATE" => Unauthenticated,
     /// Membership changes run on the leader only: this node is not it. The `gatekeeper-leader-admin` response metadata, when known, names the leader's admin address.
@@ -342,6 +346,8 @@ pub fn rejected(code: gatekeeper_raft::state::RejectCode, message: String) -> Ap
         R::RotationConflict => ErrorCode::RotationConflict,
         R::ChainMismatch => ErrorCode::ChainMismatch,
         R::ChainGap => ErrorCode::ChainGap,
+        R::Unauthorized => ErrorCode::CommandNotAuthorized,
+        R::Replayed => ErrorCode::CommandReplayed,
         _ => ErrorCode::InvalidState,
     };
     ApiError::new(c, message)
@@ -350,6 +356,9 @@ pub fn rejected(code: gatekeeper_raft::state::RejectCode, message: String) -> Ap
 /// How a replica failure reads to a client: one mapping for every service.
 pub fn replica(e: gatekeeper_raft::replica::ReplicaError) -> ApiError {
     use gatekeeper_raft::replica::ReplicaError as R;
+    if let R::Refused { code, message } = e {
+        return rejected(code, message);
+    }
     let c = match &e {
         R::NoLeader { .. } => ErrorCode::NoLeader,
         R::TooStale { .. } => ErrorCode::StaleRead,

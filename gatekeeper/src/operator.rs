@@ -8,10 +8,7 @@ use gatekeeper_raft::state::{Bytes32, ChainEvent, Command, EpochStatus, Gatekeep
 use gatekeeper_raft::Node;
 use std::collections::BTreeMap;
 
-/// Largest canary key, in bytes.
-pub const MAX_CANARY_KEY_BYTES: usize = 256;
-/// Largest canary value, in bytes.
-pub const MAX_CANARY_VALUE_BYTES: usize = 4096;
+pub use gatekeeper_raft::state::{MAX_CANARY_KEY_BYTES, MAX_CANARY_VALUE_BYTES};
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidArgument, message)

@@ -27,6 +27,9 @@ pub enum SigningPurpose {
     ShareResponse,
     /// A development attestation (software enclave).
     DevAttestation,
+    /// A replicated command proposed by a member (its proof of origin, checked by every node
+    /// when it applies the entry).
+    Command,
 }
 
 impl SigningPurpose {
@@ -38,6 +41,7 @@ impl SigningPurpose {
             SigningPurpose::ShareRequest => b"gatekeeper/v1/share-request",
             SigningPurpose::ShareResponse => b"gatekeeper/v1/share-response",
             SigningPurpose::DevAttestation => b"gatekeeper/v1/dev-attestation",
+            SigningPurpose::Command => b"gatekeeper/v1/command",
         }
     }
 }

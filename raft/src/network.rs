@@ -539,6 +539,30 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// The leader's check of a proposal before it is appended: decodes it and runs
+/// [`crate::state::authorize`] against the applied state, as the leader that would append it.
+pub fn check_proposal(
+    sm: &SmStore,
+    leader: NodeId,
+    bytes: &[u8],
+) -> Result<(), crate::replica::ReplicaError> {
+    use crate::state::{RejectCode, Reply};
+    let refused = |r: Reply| match r {
+        Reply::Rejected { code, message } => {
+            crate::replica::ReplicaError::Refused { code, message }
+        }
+        _ => crate::replica::ReplicaError::Raft("unexpected check result".into()),
+    };
+    let d = crate::state::decode_entry(bytes).map_err(|e| {
+        refused(Reply::Rejected {
+            code: RejectCode::MalformedCommand,
+            message: e,
+        })
+    })?;
+    let a = sm.read();
+    crate::state::authorize(&a.state, &a.apply_context(leader), &d).map_err(refused)
+}
+
 /// Splits a snapshot into stream chunks: the first carries the header; the last has `done`.
 pub fn snapshot_chunks(
     vote: &Vote<NodeId>,
@@ -957,6 +981,19 @@ impl RaftService for RaftServer {
         let cmd = Command(request.into_inner().command);
         if cmd.0.len() > self.config.max_message_bytes {
             return Err(Status::resource_exhausted("command too large"));
+        }
+        // A proposal its proposer may not make never reaches the log (checked again at apply).
+        if self.raft.current_leader().await == Some(self.node_id) {
+            if let Err(crate::replica::ReplicaError::Refused { code, message }) =
+                check_proposal(&self.sm, self.node_id, &cmd.0)
+            {
+                let reply = crate::state::Reply::Rejected { code, message };
+                return Ok(Response::new(pb::ClientWriteResponse {
+                    log_id: None,
+                    response: serde_json::to_vec(&reply).expect("replies serialize"),
+                    membership: None,
+                }));
+            }
         }
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(Response::new(pb::ClientWriteResponse {

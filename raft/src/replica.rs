@@ -16,7 +16,7 @@ use crate::convert;
 use crate::log_store::LogStore;
 use crate::network::{Faults, LeaderContact, Network, NetworkConfig, RaftServer};
 use crate::sm_store::{Applied, SmOpenError, SmStore};
-use crate::state::{self, Reply};
+use crate::state::{self, CommandSigner, Lane, RejectCode, Reply};
 use crate::{Command, Node, NodeId, TypeConfig};
 use gatekeeper_proto::raft::v1 as pb;
 use gatekeeper_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -79,6 +79,15 @@ pub enum ReplicaError {
     /// The operation timed out; it may or may not have taken effect.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The leader refused the proposal before it reached the log (its proposer may not make
+    /// it, or its proof does not verify); nothing changed.
+    #[error("proposal refused: {message}")]
+    Refused {
+        /// Stable code.
+        code: RejectCode,
+        /// Why.
+        message: String,
+    },
     /// Stale read refused: no leader contact within the bound.
     #[error("stale read refused: last leader contact {since_ms:?} ms ago exceeds {max_ms} ms")]
     TooStale {
@@ -155,9 +164,46 @@ pub struct Replica {
     pub faults: Faults,
     contact: LeaderContact,
     config: Arc<ReplicaConfig>,
+    signer: Arc<std::sync::RwLock<Option<Arc<dyn CommandSigner>>>>,
+    /// Last sequence used per lane.
+    sequences: Arc<std::sync::Mutex<std::collections::HashMap<Lane, u64>>>,
+}
+
+/// Microseconds since the Unix epoch: a proposal sequence that keeps growing across restarts.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl Replica {
+    /// Sets the signer of this node's proposals (its enclave identity key). Writes fail until
+    /// it is set.
+    pub fn set_signer(&self, signer: Arc<dyn CommandSigner>) {
+        *self.signer.write().expect("signer lock") = Some(signer);
+    }
+
+    /// Signs `command` for `lane` with the next sequence: above the last one used here, the
+    /// last one the state applied for this node and lane, and the clock in microseconds.
+    fn propose(&self, command: &state::Command, lane: Lane) -> Result<Vec<u8>, ReplicaError> {
+        let signer = self
+            .signer
+            .read()
+            .expect("signer lock")
+            .clone()
+            .ok_or_else(|| ReplicaError::Config("this node has no command signer".into()))?;
+        let a = self.sm.read();
+        let applied = a.state.last_sequence(self.node_id, lane);
+        let seq = {
+            let mut m = self.sequences.lock().expect("sequences lock");
+            let last = m.entry(lane).or_insert(0);
+            *last = (*last + 1).max(applied + 1).max(now_us());
+            *last
+        };
+        Ok(state::sign_proposal(&*signer, &a.state, lane, seq, command))
+    }
+
     /// Opens storage and starts Raft. Refuses damaged storage.
     pub async fn open(config: ReplicaConfig) -> Result<Self, ReplicaError> {
         crate::private_fs::create_dir_all(&config.data_dir).map_err(|source| {
@@ -200,6 +246,8 @@ impl Replica {
             faults,
             contact: LeaderContact::default(),
             config: Arc::new(config),
+            signer: Arc::default(),
+            sequences: Arc::default(),
         })
     }
 
@@ -290,9 +338,35 @@ impl Replica {
         r
     }
 
-    /// Commits a command, forwarding to the leader when this node is not it.
-    pub async fn write(&self, command: &state::Command) -> Result<WriteOutcome, ReplicaError> {
-        let bytes = state::encode_command(command);
+    /// Commits a command proposed by this node's `lane`, signed by its identity key,
+    /// forwarding to the leader when this node is not it. The leader refuses a proposal its
+    /// proposer may not make before it reaches the log ([`crate::state::authorize`]); a
+    /// proposal overtaken by a later one of the same lane (concurrent writes) is signed again
+    /// with a new sequence, a few times.
+    pub async fn write(
+        &self,
+        command: &state::Command,
+        lane: Lane,
+    ) -> Result<WriteOutcome, ReplicaError> {
+        let mut attempt = 0;
+        loop {
+            let out = self.write_proposal(self.propose(command, lane)?).await?;
+            attempt += 1;
+            match &out.reply {
+                Reply::Rejected {
+                    code: RejectCode::Replayed,
+                    ..
+                } if attempt < 4 => continue,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Commits a signed proposal (see [`Replica::write`]).
+    pub async fn write_proposal(&self, bytes: Vec<u8>) -> Result<WriteOutcome, ReplicaError> {
+        if self.is_leader() {
+            crate::network::check_proposal(&self.sm, self.node_id, &bytes)?;
+        }
         let fut = self.raft.client_write(Command(bytes.clone()));
         match tokio::time::timeout(self.config.request_timeout, fut).await {
             Err(_) => Err(ReplicaError::Timeout("write not committed in time".into())),
@@ -311,10 +385,16 @@ impl Replica {
                         detail: format!("forwarding to leader {leader}: {}", s.message()),
                     })?
                     .into_inner();
-                let log_id = convert::log_id_from_pb(
-                    resp.log_id
-                        .ok_or_else(|| ReplicaError::Raft("leader reply has no log id".into()))?,
-                );
+                let Some(log_id) = resp.log_id else {
+                    // Refused before it reached the log: the reply says why.
+                    return Err(match decode_reply(&resp.response)? {
+                        Reply::Rejected { code, message } => {
+                            ReplicaError::Refused { code, message }
+                        }
+                        _ => ReplicaError::Raft("leader reply has no log id".into()),
+                    });
+                };
+                let log_id = convert::log_id_from_pb(log_id);
                 Ok(WriteOutcome {
                     log_id,
                     reply: decode_reply(&resp.response)?,

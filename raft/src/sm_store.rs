@@ -88,6 +88,19 @@ pub struct Applied {
     pub state: GatekeeperState,
 }
 
+impl Applied {
+    /// The context an entry appended by `leader` is applied in: the membership in force (the
+    /// last membership entry applied before it) and that leader.
+    pub fn apply_context(&self, leader: NodeId) -> crate::state::ApplyContext {
+        let m = self.last_membership.membership();
+        crate::state::ApplyContext {
+            leader,
+            voters: m.voter_ids().collect(),
+            learners: m.learner_ids().collect(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Record {
     format: u32,
@@ -466,7 +479,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 match entry.payload {
                     EntryPayload::Blank => replies.push(CommandReply(Vec::new())),
                     EntryPayload::Normal(cmd) => {
-                        let reply = a.state.apply_encoded(&cmd.0);
+                        let ctx = a.apply_context(entry.log_id.leader_id.node_id);
+                        let reply = a.state.apply_entry(&cmd.0, &ctx);
                         replies.push(CommandReply(
                             serde_json::to_vec(&reply).expect("replies serialize"),
                         ));
@@ -535,17 +549,67 @@ impl RaftStateMachine<TypeConfig> for SmStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{encode_command, Command};
+    use crate::state::{
+        sign_proposal, Bytes32, Command, CommandSigner, HexBytes, Lane, MemberRecord,
+    };
     use crate::Command as RaftCommand;
-    use openraft::{CommittedLeaderId, Entry};
+    use keyring::Sr25519Keypair;
+    use openraft::{CommittedLeaderId, Entry, Membership};
 
+    /// Node 1, the only voter, signing as its enclave would.
+    struct Node1(Sr25519Keypair);
+
+    impl CommandSigner for Node1 {
+        fn node_id(&self) -> NodeId {
+            1
+        }
+        fn sign(&self, message: &[u8]) -> [u8; 64] {
+            keyring::sign::sign(&self.0, keyring::sign::SigningPurpose::Command, message).0
+        }
+    }
+
+    fn node1() -> Node1 {
+        Node1(Sr25519Keypair::from_seed(&[1; 32]))
+    }
+
+    /// An initialised state with node 1 registered and the only voter.
+    fn seeded() -> Applied {
+        let mut a = Applied {
+            last_membership: StoredMembership::new(None, Membership::new(vec![[1].into()], None)),
+            ..Applied::default()
+        };
+        a.state.gatekeeper_id = Some(Bytes32([7; 32]));
+        a.state.members.insert(
+            1,
+            MemberRecord {
+                node_id: 1,
+                raft_address: "127.0.0.1:1".into(),
+                api_address: "127.0.0.1:2".into(),
+                identity_public_key: Bytes32(*node1().0.public_key().as_bytes()),
+                hpke_public_key: Bytes32([9; 32]),
+                attestation: HexBytes(vec![]),
+                tls_spki: None,
+                admin_address: None,
+            },
+        );
+        a
+    }
+
+    /// A canary write proposed by node 1 (applies to a store seeded with [`seeded`]).
     fn put(index: u64, key: &str) -> Entry<TypeConfig> {
+        let c = Command::Put {
+            key: key.into(),
+            value: "v".into(),
+        };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(RaftCommand(encode_command(&Command::Put {
-                key: key.into(),
-                value: "v".into(),
-            }))),
+            payload: EntryPayload::Normal(RaftCommand(sign_proposal(
+                &node1(),
+                &seeded().state,
+                Lane::Canary,
+                index,
+                &c,
+            ))),
         }
     }
 
@@ -565,6 +629,7 @@ mod tests {
 
     async fn store_with_writes(dir: &Path, n: u64) -> SmStore {
         let mut sm = SmStore::open(dir).unwrap();
+        *sm.applied.write().unwrap() = seeded();
         let entries: Vec<_> = (1..=n).map(|i| put(i, &format!("k{i}"))).collect();
         sm.apply(entries).await.unwrap();
         sm

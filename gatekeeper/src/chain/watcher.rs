@@ -5,7 +5,7 @@ use super::{ChainSettings, ChainView};
 use crate::clock::now_ms;
 use gatekeeper_raft::replica::Replica;
 use gatekeeper_raft::state::{
-    Bytes32, ChainBlock, ChainRecord, Command, IgnoredEvent, IndexedEvent, Reply,
+    Bytes32, ChainBlock, ChainRecord, Command, IgnoredEvent, IndexedEvent, Lane, Reply,
 };
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -370,7 +370,7 @@ impl Watcher {
             let finished = batch.iter().filter(|b| b.complete).count() as u64;
             let out = self
                 .replica
-                .write(&Command::ChainBlocks { blocks: batch })
+                .write(&Command::ChainBlocks { blocks: batch }, Lane::Chain)
                 .await
                 .map_err(|e| format!("proposing blocks {first}..={last}: {e}"))?;
             match out.reply {

@@ -164,3 +164,29 @@ pub trait Enclave: Send + Sync {
     /// Signs a key response with the epoch's cluster signing key.
     fn sign_response(&self, epoch: u64, message: &[u8]) -> Result<Signature, EnclaveError>;
 }
+
+/// Signs this node's replicated-command proposals with its enclave identity key (the proof of
+/// origin every node checks at apply, `gatekeeper_raft::state::authorize`).
+pub struct CommandSigner {
+    node_id: u64,
+    enclave: std::sync::Arc<dyn Enclave>,
+}
+
+impl CommandSigner {
+    /// A signer for `node_id` backed by `enclave`.
+    pub fn new(node_id: u64, enclave: std::sync::Arc<dyn Enclave>) -> Self {
+        Self { node_id, enclave }
+    }
+}
+
+impl gatekeeper_raft::state::CommandSigner for CommandSigner {
+    fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.enclave
+            .sign_identity(keyring::sign::SigningPurpose::Command, message)
+            .0
+    }
+}

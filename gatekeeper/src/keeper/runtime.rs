@@ -8,7 +8,7 @@ use crate::epochs::{commitments, dealing_ctx, envelope, wrapped};
 use crate::peer::client::{fetch_share, SharePeer};
 use gatekeeper_raft::replica::Replica;
 use gatekeeper_raft::state::{
-    Bytes32, Command, DealingRecord, EpochRecord, EpochStatus, GatekeeperState, HexBytes,
+    Bytes32, Command, DealingRecord, EpochRecord, EpochStatus, GatekeeperState, HexBytes, Lane,
     MemberRecord, SealedShare,
 };
 use keyring::{GatekeeperId, Sr25519PublicKey};
@@ -85,7 +85,11 @@ impl Keeper {
     }
 
     async fn write(&self, c: Command) -> Result<(), String> {
-        let out = self.replica.write(&c).await.map_err(|e| e.to_string())?;
+        let out = self
+            .replica
+            .write(&c, Lane::Keeper)
+            .await
+            .map_err(|e| e.to_string())?;
         match out.reply {
             gatekeeper_raft::state::Reply::Rejected { code, message } => {
                 Err(format!("{code:?}: {message}"))

@@ -303,6 +303,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     })
     .await
     .with_context(|| format!("node {} cannot start", config.node_id))?;
+    replica.set_signer(Arc::new(crate::enclave::CommandSigner::new(
+        config.node_id,
+        enclave.clone(),
+    )));
 
     let raft_listener = bind(&config.raft_listen, "raft_listen").await?;
     let api_listener = bind(&config.api_listen, "api_listen").await?;

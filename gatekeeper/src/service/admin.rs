@@ -9,7 +9,7 @@ use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_server::AdminService;
 use gatekeeper_raft::replica::{Replica, ReplicaError, StatusView};
 use gatekeeper_raft::state::{Bytes32, EpochStatus};
-use gatekeeper_raft::state::{Command, Reply};
+use gatekeeper_raft::state::{Command, Lane, Reply};
 use gatekeeper_raft::Node;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
@@ -150,7 +150,7 @@ impl AdminServer {
     ) -> ApiResult<gatekeeper_raft::replica::WriteOutcome> {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout();
         loop {
-            match self.replica.write(c).await {
+            match self.replica.write(c, Lane::Admin).await {
                 Ok(o) => return Ok(o),
                 Err(ReplicaError::NoLeader { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -373,6 +373,7 @@ impl AdminService for AdminServer {
                 gatekeeper_id: Bytes32(id),
                 threshold,
                 genesis_dealer: imported_public.map(|_| self.config.node_id),
+                production: self.config.mode == crate::config::Mode::Production,
             })
             .await?;
         if let Reply::Rejected { code, message } = out.reply {
@@ -456,7 +457,11 @@ impl AdminService for AdminServer {
             unreachable!("operator::rotation builds StartRotation")
         };
         let rotation_id = rotation_id.clone();
-        let out = self.replica.write(&command).await.map_err(error::replica)?;
+        let out = self
+            .replica
+            .write(&command, Lane::Admin)
+            .await
+            .map_err(error::replica)?;
         if let Reply::Rejected { code, message } = out.reply {
             return Err(error::rejected(code, message).into());
         }
@@ -491,7 +496,7 @@ impl AdminService for AdminServer {
         let before = operator::retiring(&self.replica.sm.read().state, min_epoch);
         let out = self
             .replica
-            .write(&Command::SetMinEpoch { min_epoch })
+            .write(&Command::SetMinEpoch { min_epoch }, Lane::Admin)
             .await
             .map_err(error::replica)?;
         if let Reply::Rejected { code, message } = out.reply {
@@ -511,7 +516,7 @@ impl AdminService for AdminServer {
         let event = operator::dev_event(request.into_inner())?;
         let out = self
             .replica
-            .write(&Command::DevEvent { event })
+            .write(&Command::DevEvent { event }, Lane::Admin)
             .await
             .map_err(error::replica)?;
         match out.reply {
@@ -532,10 +537,13 @@ impl AdminService for AdminServer {
         operator::check_canary(&r.key, &r.value)?;
         let out = self
             .replica
-            .write(&Command::Put {
-                key: r.key,
-                value: r.value,
-            })
+            .write(
+                &Command::Put {
+                    key: r.key,
+                    value: r.value,
+                },
+                Lane::Canary,
+            )
             .await
             .map_err(error::replica)?;
         match out.reply {

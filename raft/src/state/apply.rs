@@ -44,7 +44,10 @@ impl GatekeeperState {
                 gatekeeper_id,
                 threshold,
                 genesis_dealer,
-            } => self.apply_init_cluster(*gatekeeper_id, *threshold, *genesis_dealer)?,
+                production,
+            } => {
+                self.apply_init_cluster(*gatekeeper_id, *threshold, *genesis_dealer, *production)?
+            }
             Command::DevEvent { event } => self.apply_dev_event(event)?,
             Command::UpsertMember(m) => self.apply_upsert_member(m)?,
             Command::RemoveMember { node_id } => self.apply_remove_member(*node_id)?,
@@ -66,7 +69,7 @@ impl GatekeeperState {
                 reason,
             } => self.apply_abort_rotation(rotation_id, reason)?,
             Command::ChainBlocks { blocks } => return self.apply_chain_blocks(blocks),
-            Command::Put { key, value } => self.apply_put(key, value),
+            Command::Put { key, value } => self.apply_put(key, value)?,
         }
         Ok(true)
     }
@@ -76,6 +79,7 @@ impl GatekeeperState {
         gatekeeper_id: Bytes32,
         threshold: Option<u8>,
         genesis_dealer: Option<NodeId>,
+        production: bool,
     ) -> Result<(), Reply> {
         use RejectCode::*;
         if self.gatekeeper_id.is_some() {
@@ -87,11 +91,18 @@ impl GatekeeperState {
         self.gatekeeper_id = Some(gatekeeper_id);
         self.genesis_threshold = threshold;
         self.genesis_dealer = genesis_dealer;
+        self.production = production;
         Ok(())
     }
 
     /// A chain-shaped event without a chain: applied at the cursor's block, the cursor unmoved.
     fn apply_dev_event(&mut self, event: &ChainEvent) -> Result<(), Reply> {
+        if self.production {
+            return Err(reject(
+                RejectCode::Unauthorized,
+                "development events are refused in a production cluster",
+            ));
+        }
         let block = self.chain.cursor.map_or(0, |c| c.block);
         self.apply_chain_event(block, event, 0, 0)
     }
@@ -278,8 +289,22 @@ impl GatekeeperState {
         Ok(())
     }
 
-    fn apply_put(&mut self, key: &str, value: &str) {
+    fn apply_put(&mut self, key: &str, value: &str) -> Result<(), Reply> {
+        use super::commands::{MAX_CANARY_KEY_BYTES, MAX_CANARY_VALUE_BYTES};
+        if key.is_empty() || key.len() > MAX_CANARY_KEY_BYTES {
+            return Err(reject(
+                RejectCode::InvalidState,
+                format!("a canary key must be 1 to {MAX_CANARY_KEY_BYTES} bytes"),
+            ));
+        }
+        if value.len() > MAX_CANARY_VALUE_BYTES {
+            return Err(reject(
+                RejectCode::InvalidState,
+                format!("a canary value must be at most {MAX_CANARY_VALUE_BYTES} bytes"),
+            ));
+        }
         self.kv.insert(key.to_string(), value.to_string());
+        Ok(())
     }
 
     fn require_init(&self) -> Result<(), Reply> {

@@ -155,6 +155,11 @@ pub struct ChainBlock {
     pub rotation_deadline_ms: u64,
 }
 
+/// Longest canary key, bytes (checked by the admin service and again at apply).
+pub const MAX_CANARY_KEY_BYTES: usize = 256;
+/// Longest canary value, bytes.
+pub const MAX_CANARY_VALUE_BYTES: usize = 4096;
+
 /// Every command the state machine accepts (version 1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
@@ -170,6 +175,9 @@ pub enum Command {
         /// The node that deals epoch 0 (it holds an imported master secret); None: the leader.
         #[serde(default)]
         genesis_dealer: Option<NodeId>,
+        /// A production cluster: development-only commands are refused for good.
+        #[serde(default)]
+        production: bool,
     },
     /// DEVELOPMENT PATH: a chain-shaped event entered by an operator (`AdminService.ApplyDevEvent`)
     /// without a chain. Same effects as an event in a [`Command::ChainBlocks`] but does not move
@@ -274,6 +282,10 @@ pub enum RejectCode {
     /// A chain block range that does not continue the committed cursor (a skipped block or
     /// event range).
     ChainGap,
+    /// The proposer may not issue this command, or its proof does not verify.
+    Unauthorized,
+    /// The proposal's sequence is not above the last one applied for its proposer and lane.
+    Replayed,
 }
 
 /// The state machine's answer to a command.

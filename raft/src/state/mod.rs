@@ -18,11 +18,16 @@
 mod apply;
 mod chain;
 mod commands;
+mod proposal;
 mod records;
 
 pub use commands::{
     decode_command, encode_command, ChainBlock, ChainEvent, Command, IndexedEvent, RejectCode,
-    Reply, COMMAND_VERSION,
+    Reply, COMMAND_VERSION, MAX_CANARY_KEY_BYTES, MAX_CANARY_VALUE_BYTES,
+};
+pub use proposal::{
+    authorize, command_name, decode_entry, encode_proposal, sign_proposal, signing_bytes,
+    ApplyContext, CommandSigner, Decoded, Lane, Proof, PROPOSAL_VERSION,
 };
 pub use records::{
     Bytes32, ChainCursor, ChainRecord, ClusterRecord, DealingRecord, EpochRecord, EpochStatus,
@@ -76,6 +81,14 @@ pub struct GatekeeperState {
     pub kv: BTreeMap<String, String>,
     /// Monotonic audit sequence: +1 per applied command.
     pub audit_sequence: u64,
+    /// Fixed at init: a production cluster refuses development-only commands whichever path
+    /// they came by.
+    #[serde(default)]
+    pub production: bool,
+    /// Highest proposal sequence applied per node and lane (replay protection, see
+    /// [`proposal`]).
+    #[serde(default)]
+    pub sequences: BTreeMap<NodeId, BTreeMap<String, u64>>,
 }
 
 impl GatekeeperState {

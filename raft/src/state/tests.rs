@@ -139,6 +139,7 @@ fn genesis() -> GatekeeperState {
             gatekeeper_id: b(1),
             threshold: None,
             genesis_dealer: None,
+            production: false,
         },
         member(1),
         member(2),
@@ -169,6 +170,7 @@ fn genesis_activates_after_every_member_acks() {
         gatekeeper_id: b(1),
         threshold: Some(2),
         genesis_dealer: None,
+        production: false,
     });
     assert_eq!(s.genesis_threshold, Some(2));
     for m in 1..=3 {
@@ -194,6 +196,7 @@ fn audit_sequence_counts_applied_commands_only() {
             gatekeeper_id: b(2),
             threshold: None,
             genesis_dealer: None,
+            production: false,
         },
         RejectCode::AlreadyInitialized,
     );
@@ -802,6 +805,7 @@ fn replicas_applying_the_same_log_agree() {
             gatekeeper_id: b(1),
             threshold: None,
             genesis_dealer: None,
+            production: false,
         },
         member(1),
         member(2),
@@ -820,6 +824,7 @@ fn replicas_applying_the_same_log_agree() {
             gatekeeper_id: b(9),
             threshold: None,
             genesis_dealer: None,
+            production: false,
         }, // rejected on every replica
         block(1, vec![ChainEvent::WorkerDeregistered { worker: b(7) }]), // duplicate everywhere
     ]
@@ -853,6 +858,7 @@ fn old_init_entries_still_decode_and_threshold_zero_is_rejected() {
             gatekeeper_id: b(1),
             threshold: Some(0),
             genesis_dealer: None,
+            production: false,
         },
         RejectCode::InvalidDealing,
     );

@@ -1,0 +1,933 @@
+//! Proposals: a command together with the proof of who proposed it, and the pure rule that
+//! decides, on every node when it applies the entry (and on the leader before the entry is
+//! appended), whether that proposer may issue that command (docs/design.md §7.4).
+//!
+//! A log entry is `{"v":2,"cmd":"<command JSON>","proof":{…}}`. The command travels as a JSON
+//! *string*, so the bytes the proposer signed are exactly the bytes every node verifies — no
+//! re-serialization, which would make nodes of different versions disagree.
+//!
+//! The proof names the proposing node, a *lane* (which of its components proposed: keeper,
+//! chain watcher, admin service, canary writes), a sequence number and an sr25519 signature by
+//! the node's enclave identity key (context `gatekeeper/v1/command`) over [`signing_bytes`]. The
+//! state records the highest sequence applied per node and lane; a proposal at or below it is a
+//! replay and is refused (canary writes, which are harmless to repeat and written by hundreds of
+//! concurrent clients, are not ordered).
+//!
+//! [`authorize`] is a pure function of the state, the [`ApplyContext`] (the Raft membership in
+//! force and the leader that appended the entry) and the proposal. What each command needs is
+//! in the table of design.md §7.4; [`authorize`]'s code follows it line by line.
+
+use super::commands::{reject, Command, RejectCode, Reply};
+use super::records::{Bytes32, HexBytes};
+use super::GatekeeperState;
+use crate::NodeId;
+use keyring::sign::SigningPurpose;
+use keyring::{Signature, Sr25519PublicKey};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The encoding version of signed entries.
+pub const PROPOSAL_VERSION: u32 = 2;
+
+/// Which component of a node proposed a command. Each lane has its own sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Lane {
+    /// The master-key keeper (registration, dealing, acks, rotations it drives).
+    Keeper,
+    /// The chain watcher (`ChainBlocks`).
+    Chain,
+    /// The admin service on behalf of an authenticated operator.
+    Admin,
+    /// Canary writes (not ordered: repeating one is harmless).
+    Canary,
+}
+
+impl Lane {
+    /// The lane's name, as signed and as recorded in the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Keeper => "keeper",
+            Lane::Chain => "chain",
+            Lane::Admin => "admin",
+            Lane::Canary => "canary",
+        }
+    }
+
+    /// Whether proposals of this lane must carry increasing sequence numbers.
+    pub fn ordered(self) -> bool {
+        !matches!(self, Lane::Canary)
+    }
+}
+
+/// Who proposed a command, and the signature that proves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The proposing node.
+    pub node: NodeId,
+    /// Its component.
+    pub lane: Lane,
+    /// Sequence number, increasing per (node, lane) for ordered lanes.
+    pub seq: u64,
+    /// sr25519 signature by the node's enclave identity key over [`signing_bytes`].
+    pub signature: HexBytes,
+}
+
+/// The Raft context an entry is applied in: the membership in force at the entry and the leader
+/// that appended it (from the entry's log id: only that leader can have appended it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyContext {
+    /// The leader that appended the entry.
+    pub leader: NodeId,
+    /// Voters of the membership in force.
+    pub voters: BTreeSet<NodeId>,
+    /// Learners of the membership in force.
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl ApplyContext {
+    fn in_membership(&self, n: NodeId) -> bool {
+        self.voters.contains(&n) || self.learners.contains(&n)
+    }
+}
+
+/// Signs proposals for one node (its enclave identity key).
+pub trait CommandSigner: Send + Sync {
+    /// The node the signatures are made for.
+    fn node_id(&self) -> NodeId;
+    /// Signs `message` with the node's identity key, context `gatekeeper/v1/command`.
+    fn sign(&self, message: &[u8]) -> [u8; 64];
+}
+
+/// The exact bytes a proof signs: a domain tag, the cluster id (all zero before init), the node,
+/// the lane, the sequence, then the command JSON (length-prefixed).
+pub fn signing_bytes(
+    gatekeeper_id: Option<&Bytes32>,
+    node: NodeId,
+    lane: Lane,
+    seq: u64,
+    command_json: &[u8],
+) -> Vec<u8> {
+    let lane = lane.name().as_bytes();
+    let mut m = Vec::with_capacity(80 + command_json.len());
+    m.extend_from_slice(b"gatekeeper/command/v2\0");
+    m.extend_from_slice(&gatekeeper_id.map_or([0u8; 32], |g| g.0));
+    m.extend_from_slice(&node.to_be_bytes());
+    m.push(lane.len() as u8);
+    m.extend_from_slice(lane);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(&(command_json.len() as u64).to_be_bytes());
+    m.extend_from_slice(command_json);
+    m
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    v: u32,
+    cmd: String,
+    proof: Proof,
+}
+
+/// Encodes a signed proposal for the Raft log.
+pub fn encode_proposal(command_json: &str, proof: &Proof) -> Vec<u8> {
+    serde_json::to_vec(&Envelope {
+        v: PROPOSAL_VERSION,
+        cmd: command_json.to_string(),
+        proof: proof.clone(),
+    })
+    .expect("proposals always serialize")
+}
+
+/// Signs `command` as `signer`'s `lane` with sequence `seq`, for a cluster in `state`.
+pub fn sign_proposal(
+    signer: &dyn CommandSigner,
+    state: &GatekeeperState,
+    lane: Lane,
+    seq: u64,
+    command: &Command,
+) -> Vec<u8> {
+    let json = serde_json::to_string(command).expect("commands always serialize");
+    let node = signer.node_id();
+    let sig = signer.sign(&signing_bytes(
+        state.gatekeeper_id.as_ref(),
+        node,
+        lane,
+        seq,
+        json.as_bytes(),
+    ));
+    encode_proposal(
+        &json,
+        &Proof {
+            node,
+            lane,
+            seq,
+            signature: HexBytes(sig.to_vec()),
+        },
+    )
+}
+
+/// A decoded log entry: the command, the exact JSON it was signed as, and its proof (`None`
+/// for a version-1 entry, which has none and is refused at apply).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The command.
+    pub command: Command,
+    /// The command's JSON as signed.
+    pub command_json: String,
+    /// Who proposed it.
+    pub proof: Option<Proof>,
+}
+
+/// Decodes a log entry of either version. Malformed bytes are an error.
+pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, String> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let v: Version = serde_json::from_slice(bytes).map_err(|e| format!("not a command: {e}"))?;
+    if v.v != PROPOSAL_VERSION {
+        let command = super::commands::decode_command(bytes)?;
+        let command_json = serde_json::to_string(&command).expect("commands always serialize");
+        return Ok(Decoded {
+            command,
+            command_json,
+            proof: None,
+        });
+    }
+    let e: Envelope = serde_json::from_slice(bytes).map_err(|e| format!("bad v2 proposal: {e}"))?;
+    let command: Command =
+        serde_json::from_str(&e.cmd).map_err(|e| format!("bad v2 command: {e}"))?;
+    Ok(Decoded {
+        command,
+        command_json: e.cmd,
+        proof: Some(e.proof),
+    })
+}
+
+fn unauthorized(message: impl Into<String>) -> Reply {
+    reject(RejectCode::Unauthorized, message)
+}
+
+/// Decides whether the proposal may be applied: a pure function of the state, the context and
+/// the proposal (design.md §7.4). `Ok` changes nothing; the caller then records the sequence
+/// ([`GatekeeperState::record_sequence`]) and applies the command.
+pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Result<(), Reply> {
+    let Some(p) = &d.proof else {
+        return Err(unauthorized(
+            "the command carries no proof of origin (a version-1 entry)",
+        ));
+    };
+    let c = &d.command;
+    // Who must have signed it: the key that verifies the signature.
+    let key: Option<Bytes32> = match c {
+        // Before init no member is registered: the node the operator initialised proposes it.
+        Command::InitCluster { .. } => None,
+        // A node registers itself, signing with the identity key it registers.
+        Command::UpsertMember(m) => Some(m.identity_public_key),
+        _ => match state.members.get(&p.node) {
+            Some(m) => Some(m.identity_public_key),
+            None => {
+                return Err(unauthorized(format!(
+                    "node {} has no member record: it cannot propose {}",
+                    p.node,
+                    command_name(c)
+                )))
+            }
+        },
+    };
+    let voter = |what: &str| -> Result<(), Reply> {
+        if ctx.voters.contains(&p.node) {
+            Ok(())
+        } else {
+            Err(unauthorized(format!(
+                "{what} may be proposed only by a voter; node {} is not one",
+                p.node
+            )))
+        }
+    };
+    let leader = |what: &str| -> Result<(), Reply> {
+        if p.node == ctx.leader {
+            Ok(())
+        } else {
+            Err(unauthorized(format!(
+                "{what} may be proposed only by the leader that appends it (node {}), not by \
+                 node {}",
+                ctx.leader, p.node
+            )))
+        }
+    };
+    match c {
+        Command::InitCluster { .. } => {
+            if state.gatekeeper_id.is_some() {
+                return Err(reject(
+                    RejectCode::AlreadyInitialized,
+                    "cluster already initialised",
+                ));
+            }
+            voter("InitCluster")?
+        }
+        Command::UpsertMember(m) => {
+            if m.node_id != p.node {
+                return Err(unauthorized(format!(
+                    "node {} cannot register node {}'s record",
+                    p.node, m.node_id
+                )));
+            }
+            if !ctx.in_membership(p.node) {
+                return Err(unauthorized(format!(
+                    "node {} is not in the Raft membership",
+                    p.node
+                )));
+            }
+            if let Some(old) = state.members.get(&m.node_id) {
+                if old.identity_public_key != m.identity_public_key && ctx.voters.contains(&p.node)
+                {
+                    return Err(unauthorized(format!(
+                        "voter {}'s identity key cannot change; `leave` it and `join` it again",
+                        p.node
+                    )));
+                }
+            }
+        }
+        Command::AckShare { node_id, .. } => {
+            if *node_id != p.node {
+                return Err(unauthorized(format!(
+                    "node {} cannot acknowledge node {node_id}'s share",
+                    p.node
+                )));
+            }
+        }
+        Command::InstallEpoch(e) => {
+            voter("InstallEpoch")?;
+            if e.epoch == 0 {
+                match state.genesis_dealer {
+                    Some(d) if d != p.node => {
+                        return Err(unauthorized(format!(
+                            "the genesis dealer is node {d}, not node {}",
+                            p.node
+                        )))
+                    }
+                    Some(_) => {}
+                    None => leader("the genesis dealing")?,
+                }
+            } else {
+                leader("a rotation's dealing")?;
+            }
+        }
+        Command::Redeal { .. } => {
+            voter("Redeal")?;
+            leader("Redeal")?;
+        }
+        Command::RemoveMember { node_id } => {
+            leader("RemoveMember")?;
+            if ctx.in_membership(*node_id) {
+                return Err(reject(
+                    RejectCode::InvalidState,
+                    format!("node {node_id} is still in the Raft membership: `leave` it first"),
+                ));
+            }
+        }
+        Command::ChainBlocks { .. } => leader("ChainBlocks")?,
+        Command::DevEvent { .. } => {
+            voter("DevEvent")?;
+            if state.production {
+                return Err(unauthorized(
+                    "development events are refused in a production cluster",
+                ));
+            }
+        }
+        Command::StartRotation { .. }
+        | Command::AbortRotation { .. }
+        | Command::SetMinEpoch { .. }
+        | Command::Put { .. } => voter(command_name(c))?,
+    }
+    // The sequence: a replayed proposal is refused.
+    if p.lane.ordered() {
+        let last = state.last_sequence(p.node, p.lane);
+        if p.seq <= last {
+            return Err(reject(
+                RejectCode::Replayed,
+                format!(
+                    "sequence {} of node {}'s {} lane is not above {last}: a replay or a \
+                     reordered proposal",
+                    p.seq,
+                    p.node,
+                    p.lane.name()
+                ),
+            ));
+        }
+    }
+    // The signature.
+    if let Some(key) = key {
+        let bad = || unauthorized(format!("bad signature for node {}", p.node));
+        let pk = Sr25519PublicKey::from_slice(&key.0).map_err(|_| bad())?;
+        let sig: [u8; 64] = p.signature.0.as_slice().try_into().map_err(|_| bad())?;
+        let msg = signing_bytes(
+            state.gatekeeper_id.as_ref(),
+            p.node,
+            p.lane,
+            p.seq,
+            d.command_json.as_bytes(),
+        );
+        keyring::sign::verify(&pk, SigningPurpose::Command, &msg, &Signature(sig))
+            .map_err(|_| bad())?;
+    }
+    Ok(())
+}
+
+/// The command's name, for messages.
+pub fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::InitCluster { .. } => "InitCluster",
+        Command::DevEvent { .. } => "DevEvent",
+        Command::UpsertMember(_) => "UpsertMember",
+        Command::RemoveMember { .. } => "RemoveMember",
+        Command::InstallEpoch(_) => "InstallEpoch",
+        Command::AckShare { .. } => "AckShare",
+        Command::Redeal { .. } => "Redeal",
+        Command::SetMinEpoch { .. } => "SetMinEpoch",
+        Command::StartRotation { .. } => "StartRotation",
+        Command::AbortRotation { .. } => "AbortRotation",
+        Command::ChainBlocks { .. } => "ChainBlocks",
+        Command::Put { .. } => "Put",
+    }
+}
+
+impl GatekeeperState {
+    /// The highest sequence applied for `node`'s `lane` (0: none).
+    pub fn last_sequence(&self, node: NodeId, lane: Lane) -> u64 {
+        self.sequences
+            .get(&node)
+            .and_then(|l| l.get(lane.name()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Records an authorized proposal's sequence (ordered lanes only).
+    pub fn record_sequence(&mut self, p: &Proof) {
+        if p.lane.ordered() {
+            let e = self
+                .sequences
+                .entry(p.node)
+                .or_default()
+                .entry(p.lane.name().to_string())
+                .or_insert(0);
+            *e = (*e).max(p.seq);
+        }
+    }
+
+    /// Applies a log entry in `ctx`: decodes it, authorizes it ([`authorize`]), records its
+    /// sequence and applies the command. Refused entries change nothing.
+    pub fn apply_entry(&mut self, bytes: &[u8], ctx: &ApplyContext) -> Reply {
+        let d = match decode_entry(bytes) {
+            Ok(d) => d,
+            Err(e) => return reject(RejectCode::MalformedCommand, e),
+        };
+        if let Err(r) = authorize(self, ctx, &d) {
+            return r;
+        }
+        // (InitCluster's proposer has no registered key yet: its sequence proves nothing.)
+        if let (Some(p), false) = (&d.proof, matches!(d.command, Command::InitCluster { .. })) {
+            self.record_sequence(p);
+        }
+        self.apply(&d.command)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{
+        ChainBlock, ChainEvent, DealingRecord, EpochRecord, EpochStatus, MemberRecord,
+    };
+    use keyring::Sr25519Keypair;
+
+    struct Key(NodeId, Sr25519Keypair);
+
+    impl CommandSigner for Key {
+        fn node_id(&self) -> NodeId {
+            self.0
+        }
+        fn sign(&self, message: &[u8]) -> [u8; 64] {
+            keyring::sign::sign(&self.1, SigningPurpose::Command, message).0
+        }
+    }
+
+    fn key(n: NodeId) -> Key {
+        Key(n, Sr25519Keypair::from_seed(&[n as u8; 32]))
+    }
+
+    fn record(n: NodeId, k: &Key) -> MemberRecord {
+        MemberRecord {
+            node_id: n,
+            raft_address: format!("127.0.0.1:{}", 7000 + n),
+            api_address: format!("127.0.0.1:{}", 8000 + n),
+            identity_public_key: Bytes32(*k.1.public_key().as_bytes()),
+            hpke_public_key: Bytes32([9; 32]),
+            attestation: HexBytes(vec![]),
+            tls_spki: None,
+            admin_address: None,
+        }
+    }
+
+    fn ctx(leader: NodeId) -> ApplyContext {
+        ApplyContext {
+            leader,
+            voters: [1, 2, 3].into(),
+            learners: [4].into(),
+        }
+    }
+
+    /// An initialised cluster with members 1–3 registered.
+    fn cluster() -> GatekeeperState {
+        let mut s = GatekeeperState::default();
+        assert!(matches!(
+            s.apply_entry(
+                &sign_proposal(
+                    &key(1),
+                    &s.clone(),
+                    Lane::Admin,
+                    1,
+                    &Command::InitCluster {
+                        gatekeeper_id: Bytes32([7; 32]),
+                        threshold: None,
+                        genesis_dealer: None,
+                        production: false,
+                    },
+                ),
+                &ctx(1),
+            ),
+            Reply::Applied { .. }
+        ));
+        for n in 1..=3 {
+            let k = key(n);
+            let c = Command::UpsertMember(record(n, &k));
+            let r = s.apply_entry(&sign_proposal(&k, &s.clone(), Lane::Keeper, 1, &c), &ctx(1));
+            assert!(matches!(r, Reply::Applied { .. }), "{r:?}");
+        }
+        s
+    }
+
+    fn apply(
+        s: &mut GatekeeperState,
+        by: &Key,
+        lane: Lane,
+        seq: u64,
+        leader: NodeId,
+        c: &Command,
+    ) -> Reply {
+        let bytes = sign_proposal(by, &s.clone(), lane, seq, c);
+        s.apply_entry(&bytes, &ctx(leader))
+    }
+
+    fn code(r: &Reply) -> Option<RejectCode> {
+        match r {
+            Reply::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Applies `c` and expects it refused with `want`, the state unchanged.
+    fn refused(
+        s: &mut GatekeeperState,
+        by: &Key,
+        lane: Lane,
+        seq: u64,
+        leader: NodeId,
+        c: &Command,
+        want: RejectCode,
+    ) {
+        let before = s.clone();
+        let r = apply(s, by, lane, seq, leader, c);
+        assert_eq!(code(&r), Some(want), "{c:?} by node {}: {r:?}", by.0);
+        assert_eq!(*s, before, "a refused proposal changed the state");
+    }
+
+    fn put(k: &str) -> Command {
+        Command::Put {
+            key: k.into(),
+            value: "v".into(),
+        }
+    }
+
+    #[test]
+    fn a_member_signs_as_itself_and_no_one_else() {
+        let mut s = cluster();
+        // Node 2's own ack: applied (no epoch: refused for content, but authorized).
+        let ack = |n| Command::AckShare {
+            epoch: 0,
+            generation: 1,
+            node_id: n,
+        };
+        let r = apply(&mut s, &key(2), Lane::Keeper, 10, 1, &ack(2));
+        assert_ne!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        // Acknowledging node 3's share, signing as node 2: refused.
+        refused(
+            &mut s,
+            &key(2),
+            Lane::Keeper,
+            11,
+            1,
+            &ack(3),
+            RejectCode::Unauthorized,
+        );
+        // Node 2's key claiming to be node 3 (proof names 3, signature by 2's key): refused.
+        let forged = Key(3, Sr25519Keypair::from_seed(&[2; 32]));
+        refused(
+            &mut s,
+            &forged,
+            Lane::Keeper,
+            12,
+            1,
+            &ack(3),
+            RejectCode::Unauthorized,
+        );
+        // Replacing node 3's record with another key, signed by that key: refused for a voter.
+        let mallory = Key(3, Sr25519Keypair::from_seed(&[66; 32]));
+        let c = Command::UpsertMember(record(3, &mallory));
+        refused(
+            &mut s,
+            &mallory,
+            Lane::Keeper,
+            13,
+            1,
+            &c,
+            RejectCode::Unauthorized,
+        );
+        // Registering node 3's record signed by node 2: refused.
+        let c = Command::UpsertMember(record(3, &key(2)));
+        refused(
+            &mut s,
+            &key(2),
+            Lane::Keeper,
+            14,
+            1,
+            &c,
+            RejectCode::Unauthorized,
+        );
+        // A node outside the membership cannot register.
+        let c = Command::UpsertMember(record(9, &key(9)));
+        refused(
+            &mut s,
+            &key(9),
+            Lane::Keeper,
+            1,
+            1,
+            &c,
+            RejectCode::Unauthorized,
+        );
+        // A joining learner registers (and may register again with a new key: a re-join).
+        let c = Command::UpsertMember(record(4, &key(4)));
+        assert!(matches!(
+            apply(&mut s, &key(4), Lane::Keeper, 1, 1, &c),
+            Reply::Applied { .. }
+        ));
+        let again = Key(4, Sr25519Keypair::from_seed(&[44; 32]));
+        let c = Command::UpsertMember(record(4, &again));
+        assert!(matches!(
+            apply(&mut s, &again, Lane::Keeper, 2, 1, &c),
+            Reply::Applied { .. }
+        ));
+    }
+
+    #[test]
+    fn a_tampered_entry_or_an_unsigned_one_is_refused() {
+        let mut s = cluster();
+        let bytes = sign_proposal(&key(2), &s, Lane::Admin, 5, &put("a"));
+        let tampered = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("\\\"a\\\"", "\\\"b\\\"");
+        assert_ne!(tampered.as_bytes(), &bytes[..]);
+        let before = s.clone();
+        assert_eq!(
+            code(&s.apply_entry(tampered.as_bytes(), &ctx(1))),
+            Some(RejectCode::Unauthorized)
+        );
+        // Signed for another cluster: refused.
+        let mut other = s.clone();
+        other.gatekeeper_id = Some(Bytes32([8; 32]));
+        let foreign = sign_proposal(&key(2), &other, Lane::Admin, 6, &put("a"));
+        assert_eq!(
+            code(&s.apply_entry(&foreign, &ctx(1))),
+            Some(RejectCode::Unauthorized)
+        );
+        // A version-1 entry carries no proof.
+        let v1 = crate::state::encode_command(&put("a"));
+        assert_eq!(
+            code(&s.apply_entry(&v1, &ctx(1))),
+            Some(RejectCode::Unauthorized)
+        );
+        // Garbage.
+        assert_eq!(
+            code(&s.apply_entry(b"{", &ctx(1))),
+            Some(RejectCode::MalformedCommand)
+        );
+        assert_eq!(s, before);
+        // The original applies.
+        assert!(matches!(
+            s.apply_entry(&bytes, &ctx(1)),
+            Reply::Applied { .. }
+        ));
+    }
+
+    #[test]
+    fn a_replayed_proposal_is_refused_canary_writes_are_not_ordered() {
+        let mut s = cluster();
+        let c = Command::SetMinEpoch { min_epoch: 0 };
+        let bytes = sign_proposal(&key(2), &s, Lane::Admin, 100, &c);
+        let r = s.apply_entry(&bytes, &ctx(1));
+        assert_ne!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        assert_eq!(s.last_sequence(2, Lane::Admin), 100);
+        let before = s.clone();
+        assert_eq!(
+            code(&s.apply_entry(&bytes, &ctx(1))),
+            Some(RejectCode::Replayed)
+        );
+        refused(
+            &mut s,
+            &key(2),
+            Lane::Admin,
+            99,
+            1,
+            &c,
+            RejectCode::Replayed,
+        );
+        assert_eq!(s, before);
+        // Another lane and another node have their own sequences.
+        assert_ne!(
+            code(&apply(&mut s, &key(2), Lane::Keeper, 5, 1, &c)),
+            Some(RejectCode::Replayed)
+        );
+        assert_ne!(
+            code(&apply(&mut s, &key(3), Lane::Admin, 5, 1, &c)),
+            Some(RejectCode::Replayed)
+        );
+        // Canary writes: any order, and a repeat applies again.
+        let p = sign_proposal(&key(2), &s, Lane::Canary, 7, &put("k"));
+        assert!(matches!(s.apply_entry(&p, &ctx(1)), Reply::Applied { .. }));
+        assert!(matches!(s.apply_entry(&p, &ctx(1)), Reply::Applied { .. }));
+        assert!(matches!(
+            apply(&mut s, &key(2), Lane::Canary, 3, 1, &put("k")),
+            Reply::Applied { .. }
+        ));
+    }
+
+    #[test]
+    fn leader_only_commands_need_the_appending_leader() {
+        let mut s = cluster();
+        let blocks = Command::ChainBlocks {
+            blocks: vec![ChainBlock {
+                genesis_hash: Bytes32([0; 32]),
+                number: 1,
+                hash: Bytes32([1; 32]),
+                parent_hash: Bytes32([0; 32]),
+                from_index: 0,
+                to_index: 0,
+                complete: true,
+                events: vec![],
+                undecodable: vec![],
+                proposed_at_ms: 0,
+                rotation_deadline_ms: 0,
+            }],
+        };
+        // Forwarded by a follower (node 2) to leader 1: refused.
+        refused(
+            &mut s,
+            &key(2),
+            Lane::Chain,
+            1,
+            1,
+            &blocks,
+            RejectCode::Unauthorized,
+        );
+        let r = apply(&mut s, &key(1), Lane::Chain, 1, 1, &blocks);
+        assert_ne!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        // RemoveMember: the leader, and only for a node outside the membership.
+        let rm = |n| Command::RemoveMember { node_id: n };
+        refused(
+            &mut s,
+            &key(2),
+            Lane::Keeper,
+            1,
+            1,
+            &rm(3),
+            RejectCode::Unauthorized,
+        );
+        refused(
+            &mut s,
+            &key(1),
+            Lane::Keeper,
+            2,
+            1,
+            &rm(3),
+            RejectCode::InvalidState,
+        );
+        // Redeal and a rotation's dealing: the leader.
+        let redeal = Command::Redeal {
+            epoch: 0,
+            dealing: DealingRecord {
+                generation: 2,
+                commitments: vec![],
+                wrapped_nonce: HexBytes(vec![]),
+                wrapped_ciphertext: HexBytes(vec![]),
+                shares: vec![],
+                acked: Default::default(),
+            },
+        };
+        refused(
+            &mut s,
+            &key(2),
+            Lane::Keeper,
+            3,
+            1,
+            &redeal,
+            RejectCode::Unauthorized,
+        );
+        let epoch = |e| {
+            Command::InstallEpoch(EpochRecord {
+                epoch: e,
+                threshold: 2,
+                master_public_key: Bytes32([5; 32]),
+                cluster_signing_public_key: Bytes32([6; 32]),
+                status: EpochStatus::Dealing,
+                dealing: DealingRecord {
+                    generation: 1,
+                    commitments: vec![],
+                    wrapped_nonce: HexBytes(vec![]),
+                    wrapped_ciphertext: HexBytes(vec![]),
+                    shares: vec![],
+                    acked: Default::default(),
+                },
+            })
+        };
+        refused(
+            &mut s,
+            &key(2),
+            Lane::Keeper,
+            4,
+            1,
+            &epoch(0),
+            RejectCode::Unauthorized,
+        );
+        refused(
+            &mut s,
+            &key(2),
+            Lane::Keeper,
+            5,
+            1,
+            &epoch(1),
+            RejectCode::Unauthorized,
+        );
+        // The genesis dealer named at init deals epoch 0 even when it is not the leader.
+        s.genesis_dealer = Some(2);
+        let r = apply(&mut s, &key(2), Lane::Keeper, 6, 1, &epoch(0));
+        assert_ne!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        refused(
+            &mut s,
+            &key(1),
+            Lane::Keeper,
+            7,
+            1,
+            &epoch(0),
+            RejectCode::Unauthorized,
+        );
+    }
+
+    #[test]
+    fn operator_commands_need_a_registered_voter_and_dev_events_a_development_cluster() {
+        let mut s = cluster();
+        // A learner (registered) or an unregistered voter cannot propose them.
+        let c = Command::UpsertMember(record(4, &key(4)));
+        assert!(matches!(
+            apply(&mut s, &key(4), Lane::Keeper, 1, 1, &c),
+            Reply::Applied { .. }
+        ));
+        let rot = Command::StartRotation {
+            rotation_id: "r".into(),
+            requested_at_ms: 1,
+            deadline_ms: 2,
+        };
+        refused(
+            &mut s,
+            &key(4),
+            Lane::Admin,
+            1,
+            1,
+            &rot,
+            RejectCode::Unauthorized,
+        );
+        let mut unregistered = s.clone();
+        unregistered.members.remove(&3);
+        refused(
+            &mut unregistered,
+            &key(3),
+            Lane::Admin,
+            1,
+            1,
+            &rot,
+            RejectCode::Unauthorized,
+        );
+        let ev = Command::DevEvent {
+            event: ChainEvent::WorkerDeregistered {
+                worker: Bytes32([3; 32]),
+            },
+        };
+        let r = apply(&mut s, &key(3), Lane::Admin, 2, 1, &ev);
+        assert_ne!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        s.production = true;
+        refused(
+            &mut s,
+            &key(3),
+            Lane::Admin,
+            3,
+            1,
+            &ev,
+            RejectCode::Unauthorized,
+        );
+        // Init: once, by a voter.
+        let init = Command::InitCluster {
+            gatekeeper_id: Bytes32([1; 32]),
+            threshold: None,
+            genesis_dealer: None,
+            production: false,
+        };
+        refused(
+            &mut s,
+            &key(1),
+            Lane::Admin,
+            9,
+            1,
+            &init,
+            RejectCode::AlreadyInitialized,
+        );
+        let mut fresh = GatekeeperState::default();
+        refused(
+            &mut fresh,
+            &key(4),
+            Lane::Admin,
+            1,
+            1,
+            &init,
+            RejectCode::Unauthorized,
+        );
+    }
+
+    #[test]
+    fn canary_values_over_the_limit_are_refused_at_apply() {
+        let mut s = cluster();
+        let big = Command::Put {
+            key: "k".into(),
+            value: "v".repeat(crate::state::MAX_CANARY_VALUE_BYTES + 1),
+        };
+        refused(
+            &mut s,
+            &key(1),
+            Lane::Canary,
+            1,
+            1,
+            &big,
+            RejectCode::InvalidState,
+        );
+    }
+}
