@@ -93,6 +93,10 @@ pub struct NodeConfig {
     /// and only when set explicitly; TLS files must then be absent.
     #[serde(default)]
     pub plaintext: bool,
+    /// TEST HOOK, development mode only: the leader appends proposals without checking who may
+    /// make them, so tests can see every node refuse forged entries when it applies them.
+    #[serde(default)]
+    pub unchecked_proposals: bool,
     /// Raft address announced to peers; defaults to `raft_listen`.
     #[serde(default)]
     pub raft_advertise: Option<String>,
@@ -396,6 +400,7 @@ pub const KEYS: &[&str] = &[
     "operator_ca_file",
     "operator_names",
     "plaintext",
+    "unchecked_proposals",
     "raft_advertise",
     "api_advertise",
     "admin_advertise",
@@ -581,6 +586,12 @@ impl NodeConfig {
             ("tls_cert_file", &self.tls_cert_file),
             ("tls_key_file", &self.tls_key_file),
         ];
+        if self.unchecked_proposals && self.mode == Mode::Production {
+            bail!(
+                "unchecked_proposals = true is a development test hook: production mode refuses \
+                 it"
+            );
+        }
         if self.plaintext {
             if self.mode == Mode::Production {
                 bail!(

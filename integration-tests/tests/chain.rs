@@ -622,7 +622,7 @@ fn the_phala_profile_drives_the_same_outcomes_from_phala_pallet_events() {
         pk(&fetch(&net, 3, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap()),
         ck
     );
-    // A reclaim that lost stake refuses for good (until the worker registers again).
+    // A reclaim that lost stake refuses for good: a re-registration does not lift it.
     let b = ch.emit_ok(
         "phala",
         &["reclaim-worker", "--worker", &wh, "--slashed", "10"],
@@ -637,6 +637,15 @@ fn the_phala_profile_drives_the_same_outcomes_from_phala_pallet_events() {
         let s = net.chain_status(i);
         assert_eq!(s.profile, "phala");
         assert_eq!(s.events_ignored, 0, "{s:?}");
+    }
+    let b = ch.emit_ok("phala", &["register-worker", "--worker", &wh]);
+    net.wait_applied(&ALL, b);
+    for i in ALL {
+        refused(
+            fetch(&net, i, &w, KeyTarget::Worker, None),
+            tonic::Code::PermissionDenied,
+            "slashed on reclaim",
+        );
     }
 }
 

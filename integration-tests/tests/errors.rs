@@ -214,6 +214,21 @@ fn every_service_sends_the_stable_error_code() {
             refused(admin.init(pb::InitRequest::default()).await),
             (Code::FailedPrecondition, "ALREADY_INITIALIZED".into())
         );
+        // Checked before the arguments (and before a secret is staged in the enclave).
+        assert_eq!(
+            refused(
+                admin
+                    .init(pb::InitRequest {
+                        imported_master_secret: Some(pb::HpkeEnvelope {
+                            version: 99,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+            ),
+            (Code::FailedPrecondition, "ALREADY_INITIALIZED".into())
+        );
         let rotate = pb::RotateRequest {
             rotation_id: "errors-test".into(),
             ..Default::default()

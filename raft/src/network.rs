@@ -111,6 +111,10 @@ pub struct NetworkConfig {
     /// Largest snapshot received (or sent). Default 256 MiB: see
     /// [`DEFAULT_MAX_SNAPSHOT_BYTES`].
     pub max_snapshot_bytes: u64,
+    /// The leader checks who may make each proposal before appending it
+    /// ([`check_proposal`]). Off only in the development test hook `unchecked_proposals`, which
+    /// lets forged entries reach the log so tests can see every node refuse them at apply.
+    pub check_proposals: bool,
 }
 
 /// Default cap on a snapshot: 256 MiB. A snapshot is the JSON of the whole state; a worker costs
@@ -130,6 +134,7 @@ impl Default for NetworkConfig {
             snapshot_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(1),
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+            check_proposals: true,
         }
     }
 }
@@ -983,7 +988,7 @@ impl RaftService for RaftServer {
             return Err(Status::resource_exhausted("command too large"));
         }
         // A proposal its proposer may not make never reaches the log (checked again at apply).
-        if self.raft.current_leader().await == Some(self.node_id) {
+        if self.config.check_proposals && self.raft.current_leader().await == Some(self.node_id) {
             if let Err(crate::replica::ReplicaError::Refused { code, message }) =
                 check_proposal(&self.sm, self.node_id, &cmd.0)
             {

@@ -229,8 +229,10 @@ pub fn plan(
         });
         return steps;
     }
-    if membership.leader == Some(me) && can_deal {
-        steps.extend(lead(state, membership, enclave, &voters, config, now_ms));
+    if membership.leader == Some(me) {
+        steps.extend(lead(
+            state, membership, enclave, &voters, config, now_ms, can_deal,
+        ));
     }
 
     // 3. ack own shares, 4. unseal. Each epoch is handled on its own.
@@ -284,6 +286,7 @@ fn lead(
     voters: &[u64],
     config: &PlanConfig,
     now_ms: u64,
+    can_deal: bool,
 ) -> Option<Step> {
     // Records of nodes that left Raft membership are removed, so they authorise nothing and a
     // node rejoining under the same id registers afresh.
@@ -291,21 +294,35 @@ fn lead(
     if let Some(gone) = state.members.keys().find(|id| !members.contains(id)) {
         return Some(Step::RemoveMember { node_id: *gone });
     }
-    if state.epochs.is_empty() {
-        return None; // genesis is dealt by the genesis dealer
+    // A rotation past its deadline is aborted even while dealing is blocked (a voter failing
+    // member evidence), so the operator can start another one.
+    if let Some(r) = &state.rotation {
+        let epoch = state.epochs.get(&r.epoch);
+        let expired = r.deadline_ms > 0 && now_ms > r.deadline_ms;
+        if r.outcome == RotationOutcome::InProgress
+            && expired
+            && epoch.is_none_or(|e| e.status == EpochStatus::Dealing)
+        {
+            return Some(Step::AbortRotation {
+                rotation_id: r.rotation_id.clone(),
+                reason: if can_deal {
+                    "dealing did not complete before the deadline".into()
+                } else {
+                    "dealing was blocked (a voter's evidence fails the member policy) until the \
+                     deadline"
+                        .into()
+                },
+            });
+        }
+    }
+    if state.epochs.is_empty() || !can_deal {
+        return None; // genesis is dealt by the genesis dealer; nothing is dealt while blocked
     }
     let recipients = recipients(state, voters);
     // Rotation.
     if let Some(r) = &state.rotation {
         if r.outcome == RotationOutcome::InProgress {
             let epoch = state.epochs.get(&r.epoch);
-            let expired = r.deadline_ms > 0 && now_ms > r.deadline_ms;
-            if expired && epoch.is_none_or(|e| e.status == EpochStatus::Dealing) {
-                return Some(Step::AbortRotation {
-                    rotation_id: r.rotation_id.clone(),
-                    reason: "dealing did not complete before the deadline".into(),
-                });
-            }
             if epoch.is_none() {
                 // Keep the current epoch's threshold (capped by the member count).
                 let threshold = state

@@ -377,6 +377,23 @@ fn nothing_is_dealt_while_a_voters_registration_evidence_fails_the_member_policy
             Step::Seal("unsealed")
         ]
     );
+    // A rotation that cannot be dealt while blocked is still aborted at its deadline, by the
+    // leader only, so the operator can start another one.
+    s.rotation = Some(rotation("r1", 1, NOW - 1));
+    let abort = Step::AbortRotation {
+        rotation_id: "r1".into(),
+        reason: "dealing was blocked (a voter's evidence fails the member policy) until the \
+                 deadline"
+            .into(),
+    };
+    let steps = plan(1, &s, &m, &holding(1, &[0]), &config, NOW);
+    assert!(steps.contains(&abort), "{steps:?}");
+    assert!(!plan(2, &s, &m, &holding(2, &[0]), &config, NOW).contains(&abort));
+    // Before its deadline it is left alone.
+    s.rotation = Some(rotation("r1", 1, NOW + 1));
+    assert!(!plan(1, &s, &m, &holding(1, &[0]), &config, NOW)
+        .iter()
+        .any(|x| matches!(x, Step::AbortRotation { .. })));
 }
 
 // --- acking ---------------------------------------------------------------------------------

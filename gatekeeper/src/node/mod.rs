@@ -290,6 +290,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let network = NetworkConfig {
         tls: tls.as_ref().map(|t| t.node.peer_tls()),
         max_snapshot_bytes: config.max_snapshot_bytes,
+        check_proposals: !config.unchecked_proposals,
         ..NetworkConfig::default()
     };
     let max_msg = network.max_message_bytes;

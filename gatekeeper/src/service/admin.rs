@@ -330,6 +330,15 @@ impl AdminService for AdminServer {
         request: Request<pb::InitRequest>,
     ) -> Result<Response<pb::InitResponse>, Status> {
         let r = request.into_inner();
+        // Checked first: an initialised cluster refuses before any argument is looked at or any
+        // secret is staged in the enclave.
+        if self.replica.sm.read().state.gatekeeper_id.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyInitialized,
+                "cluster already initialised",
+            )
+            .into());
+        }
         let plan = operator::plan_init(
             &r,
             (

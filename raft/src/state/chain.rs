@@ -91,12 +91,17 @@ impl GatekeeperState {
                 attestation_provider,
                 confidence_level,
             } => {
-                // Re-registration of a removed or slashed worker re-activates it.
+                // Re-registration re-activates a removed or unresponsive worker, never a slashed
+                // one: a slash is final for that worker key (docs/chain.md §2).
                 let clusters = self
                     .workers
                     .get(worker)
                     .map(|w| w.clusters.clone())
                     .unwrap_or_default();
+                let status = match self.workers.get(worker).map(|w| &w.status) {
+                    Some(s @ WorkerStatus::Slashed { .. }) => s.clone(),
+                    _ => WorkerStatus::Active,
+                };
                 self.workers.insert(
                     *worker,
                     WorkerRecord {
@@ -104,7 +109,7 @@ impl GatekeeperState {
                         attestation_provider: attestation_provider.clone(),
                         confidence_level: *confidence_level,
                         registered_at: block,
-                        status: WorkerStatus::Active,
+                        status,
                         clusters,
                     },
                 );

@@ -683,9 +683,15 @@ fn phala_sessions_map_liveness_and_slashes_to_their_worker() {
         s.workers[&b(7)].status,
         WorkerStatus::Slashed { block: 4, .. }
     ));
+    // Nor does a re-registration: a slash is final for that worker key.
+    assert!(applied(&s.apply(&block(6, vec![reg(7)]))));
+    assert!(matches!(
+        s.workers[&b(7)].status,
+        WorkerStatus::Slashed { block: 4, .. }
+    ));
     // Unbinding with the wrong worker is not applicable; with the right one it unbinds.
     assert!(applied(&s.apply(&block(
-        6,
+        7,
         vec![
             ChainEvent::SessionUnbound {
                 session,
