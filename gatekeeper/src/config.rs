@@ -352,8 +352,12 @@ fn d_window() -> u64 {
 fn d_read_mode() -> String {
     "linearizable".into()
 }
+/// Default time a rotation's dealing may take (`rotation_deadline_ms`; also what
+/// `gatekeeper admin rotate` signs when no `--deadline-ms` is given).
+pub const DEFAULT_ROTATION_DEADLINE_MS: u64 = 60_000;
+
 fn d_rotation_deadline() -> u64 {
-    60_000
+    DEFAULT_ROTATION_DEADLINE_MS
 }
 fn d_join_timeout() -> u64 {
     30_000

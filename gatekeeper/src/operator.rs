@@ -277,6 +277,56 @@ pub fn dev_event(r: pb::ApplyDevEventRequest) -> ApiResult<ChainEvent> {
     Ok(event)
 }
 
+/// How far an operator-signed rotation's `requested_at_ms` may be from this node's clock.
+pub const MAX_OPERATOR_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// The command an operator signed, checked against the call it came with: it decodes, it is the
+/// kind of command the call proposes (`expected` names it), and a rotation's request time is
+/// within [`MAX_OPERATOR_CLOCK_SKEW_MS`] of `now_ms`. Returns the command and the operator's
+/// proof (under `name`, the caller's certificate name); the signature itself is checked by
+/// `gatekeeper_raft::state::authorize` on the leader and on every node.
+pub fn signed_command(
+    auth: &pb::OperatorAuthorization,
+    name: Option<&str>,
+    expected: &str,
+    now_ms: u64,
+) -> ApiResult<(Command, gatekeeper_raft::state::OperatorProof)> {
+    let Some(name) = name else {
+        return Err(ApiError::new(
+            ErrorCode::CommandNotAuthorized,
+            "an operator authorization needs the operator's client certificate (its name)",
+        ));
+    };
+    let command: Command = serde_json::from_str(&auth.command_json)
+        .map_err(|e| invalid(format!("authorization.command_json: {e}")))?;
+    let kind = gatekeeper_raft::state::command_name(&command);
+    if kind != expected {
+        return Err(invalid(format!(
+            "authorization.command_json is a {kind}, this call proposes a {expected}"
+        )));
+    }
+    if let Command::StartRotation {
+        requested_at_ms, ..
+    } = &command
+    {
+        if requested_at_ms.abs_diff(now_ms) > MAX_OPERATOR_CLOCK_SKEW_MS {
+            return Err(invalid(format!(
+                "the signed rotation was requested at {requested_at_ms} ms, more than {} s from \
+                 this node's clock ({now_ms} ms): check both clocks",
+                MAX_OPERATOR_CLOCK_SKEW_MS / 1000
+            )));
+        }
+    }
+    Ok((
+        command,
+        gatekeeper_raft::state::OperatorProof {
+            name: name.to_string(),
+            seq: auth.sequence,
+            signature: gatekeeper_raft::state::HexBytes(auth.signature.clone()),
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +536,7 @@ mod tests {
             rotation_id: "mine".into(),
             deadline_ms: 10,
             reason: String::new(),
+            authorization: None,
         };
         let c = rotation(&r, 5_000, u64::MAX - 5, || unreachable!());
         assert_eq!(
@@ -532,16 +583,18 @@ mod tests {
                 attestation_provider: "dev".into(),
                 confidence_level: 1,
             })),
+            authorization: None,
         })
         .unwrap();
         assert!(matches!(ok, ChainEvent::WorkerRegistered { .. }));
-        let e = dev_event(pb::ApplyDevEventRequest { event: None }).unwrap_err();
+        let e = dev_event(pb::ApplyDevEventRequest::default()).unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
         let e = dev_event(pb::ApplyDevEventRequest {
             event: Some(E::WorkerSlashed(pb::DevWorkerSlashed {
                 worker: vec![1; 31],
                 reason: String::new(),
             })),
+            authorization: None,
         })
         .unwrap_err();
         assert!(e.message().contains("worker"), "{e}");
@@ -551,6 +604,7 @@ mod tests {
                 attestation_provider: String::new(),
                 confidence_level: 300,
             })),
+            authorization: None,
         })
         .unwrap_err();
         assert!(e.message().contains("confidence_level"), "{e}");

@@ -8,6 +8,7 @@
 
 use gatekeeper_integration_tests::{Cluster, Opts, WAIT};
 use gatekeeper_proto::raft::v1 as rpb;
+use gatekeeper_proto::v1 as pb;
 use gatekeeper_raft::state::{
     encode_command, sign_proposal, Bytes32, ChainBlock, ChainEvent, Command, CommandSigner,
     DealingRecord, EpochRecord, EpochStatus, GatekeeperState, HexBytes, Lane, MemberRecord, Reply,
@@ -121,6 +122,7 @@ fn forged_commands(gk: Bytes32, forger_key: Bytes32) -> Vec<Command> {
             threshold: None,
             genesis_dealer: None,
             production: false,
+            operators: vec![],
         },
     ]
 }
@@ -191,6 +193,14 @@ fn forged_proposals(gk: Bytes32) -> Vec<(String, Vec<u8>)> {
         }
     }
     out
+}
+
+fn code_of(s: &tonic::Status) -> String {
+    s.metadata()
+        .get("gatekeeper-error-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn reply_of(r: &rpb::ClientWriteResponse) -> Reply {
@@ -279,6 +289,41 @@ fn forged_commands_from_a_member_credential_are_refused_before_the_log_and_at_ap
     assert_eq!(digest(&c), before);
     // Real writes still work.
     c.put_ok(leader, "after", "2");
+
+    // Operator commands need the operator's own signature, and a captured one cannot be
+    // replayed: an unsigned Retire over the operator's TLS session is refused; a signed one
+    // applies once, and the same signed request sent again is refused.
+    let admin_target = c.admin_target(leader);
+    let (cert, key) = admin_target.tls.clone().unwrap().identity.unwrap();
+    let signer = gatekeeper::cli::sign::OperatorSigner::from_files(&cert, &key).unwrap();
+    rt.block_on(async {
+        let mut a = gatekeeper_integration_tests::admin_client(&admin_target).unwrap();
+        let unsigned = a
+            .retire(pb::RetireRequest {
+                min_epoch: 0,
+                authorization: None,
+            })
+            .await
+            .expect_err("an unsigned operator command");
+        assert_eq!(code_of(&unsigned), "COMMAND_NOT_AUTHORIZED", "{unsigned:?}");
+        let auth = signer.authorize(
+            &gk,
+            gatekeeper::cli::sign::operator_sequence(),
+            &Command::SetMinEpoch { min_epoch: 0 },
+        );
+        let signed = pb::RetireRequest {
+            min_epoch: 0,
+            authorization: Some(auth),
+        };
+        a.retire(signed.clone())
+            .await
+            .unwrap_or_else(|e| c.fail(&format!("a signed retire: {e:?}")));
+        let replayed = a
+            .retire(signed)
+            .await
+            .expect_err("a replayed operator command");
+        assert_eq!(code_of(&replayed), "COMMAND_REPLAYED", "{replayed:?}");
+    });
     drop(c);
 
     // 2. With proposals let through unchecked (the test hook), the entries reach the log and

@@ -245,22 +245,35 @@ fn workers_registered_slashed_and_deregistered_on_chain_gate_their_keys() {
             "slashed",
         );
     }
-    // Re-registration re-activates (and keeps the cluster assignment); deregistration refuses.
+    // A slash is final for that worker key: neither a re-registration nor deregistering and
+    // registering again lifts it (docs/chain.md §2).
     let b = ch.emit_ok("gatekeeper", &["register-worker", "--worker", &wh]);
     net.wait_applied(&[2], b);
-    assert_eq!(
-        pk(&fetch(&net, 2, &w, KeyTarget::Contract(ContractId(contract)), None).unwrap()),
-        pk(&ck)
+    let b = ch.emit_ok("gatekeeper", &["deregister-worker", "--worker", &wh]);
+    net.wait_applied(&[2], b);
+    let b = ch.emit_ok("gatekeeper", &["register-worker", "--worker", &wh]);
+    net.wait_applied(&[2], b);
+    refused(
+        fetch(&net, 2, &w, KeyTarget::Worker, None),
+        tonic::Code::PermissionDenied,
+        "slashed",
     );
-    let dereg = ch.emit_ok("gatekeeper", &["deregister-worker", "--worker", &wh]);
+    // Deregistration refuses; a re-registration re-activates a deregistered (not slashed)
+    // worker.
+    let dereg = ch.emit_ok("gatekeeper", &["deregister-worker", "--worker", &w2h]);
     net.wait_applied(&[1], dereg);
     for i in ALL {
         refused(
-            fetch(&net, i, &w, KeyTarget::Worker, None),
+            fetch(&net, i, &w2, KeyTarget::Worker, None),
             tonic::Code::PermissionDenied,
             "deregistered",
         );
     }
+    let b = ch.emit_ok("gatekeeper", &["register-worker", "--worker", &w2h]);
+    net.wait_applied(&[3], b);
+    fetch(&net, 3, &w2, KeyTarget::Worker, None).unwrap();
+    let dereg = ch.emit_ok("gatekeeper", &["deregister-worker", "--worker", &w2h]);
+    net.wait_applied(&[1], dereg);
 
     // Status: connected, following this chain, every chain event applied once.
     let genesis = ch.status().unwrap()["genesis_hash"]

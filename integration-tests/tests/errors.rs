@@ -51,6 +51,8 @@ fn every_service_sends_the_stable_error_code() {
     let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let gk = hex::decode(status["gatekeeper_id"].as_str().unwrap()).unwrap();
     let (key_t, peer_t, admin_t) = (c.key_target(1), c.raft_target(1, 1), c.admin_target(1));
+    let (operator_cert, operator_key) = c.operator_cert();
+    let gk_id = gatekeeper_raft::state::Bytes32(gk.as_slice().try_into().unwrap());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -233,9 +235,30 @@ fn every_service_sends_the_stable_error_code() {
             rotation_id: "errors-test".into(),
             ..Default::default()
         };
-        admin.rotate(rotate.clone()).await.expect("first rotation");
+        // Without the operator's signature (what `gatekeeper admin` adds): refused.
         assert_eq!(
-            refused(admin.rotate(rotate).await),
+            refused(admin.rotate(rotate.clone()).await),
+            (Code::PermissionDenied, "COMMAND_NOT_AUTHORIZED".into())
+        );
+        let signed = |seq: u64| {
+            let signer =
+                gatekeeper::cli::sign::OperatorSigner::from_files(&operator_cert, &operator_key)
+                    .unwrap();
+            let command = gatekeeper::operator::rotation(
+                &rotate,
+                60_000,
+                gatekeeper::clock::now_ms(),
+                || unreachable!("the id is given"),
+            );
+            pb::RotateRequest {
+                authorization: Some(signer.authorize(&gk_id, seq, &command)),
+                ..rotate.clone()
+            }
+        };
+        let seq = gatekeeper::cli::sign::operator_sequence();
+        admin.rotate(signed(seq)).await.expect("first rotation");
+        assert_eq!(
+            refused(admin.rotate(signed(seq + 1)).await),
             (Code::AlreadyExists, "ALREADY_EXISTS".into())
         );
     });

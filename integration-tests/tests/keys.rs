@@ -427,31 +427,57 @@ fn every_bad_request_gets_its_code_and_changes_nothing() {
         let mut a = gatekeeper_proto::v1::admin_service_client::AdminServiceClient::new(
             admin.channel().unwrap(),
         );
-        a.apply_dev_event(pb::ApplyDevEventRequest {
+        let req = pb::ApplyDevEventRequest {
             event: Some(pb::apply_dev_event_request::Event::WorkerAddedToCluster(
                 pb::DevWorkerAddedToCluster {
                     worker: w.public_key().as_bytes().to_vec(),
                     cluster: CLUSTER.to_vec(),
                 },
             )),
-        })
-        .await
-        .unwrap();
+            authorization: None,
+        };
+        let req = operator_signed(admin, &mut a, req).await;
+        a.apply_dev_event(req).await.unwrap();
     }
     async fn slash_async(admin: &gatekeeper_integration_tests::Target, w: &Sr25519Keypair) {
         let mut a = gatekeeper_proto::v1::admin_service_client::AdminServiceClient::new(
             admin.channel().unwrap(),
         );
-        a.apply_dev_event(pb::ApplyDevEventRequest {
+        let req = pb::ApplyDevEventRequest {
             event: Some(pb::apply_dev_event_request::Event::WorkerSlashed(
                 pb::DevWorkerSlashed {
                     worker: w.public_key().as_bytes().to_vec(),
                     reason: "test".into(),
                 },
             )),
-        })
-        .await
-        .unwrap();
+            authorization: None,
+        };
+        let req = operator_signed(admin, &mut a, req).await;
+        a.apply_dev_event(req).await.unwrap();
+    }
+    /// `req` signed by the operator whose certificate `admin` presents, as `gatekeeper admin`
+    /// signs it.
+    async fn operator_signed(
+        admin: &gatekeeper_integration_tests::Target,
+        a: &mut gatekeeper_proto::v1::admin_service_client::AdminServiceClient<
+            tonic::transport::Channel,
+        >,
+        mut req: pb::ApplyDevEventRequest,
+    ) -> pb::ApplyDevEventRequest {
+        let (cert, key) = admin
+            .tls
+            .as_ref()
+            .and_then(|t| t.identity.clone())
+            .expect("an operator certificate");
+        let signer = gatekeeper::cli::sign::OperatorSigner::from_files(&cert, &key).unwrap();
+        let st = a.status(pb::StatusRequest {}).await.unwrap().into_inner();
+        let gk = gatekeeper_raft::state::Bytes32(st.gatekeeper_id.as_slice().try_into().unwrap());
+        let command = gatekeeper_raft::state::Command::DevEvent {
+            event: gatekeeper::operator::dev_event(req.clone()).unwrap(),
+        };
+        req.authorization =
+            Some(signer.authorize(&gk, gatekeeper::cli::sign::operator_sequence(), &command));
+        req
     }
 }
 

@@ -190,7 +190,11 @@ fn body(path: &str, claimed: u64, term: u64) -> Vec<u8> {
             value: "x".into(),
         }
         .encode_to_vec(),
-        "Retire" => pb::RetireRequest { min_epoch: 5 }.encode_to_vec(),
+        "Retire" => pb::RetireRequest {
+            min_epoch: 5,
+            authorization: None,
+        }
+        .encode_to_vec(),
         "SetFault" => pb::SetFaultRequest { isolate: true }.encode_to_vec(),
         _ => vec![],
     }

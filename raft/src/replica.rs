@@ -187,6 +187,17 @@ impl Replica {
     /// Signs `command` for `lane` with the next sequence: above the last one used here, the
     /// last one the state applied for this node and lane, and the clock in microseconds.
     fn propose(&self, command: &state::Command, lane: Lane) -> Result<Vec<u8>, ReplicaError> {
+        let json = serde_json::to_string(command).expect("commands always serialize");
+        self.propose_json(&json, lane, None)
+    }
+
+    /// [`Replica::propose`] of the command `json` exactly, carrying an operator's proof.
+    fn propose_json(
+        &self,
+        json: &str,
+        lane: Lane,
+        operator: Option<&state::OperatorProof>,
+    ) -> Result<Vec<u8>, ReplicaError> {
         let signer = self
             .signer
             .read()
@@ -201,7 +212,32 @@ impl Replica {
             *last = (*last + 1).max(applied + 1).max(now_us());
             *last
         };
-        Ok(state::sign_proposal(&*signer, &a.state, lane, seq, command))
+        Ok(state::sign_proposal_json(
+            &*signer, &a.state, lane, seq, json, operator,
+        ))
+    }
+
+    /// Commits an operator command: `json` exactly as the operator signed it, with its proof,
+    /// proposed by this node's admin lane (re-signed a few times if a concurrent proposal of
+    /// the lane overtook it, like [`Replica::write`]).
+    pub async fn write_operator_command(
+        &self,
+        json: &str,
+        operator: &state::OperatorProof,
+    ) -> Result<WriteOutcome, ReplicaError> {
+        let mut attempt = 0;
+        loop {
+            let bytes = self.propose_json(json, Lane::Admin, Some(operator))?;
+            let out = self.write_proposal(bytes).await?;
+            attempt += 1;
+            match &out.reply {
+                Reply::Rejected {
+                    code: RejectCode::Replayed,
+                    message,
+                } if attempt < 4 && !message.starts_with("operator") => continue,
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// Opens storage and starts Raft. Refuses damaged storage.

@@ -1,10 +1,12 @@
 //! `gatekeeper admin`: the operator CLI over AdminService.
 
+use crate::cli::sign::OperatorSigner;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use gatekeeper_client::error_chain;
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_client::AdminServiceClient;
+use gatekeeper_raft::state::{Bytes32, Command};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -428,7 +430,10 @@ fn dev_request(e: DevEvent) -> Result<pb::ApplyDevEventRequest> {
             })
         }
     };
-    Ok(pb::ApplyDevEventRequest { event: Some(event) })
+    Ok(pb::ApplyDevEventRequest {
+        event: Some(event),
+        authorization: None,
+    })
 }
 
 /// The envelope context of a master secret to import: purpose master-import, gatekeeper id all
@@ -832,9 +837,14 @@ async fn run_command(
             rotation_id,
             deadline_ms,
             reason,
-        } => rotate(&mut c, rotation_id, deadline_ms, reason).await,
-        AdminCommand::Retire { min_epoch } => retire(&mut c, min_epoch).await,
-        AdminCommand::Dev { event } => dev(&mut c, event).await,
+        } => {
+            let signer = operator_signer(tls)?;
+            rotate(&mut c, signer.as_ref(), rotation_id, deadline_ms, reason).await
+        }
+        AdminCommand::Retire { min_epoch } => {
+            retire(&mut c, operator_signer(tls)?.as_ref(), min_epoch).await
+        }
+        AdminCommand::Dev { event } => dev(&mut c, operator_signer(tls)?.as_ref(), event).await,
         AdminCommand::Fault { isolate, heal } => fault(&mut c, isolate, heal).await,
     }
 }
@@ -964,31 +974,90 @@ async fn get(c: &mut Client, key: String, consistency: &str) -> Result<()> {
     Ok(())
 }
 
+/// The operator's signer when the CLI holds an operator certificate and key (TLS); none in
+/// plaintext (a development cluster without registered operators).
+fn operator_signer(tls: &AdminTls) -> Result<Option<OperatorSigner>> {
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) if !tls.plaintext => {
+            OperatorSigner::from_files(cert, key).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Signs `command` for the cluster `c` belongs to (its id from `Status`).
+async fn authorize(
+    c: &mut Client,
+    signer: Option<&OperatorSigner>,
+    command: &Command,
+) -> Result<Option<pb::OperatorAuthorization>> {
+    let Some(signer) = signer else {
+        return Ok(None);
+    };
+    let st = c
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let gk: [u8; 32] = st
+        .gatekeeper_id
+        .as_slice()
+        .try_into()
+        .context("the node reports no cluster id: is the cluster initialised?")?;
+    Ok(Some(signer.authorize(
+        &Bytes32(gk),
+        crate::cli::sign::operator_sequence(),
+        command,
+    )))
+}
+
 async fn rotate(
     c: &mut Client,
+    signer: Option<&OperatorSigner>,
     rotation_id: String,
     deadline_ms: u64,
     reason: String,
 ) -> Result<()> {
-    let req = pb::RotateRequest {
+    let mut req = pb::RotateRequest {
         rotation_id,
         deadline_ms,
         reason,
+        authorization: None,
     };
+    let command = crate::operator::rotation(
+        &req,
+        crate::config::DEFAULT_ROTATION_DEADLINE_MS,
+        crate::clock::now_ms(),
+        || {
+            let mut b = [0u8; 8];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+            format!("admin-{}", hex::encode(b))
+        },
+    );
+    req.authorization = authorize(c, signer, &command).await?;
     let r = c.rotate(req).await.map_err(status_error)?.into_inner();
     println!("{}", rotate_json(&r));
     Ok(())
 }
 
-async fn retire(c: &mut Client, min_epoch: u64) -> Result<()> {
-    let req = pb::RetireRequest { min_epoch };
+async fn retire(c: &mut Client, signer: Option<&OperatorSigner>, min_epoch: u64) -> Result<()> {
+    let authorization = authorize(c, signer, &Command::SetMinEpoch { min_epoch }).await?;
+    let req = pb::RetireRequest {
+        min_epoch,
+        authorization,
+    };
     let r = c.retire(req).await.map_err(status_error)?.into_inner();
     println!("{}", retire_json(&r));
     Ok(())
 }
 
-async fn dev(c: &mut Client, event: DevEvent) -> Result<()> {
-    let req = dev_request(event)?;
+async fn dev(c: &mut Client, signer: Option<&OperatorSigner>, event: DevEvent) -> Result<()> {
+    let mut req = dev_request(event)?;
+    let command = Command::DevEvent {
+        event: crate::operator::dev_event(req.clone())
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?,
+    };
+    req.authorization = authorize(c, signer, &command).await?;
     let r = c
         .apply_dev_event(req)
         .await

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod devnet;
 pub mod keygen;
 pub mod miner;
+pub mod sign;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

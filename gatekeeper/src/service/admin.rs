@@ -9,7 +9,7 @@ use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::admin_service_server::AdminService;
 use gatekeeper_raft::replica::{Replica, ReplicaError, StatusView};
 use gatekeeper_raft::state::{Bytes32, EpochStatus};
-use gatekeeper_raft::state::{Command, Lane, Reply};
+use gatekeeper_raft::state::{Command, Lane, OperatorKey, OperatorProof, Reply};
 use gatekeeper_raft::Node;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
@@ -142,6 +142,20 @@ impl AdminServer {
         self
     }
 
+    /// Proposes an operator command: signed by the operator when `operator` carries its JSON and
+    /// proof, else by this node alone (a cluster without registered operators).
+    async fn propose(
+        &self,
+        command: &Command,
+        operator: Option<(String, OperatorProof)>,
+    ) -> ApiResult<gatekeeper_raft::replica::WriteOutcome> {
+        match operator {
+            Some((json, proof)) => self.replica.write_operator_command(&json, &proof).await,
+            None => self.replica.write(command, Lane::Admin).await,
+        }
+        .map_err(error::replica)
+    }
+
     /// Writes a command, retrying while no leader is known (right after init), up to the
     /// request timeout.
     async fn write_retrying(
@@ -222,6 +236,20 @@ fn epochs_pb(state: &gatekeeper_raft::state::GatekeeperState) -> Vec<pb::EpochIn
             scheme: pb::DerivationScheme::Native as i32,
         })
         .collect()
+}
+
+/// A fresh rotation id for an unsigned rotate call.
+fn fresh_rotation_id() -> String {
+    let mut b = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    format!("admin-{}", hex::encode(b))
+}
+
+/// The caller's operator name: its client certificate's common name (none without TLS).
+fn caller_name<T>(request: &Request<T>) -> Option<String> {
+    crate::tls::connect_info(request)
+        .and_then(|i| i.peer.as_ref())
+        .and_then(|p| p.common_name.clone())
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -329,6 +357,22 @@ impl AdminService for AdminServer {
         &self,
         request: Request<pb::InitRequest>,
     ) -> Result<Response<pb::InitResponse>, Status> {
+        // The initialising operator becomes the cluster's first operator: its certificate's
+        // P-256 key signs operator commands from now on (none without TLS: development).
+        let operator = crate::tls::connect_info(&request)
+            .and_then(|i| i.peer.clone())
+            .map(|peer| -> Result<OperatorKey, ApiError> {
+                let name = peer.common_name.clone().ok_or_else(|| {
+                    invalid("the operator certificate has no common name to register")
+                })?;
+                let point = crate::tls::cert::p256_public_key(&peer.leaf)
+                    .map_err(|e| invalid(format!("operator certificate: {e}")))?;
+                Ok(OperatorKey {
+                    name,
+                    public_key: gatekeeper_raft::state::HexBytes(point),
+                })
+            })
+            .transpose()?;
         let r = request.into_inner();
         // Checked first: an initialised cluster refuses before any argument is looked at or any
         // secret is staged in the enclave.
@@ -383,6 +427,7 @@ impl AdminService for AdminServer {
                 threshold,
                 genesis_dealer: imported_public.map(|_| self.config.node_id),
                 production: self.config.mode == crate::config::Mode::Production,
+                operators: operator.into_iter().collect(),
             })
             .await?;
         if let Reply::Rejected { code, message } = out.reply {
@@ -451,26 +496,29 @@ impl AdminService for AdminServer {
         &self,
         request: Request<pb::RotateRequest>,
     ) -> Result<Response<pb::RotateResponse>, Status> {
+        let name = caller_name(&request);
         let r = request.into_inner();
-        let command = operator::rotation(
-            &r,
-            self.config.rotation_deadline_ms,
-            clock::now_ms(),
-            || {
-                let mut b = [0u8; 8];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-                format!("admin-{}", hex::encode(b))
-            },
-        );
+        let (command, operator) = match &r.authorization {
+            Some(a) => {
+                let (c, p) =
+                    operator::signed_command(a, name.as_deref(), "StartRotation", clock::now_ms())?;
+                (c, Some((a.command_json.clone(), p)))
+            }
+            None => (
+                operator::rotation(
+                    &r,
+                    self.config.rotation_deadline_ms,
+                    clock::now_ms(),
+                    fresh_rotation_id,
+                ),
+                None,
+            ),
+        };
         let Command::StartRotation { rotation_id, .. } = &command else {
-            unreachable!("operator::rotation builds StartRotation")
+            unreachable!("a StartRotation was checked or built")
         };
         let rotation_id = rotation_id.clone();
-        let out = self
-            .replica
-            .write(&command, Lane::Admin)
-            .await
-            .map_err(error::replica)?;
+        let out = self.propose(&command, operator).await?;
         if let Reply::Rejected { code, message } = out.reply {
             return Err(error::rejected(code, message).into());
         }
@@ -501,13 +549,26 @@ impl AdminService for AdminServer {
         &self,
         request: Request<pb::RetireRequest>,
     ) -> Result<Response<pb::RetireResponse>, Status> {
-        let min_epoch = request.into_inner().min_epoch;
+        let name = caller_name(&request);
+        let r = request.into_inner();
+        let (command, operator) = match &r.authorization {
+            Some(a) => {
+                let (c, p) =
+                    operator::signed_command(a, name.as_deref(), "SetMinEpoch", clock::now_ms())?;
+                (c, Some((a.command_json.clone(), p)))
+            }
+            None => (
+                Command::SetMinEpoch {
+                    min_epoch: r.min_epoch,
+                },
+                None,
+            ),
+        };
+        let Command::SetMinEpoch { min_epoch } = command else {
+            unreachable!("a SetMinEpoch was checked or built")
+        };
         let before = operator::retiring(&self.replica.sm.read().state, min_epoch);
-        let out = self
-            .replica
-            .write(&Command::SetMinEpoch { min_epoch }, Lane::Admin)
-            .await
-            .map_err(error::replica)?;
+        let out = self.propose(&command, operator).await?;
         if let Reply::Rejected { code, message } = out.reply {
             return Err(error::rejected(code, message).into());
         }
@@ -522,12 +583,22 @@ impl AdminService for AdminServer {
         request: Request<pb::ApplyDevEventRequest>,
     ) -> Result<Response<pb::ApplyDevEventResponse>, Status> {
         operator::allow_dev_events(self.config.mode)?;
-        let event = operator::dev_event(request.into_inner())?;
-        let out = self
-            .replica
-            .write(&Command::DevEvent { event }, Lane::Admin)
-            .await
-            .map_err(error::replica)?;
+        let name = caller_name(&request);
+        let mut r = request.into_inner();
+        let (command, operator) = match r.authorization.take() {
+            Some(a) => {
+                let (c, p) =
+                    operator::signed_command(&a, name.as_deref(), "DevEvent", clock::now_ms())?;
+                (c, Some((a.command_json, p)))
+            }
+            None => (
+                Command::DevEvent {
+                    event: operator::dev_event(r)?,
+                },
+                None,
+            ),
+        };
+        let out = self.propose(&command, operator).await?;
         match out.reply {
             Reply::Applied { audit_sequence } => Ok(Response::new(pb::ApplyDevEventResponse {
                 log_index: out.log_id.index,

@@ -129,3 +129,31 @@ pub(crate) fn unix_secs(t: SystemTime) -> i64 {
         Err(e) => -(e.duration().as_secs() as i64),
     }
 }
+
+/// The ECDSA P-256 public key (uncompressed SEC1 point, 65 bytes) of a DER certificate: what an
+/// operator's certificate registers to sign operator commands with. Other key types are refused
+/// with a message naming the type.
+pub fn p256_public_key(der: &[u8]) -> Result<Vec<u8>, String> {
+    const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+    const P256: &str = "1.2.840.10045.3.1.7";
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let spki = cert.public_key();
+    let alg = spki.algorithm.algorithm.to_id_string();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    if alg != EC_PUBLIC_KEY || curve.as_deref() != Some(P256) {
+        return Err(format!(
+            "the certificate's key is not ECDSA P-256 (algorithm {alg}, parameters {curve:?}); \
+             `gatekeeper certs operator` makes a P-256 key"
+        ));
+    }
+    let point = spki.subject_public_key.data.to_vec();
+    if point.len() != 65 || point[0] != 4 {
+        return Err("the certificate's P-256 key is not an uncompressed point".into());
+    }
+    Ok(point)
+}

@@ -45,9 +45,14 @@ impl GatekeeperState {
                 threshold,
                 genesis_dealer,
                 production,
-            } => {
-                self.apply_init_cluster(*gatekeeper_id, *threshold, *genesis_dealer, *production)?
-            }
+                operators,
+            } => self.apply_init_cluster(
+                *gatekeeper_id,
+                *threshold,
+                *genesis_dealer,
+                *production,
+                operators,
+            )?,
             Command::DevEvent { event } => self.apply_dev_event(event)?,
             Command::UpsertMember(m) => self.apply_upsert_member(m)?,
             Command::RemoveMember { node_id } => self.apply_remove_member(*node_id)?,
@@ -80,6 +85,7 @@ impl GatekeeperState {
         threshold: Option<u8>,
         genesis_dealer: Option<NodeId>,
         production: bool,
+        operators: &[super::proposal::OperatorKey],
     ) -> Result<(), Reply> {
         use RejectCode::*;
         if self.gatekeeper_id.is_some() {
@@ -88,10 +94,25 @@ impl GatekeeperState {
         if threshold == Some(0) {
             return Err(reject(InvalidDealing, "threshold must be at least 1"));
         }
+        for o in operators {
+            if o.name.is_empty() || o.public_key.0.len() != 65 || o.public_key.0[0] != 4 {
+                return Err(reject(
+                    RejectCode::InvalidState,
+                    format!(
+                        "operator {:?}: a name and an uncompressed P-256 public key are needed",
+                        o.name
+                    ),
+                ));
+            }
+        }
         self.gatekeeper_id = Some(gatekeeper_id);
         self.genesis_threshold = threshold;
         self.genesis_dealer = genesis_dealer;
         self.production = production;
+        self.operators = operators
+            .iter()
+            .map(|o| (o.name.clone(), o.public_key.clone()))
+            .collect();
         Ok(())
     }
 
@@ -158,6 +179,19 @@ impl GatekeeperState {
                     format!("rotation {} is dealing epoch {}", r.rotation_id, r.epoch),
                 ));
             }
+        }
+        // Only what the state calls for is dealt: epoch 0 at genesis, a later epoch by the
+        // rotation in progress for it.
+        let called_for = e.epoch == 0
+            || self
+                .rotation
+                .as_ref()
+                .is_some_and(|r| r.outcome == RotationOutcome::InProgress && r.epoch == e.epoch);
+        if !called_for {
+            return Err(reject(
+                RotationConflict,
+                format!("no rotation in progress calls for epoch {}", e.epoch),
+            ));
         }
         self.epochs.insert(e.epoch, e.clone());
         Ok(())

@@ -116,7 +116,11 @@ impl GatekeeperState {
             }
             ChainEvent::WorkerDeregistered { worker } => {
                 let w = self.worker_mut(worker)?;
-                w.status = WorkerStatus::Removed { block };
+                // A slashed worker stays slashed (else deregistering and registering again
+                // would lift the slash).
+                if !matches!(w.status, WorkerStatus::Slashed { .. }) {
+                    w.status = WorkerStatus::Removed { block };
+                }
             }
             ChainEvent::WorkerSlashed { worker, reason } => {
                 let w = self.worker_mut(worker)?;

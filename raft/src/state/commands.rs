@@ -178,6 +178,9 @@ pub enum Command {
         /// A production cluster: development-only commands are refused for good.
         #[serde(default)]
         production: bool,
+        /// The operators who may sign operator commands (the initialising operator).
+        #[serde(default)]
+        operators: Vec<super::proposal::OperatorKey>,
     },
     /// DEVELOPMENT PATH: a chain-shaped event entered by an operator (`AdminService.ApplyDevEvent`)
     /// without a chain. Same effects as an event in a [`Command::ChainBlocks`] but does not move

@@ -26,8 +26,9 @@ pub use commands::{
     Reply, COMMAND_VERSION, MAX_CANARY_KEY_BYTES, MAX_CANARY_VALUE_BYTES,
 };
 pub use proposal::{
-    authorize, command_name, decode_entry, encode_proposal, sign_proposal, signing_bytes,
-    ApplyContext, CommandSigner, Decoded, Lane, Proof, PROPOSAL_VERSION,
+    authorize, command_name, decode_entry, encode_proposal, operator_signing_bytes, sign_proposal,
+    sign_proposal_json, signing_bytes, verify_operator_signature, ApplyContext, CommandSigner,
+    Decoded, Lane, OperatorKey, OperatorProof, Proof, PROPOSAL_VERSION,
 };
 pub use records::{
     Bytes32, ChainCursor, ChainRecord, ClusterRecord, DealingRecord, EpochRecord, EpochStatus,
@@ -89,6 +90,14 @@ pub struct GatekeeperState {
     /// [`proposal`]).
     #[serde(default)]
     pub sequences: BTreeMap<NodeId, BTreeMap<String, u64>>,
+    /// Registered operators: name → ECDSA P-256 public key (uncompressed point). Set at init
+    /// from the initialising operator's certificate; empty for a cluster initialised without
+    /// TLS.
+    #[serde(default)]
+    pub operators: BTreeMap<String, HexBytes>,
+    /// Highest sequence applied per operator.
+    #[serde(default)]
+    pub operator_sequences: BTreeMap<String, u64>,
 }
 
 impl GatekeeperState {

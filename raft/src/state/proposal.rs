@@ -92,6 +92,57 @@ impl ApplyContext {
     }
 }
 
+/// An operator's signature over a command, carried next to the proposing node's proof. Operator
+/// commands (`StartRotation`, `AbortRotation`, `SetMinEpoch`, `DevEvent`) need one once the
+/// cluster has registered operators (at init).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorProof {
+    /// The operator's registered name.
+    pub name: String,
+    /// Sequence number, increasing per operator (the CLI uses the clock in µs).
+    pub seq: u64,
+    /// ECDSA P-256 SHA-256 signature (ASN.1 DER) over [`operator_signing_bytes`] by the
+    /// operator's key (the key of its TLS client certificate).
+    pub signature: HexBytes,
+}
+
+/// An operator registered in the state: its name and ECDSA P-256 public key (uncompressed SEC1
+/// point, 65 bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorKey {
+    /// Name (its certificate's common name).
+    pub name: String,
+    /// Public key.
+    pub public_key: HexBytes,
+}
+
+/// The exact bytes an operator signs: a domain tag, the cluster id, the operator's name, the
+/// sequence, then the command JSON (length-prefixed).
+pub fn operator_signing_bytes(
+    gatekeeper_id: Option<&Bytes32>,
+    name: &str,
+    seq: u64,
+    command_json: &[u8],
+) -> Vec<u8> {
+    let name = name.as_bytes();
+    let mut m = Vec::with_capacity(80 + name.len() + command_json.len());
+    m.extend_from_slice(b"gatekeeper/operator-command/v1\0");
+    m.extend_from_slice(&gatekeeper_id.map_or([0u8; 32], |g| g.0));
+    m.extend_from_slice(&(name.len() as u64).to_be_bytes());
+    m.extend_from_slice(name);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(&(command_json.len() as u64).to_be_bytes());
+    m.extend_from_slice(command_json);
+    m
+}
+
+/// Whether `signature` (ASN.1 DER) is `public_key`'s (uncompressed P-256 point) over `message`.
+pub fn verify_operator_signature(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, public_key)
+        .verify(message, signature)
+        .is_ok()
+}
+
 /// Signs proposals for one node (its enclave identity key).
 pub trait CommandSigner: Send + Sync {
     /// The node the signatures are made for.
@@ -127,14 +178,21 @@ struct Envelope {
     v: u32,
     cmd: String,
     proof: Proof,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operator: Option<OperatorProof>,
 }
 
 /// Encodes a signed proposal for the Raft log.
-pub fn encode_proposal(command_json: &str, proof: &Proof) -> Vec<u8> {
+pub fn encode_proposal(
+    command_json: &str,
+    proof: &Proof,
+    operator: Option<&OperatorProof>,
+) -> Vec<u8> {
     serde_json::to_vec(&Envelope {
         v: PROPOSAL_VERSION,
         cmd: command_json.to_string(),
         proof: proof.clone(),
+        operator: operator.cloned(),
     })
     .expect("proposals always serialize")
 }
@@ -148,6 +206,19 @@ pub fn sign_proposal(
     command: &Command,
 ) -> Vec<u8> {
     let json = serde_json::to_string(command).expect("commands always serialize");
+    sign_proposal_json(signer, state, lane, seq, &json, None)
+}
+
+/// Signs the command `json` (exactly these bytes: an operator may have signed them too) as
+/// `signer`'s `lane` with sequence `seq`, carrying `operator`'s proof.
+pub fn sign_proposal_json(
+    signer: &dyn CommandSigner,
+    state: &GatekeeperState,
+    lane: Lane,
+    seq: u64,
+    json: &str,
+    operator: Option<&OperatorProof>,
+) -> Vec<u8> {
     let node = signer.node_id();
     let sig = signer.sign(&signing_bytes(
         state.gatekeeper_id.as_ref(),
@@ -157,13 +228,14 @@ pub fn sign_proposal(
         json.as_bytes(),
     ));
     encode_proposal(
-        &json,
+        json,
         &Proof {
             node,
             lane,
             seq,
             signature: HexBytes(sig.to_vec()),
         },
+        operator,
     )
 }
 
@@ -177,6 +249,8 @@ pub struct Decoded {
     pub command_json: String,
     /// Who proposed it.
     pub proof: Option<Proof>,
+    /// The operator who signed it, for operator commands.
+    pub operator: Option<OperatorProof>,
 }
 
 /// Decodes a log entry of either version. Malformed bytes are an error.
@@ -193,6 +267,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, String> {
             command,
             command_json,
             proof: None,
+            operator: None,
         });
     }
     let e: Envelope = serde_json::from_slice(bytes).map_err(|e| format!("bad v2 proposal: {e}"))?;
@@ -202,6 +277,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, String> {
         command,
         command_json: e.cmd,
         proof: Some(e.proof),
+        operator: e.operator,
     })
 }
 
@@ -342,6 +418,49 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
         | Command::SetMinEpoch { .. }
         | Command::Put { .. } => voter(command_name(c))?,
     }
+    // Operator commands need an operator's signature once operators are registered (a cluster
+    // initialised without TLS has none: any registered voter proposes them). The leader's own
+    // keeper may start the rotation the chain queued first and abort the rotation in progress.
+    let operator_command = matches!(
+        c,
+        Command::StartRotation { .. }
+            | Command::AbortRotation { .. }
+            | Command::SetMinEpoch { .. }
+            | Command::DevEvent { .. }
+    );
+    if operator_command && !state.operators.is_empty() {
+        match &d.operator {
+            Some(op) => check_operator(state, op, &d.command_json)?,
+            None => {
+                let keeper_may = p.lane == Lane::Keeper
+                    && p.node == ctx.leader
+                    && match c {
+                        Command::StartRotation { rotation_id, .. } => {
+                            state.pending_rotations.first() == Some(rotation_id)
+                        }
+                        Command::AbortRotation { rotation_id, .. } => {
+                            state.rotation.as_ref().is_some_and(|r| {
+                                r.rotation_id == *rotation_id
+                                    && r.outcome == super::records::RotationOutcome::InProgress
+                            })
+                        }
+                        _ => false,
+                    };
+                if !keeper_may {
+                    return Err(unauthorized(format!(
+                        "{} needs an operator's signature (`gatekeeper admin` signs with the \
+                         operator's key)",
+                        command_name(c)
+                    )));
+                }
+            }
+        }
+    } else if d.operator.is_some() {
+        return Err(unauthorized(format!(
+            "{} is not an operator command",
+            command_name(c)
+        )));
+    }
     // The sequence: a replayed proposal is refused.
     if p.lane.ordered() {
         let last = state.last_sequence(p.node, p.lane);
@@ -372,6 +491,40 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
         );
         keyring::sign::verify(&pk, SigningPurpose::Command, &msg, &Signature(sig))
             .map_err(|_| bad())?;
+    }
+    Ok(())
+}
+
+/// Checks an operator's proof: a registered operator, a sequence above its last, a valid
+/// signature over the command's exact bytes.
+fn check_operator(state: &GatekeeperState, op: &OperatorProof, json: &str) -> Result<(), Reply> {
+    let Some(key) = state.operators.get(&op.name) else {
+        return Err(unauthorized(format!(
+            "{:?} is not a registered operator",
+            op.name
+        )));
+    };
+    let last = state.operator_sequences.get(&op.name).copied().unwrap_or(0);
+    if op.seq <= last {
+        return Err(reject(
+            RejectCode::Replayed,
+            format!(
+                "operator {:?}'s sequence {} is not above {last}: a replay",
+                op.name, op.seq
+            ),
+        ));
+    }
+    let msg = operator_signing_bytes(
+        state.gatekeeper_id.as_ref(),
+        &op.name,
+        op.seq,
+        json.as_bytes(),
+    );
+    if !verify_operator_signature(&key.0, &msg, &op.signature.0) {
+        return Err(unauthorized(format!(
+            "bad signature for operator {:?}",
+            op.name
+        )));
     }
     Ok(())
 }
@@ -430,6 +583,9 @@ impl GatekeeperState {
         // (InitCluster's proposer has no registered key yet: its sequence proves nothing.)
         if let (Some(p), false) = (&d.proof, matches!(d.command, Command::InitCluster { .. })) {
             self.record_sequence(p);
+        }
+        if let Some(op) = &d.operator {
+            self.operator_sequences.insert(op.name.clone(), op.seq);
         }
         self.apply(&d.command)
     }
@@ -494,6 +650,7 @@ mod tests {
                         threshold: None,
                         genesis_dealer: None,
                         production: false,
+                        operators: vec![],
                     },
                 ),
                 &ctx(1),
@@ -891,6 +1048,7 @@ mod tests {
             threshold: None,
             genesis_dealer: None,
             production: false,
+            operators: vec![],
         };
         refused(
             &mut s,
@@ -929,5 +1087,149 @@ mod tests {
             &big,
             RejectCode::InvalidState,
         );
+    }
+
+    /// An operator "alice" with a P-256 key, registered in `s`.
+    fn operator(s: &mut GatekeeperState) -> ring::signature::EcdsaKeyPair {
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let k = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        s.operators
+            .insert("alice".into(), HexBytes(k.public_key().as_ref().to_vec()));
+        k
+    }
+
+    fn op_proof(
+        gk: Option<Bytes32>,
+        k: &ring::signature::EcdsaKeyPair,
+        name: &str,
+        seq: u64,
+        json: &str,
+    ) -> OperatorProof {
+        let rng = ring::rand::SystemRandom::new();
+        let msg = operator_signing_bytes(gk.as_ref(), name, seq, json.as_bytes());
+        OperatorProof {
+            name: name.into(),
+            seq,
+            signature: HexBytes(k.sign(&rng, &msg).unwrap().as_ref().to_vec()),
+        }
+    }
+
+    /// `c` proposed by `by` (node proof) with `op` (operator proof), appended by `leader`.
+    fn apply_op(
+        s: &mut GatekeeperState,
+        by: &Key,
+        lane: Lane,
+        seq: u64,
+        leader: NodeId,
+        c: &Command,
+        op: Option<&OperatorProof>,
+    ) -> Reply {
+        let json = serde_json::to_string(c).unwrap();
+        let bytes = sign_proposal_json(by, &s.clone(), lane, seq, &json, op);
+        s.apply_entry(&bytes, &ctx(leader))
+    }
+
+    #[test]
+    fn operator_commands_need_a_registered_operators_signature() {
+        let mut s = cluster();
+        let alice = operator(&mut s);
+        let gk = s.gatekeeper_id;
+        let c = Command::SetMinEpoch { min_epoch: 0 };
+        let json = serde_json::to_string(&c).unwrap();
+        // A voter alone (a compromised member's enclave key): refused.
+        let before = s.clone();
+        let r = apply_op(&mut s, &key(2), Lane::Admin, 1, 1, &c, None);
+        assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        // Signed by alice: authorized (and her sequence recorded).
+        let p = op_proof(gk, &alice, "alice", 10, &json);
+        let r = apply_op(&mut s, &key(2), Lane::Admin, 2, 1, &c, Some(&p));
+        assert_ne!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        assert_eq!(s.operator_sequences.get("alice"), Some(&10));
+        // The same signature again (another node proposing it): a replay.
+        let r = apply_op(&mut s, &key(3), Lane::Admin, 3, 1, &c, Some(&p));
+        assert_eq!(code(&r), Some(RejectCode::Replayed), "{r:?}");
+        // Over another command, under another name, or by another key: refused.
+        let other = Command::SetMinEpoch { min_epoch: 1 };
+        let r = apply_op(
+            &mut s,
+            &key(2),
+            Lane::Admin,
+            4,
+            1,
+            &other,
+            Some(&op_proof(gk, &alice, "alice", 11, &json)),
+        );
+        assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        let r = apply_op(
+            &mut s,
+            &key(2),
+            Lane::Admin,
+            5,
+            1,
+            &c,
+            Some(&op_proof(gk, &alice, "bob", 12, &json)),
+        );
+        assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        let mut mallory_state = s.clone();
+        let mallory = operator(&mut mallory_state);
+        let r = apply_op(
+            &mut s,
+            &key(2),
+            Lane::Admin,
+            6,
+            1,
+            &c,
+            Some(&op_proof(gk, &mallory, "alice", 13, &json)),
+        );
+        assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        // An operator proof on a command that is not an operator's: refused.
+        let ack = Command::AckShare {
+            epoch: 0,
+            generation: 1,
+            node_id: 2,
+        };
+        let aj = serde_json::to_string(&ack).unwrap();
+        let r = apply_op(
+            &mut s,
+            &key(2),
+            Lane::Keeper,
+            7,
+            1,
+            &ack,
+            Some(&op_proof(gk, &alice, "alice", 14, &aj)),
+        );
+        assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        assert_eq!(s.operator_sequences.get("alice"), Some(&10));
+        let _ = before;
+    }
+
+    #[test]
+    fn the_leaders_keeper_starts_the_queued_rotation_and_aborts_the_running_one_unsigned() {
+        let mut s = cluster();
+        let _alice = operator(&mut s);
+        s.pending_rotations = vec!["chain:1".into()];
+        let start = |id: &str| Command::StartRotation {
+            rotation_id: id.into(),
+            requested_at_ms: 1,
+            deadline_ms: 2,
+        };
+        // Another id, a follower's keeper, or the admin lane: refused.
+        for (by, lane, id) in [
+            (1, Lane::Keeper, "other"),
+            (2, Lane::Keeper, "chain:1"),
+            (1, Lane::Admin, "chain:1"),
+        ] {
+            let r = apply_op(&mut s, &key(by), lane, 1, 1, &start(id), None);
+            assert_eq!(
+                code(&r),
+                Some(RejectCode::Unauthorized),
+                "{by} {lane:?} {id}: {r:?}"
+            );
+        }
+        let r = apply_op(&mut s, &key(1), Lane::Keeper, 2, 1, &start("chain:1"), None);
+        assert_ne!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
     }
 }

@@ -140,6 +140,7 @@ fn genesis() -> GatekeeperState {
             threshold: None,
             genesis_dealer: None,
             production: false,
+            operators: vec![],
         },
         member(1),
         member(2),
@@ -171,6 +172,7 @@ fn genesis_activates_after_every_member_acks() {
         threshold: Some(2),
         genesis_dealer: None,
         production: false,
+        operators: vec![],
     });
     assert_eq!(s.genesis_threshold, Some(2));
     for m in 1..=3 {
@@ -197,6 +199,7 @@ fn audit_sequence_counts_applied_commands_only() {
             threshold: None,
             genesis_dealer: None,
             production: false,
+            operators: vec![],
         },
         RejectCode::AlreadyInitialized,
     );
@@ -288,6 +291,12 @@ fn redealing_bumps_generation_and_resets_acks() {
 #[test]
 fn rotation_lifecycle_and_min_epoch() {
     let mut s = genesis();
+    // A new epoch is dealt only for the rotation in progress.
+    assert_rejected(
+        &mut s,
+        &epoch(1, 2, &[1, 2, 3]),
+        RejectCode::RotationConflict,
+    );
     let start = Command::StartRotation {
         rotation_id: "r1".into(),
         requested_at_ms: 1_000,
@@ -812,6 +821,7 @@ fn replicas_applying_the_same_log_agree() {
             threshold: None,
             genesis_dealer: None,
             production: false,
+            operators: vec![],
         },
         member(1),
         member(2),
@@ -831,6 +841,7 @@ fn replicas_applying_the_same_log_agree() {
             threshold: None,
             genesis_dealer: None,
             production: false,
+            operators: vec![],
         }, // rejected on every replica
         block(1, vec![ChainEvent::WorkerDeregistered { worker: b(7) }]), // duplicate everywhere
     ]
@@ -865,6 +876,7 @@ fn old_init_entries_still_decode_and_threshold_zero_is_rejected() {
             threshold: Some(0),
             genesis_dealer: None,
             production: false,
+            operators: vec![],
         },
         RejectCode::InvalidDealing,
     );
