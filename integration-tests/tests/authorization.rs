@@ -123,6 +123,7 @@ fn forged_commands(gk: Bytes32, forger_key: Bytes32) -> Vec<Command> {
             genesis_dealer: None,
             production: false,
             operators: vec![],
+            members: Default::default(),
         },
     ]
 }
@@ -324,6 +325,58 @@ fn forged_commands_from_a_member_credential_are_refused_before_the_log_and_at_ap
             .expect_err("a replayed operator command");
         assert_eq!(code_of(&replayed), "COMMAND_REPLAYED", "{replayed:?}");
     });
+
+    // Operators are added and removed by operators: "bob" is registered by the initial
+    // operator, then removes it; its signatures no longer count, bob's do.
+    let certs = c.certs_dir().display().to_string();
+    let bob_dir = c.dir().join("bob");
+    let bob_out = bob_dir.display().to_string();
+    c.certs(&[
+        "operator", "--ca", &certs, "--name", "bob", "--out", &bob_out,
+    ]);
+    let bob_pem = bob_dir.join("bob.pem");
+    let bob_key = bob_dir.join("bob.key");
+    let bin = gatekeeper_integration_tests::gatekeeper_bin().unwrap();
+    let as_bob = gatekeeper_integration_tests::Target {
+        addr: admin_target.addr.clone(),
+        tls: Some(gatekeeper_integration_tests::ClientCerts {
+            ca: c.ca_file().unwrap(),
+            identity: Some((bob_pem.clone(), bob_key.clone())),
+        }),
+    };
+    let run = |t: &gatekeeper_integration_tests::Target, args: &[&str]| {
+        gatekeeper_integration_tests::run_admin(&bin, t, args, Duration::from_secs(30))
+    };
+    // Bob cannot sign before he is registered.
+    let out = run(&as_bob, &["retire", "--min-epoch", "0"]);
+    assert!(
+        !out.success() && out.stderr.contains("not a registered operator"),
+        "{}",
+        out.describe()
+    );
+    let bob_cert = bob_pem.display().to_string();
+    let out = run(
+        &admin_target,
+        &["operators", "add", "--cert-file", &bob_cert],
+    );
+    assert!(out.success(), "{}", out.describe());
+    let out = run(&as_bob, &["operators", "remove", "--name", "operator"]);
+    assert!(out.success(), "{}", out.describe());
+    let out = run(&admin_target, &["retire", "--min-epoch", "0"]);
+    assert!(
+        !out.success() && out.stderr.contains("not a registered operator"),
+        "{}",
+        out.describe()
+    );
+    let out = run(&as_bob, &["retire", "--min-epoch", "0"]);
+    assert!(out.success(), "{}", out.describe());
+    // The last operator cannot be removed.
+    let out = run(&as_bob, &["operators", "remove", "--name", "bob"]);
+    assert!(
+        !out.success() && out.stderr.contains("last operator"),
+        "{}",
+        out.describe()
+    );
     drop(c);
 
     // 2. With proposals let through unchecked (the test hook), the entries reach the log and

@@ -207,6 +207,7 @@ fn every_service_sends_the_stable_error_code() {
                         node_id: 1,
                         raft_address: "127.0.0.1:1".into(),
                         api_address: "127.0.0.1:2".into(),
+                        ..Default::default()
                     })
                     .await
             ),
@@ -305,6 +306,7 @@ fn a_follower_refuses_membership_calls_naming_the_leaders_admin_address_and_the_
                 node_id: leader,
                 raft_address: "127.0.0.1:1".into(),
                 api_address: "127.0.0.1:2".into(),
+                ..Default::default()
             })
             .await;
         assert_eq!(

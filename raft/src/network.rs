@@ -987,6 +987,24 @@ impl RaftService for RaftServer {
         if cmd.0.len() > self.config.max_message_bytes {
             return Err(Status::resource_exhausted("command too large"));
         }
+        // InitCluster is proposed only by the node an operator initialised, once it leads;
+        // a forwarded one is someone racing the operator.
+        if self.config.check_proposals
+            && crate::state::decode_entry(&cmd.0)
+                .is_ok_and(|d| matches!(d.command, crate::state::Command::InitCluster { .. }))
+        {
+            let reply = crate::state::Reply::Rejected {
+                code: crate::state::RejectCode::Unauthorized,
+                message: "InitCluster is never forwarded: it is proposed by the node the \
+                          operator initialises"
+                    .into(),
+            };
+            return Ok(Response::new(pb::ClientWriteResponse {
+                log_id: None,
+                response: serde_json::to_vec(&reply).expect("replies serialize"),
+                membership: None,
+            }));
+        }
         // A proposal its proposer may not make never reaches the log (checked again at apply).
         if self.config.check_proposals && self.raft.current_leader().await == Some(self.node_id) {
             if let Err(crate::replica::ReplicaError::Refused { code, message }) =

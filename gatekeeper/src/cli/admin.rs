@@ -244,6 +244,28 @@ pub enum AdminCommand {
         #[arg(long)]
         heal: bool,
     },
+    /// Register or remove operators (who may sign operator commands); signed with --key.
+    Operators {
+        #[command(subcommand)]
+        change: OperatorChange,
+    },
+}
+
+/// Changes to the registered operators.
+#[derive(Subcommand, Debug)]
+pub enum OperatorChange {
+    /// Register the operator whose certificate is --cert-file (its common name and P-256 key).
+    Add {
+        /// The new operator's certificate (PEM), e.g. from `gatekeeper certs operator`.
+        #[arg(long = "cert-file")]
+        cert_file: PathBuf,
+    },
+    /// Remove an operator (never the last one).
+    Remove {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Development events (hex ids are 64 characters).
@@ -802,10 +824,20 @@ async fn run_command(
             raft_address,
             api_address,
         } => {
+            let authorization = authorize(
+                &mut c,
+                operator_signer(tls)?.as_ref(),
+                &Command::AuthorizeJoin {
+                    node_id,
+                    raft_address: raft_address.clone(),
+                },
+            )
+            .await?;
             let req = pb::JoinRequest {
                 node_id,
                 raft_address,
                 api_address,
+                authorization,
             };
             let r = match c.join(req.clone()).await {
                 Err(s) if leader_hint(&s).is_some() => {
@@ -845,6 +877,9 @@ async fn run_command(
             retire(&mut c, operator_signer(tls)?.as_ref(), min_epoch).await
         }
         AdminCommand::Dev { event } => dev(&mut c, operator_signer(tls)?.as_ref(), event).await,
+        AdminCommand::Operators { change } => {
+            operators(&mut c, operator_signer(tls)?.as_ref(), change).await
+        }
         AdminCommand::Fault { isolate, heal } => fault(&mut c, isolate, heal).await,
     }
 }
@@ -1037,6 +1072,55 @@ async fn rotate(
     req.authorization = authorize(c, signer, &command).await?;
     let r = c.rotate(req).await.map_err(status_error)?.into_inner();
     println!("{}", rotate_json(&r));
+    Ok(())
+}
+
+async fn operators(
+    c: &mut Client,
+    signer: Option<&OperatorSigner>,
+    change: OperatorChange,
+) -> Result<()> {
+    let r = match change {
+        OperatorChange::Add { cert_file } => {
+            let certs = crate::tls::pem::load_certs(&cert_file)
+                .with_context(|| format!("{}", cert_file.display()))?;
+            let leaf = certs
+                .first()
+                .with_context(|| format!("{} holds no certificate", cert_file.display()))?;
+            let info = crate::tls::CertInfo::parse(leaf).map_err(|e| anyhow::anyhow!(e))?;
+            let name = info
+                .common_name
+                .with_context(|| format!("{} has no common name", cert_file.display()))?;
+            let public_key = crate::tls::cert::p256_public_key(leaf)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", cert_file.display()))?;
+            let command = Command::AddOperator(gatekeeper_raft::state::OperatorKey {
+                name: name.clone(),
+                public_key: gatekeeper_raft::state::HexBytes(public_key.clone()),
+            });
+            let authorization = authorize(c, signer, &command).await?;
+            c.add_operator(pb::AddOperatorRequest {
+                name,
+                public_key,
+                authorization,
+            })
+            .await
+        }
+        OperatorChange::Remove { name } => {
+            let command = Command::RemoveOperator { name: name.clone() };
+            let authorization = authorize(c, signer, &command).await?;
+            c.remove_operator(pb::RemoveOperatorRequest {
+                name,
+                authorization,
+            })
+            .await
+        }
+    }
+    .map_err(status_error)?
+    .into_inner();
+    println!(
+        "{}",
+        json!({"log_index": r.log_index, "operators": r.operators})
+    );
     Ok(())
 }
 

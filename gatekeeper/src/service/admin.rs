@@ -142,6 +142,42 @@ impl AdminServer {
         self
     }
 
+    /// Adds or removes an operator: the signed command must be `expected`.
+    async fn operators_change(
+        &self,
+        caller: Option<String>,
+        auth: Option<&pb::OperatorAuthorization>,
+        kind: &str,
+        expected: Command,
+    ) -> Result<Response<pb::OperatorsResponse>, Status> {
+        let operator = match auth {
+            Some(a) => {
+                let (c, p) = operator::signed_command(a, caller.as_deref(), kind, clock::now_ms())?;
+                if c != expected {
+                    return Err(invalid(format!(
+                        "authorization.command_json is another {kind} than this call's"
+                    ))
+                    .into());
+                }
+                Some((a.command_json.clone(), p))
+            }
+            None => None,
+        };
+        let out = self.propose(&expected, operator).await?;
+        if let Reply::Rejected { code, message } = out.reply {
+            return Err(error::rejected(code, message).into());
+        }
+        let operators = self
+            .replica
+            .read_linearizable(|a| a.state.operators.keys().cloned().collect())
+            .await
+            .map_err(error::replica)?;
+        Ok(Response::new(pb::OperatorsResponse {
+            log_index: out.log_id.index,
+            operators,
+        }))
+    }
+
     /// Proposes an operator command: signed by the operator when `operator` carries its JSON and
     /// proof, else by this node alone (a cluster without registered operators).
     async fn propose(
@@ -291,7 +327,7 @@ impl AdminService for AdminServer {
         // One read of the state machine, released before anything else runs: a second read
         // guard taken while a writer (the apply task) waits would deadlock (std's RwLock lets a
         // waiting writer block new readers).
-        let (active, epochs, gatekeeper_id, chain_record) = {
+        let (active, epochs, gatekeeper_id, chain_record, operators) = {
             let applied = self.replica.sm.read();
             let st = &applied.state;
             (
@@ -299,6 +335,7 @@ impl AdminService for AdminServer {
                 epochs_pb(st),
                 st.gatekeeper_id.map(|g| g.0.to_vec()).unwrap_or_default(),
                 st.chain.clone(),
+                st.operators.keys().cloned().collect(),
             )
         };
         // "unsealed" is computed now, from the committed epochs and the enclave, never from a
@@ -339,6 +376,7 @@ impl AdminService for AdminServer {
             audit_sequence: s.audit_sequence,
             enclave_identity_public_key: self.enclave.identity_public_key().as_bytes().to_vec(),
             enclave_hpke_public_key: self.enclave.hpke_public_key().as_bytes().to_vec(),
+            operators,
         }))
     }
 
@@ -411,6 +449,11 @@ impl AdminService for AdminServer {
         };
         let threshold = plan.threshold;
         let effective_threshold = plan.effective_threshold();
+        let initial: Vec<(u64, String)> = plan
+            .members
+            .iter()
+            .map(|(id, n)| (*id, n.raft_address.clone()))
+            .collect();
         match self.replica.initialize(plan.members).await {
             Ok(()) => {}
             // Raft was initialised but InitCluster never committed (a failed earlier attempt):
@@ -418,6 +461,21 @@ impl AdminService for AdminServer {
             Err(ReplicaError::AlreadyInitialized)
                 if self.replica.sm.read().state.gatekeeper_id.is_none() => {}
             Err(e) => return Err(error::replica(e).into()),
+        }
+        // InitCluster is never forwarded (a forwarded one could be anyone's): this node
+        // proposes it as the leader, calling an election if another initial voter won.
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout();
+        while !self.replica.is_leader() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ErrorCode::NoLeader,
+                    "this node did not become the leader to initialise the cluster in time; \
+                     run init again",
+                )
+                .into());
+            }
+            let _ = self.replica.raft.trigger().elect().await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
         let mut id = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
@@ -428,6 +486,7 @@ impl AdminService for AdminServer {
                 genesis_dealer: imported_public.map(|_| self.config.node_id),
                 production: self.config.mode == crate::config::Mode::Production,
                 operators: operator.into_iter().collect(),
+                members: initial,
             })
             .await?;
         if let Reply::Rejected { code, message } = out.reply {
@@ -447,11 +506,57 @@ impl AdminService for AdminServer {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        let name = caller_name(&request);
         let r = request.into_inner();
         if !self.replica.is_leader() {
             return Err(self.not_leader().into());
         }
         operator::check_join(&self.membership(), r.node_id)?;
+        // The leader proposes the authorization with its enclave key: right after init its own
+        // member record may not be committed yet.
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout();
+        while !self
+            .replica
+            .sm
+            .read()
+            .state
+            .members
+            .contains_key(&self.config.node_id)
+        {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    "this node has not registered its enclave keys yet; retry shortly",
+                )
+                .into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // The operator's authorization for the node to register its identity, committed before
+        // the node is added.
+        let expected = Command::AuthorizeJoin {
+            node_id: r.node_id,
+            raft_address: r.raft_address.clone(),
+        };
+        let operator = match &r.authorization {
+            Some(a) => {
+                let (c, p) =
+                    operator::signed_command(a, name.as_deref(), "AuthorizeJoin", clock::now_ms())?;
+                if c != expected {
+                    return Err(invalid(
+                        "authorization.command_json authorizes another node or address than \
+                         this join",
+                    )
+                    .into());
+                }
+                Some((a.command_json.clone(), p))
+            }
+            None => None,
+        };
+        let out = self.propose(&expected, operator).await?;
+        if let Reply::Rejected { code, message } = out.reply {
+            return Err(error::rejected(code, message).into());
+        }
         // Admission runs in its own task: if this call is cancelled (the client's deadline), it
         // still finishes, including removing a learner that was not ready.
         let this = self.clone();
@@ -490,6 +595,33 @@ impl AdminService for AdminServer {
             .await
             .map_err(error::replica)?;
         Ok(Response::new(pb::LeaveResponse { log_index: index }))
+    }
+
+    async fn add_operator(
+        &self,
+        request: Request<pb::AddOperatorRequest>,
+    ) -> Result<Response<pb::OperatorsResponse>, Status> {
+        let name = caller_name(&request);
+        let r = request.into_inner();
+        let expected = Command::AddOperator(OperatorKey {
+            name: r.name.clone(),
+            public_key: gatekeeper_raft::state::HexBytes(r.public_key.clone()),
+        });
+        self.operators_change(name, r.authorization.as_ref(), "AddOperator", expected)
+            .await
+    }
+
+    async fn remove_operator(
+        &self,
+        request: Request<pb::RemoveOperatorRequest>,
+    ) -> Result<Response<pb::OperatorsResponse>, Status> {
+        let name = caller_name(&request);
+        let r = request.into_inner();
+        let expected = Command::RemoveOperator {
+            name: r.name.clone(),
+        };
+        self.operators_change(name, r.authorization.as_ref(), "RemoveOperator", expected)
+            .await
     }
 
     async fn rotate(

@@ -46,15 +46,32 @@ impl GatekeeperState {
                 genesis_dealer,
                 production,
                 operators,
-            } => self.apply_init_cluster(
-                *gatekeeper_id,
-                *threshold,
-                *genesis_dealer,
-                *production,
-                operators,
-            )?,
+                members,
+            } => {
+                self.apply_init_cluster(
+                    *gatekeeper_id,
+                    *threshold,
+                    *genesis_dealer,
+                    *production,
+                    operators,
+                )?;
+                self.authorized_joins = members.iter().cloned().collect();
+            }
+            Command::AuthorizeJoin {
+                node_id,
+                raft_address,
+            } => {
+                self.require_init()?;
+                if raft_address.is_empty() {
+                    return Err(reject(RejectCode::InvalidState, "raft_address is empty"));
+                }
+                self.authorized_joins.insert(*node_id, raft_address.clone());
+            }
+            Command::AddOperator(o) => self.apply_add_operator(o)?,
+            Command::RemoveOperator { name } => self.apply_remove_operator(name)?,
             Command::DevEvent { event } => self.apply_dev_event(event)?,
             Command::UpsertMember(m) => self.apply_upsert_member(m)?,
+
             Command::RemoveMember { node_id } => self.apply_remove_member(*node_id)?,
             Command::InstallEpoch(e) => self.apply_install_epoch(e)?,
             Command::AckShare {
@@ -95,15 +112,7 @@ impl GatekeeperState {
             return Err(reject(InvalidDealing, "threshold must be at least 1"));
         }
         for o in operators {
-            if o.name.is_empty() || o.public_key.0.len() != 65 || o.public_key.0[0] != 4 {
-                return Err(reject(
-                    RejectCode::InvalidState,
-                    format!(
-                        "operator {:?}: a name and an uncompressed P-256 public key are needed",
-                        o.name
-                    ),
-                ));
-            }
+            super::proposal::check_operator_key(o)?;
         }
         self.gatekeeper_id = Some(gatekeeper_id);
         self.genesis_threshold = threshold;
@@ -135,7 +144,49 @@ impl GatekeeperState {
                 "member addresses must not be empty",
             ));
         }
+        // A new identity consumes the operator's authorization (checked by `authorize`).
+        let new_identity = self
+            .members
+            .get(&m.node_id)
+            .is_none_or(|old| old.identity_public_key != m.identity_public_key);
+        if new_identity {
+            self.authorized_joins.remove(&m.node_id);
+        }
         self.members.insert(m.node_id, m.clone());
+        Ok(())
+    }
+
+    fn apply_add_operator(&mut self, o: &super::proposal::OperatorKey) -> Result<(), Reply> {
+        self.require_init()?;
+        super::proposal::check_operator_key(o)?;
+        if self.operators.contains_key(&o.name) {
+            return Err(reject(
+                RejectCode::AlreadyExists,
+                format!(
+                    "operator {:?} exists; remove it first to change its key",
+                    o.name
+                ),
+            ));
+        }
+        self.operators.insert(o.name.clone(), o.public_key.clone());
+        Ok(())
+    }
+
+    fn apply_remove_operator(&mut self, name: &str) -> Result<(), Reply> {
+        if !self.operators.contains_key(name) {
+            return Err(reject(
+                RejectCode::InvalidState,
+                format!("no operator {name:?}"),
+            ));
+        }
+        if self.operators.len() == 1 {
+            return Err(reject(
+                RejectCode::InvalidState,
+                "the last operator cannot be removed (add another one first)",
+            ));
+        }
+        // Its sequence stays: its old signed commands stay replays if it is added again.
+        self.operators.remove(name);
         Ok(())
     }
 

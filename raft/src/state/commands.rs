@@ -181,6 +181,25 @@ pub enum Command {
         /// The operators who may sign operator commands (the initialising operator).
         #[serde(default)]
         operators: Vec<super::proposal::OperatorKey>,
+        /// The initial voters and their Raft addresses: each may register its first identity.
+        /// (A list, not a map: integer map keys do not survive serde's internally tagged enums.)
+        #[serde(default)]
+        members: Vec<(NodeId, String)>,
+    },
+    /// An operator authorizes node `node_id` at `raft_address` to register a new enclave
+    /// identity once (a join, or a re-join after a wipe). Proposed by `admin join`.
+    AuthorizeJoin {
+        /// Node.
+        node_id: NodeId,
+        /// Its Raft address, as its member record will carry it.
+        raft_address: String,
+    },
+    /// Registers another operator (its name and ECDSA P-256 public key).
+    AddOperator(super::proposal::OperatorKey),
+    /// Removes an operator (never the last one).
+    RemoveOperator {
+        /// Its name.
+        name: String,
     },
     /// DEVELOPMENT PATH: a chain-shaped event entered by an operator (`AdminService.ApplyDevEvent`)
     /// without a chain. Same effects as an event in a [`Command::ChainBlocks`] but does not move

@@ -98,6 +98,14 @@ pub struct GatekeeperState {
     /// Highest sequence applied per operator.
     #[serde(default)]
     pub operator_sequences: BTreeMap<String, u64>,
+    /// Nodes an operator authorized to register a new enclave identity (once): node → Raft
+    /// address. Filled at init (the initial voters) and by `AuthorizeJoin`; consumed by the
+    /// registration.
+    #[serde(default)]
+    pub authorized_joins: BTreeMap<NodeId, String>,
+    /// Per canary key, the highest sequence each node wrote it with (replays are refused).
+    #[serde(default)]
+    pub canary_writers: BTreeMap<String, BTreeMap<NodeId, u64>>,
 }
 
 impl GatekeeperState {

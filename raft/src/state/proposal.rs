@@ -136,6 +136,27 @@ pub fn operator_signing_bytes(
     m
 }
 
+/// Checks an operator's name and key format (an uncompressed P-256 point: 65 bytes, `04` first;
+/// a point off the curve is not detected here, and never verifies a signature).
+pub fn check_operator_key(o: &OperatorKey) -> Result<(), Reply> {
+    let ok = !o.name.is_empty()
+        && o.name.len() <= 256
+        && o.public_key.0.len() == 65
+        && o.public_key.0[0] == 4;
+    if ok {
+        Ok(())
+    } else {
+        Err(reject(
+            RejectCode::InvalidState,
+            format!(
+                "operator {:?}: a name (1 to 256 bytes) and an uncompressed P-256 public key are \
+                 needed",
+                o.name
+            ),
+        ))
+    }
+}
+
 /// Whether `signature` (ASN.1 DER) is `public_key`'s (uncompressed P-256 point) over `message`.
 pub fn verify_operator_signature(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, public_key)
@@ -341,7 +362,11 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
                     "cluster already initialised",
                 ));
             }
-            voter("InitCluster")?
+            voter("InitCluster")?;
+            // Proposed by the node the operator initialised, once it leads: never forwarded
+            // (the leader refuses a forwarded one), so a member's certificate cannot win the
+            // race to initialise a new cluster.
+            leader("InitCluster")?
         }
         Command::UpsertMember(m) => {
             if m.node_id != p.node {
@@ -356,7 +381,8 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
                     p.node
                 )));
             }
-            if let Some(old) = state.members.get(&m.node_id) {
+            let old = state.members.get(&m.node_id);
+            if let Some(old) = old {
                 if old.identity_public_key != m.identity_public_key && ctx.voters.contains(&p.node)
                 {
                     return Err(unauthorized(format!(
@@ -364,6 +390,19 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
                         p.node
                     )));
                 }
+            }
+            // A new identity (first registration, or a learner re-joining after a wipe) needs
+            // an operator's authorization for this node at this address: the initial voters
+            // at init, later ones by `admin join`.
+            let new_identity = old.is_none_or(|o| o.identity_public_key != m.identity_public_key);
+            if new_identity && state.authorized_joins.get(&m.node_id) != Some(&m.raft_address) {
+                return Err(unauthorized(format!(
+                    "node {} may register a new identity only after an operator's join for it \
+                     at {} (authorized: {:?})",
+                    m.node_id,
+                    m.raft_address,
+                    state.authorized_joins.get(&m.node_id)
+                )));
             }
         }
         Command::AckShare { node_id, .. } => {
@@ -416,6 +455,9 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
         Command::StartRotation { .. }
         | Command::AbortRotation { .. }
         | Command::SetMinEpoch { .. }
+        | Command::AuthorizeJoin { .. }
+        | Command::AddOperator(_)
+        | Command::RemoveOperator { .. }
         | Command::Put { .. } => voter(command_name(c))?,
     }
     // Operator commands need an operator's signature once operators are registered (a cluster
@@ -427,6 +469,9 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
             | Command::AbortRotation { .. }
             | Command::SetMinEpoch { .. }
             | Command::DevEvent { .. }
+            | Command::AuthorizeJoin { .. }
+            | Command::AddOperator(_)
+            | Command::RemoveOperator { .. }
     );
     if operator_command && !state.operators.is_empty() {
         match &d.operator {
@@ -460,6 +505,27 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
             "{} is not an operator command",
             command_name(c)
         )));
+    }
+    // Canary writes are not ordered per lane (concurrent writers), but per key: a write at or
+    // below the last sequence this node wrote that key with is a replay (it would roll the
+    // value back).
+    if let Command::Put { key, .. } = c {
+        let last = state
+            .canary_writers
+            .get(key)
+            .and_then(|w| w.get(&p.node))
+            .copied()
+            .unwrap_or(0);
+        if p.seq <= last {
+            return Err(reject(
+                RejectCode::Replayed,
+                format!(
+                    "canary key {key:?} was written by node {} with sequence {last}; {} is a \
+                     replay",
+                    p.node, p.seq
+                ),
+            ));
+        }
     }
     // The sequence: a replayed proposal is refused.
     if p.lane.ordered() {
@@ -544,6 +610,9 @@ pub fn command_name(c: &Command) -> &'static str {
         Command::AbortRotation { .. } => "AbortRotation",
         Command::ChainBlocks { .. } => "ChainBlocks",
         Command::Put { .. } => "Put",
+        Command::AuthorizeJoin { .. } => "AuthorizeJoin",
+        Command::AddOperator(_) => "AddOperator",
+        Command::RemoveOperator { .. } => "RemoveOperator",
     }
 }
 
@@ -587,7 +656,22 @@ impl GatekeeperState {
         if let Some(op) = &d.operator {
             self.operator_sequences.insert(op.name.clone(), op.seq);
         }
-        self.apply(&d.command)
+
+        let reply = self.apply(&d.command);
+        // A canary write that applied: its sequence for that key (a refused one changes
+        // nothing, and replaying it is refused again for its content).
+        if let (Some(p), Command::Put { key, .. }, Reply::Applied { .. }) =
+            (&d.proof, &d.command, &reply)
+        {
+            let last = self
+                .canary_writers
+                .entry(key.clone())
+                .or_default()
+                .entry(p.node)
+                .or_insert(0);
+            *last = (*last).max(p.seq);
+        }
+        reply
     }
 }
 
@@ -651,6 +735,9 @@ mod tests {
                         genesis_dealer: None,
                         production: false,
                         operators: vec![],
+                        members: (1..=4)
+                            .map(|n| (n, format!("127.0.0.1:{}", 7000 + n)))
+                            .collect(),
                     },
                 ),
                 &ctx(1),
@@ -782,10 +869,52 @@ mod tests {
         ));
         let again = Key(4, Sr25519Keypair::from_seed(&[44; 32]));
         let c = Command::UpsertMember(record(4, &again));
+        // ...only once an operator authorized it again (the first authorization was used).
+        refused(
+            &mut s,
+            &again,
+            Lane::Keeper,
+            2,
+            1,
+            &c,
+            RejectCode::Unauthorized,
+        );
+        s.authorized_joins.insert(4, "127.0.0.1:7004".into());
         assert!(matches!(
-            apply(&mut s, &again, Lane::Keeper, 2, 1, &c),
+            apply(&mut s, &again, Lane::Keeper, 3, 1, &c),
             Reply::Applied { .. }
         ));
+        assert!(
+            !s.authorized_joins.contains_key(&4),
+            "the authorization is used up"
+        );
+        // Re-registering the same identity (a new address or TLS key) needs none.
+        let mut moved = record(4, &again);
+        moved.api_address = "127.0.0.1:9999".into();
+        assert!(matches!(
+            apply(
+                &mut s,
+                &again,
+                Lane::Keeper,
+                4,
+                1,
+                &Command::UpsertMember(moved)
+            ),
+            Reply::Applied { .. }
+        ));
+        // An authorization for another address does not do.
+        let third = Key(4, Sr25519Keypair::from_seed(&[45; 32]));
+        s.authorized_joins.insert(4, "127.0.0.1:1".into());
+        let c = Command::UpsertMember(record(4, &third));
+        refused(
+            &mut s,
+            &third,
+            Lane::Keeper,
+            5,
+            1,
+            &c,
+            RejectCode::Unauthorized,
+        );
     }
 
     #[test]
@@ -860,12 +989,16 @@ mod tests {
             code(&apply(&mut s, &key(3), Lane::Admin, 5, 1, &c)),
             Some(RejectCode::Replayed)
         );
-        // Canary writes: any order, and a repeat applies again.
+        // Canary writes: any order across keys, but a replay of a key's write is refused (it
+        // would roll the value back).
         let p = sign_proposal(&key(2), &s, Lane::Canary, 7, &put("k"));
         assert!(matches!(s.apply_entry(&p, &ctx(1)), Reply::Applied { .. }));
-        assert!(matches!(s.apply_entry(&p, &ctx(1)), Reply::Applied { .. }));
+        assert_eq!(
+            code(&s.apply_entry(&p, &ctx(1))),
+            Some(RejectCode::Replayed)
+        );
         assert!(matches!(
-            apply(&mut s, &key(2), Lane::Canary, 3, 1, &put("k")),
+            apply(&mut s, &key(2), Lane::Canary, 3, 1, &put("other")),
             Reply::Applied { .. }
         ));
     }
@@ -1049,6 +1182,7 @@ mod tests {
             genesis_dealer: None,
             production: false,
             operators: vec![],
+            members: Default::default(),
         };
         refused(
             &mut s,
@@ -1063,6 +1197,16 @@ mod tests {
         refused(
             &mut fresh,
             &key(4),
+            Lane::Admin,
+            1,
+            1,
+            &init,
+            RejectCode::Unauthorized,
+        );
+        // A voter other than the appending leader (a member racing the operator): refused.
+        refused(
+            &mut fresh,
+            &key(2),
             Lane::Admin,
             1,
             1,
@@ -1231,5 +1375,56 @@ mod tests {
         }
         let r = apply_op(&mut s, &key(1), Lane::Keeper, 2, 1, &start("chain:1"), None);
         assert_ne!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+    }
+
+    #[test]
+    fn operators_are_added_and_removed_by_operators() {
+        let mut s = cluster();
+        let alice = operator(&mut s);
+        let gk = s.gatekeeper_id;
+        let mut other = s.clone();
+        let bob = operator(&mut other);
+        let bob_key = other.operators["alice"].clone();
+        let add_bob = Command::AddOperator(OperatorKey {
+            name: "bob".into(),
+            public_key: bob_key,
+        });
+        // A voter alone cannot add one.
+        let r = apply_op(&mut s, &key(2), Lane::Admin, 1, 1, &add_bob, None);
+        assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        let signed = |k: &ring::signature::EcdsaKeyPair, name: &str, seq: u64, c: &Command| {
+            op_proof(gk, k, name, seq, &serde_json::to_string(c).unwrap())
+        };
+        let p = signed(&alice, "alice", 1, &add_bob);
+        assert!(matches!(
+            apply_op(&mut s, &key(2), Lane::Admin, 2, 1, &add_bob, Some(&p)),
+            Reply::Applied { .. }
+        ));
+        // Bob signs now; he removes alice; alice's signatures no longer count.
+        let rm_alice = Command::RemoveOperator {
+            name: "alice".into(),
+        };
+        let p = signed(&bob, "bob", 1, &rm_alice);
+        assert!(matches!(
+            apply_op(&mut s, &key(2), Lane::Admin, 3, 1, &rm_alice, Some(&p)),
+            Reply::Applied { .. }
+        ));
+        let c = Command::SetMinEpoch { min_epoch: 0 };
+        let p = signed(&alice, "alice", 2, &c);
+        let r = apply_op(&mut s, &key(2), Lane::Admin, 4, 1, &c, Some(&p));
+        assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        // The last operator cannot be removed.
+        let rm_bob = Command::RemoveOperator { name: "bob".into() };
+        let p = signed(&bob, "bob", 2, &rm_bob);
+        let r = apply_op(&mut s, &key(2), Lane::Admin, 5, 1, &rm_bob, Some(&p));
+        assert_eq!(code(&r), Some(RejectCode::InvalidState), "{r:?}");
+        // A malformed key is refused.
+        let bad = Command::AddOperator(OperatorKey {
+            name: "eve".into(),
+            public_key: HexBytes(vec![4; 64]),
+        });
+        let p = signed(&bob, "bob", 3, &bad);
+        let r = apply_op(&mut s, &key(2), Lane::Admin, 6, 1, &bad, Some(&p));
+        assert_eq!(code(&r), Some(RejectCode::InvalidState), "{r:?}");
     }
 }

@@ -141,6 +141,7 @@ fn genesis() -> GatekeeperState {
             genesis_dealer: None,
             production: false,
             operators: vec![],
+            members: Default::default(),
         },
         member(1),
         member(2),
@@ -173,6 +174,7 @@ fn genesis_activates_after_every_member_acks() {
         genesis_dealer: None,
         production: false,
         operators: vec![],
+        members: Default::default(),
     });
     assert_eq!(s.genesis_threshold, Some(2));
     for m in 1..=3 {
@@ -200,6 +202,7 @@ fn audit_sequence_counts_applied_commands_only() {
             genesis_dealer: None,
             production: false,
             operators: vec![],
+            members: Default::default(),
         },
         RejectCode::AlreadyInitialized,
     );
@@ -822,6 +825,7 @@ fn replicas_applying_the_same_log_agree() {
             genesis_dealer: None,
             production: false,
             operators: vec![],
+            members: Default::default(),
         },
         member(1),
         member(2),
@@ -842,6 +846,7 @@ fn replicas_applying_the_same_log_agree() {
             genesis_dealer: None,
             production: false,
             operators: vec![],
+            members: Default::default(),
         }, // rejected on every replica
         block(1, vec![ChainEvent::WorkerDeregistered { worker: b(7) }]), // duplicate everywhere
     ]
@@ -877,6 +882,7 @@ fn old_init_entries_still_decode_and_threshold_zero_is_rejected() {
             genesis_dealer: None,
             production: false,
             operators: vec![],
+            members: Default::default(),
         },
         RejectCode::InvalidDealing,
     );
