@@ -97,6 +97,14 @@ pub struct NodeConfig {
     /// make them, so tests can see every node refuse forged entries when it applies them.
     #[serde(default)]
     pub unchecked_proposals: bool,
+    /// The audit log file (JSON lines, hash-chained; `gatekeeper audit verify`). Default: none
+    /// in development, `<data_dir>/audit.log` in production.
+    #[serde(default)]
+    pub audit_path: Option<PathBuf>,
+    /// Fail a request whose audit line cannot be written (fail-closed). Default: on in
+    /// production, off in development.
+    #[serde(default)]
+    pub audit_required: Option<bool>,
     /// Raft address announced to peers; defaults to `raft_listen`.
     #[serde(default)]
     pub raft_advertise: Option<String>,
@@ -405,6 +413,8 @@ pub const KEYS: &[&str] = &[
     "operator_names",
     "plaintext",
     "unchecked_proposals",
+    "audit_path",
+    "audit_required",
     "raft_advertise",
     "api_advertise",
     "admin_advertise",
@@ -590,6 +600,9 @@ impl NodeConfig {
             ("tls_cert_file", &self.tls_cert_file),
             ("tls_key_file", &self.tls_key_file),
         ];
+        if self.audit_is_required() && self.audit_file().is_none() {
+            bail!("audit_required = true needs audit_path");
+        }
         if self.unchecked_proposals && self.mode == Mode::Production {
             bail!(
                 "unchecked_proposals = true is a development test hook: production mode refuses \
@@ -787,6 +800,18 @@ impl NodeConfig {
             max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
             ..Default::default()
         }
+    }
+
+    /// The audit log file in effect (see `audit_path`).
+    pub fn audit_file(&self) -> Option<PathBuf> {
+        self.audit_path
+            .clone()
+            .or_else(|| (self.mode == Mode::Production).then(|| self.data_dir.join("audit.log")))
+    }
+
+    /// Whether a request fails when its audit line cannot be written (see `audit_required`).
+    pub fn audit_is_required(&self) -> bool {
+        self.audit_required.unwrap_or(self.mode == Mode::Production)
     }
 
     /// The enclave's directory.

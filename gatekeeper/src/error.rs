@@ -122,6 +122,8 @@ catalog! {
     CommandNotAuthorized = "COMMAND_NOT_AUTHORIZED" => PermissionDenied,
     /// A replicated command's sequence is not above its proposer's last: a replay.
     CommandReplayed = "COMMAND_REPLAYED" => Aborted,
+    /// The audit log could not be written and `audit_required` is on: the request was not served.
+    AuditFailed = "AUDIT_FAILED" => Unavailable,
     /// The listener needs a client certificate and the connection presented none.
     NoClientCertificate = "NO_CLIENT_CERTIFICATE" => Unauthenticated,
     /// Membership changes run on the leader only: this node is not it. The `gatekeeper-leader-admin` response metadata, when known, names the leader's admin address.

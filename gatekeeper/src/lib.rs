@@ -40,6 +40,7 @@
 
 pub mod admission;
 pub mod attestation;
+pub mod audit;
 pub mod chain;
 pub mod cli;
 pub mod clock;

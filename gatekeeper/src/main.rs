@@ -20,6 +20,7 @@ fn main() {
     let result = match Cli::parse().command {
         Command::Keygen { out, force } => cli::keygen::run(&out, force),
         Command::Certs { command } => cli::certs::run(command),
+        Command::Audit { command } => cli::audit(command),
         Command::Node { config } => {
             config::NodeConfig::load(config.as_deref(), |k| std::env::var(k).ok()).and_then(|c| {
                 node::init_logging(c.log_format);

@@ -6,6 +6,7 @@
 //! * [`keygen`] — make an sr25519 key file.
 //! * [`certs`] — make TLS certificates: a CA, node and operator certificates, the miners' CA
 //!   bundle, a whole development cluster's set.
+//! * `audit verify` — check an audit log's hash chain ([`crate::audit::verify`]).
 
 pub mod admin;
 pub mod certs;
@@ -70,6 +71,12 @@ pub enum Command {
         #[command(subcommand)]
         command: certs::CertsCommand,
     },
+    /// Audit log tools.
+    Audit {
+        /// The audit command.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Generate an sr25519 key (e.g. a worker's identity) into a new file with mode 0600 and print
     /// its public key. The file holds JSON {"seed": hex, "public_key": hex}.
     Keygen {
@@ -80,6 +87,33 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Audit log tools.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check an audit log's hash chain: prints the number of lines, or the first broken line
+    /// and why (exit code 1).
+    Verify {
+        /// The audit log file (a node's `audit_path`).
+        file: PathBuf,
+    },
+}
+
+/// Runs an audit command.
+pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { file } => match crate::audit::verify(&file) {
+            Ok(n) => {
+                println!(
+                    "{}",
+                    serde_json::json!({"file": file, "lines": n, "chain": "ok"})
+                );
+                Ok(())
+            }
+            Err(b) => anyhow::bail!("{}: the chain breaks at {b}", file.display()),
+        },
+    }
 }
 
 #[cfg(test)]

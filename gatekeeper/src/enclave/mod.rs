@@ -81,10 +81,8 @@ pub trait Enclave: Send + Sync {
     /// Attestation evidence over `report_data`: (proto `AttestationKind` number, bytes).
     fn evidence(&self, report_data: &[u8; 64]) -> Result<(i32, Vec<u8>), EnclaveError>;
     /// Seals data at rest.
-    #[allow(dead_code)] // for secrets the node keeps at rest (imports, gramine backend)
     fn seal(&self, label: &str, data: &[u8]) -> Vec<u8>;
     /// Opens data sealed by [`Enclave::seal`].
-    #[allow(dead_code)] // for secrets the node keeps at rest (imports, gramine backend)
     fn unseal(&self, label: &str, blob: &[u8])
         -> Result<zeroize::Zeroizing<Vec<u8>>, EnclaveError>;
 

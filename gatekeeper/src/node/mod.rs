@@ -239,6 +239,25 @@ fn spawn_tls_reloader(tls: &Tls) -> Result<()> {
     Ok(())
 }
 
+/// Re-opens the audit log on SIGHUP (log rotation).
+fn spawn_audit_reopener(audit: Arc<crate::audit::Auditor>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match audit.log.reopen() {
+                Ok(()) => {
+                    tracing::info!(file = %audit.log.path().display(), "SIGHUP: audit log re-opened")
+                }
+                Err(e) => {
+                    tracing::error!(file = %audit.log.path().display(), error = %e, "SIGHUP: cannot re-open the audit log; still writing the previous file")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Runs the node until a shutdown signal.
 pub async fn run(config: NodeConfig) -> Result<()> {
     private_umask();
@@ -399,6 +418,36 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         nonces: nonces.clone(),
         require_member_certificate: tls.is_some(),
     };
+    // The audit log: opened before any listener serves, so no call goes unrecorded.
+    let audit = match config.audit_file() {
+        None => None,
+        Some(path) => {
+            let opened = crate::audit::load_or_create_key(
+                enclave.as_ref(),
+                &config.data_dir.join("audit.key"),
+            )
+            .and_then(|key| {
+                crate::audit::AuditLog::open(&path, key, config.node_id)
+                    .with_context(|| format!("cannot open the audit log {}", path.display()))
+            });
+            match opened {
+                Ok(log) => Some(Arc::new(crate::audit::Auditor {
+                    log,
+                    required: config.audit_is_required(),
+                })),
+                Err(e) if config.audit_is_required() => {
+                    return Err(e.context("audit_required is on"));
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "audit log off: cannot open it");
+                    None
+                }
+            }
+        }
+    };
+    if let Some(a) = &audit {
+        spawn_audit_reopener(a.clone())?;
+    }
     let keys = KeyServer {
         replica: replica.clone(),
         enclave: enclave.clone(),
@@ -410,6 +459,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         ),
         nonces: nonces.clone(),
         stale_reads: config.key_read_mode == "stale",
+        audit: audit.clone(),
     };
     // Cluster listener: RaftService and PeerService, for members only.
     let raft_limits = ListenLimits::from_config(
@@ -474,6 +524,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     );
     let admin_server = admin_limits
         .server()
+        .layer(tower::util::option_layer(
+            audit.clone().map(crate::audit::AuditLayer),
+        ))
         .layer(crate::service::layer::ErrorCodeLayer)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             AdminServiceServer::new(admin)

@@ -34,6 +34,8 @@ pub struct KeyServer {
     pub nonces: Arc<NonceCache>,
     /// `true`: serve from local state (stale mode); `false`: linearizable.
     pub stale_reads: bool,
+    /// The audit log, when configured: every delivery and refusal is a line.
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 impl KeyServer {
@@ -130,54 +132,116 @@ impl KeyServer {
     }
 }
 
+impl KeyServer {
+    /// Records the outcome of a key request in the audit log (when there is one) and answers
+    /// it. A delivery whose line cannot be written is not delivered when the log is required.
+    fn audited(
+        &self,
+        method: &str,
+        caller: String,
+        worker: Option<Vec<u8>>,
+        result: ApiResult<pb::KeyResponse>,
+    ) -> Result<Response<pb::KeyResponse>, Status> {
+        let Some(a) = &self.audit else {
+            return Ok(Response::new(result?));
+        };
+        let (code, epoch, subject) = match &result {
+            Ok(r) => ("OK".to_string(), Some(r.epoch), Some(r.subject.clone())),
+            Err(e) => (
+                e.code().map_or("INTERNAL", |c| c.as_str()).to_string(),
+                None,
+                None,
+            ),
+        };
+        a.record(&crate::audit::Event {
+            caller,
+            method,
+            epoch,
+            subject: subject.as_deref().filter(|s| !s.is_empty()),
+            worker: worker.as_deref(),
+            code: &code,
+        })?;
+        Ok(Response::new(result?))
+    }
+}
+
+/// The caller of a key request, for the audit log.
+fn key_caller<T>(request: &Request<T>) -> String {
+    match request.remote_addr() {
+        Some(a) => format!("worker {a}"),
+        None => "worker".into(),
+    }
+}
+
 #[tonic::async_trait]
 impl KeyService for KeyServer {
     async fn get_worker_key(
         &self,
         request: Request<pb::GetWorkerKeyRequest>,
     ) -> Result<Response<pb::KeyResponse>, Status> {
+        let caller = key_caller(&request);
         let mut r = request.into_inner();
         let (len, header) = (r.encoded_len(), r.header.take());
-        Ok(Response::new(
-            self.serve(len, header, None, pb::KeyKind::Worker, &r.signature)
-                .await?,
-        ))
+        let worker = header.as_ref().map(|h| h.worker_public_key.clone());
+        let result = self
+            .serve(len, header, None, pb::KeyKind::Worker, &r.signature)
+            .await;
+        self.audited(
+            "/gatekeeper.v1.KeyService/GetWorkerKey",
+            caller,
+            worker,
+            result,
+        )
     }
 
     async fn get_cluster_key(
         &self,
         request: Request<pb::GetClusterKeyRequest>,
     ) -> Result<Response<pb::KeyResponse>, Status> {
+        let caller = key_caller(&request);
         let mut r = request.into_inner();
         let (len, header) = (r.encoded_len(), r.header.take());
-        Ok(Response::new(
-            self.serve(
+        let worker = header.as_ref().map(|h| h.worker_public_key.clone());
+        let result = self
+            .serve(
                 len,
                 header,
                 Some(&r.cluster_id),
                 pb::KeyKind::Cluster,
                 &r.signature,
             )
-            .await?,
-        ))
+            .await;
+        self.audited(
+            "/gatekeeper.v1.KeyService/GetClusterKey",
+            caller,
+            worker,
+            result,
+        )
     }
 
     async fn get_contract_key(
         &self,
         request: Request<pb::GetContractKeyRequest>,
     ) -> Result<Response<pb::KeyResponse>, Status> {
+        let caller = key_caller(&request);
         let mut r = request.into_inner();
         let (len, header) = (r.encoded_len(), r.header.take());
-        Ok(Response::new(
-            self.serve(
+        let worker = header.as_ref().map(|h| h.worker_public_key.clone());
+        let result = self
+            .serve(
                 len,
                 header,
                 Some(&r.contract_id),
                 pb::KeyKind::Contract,
                 &r.signature,
             )
-            .await?,
-        ))
+            .await;
+        self.audited(
+            "/gatekeeper.v1.KeyService/GetContractKey",
+            caller,
+            worker,
+            result,
+        )
     }
 
     async fn get_cluster_info(

@@ -18,7 +18,9 @@
 //! `ratio` = served per second / crypto-only per second on one core. It runs twice, on a fresh
 //! cluster each: plaintext (`"tls":false`), then TLS on every listener as deployed
 //! (`"tls":true`), so one run shows what TLS costs. Environment: `KEY_BENCH_SECONDS` (default 8),
-//! `KEY_BENCH_CONCURRENCY` (default `1,16,64`), `KEY_BENCH_TLS` (`0` or `1`: only that mode).
+//! `KEY_BENCH_CONCURRENCY` (default `1,16,64`), `KEY_BENCH_TLS` (`0` or `1`: only that mode),
+//! `KEY_BENCH_AUDIT=1`: also a TLS run with the audit log on (`audit_path`, `audit_required`),
+//! `"audit":true` in its lines, to show what auditing every delivery costs.
 
 use gatekeeper_integration_tests::{Cluster, Opts};
 use gatekeeper_proto::v1 as pb;
@@ -98,16 +100,31 @@ fn main() {
         _ => vec![false, true],
     };
     for tls in modes {
-        bench(tls, crypto, secs, &levels);
+        bench(tls, false, crypto, secs, &levels);
+    }
+    if std::env::var("KEY_BENCH_AUDIT").as_deref() == Ok("1") {
+        bench(true, true, crypto, secs, &levels);
     }
 }
 
 /// One cluster (TLS on or off), every concurrency level.
-fn bench(tls: bool, crypto: f64, secs: f64, levels: &[usize]) {
+fn bench(tls: bool, audit: bool, crypto: f64, secs: f64, levels: &[usize]) {
+    let audit_dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(
         3,
         Opts {
             tls,
+            extra_config: if audit {
+                vec![
+                    format!(
+                        "audit_path = {:?}",
+                        audit_dir.path().join("audit.log").display().to_string()
+                    ),
+                    "audit_required = true".into(),
+                ]
+            } else {
+                vec![]
+            },
             ..Opts::default()
         },
     );
@@ -176,6 +193,7 @@ fn bench(tls: bool, crypto: f64, secs: f64, levels: &[usize]) {
             serde_json::json!({
                 "bench": "key_request",
                 "tls": tls,
+                "audit": audit,
                 "writers": conc,
                 "requests": served,
                 "seconds": (elapsed * 10.0).round() / 10.0,

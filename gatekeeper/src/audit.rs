@@ -1,0 +1,504 @@
+//! The audit log: one JSON line per AdminService call, key delivery and key refusal, each line
+//! carrying the SHA-256 of the line before it, so a modified, inserted or deleted line breaks the
+//! chain ([`verify`], `gatekeeper audit verify FILE`). Worker keys and subjects appear only as
+//! HMAC-SHA256 under an audit key (never in clear), and no secret ever does.
+//!
+//! Line fields, in this order: `seq` (1, 2, …), `time_ms`, `node`, `caller`, `method`, `epoch`,
+//! `subject`, `worker`, `code` (`OK` or the stable error code), `prev` (hex SHA-256 of the
+//! previous line's bytes, without its newline; 64 zeros for the first line).
+//!
+//! `audit_required` (default in production): a line that cannot be written fails the request
+//! (`UNAVAILABLE` + `AUDIT_FAILED`), as Vault's audit devices do. SIGHUP re-opens the file (log
+//! rotation); the chain continues across files. The key is this node's: random,
+//! sealed by the enclave at rest (`<data_dir>/audit.key`), so lines of different nodes are not
+//! correlated by HMAC (a per-cluster key is planned).
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use zeroize::Zeroizing;
+
+/// One audited event, before it is chained.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// Who called: `operator:<name>`, `worker`, `anonymous`, with the source address.
+    pub caller: String,
+    /// The gRPC method (`/gatekeeper.v1.KeyService/GetWorkerKey`).
+    pub method: &'a str,
+    /// The epoch a key was derived from.
+    pub epoch: Option<u64>,
+    /// The key's subject (cluster or contract id), HMAC'd before it is written.
+    pub subject: Option<&'a [u8]>,
+    /// The worker key, HMAC'd before it is written.
+    pub worker: Option<&'a [u8]>,
+    /// `OK` or the stable error code.
+    pub code: &'a str,
+}
+
+/// One line as written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// 1, 2, …
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The node that wrote it.
+    pub node: u64,
+    /// Who called.
+    pub caller: String,
+    /// Method.
+    pub method: String,
+    /// Epoch, for key deliveries.
+    pub epoch: Option<u64>,
+    /// HMAC of the subject, hex.
+    pub subject: Option<String>,
+    /// HMAC of the worker key, hex.
+    pub worker: Option<String>,
+    /// Result.
+    pub code: String,
+    /// SHA-256 of the previous line, hex.
+    pub prev: String,
+}
+
+struct Chain {
+    file: Box<dyn Write + Send>,
+    seq: u64,
+    prev: [u8; 32],
+}
+
+/// An open audit log.
+pub struct AuditLog {
+    chain: Mutex<Chain>,
+    key: Zeroizing<[u8; 32]>,
+    node: u64,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuditLog({}, key redacted)", self.path.display())
+    }
+}
+
+impl AuditLog {
+    /// Opens `path` for appending, continuing the chain after its last line (a regular file's
+    /// existing lines are read; a break in them is logged, not fatal: the operator verifies
+    /// the file with `gatekeeper audit verify`).
+    pub fn open(path: &Path, key: Zeroizing<[u8; 32]>, node: u64) -> std::io::Result<AuditLog> {
+        let (mut seq, mut prev) = (0, [0u8; 32]);
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            let f = std::fs::File::open(path)?;
+            for line in std::io::BufReader::new(f).split(b'\n') {
+                let line = line?;
+                if line.is_empty() {
+                    continue;
+                }
+                if let Ok(l) = serde_json::from_slice::<Line>(&line) {
+                    seq = l.seq;
+                }
+                prev = Sha256::digest(&line).into();
+            }
+            if let Err(e) = verify(path) {
+                tracing::error!(file = %path.display(), error = %e, "the audit log's chain is broken; appending after its last line");
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self::with_writer(
+            Box::new(file),
+            seq,
+            prev,
+            key,
+            node,
+            path,
+        ))
+    }
+
+    /// An audit log writing to `w`, continuing after `seq` / `prev` (tests).
+    pub fn with_writer(
+        w: Box<dyn Write + Send>,
+        seq: u64,
+        prev: [u8; 32],
+        key: Zeroizing<[u8; 32]>,
+        node: u64,
+        path: &Path,
+    ) -> AuditLog {
+        AuditLog {
+            chain: Mutex::new(Chain { file: w, seq, prev }),
+            key,
+            node,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// HMAC-SHA256 of `data` under the audit key, hex.
+    pub fn hmac(&self, data: &[u8]) -> String {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..])
+            .expect("HMAC takes any key length");
+        m.update(data);
+        hex::encode(m.finalize().into_bytes())
+    }
+
+    /// Appends `e` as the next line. On an error nothing is chained: the next line links to
+    /// the last one written.
+    pub fn record(&self, e: &Event<'_>, time_ms: u64) -> std::io::Result<()> {
+        let mut c = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        let line = Line {
+            seq: c.seq + 1,
+            time_ms,
+            node: self.node,
+            caller: e.caller.clone(),
+            method: e.method.to_string(),
+            epoch: e.epoch,
+            subject: e.subject.map(|s| self.hmac(s)),
+            worker: e.worker.map(|w| self.hmac(w)),
+            code: e.code.to_string(),
+            prev: hex::encode(c.prev),
+        };
+        let mut bytes = serde_json::to_vec(&line).expect("audit lines serialize");
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        bytes.push(b'\n');
+        c.file.write_all(&bytes)?;
+        c.file.flush()?;
+        c.seq += 1;
+        c.prev = hash;
+        Ok(())
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-opens the file at its path (after log rotation: SIGHUP), continuing the chain: the
+    /// new file's first line links to the last line of the old one.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.chain.lock().unwrap_or_else(|p| p.into_inner()).file = Box::new(file);
+        Ok(())
+    }
+}
+
+/// Why a chain does not verify: the first bad line (1-based) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct Break {
+    /// 1-based line number.
+    pub line: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Checks the chain of the lines in `bytes`: each line parses, its `seq` is the previous + 1 and
+/// its `prev` is the SHA-256 of the previous line. Returns the number of lines.
+pub fn verify_bytes(bytes: &[u8]) -> Result<u64, Break> {
+    let mut prev = [0u8; 32];
+    let mut expected_seq: Option<u64> = None;
+    let mut n = 0u64;
+    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    for (i, line) in lines.iter().copied().enumerate() {
+        let no = i as u64 + 1;
+        if line.is_empty() {
+            // Only the end of the last line may be empty.
+            if i + 1 < lines.len() {
+                return Err(Break {
+                    line: no,
+                    reason: "empty line".into(),
+                });
+            }
+            continue;
+        }
+        let l: Line = serde_json::from_slice(line).map_err(|e| Break {
+            line: no,
+            reason: format!("not an audit line: {e}"),
+        })?;
+        let first = expected_seq.is_none();
+        if let Some(s) = expected_seq {
+            if l.seq != s {
+                return Err(Break {
+                    line: no,
+                    reason: format!(
+                        "sequence {} where {s} was expected (a line is missing)",
+                        l.seq
+                    ),
+                });
+            }
+        }
+        // The first line may continue an older, rotated-away file: its `prev` is not checked,
+        // but a file that starts at sequence 1 must start the chain.
+        if (!first || l.seq == 1) && l.prev != hex::encode(prev) {
+            return Err(Break {
+                line: no,
+                reason: "its prev is not the hash of the line before: a line before it was \
+                         changed, inserted or deleted"
+                    .into(),
+            });
+        }
+        prev = Sha256::digest(line).into();
+        expected_seq = Some(l.seq + 1);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// [`verify_bytes`] of a file.
+pub fn verify(path: &Path) -> Result<u64, Break> {
+    let bytes = std::fs::read(path).map_err(|e| Break {
+        line: 0,
+        reason: format!("cannot read {}: {e}", path.display()),
+    })?;
+    verify_bytes(&bytes)
+}
+
+/// The node's audit key: unsealed from `path`, or made and sealed there on first use.
+pub fn load_or_create_key(
+    enclave: &dyn crate::enclave::Enclave,
+    path: &Path,
+) -> anyhow::Result<Zeroizing<[u8; 32]>> {
+    use anyhow::Context;
+    const LABEL: &str = "audit-key";
+    if path.exists() {
+        let blob = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        let key = enclave
+            .unseal(LABEL, &blob)
+            .map_err(|e| anyhow::anyhow!("unseal {}: {e}", path.display()))?;
+        let key: [u8; 32] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} does not hold a 32-byte key", path.display()))?;
+        return Ok(Zeroizing::new(key));
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key[..]);
+    let blob = enclave.seal(LABEL, &key[..]);
+    let mut f = gatekeeper_raft::private_fs::create_new_file(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(&blob)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A writer the test can read back, or make fail.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>, Arc<std::sync::atomic::AtomicBool>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log(buf: &Buf) -> AuditLog {
+        AuditLog::with_writer(
+            Box::new(buf.clone()),
+            0,
+            [0; 32],
+            Zeroizing::new([7; 32]),
+            1,
+            Path::new("mem"),
+        )
+    }
+
+    fn event<'a>(method: &'a str, code: &'a str, worker: Option<&'a [u8]>) -> Event<'a> {
+        Event {
+            caller: "worker 127.0.0.1".into(),
+            method,
+            epoch: Some(0),
+            subject: None,
+            worker,
+            code,
+        }
+    }
+
+    #[test]
+    fn the_chain_verifies_and_any_change_breaks_it_at_the_right_line() {
+        let buf = Buf::default();
+        let a = log(&buf);
+        let worker = [0xabu8; 32];
+        for i in 0..5 {
+            let m = format!("/m{i}");
+            a.record(&event(&m, "OK", Some(&worker)), 1_000 + i)
+                .unwrap();
+        }
+        let bytes = buf.0.lock().unwrap().clone();
+        assert_eq!(verify_bytes(&bytes), Ok(5));
+        // The worker key never appears in clear.
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(!text.contains(&hex::encode(worker)), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        // A changed line: the next line's prev no longer matches.
+        let mut changed = lines.clone();
+        let edited = lines[2].replace("\"/m2\"", "\"/mX\"");
+        changed[2] = &edited;
+        let e = verify_bytes(changed.join("\n").as_bytes()).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        // A deleted line.
+        let mut deleted = lines.clone();
+        deleted.remove(1);
+        let e = verify_bytes(deleted.join("\n").as_bytes()).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        // Garbage.
+        let e = verify_bytes(b"{\"seq\":1}\n").unwrap_err();
+        assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_and_the_chain_continues_from_the_last_line_written() {
+        let buf = Buf::default();
+        let a = log(&buf);
+        a.record(&event("/a", "OK", None), 1).unwrap();
+        buf.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(a.record(&event("/b", "OK", None), 2).is_err());
+        buf.1.store(false, std::sync::atomic::Ordering::SeqCst);
+        a.record(&event("/c", "OK", None), 3).unwrap();
+        assert_eq!(verify_bytes(&buf.0.lock().unwrap()), Ok(2));
+    }
+
+    #[test]
+    fn a_reopened_file_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        for round in 0..2 {
+            let a = AuditLog::open(&p, Zeroizing::new([1; 32]), 1).unwrap();
+            a.record(&event("/x", "OK", None), round).unwrap();
+            a.record(&event("/y", "NOT_A_MEMBER", None), round).unwrap();
+        }
+        assert_eq!(verify(&p), Ok(4));
+    }
+}
+
+/// The audit log as the services use it: whether a line that cannot be written fails the
+/// request (`audit_required`).
+#[derive(Debug)]
+pub struct Auditor {
+    /// The log.
+    pub log: AuditLog,
+    /// Fail requests whose line cannot be written.
+    pub required: bool,
+}
+
+/// Audit lines that could not be written are logged at most once a second.
+static WRITE_FAILURES: gatekeeper_raft::lograte::LogGate =
+    gatekeeper_raft::lograte::LogGate::new(std::time::Duration::from_secs(1));
+
+impl Auditor {
+    /// Records `e`; `Err` when the line could not be written and the log is required (the
+    /// caller then fails the request with `AUDIT_FAILED`).
+    pub fn record(&self, e: &Event<'_>) -> Result<(), crate::error::ApiError> {
+        match self.log.record(e, crate::clock::now_ms()) {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                if let Some(n) = WRITE_FAILURES.pass(std::time::Instant::now()) {
+                    tracing::error!(file = %self.log.path().display(), error = %err, failed_since_last_line = n, required = self.required, "cannot write the audit log");
+                }
+                if self.required {
+                    Err(crate::error::ApiError::new(
+                        crate::error::ErrorCode::AuditFailed,
+                        "the audit log cannot be written; the request was not served",
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// A tower layer recording every call of the service it wraps (the admin listener): method,
+/// caller (the client certificate's name and the source address) and result code. When the
+/// line cannot be written and the log is required, the response is replaced by `UNAVAILABLE` +
+/// `AUDIT_FAILED`.
+#[derive(Clone, Debug)]
+pub struct AuditLayer(pub std::sync::Arc<Auditor>);
+
+impl<S> tower::Layer<S> for AuditLayer {
+    type Service = AuditService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuditService(inner, self.0.clone())
+    }
+}
+
+/// See [`AuditLayer`].
+#[derive(Clone, Debug)]
+pub struct AuditService<S>(S, std::sync::Arc<Auditor>);
+
+/// Who called, as an audit line names it.
+pub fn caller_of(extensions: &http::Extensions) -> String {
+    let info = extensions.get::<crate::tls::ConnectInfo>();
+    let addr = info
+        .map(|i| i.remote_addr.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    match info
+        .and_then(|i| i.peer.as_ref())
+        .and_then(|p| p.common_name.clone())
+    {
+        Some(cn) => format!("{cn} {addr}"),
+        None => format!("anonymous {addr}"),
+    }
+}
+
+impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for AuditService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let method = req.uri().path().to_string();
+        let caller = caller_of(req.extensions());
+        let auditor = self.1.clone();
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            let h = resp.headers();
+            let code = match h.get(crate::error::ERROR_CODE_METADATA) {
+                Some(c) => c.to_str().unwrap_or("UNKNOWN").to_string(),
+                None if h.get("grpc-status").is_some_and(|s| s != "0") => "UNKNOWN".into(),
+                None => "OK".into(),
+            };
+            let e = Event {
+                caller,
+                method: &method,
+                code: &code,
+                ..Default::default()
+            };
+            match auditor.record(&e) {
+                Ok(()) => Ok(resp),
+                Err(err) => Ok(tonic::Status::from(err).into_http()),
+            }
+        })
+    }
+}
