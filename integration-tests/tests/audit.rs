@@ -51,16 +51,18 @@ fn calls_deliveries_and_refusals_are_chained_verifiable_and_fail_closed() {
             ..Opts::default()
         },
     );
+    // An operator command right after init (the node may not have registered its enclave keys
+    // yet: it waits for that instead of refusing).
+    let w = Sr25519Keypair::generate(&mut OsRng);
+    let wh = hex::encode(w.public_key().as_bytes());
+    let out = c.admin(1, &["dev", "register-worker", "--worker", &wh]);
+    assert!(out.success(), "{}", out.describe());
     c.wait_for("node 1 to be unsealed", WAIT, || {
         let s = c.status(1)?;
         (s.seal_status == "unsealed")
             .then_some(())
             .ok_or(s.seal_status)
     });
-    let w = Sr25519Keypair::generate(&mut OsRng);
-    let wh = hex::encode(w.public_key().as_bytes());
-    let out = c.admin(1, &["dev", "register-worker", "--worker", &wh]);
-    assert!(out.success(), "{}", out.describe());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let fetch = |worker: &Sr25519Keypair| {
         rt.block_on(async {

@@ -185,11 +185,37 @@ impl AdminServer {
         command: &Command,
         operator: Option<(String, OperatorProof)>,
     ) -> ApiResult<gatekeeper_raft::replica::WriteOutcome> {
+        self.wait_registered().await?;
         match operator {
             Some((json, proof)) => self.replica.write_operator_command(&json, &proof).await,
             None => self.replica.write(command, Lane::Admin).await,
         }
         .map_err(error::replica)
+    }
+
+    /// Waits (up to the request timeout) until this node's member record is committed: it signs
+    /// its proposals with its enclave key, which every node checks against that record, and
+    /// right after `init` the record may not be there yet.
+    async fn wait_registered(&self) -> ApiResult<()> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout();
+        while !self
+            .replica
+            .sm
+            .read()
+            .state
+            .members
+            .contains_key(&self.config.node_id)
+        {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    "this node has not registered its enclave keys yet (it proposes commands in \
+                     its own name); retry shortly",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Writes a command, retrying while no leader is known (right after init), up to the
@@ -512,26 +538,6 @@ impl AdminService for AdminServer {
             return Err(self.not_leader().into());
         }
         operator::check_join(&self.membership(), r.node_id)?;
-        // The leader proposes the authorization with its enclave key: right after init its own
-        // member record may not be committed yet.
-        let deadline = tokio::time::Instant::now() + self.config.request_timeout();
-        while !self
-            .replica
-            .sm
-            .read()
-            .state
-            .members
-            .contains_key(&self.config.node_id)
-        {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidState,
-                    "this node has not registered its enclave keys yet; retry shortly",
-                )
-                .into());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
         // The operator's authorization for the node to register its identity, committed before
         // the node is added.
         let expected = Command::AuthorizeJoin {
@@ -747,6 +753,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::WriteCanaryResponse>, Status> {
         let r = request.into_inner();
         operator::check_canary(&r.key, &r.value)?;
+        self.wait_registered().await?;
         let out = self
             .replica
             .write(
