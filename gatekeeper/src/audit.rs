@@ -3,6 +3,12 @@
 //! chain ([`verify`], `gatekeeper audit verify FILE`). Worker keys and subjects appear only as
 //! HMAC-SHA256 under an audit key (never in clear), and no secret ever does.
 //!
+//! What the chain proves: a line changed, inserted or deleted in the middle of a file breaks it
+//! at the next line, and `verify` names it. It is a plain SHA-256 chain, so someone who can
+//! rewrite the file can also recompute every hash after a change, and a file whose first line
+//! is not sequence 1 (rotated, or its head cut off) is verified from that line on (`verify`
+//! reports the first sequence): ship lines off the node as they are written and compare.
+//!
 //! Line fields, in this order: `seq` (1, 2, …), `time_ms`, `node`, `caller`, `method`, `epoch`,
 //! `subject`, `worker`, `code` (`OK` or the stable error code), `prev` (hex SHA-256 of the
 //! previous line's bytes, without its newline; 64 zeros for the first line).
@@ -90,6 +96,18 @@ impl AuditLog {
     pub fn open(path: &Path, key: Zeroizing<[u8; 32]>, node: u64) -> std::io::Result<AuditLog> {
         let (mut seq, mut prev) = (0, [0u8; 32]);
         if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            // A last line without its newline was cut short (a crash or a full disk while it
+            // was written): it was never a complete record and is cut off, so the next line
+            // does not merge with it and the chain continues from the last complete line.
+            let bytes = std::fs::read(path)?;
+            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                tracing::warn!(file = %path.display(), cut_bytes = bytes.len() - keep, "the audit log ends with an incomplete line; cutting it off");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .set_len(keep as u64)?;
+            }
             let f = std::fs::File::open(path)?;
             for line in std::io::BufReader::new(f).split(b'\n') {
                 let line = line?;
@@ -373,6 +391,22 @@ mod tests {
         buf.1.store(false, std::sync::atomic::Ordering::SeqCst);
         a.record(&event("/c", "OK", None), 3).unwrap();
         assert_eq!(verify_bytes(&buf.0.lock().unwrap()), Ok(2));
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_crash_is_removed_when_the_file_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let a = AuditLog::open(&p, Zeroizing::new([1; 32]), 1).unwrap();
+        a.record(&event("/x", "OK", None), 1).unwrap();
+        a.record(&event("/y", "OK", None), 2).unwrap();
+        drop(a);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"seq\":3,\"time_ms\":").unwrap();
+        drop(f);
+        let a = AuditLog::open(&p, Zeroizing::new([1; 32]), 1).unwrap();
+        a.record(&event("/z", "OK", None), 3).unwrap();
+        assert_eq!(verify(&p), Ok(3));
     }
 
     #[test]

@@ -209,7 +209,10 @@ impl Replica {
         let seq = {
             let mut m = self.sequences.lock().expect("sequences lock");
             let last = m.entry(lane).or_insert(0);
-            *last = (*last + 1).max(applied + 1).max(now_us());
+            *last = last
+                .saturating_add(1)
+                .max(applied.saturating_add(1))
+                .max(now_us());
             *last
         };
         Ok(state::sign_proposal_json(
@@ -386,14 +389,23 @@ impl Replica {
     ) -> Result<WriteOutcome, ReplicaError> {
         let mut attempt = 0;
         loop {
-            let out = self.write_proposal(self.propose(command, lane)?).await?;
             attempt += 1;
-            match &out.reply {
-                Reply::Rejected {
+            match self.write_proposal(self.propose(command, lane)?).await {
+                // Overtaken by a concurrent proposal of the lane (refused at the leader's gate
+                // or at apply): signed again with a new sequence.
+                Err(ReplicaError::Refused {
                     code: RejectCode::Replayed,
                     ..
-                } if attempt < 4 => continue,
-                _ => return Ok(out),
+                }) if attempt < 4 => continue,
+                Ok(WriteOutcome {
+                    reply:
+                        Reply::Rejected {
+                            code: RejectCode::Replayed,
+                            ..
+                        },
+                    ..
+                }) if attempt < 4 => continue,
+                other => return other,
             }
         }
     }

@@ -105,9 +105,17 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify { file } => match crate::audit::verify(&file) {
             Ok(n) => {
+                let first = std::fs::read(&file)
+                    .ok()
+                    .and_then(|b| {
+                        b.split(|c| *c == b'\n')
+                            .next()
+                            .and_then(|l| serde_json::from_slice::<crate::audit::Line>(l).ok())
+                    })
+                    .map(|l| l.seq);
                 println!(
                     "{}",
-                    serde_json::json!({"file": file, "lines": n, "chain": "ok"})
+                    serde_json::json!({"file": file, "lines": n, "first_seq": first, "chain": "ok"})
                 );
                 Ok(())
             }

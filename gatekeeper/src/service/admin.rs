@@ -491,7 +491,18 @@ impl AdminService for AdminServer {
         // InitCluster is never forwarded (a forwarded one could be anyone's): this node
         // proposes it as the leader, calling an election if another initial voter won.
         let deadline = tokio::time::Instant::now() + self.config.request_timeout();
-        while !self.replica.is_leader() {
+        let leads_with_membership = || {
+            self.replica.is_leader()
+                && self
+                    .replica
+                    .sm
+                    .read()
+                    .last_membership
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == self.config.node_id)
+        };
+        while !leads_with_membership() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::new(
                     ErrorCode::NoLeader,
@@ -500,8 +511,13 @@ impl AdminService for AdminServer {
                 )
                 .into());
             }
-            let _ = self.replica.raft.trigger().elect().await;
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            if !self.replica.is_leader() {
+                let _ = self.replica.raft.trigger().elect().await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            } else {
+                // Leading, but the initial membership is not applied yet.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
         let mut id = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);

@@ -333,6 +333,22 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
             }
         },
     };
+    // The signature first: a proposal that does not verify learns nothing about the state
+    // (which rule, which sequence) from its refusal.
+    if let Some(key) = key {
+        let bad = || unauthorized(format!("bad signature for node {}", p.node));
+        let pk = Sr25519PublicKey::from_slice(&key.0).map_err(|_| bad())?;
+        let sig: [u8; 64] = p.signature.0.as_slice().try_into().map_err(|_| bad())?;
+        let msg = signing_bytes(
+            state.gatekeeper_id.as_ref(),
+            p.node,
+            p.lane,
+            p.seq,
+            d.command_json.as_bytes(),
+        );
+        keyring::sign::verify(&pk, SigningPurpose::Command, &msg, &Signature(sig))
+            .map_err(|_| bad())?;
+    }
     let voter = |what: &str| -> Result<(), Reply> {
         if ctx.voters.contains(&p.node) {
             Ok(())
@@ -543,21 +559,6 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
             ));
         }
     }
-    // The signature.
-    if let Some(key) = key {
-        let bad = || unauthorized(format!("bad signature for node {}", p.node));
-        let pk = Sr25519PublicKey::from_slice(&key.0).map_err(|_| bad())?;
-        let sig: [u8; 64] = p.signature.0.as_slice().try_into().map_err(|_| bad())?;
-        let msg = signing_bytes(
-            state.gatekeeper_id.as_ref(),
-            p.node,
-            p.lane,
-            p.seq,
-            d.command_json.as_bytes(),
-        );
-        keyring::sign::verify(&pk, SigningPurpose::Command, &msg, &Signature(sig))
-            .map_err(|_| bad())?;
-    }
     Ok(())
 }
 
@@ -570,16 +571,7 @@ fn check_operator(state: &GatekeeperState, op: &OperatorProof, json: &str) -> Re
             op.name
         )));
     };
-    let last = state.operator_sequences.get(&op.name).copied().unwrap_or(0);
-    if op.seq <= last {
-        return Err(reject(
-            RejectCode::Replayed,
-            format!(
-                "operator {:?}'s sequence {} is not above {last}: a replay",
-                op.name, op.seq
-            ),
-        ));
-    }
+    // The signature before the sequence: a forged proof learns nothing from its refusal.
     let msg = operator_signing_bytes(
         state.gatekeeper_id.as_ref(),
         &op.name,
@@ -591,6 +583,16 @@ fn check_operator(state: &GatekeeperState, op: &OperatorProof, json: &str) -> Re
             "bad signature for operator {:?}",
             op.name
         )));
+    }
+    let last = state.operator_sequences.get(&op.name).copied().unwrap_or(0);
+    if op.seq <= last {
+        return Err(reject(
+            RejectCode::Replayed,
+            format!(
+                "operator {:?}'s sequence {} is not above {last}: a replay",
+                op.name, op.seq
+            ),
+        ));
     }
     Ok(())
 }
@@ -640,7 +642,9 @@ impl GatekeeperState {
     }
 
     /// Applies a log entry in `ctx`: decodes it, authorizes it ([`authorize`]), records its
-    /// sequence and applies the command. Refused entries change nothing.
+    /// sequence and applies the command. An entry refused by `authorize` changes nothing; an
+    /// authorized one whose command the state then rejects still uses up its proposer's (and
+    /// operator's) sequence, so it cannot be replayed once the state would accept it.
     pub fn apply_entry(&mut self, bytes: &[u8], ctx: &ApplyContext) -> Reply {
         let d = match decode_entry(bytes) {
             Ok(d) => d,
