@@ -301,3 +301,60 @@ pub fn signed_worker_request(
         signature: body.sign(w).0.to_vec(),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw gRPC calls and error codes (transport, per-source and authorization tests).
+
+/// Sends and receives raw protobuf bytes, so one client can call any method of any service
+/// (or send a request stream that never ends).
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n).to_vec()))
+    }
+}
+
+/// The stable error code (`gatekeeper-error-code`) of a refused call; empty when it has none.
+pub fn error_code(s: &tonic::Status) -> String {
+    s.metadata()
+        .get("gatekeeper-error-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}

@@ -41,8 +41,8 @@ mod processes;
 mod util;
 
 pub use clients::{
-    admin_client, signed_worker_request, ChainView, ClientCerts, Consistency, CursorView,
-    EpochView, GetReply, IgnoredView, Member, MembersView, PutAck, Status, Target,
+    admin_client, error_code, signed_worker_request, ChainView, ClientCerts, Consistency,
+    CursorView, EpochView, GetReply, IgnoredView, Member, MembersView, PutAck, Raw, Status, Target,
 };
 pub use cluster::{Cluster, Opts};
 pub use devchain::{DevChainOpts, DevChainProc};

@@ -5,7 +5,7 @@
 //! and nothing is delivered; SIGHUP re-opens the file and the chain continues.
 
 use gatekeeper_client::MinerClient;
-use gatekeeper_integration_tests::{run_command, Cluster, Opts, WAIT};
+use gatekeeper_integration_tests::{error_code as code_of, run_command, Cluster, Opts, WAIT};
 use gatekeeper_proto::v1 as pb;
 use keyring::sign::KeyTarget;
 use keyring::Sr25519Keypair;
@@ -27,14 +27,6 @@ fn sighup(c: &Cluster) {
         .status()
         .unwrap();
     assert!(st.success());
-}
-
-fn code_of(s: &tonic::Status) -> String {
-    s.metadata()
-        .get("gatekeeper-error-code")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
 }
 
 #[test]

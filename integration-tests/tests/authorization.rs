@@ -6,7 +6,7 @@
 //! proposals through unchecked (the development-only test hook `unchecked_proposals`), refused
 //! by every node when it applies the entry. Every node's state is the same before and after.
 
-use gatekeeper_integration_tests::{Cluster, Opts, WAIT};
+use gatekeeper_integration_tests::{error_code as code_of, Cluster, Opts, WAIT};
 use gatekeeper_proto::raft::v1 as rpb;
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_raft::state::{
@@ -194,14 +194,6 @@ fn forged_proposals(gk: Bytes32) -> Vec<(String, Vec<u8>)> {
         }
     }
     out
-}
-
-fn code_of(s: &tonic::Status) -> String {
-    s.metadata()
-        .get("gatekeeper-error-code")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
 }
 
 fn reply_of(r: &rpb::ClientWriteResponse) -> Reply {

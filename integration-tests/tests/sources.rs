@@ -12,13 +12,12 @@
 //!   that belongs to no member stay pending, so they cannot use up their source's share
 //!   (`raft_max_connections_per_source`) and a member from the same address still gets in.
 
-use gatekeeper_integration_tests::{Cluster, Opts, Target, WAIT};
+use gatekeeper_integration_tests::{error_code as code_of, Cluster, Opts, Raw, Target, WAIT};
 use gatekeeper_proto::raft::v1 as rpb;
 use gatekeeper_proto::v1 as pb;
 use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Uri};
 use tonic::{Code, Status};
 
@@ -55,56 +54,11 @@ async fn connect_from(target: &Target, from: [u8; 4]) -> Result<Channel, tonic::
         .await
 }
 
-fn code_of(s: &Status) -> String {
-    s.metadata()
-        .get("gatekeeper-error-code")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 async fn cluster_info(ch: &Channel) -> Result<pb::ClusterInfo, Status> {
     pb::key_service_client::KeyServiceClient::new(ch.clone())
         .get_cluster_info(pb::GetClusterInfoRequest::default())
         .await
         .map(|r| r.into_inner())
-}
-
-/// Sends raw bytes, so a call can be a request stream that never ends.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        use bytes::Buf;
-        let n = src.remaining();
-        Ok(Some(src.copy_to_bytes(n).to_vec()))
-    }
 }
 
 /// A `GetWorkerKey` whose request body never arrives: the node holds it in service (and the

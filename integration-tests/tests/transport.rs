@@ -6,51 +6,15 @@
 //! operators and miners keep working. Also: a join of a node that never starts leaves the voter
 //! set as it was and says why, and a renewed certificate is picked up on SIGHUP.
 
-use gatekeeper_integration_tests::{ClientCerts, Cluster, Opts, Target, WAIT};
+use gatekeeper_integration_tests::{
+    error_code as code_of, ClientCerts, Cluster, Opts, Raw, Target, WAIT,
+};
 use gatekeeper_proto::raft::v1 as rpb;
 use gatekeeper_proto::v1 as pb;
 use prost::Message;
 use std::path::PathBuf;
 use std::time::Duration;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
-
-/// Sends and receives raw protobuf bytes, so one client can call any method of any service.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        use bytes::Buf;
-        let n = src.remaining();
-        Ok(Some(src.copy_to_bytes(n).to_vec()))
-    }
-}
 
 /// One call: `path` on `target` with `body` (a client-streaming call for InstallSnapshot).
 async fn call(target: &Target, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
@@ -78,14 +42,6 @@ async fn call(target: &Target, path: &'static str, body: Vec<u8>) -> Result<Vec<
     g.unary(tonic::Request::new(body), p, Raw)
         .await
         .map(|r| r.into_inner())
-}
-
-fn code_of(s: &Status) -> String {
-    s.metadata()
-        .get("gatekeeper-error-code")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
 }
 
 /// One node's view of its replicated state: id, last log index, audit sequence, epochs with

@@ -551,21 +551,26 @@ pub fn check_proposal(
     leader: NodeId,
     bytes: &[u8],
 ) -> Result<(), crate::replica::ReplicaError> {
+    check_decoded(sm, leader, crate::state::decode_entry(bytes))
+        .map_err(|(code, message)| crate::replica::ReplicaError::Refused { code, message })
+}
+
+/// [`check_proposal`] of an entry already decoded: the refusal's code and message.
+fn check_decoded(
+    sm: &SmStore,
+    leader: NodeId,
+    decoded: Result<crate::state::Decoded, String>,
+) -> Result<(), (crate::state::RejectCode, String)> {
     use crate::state::{RejectCode, Reply};
-    let refused = |r: Reply| match r {
-        Reply::Rejected { code, message } => {
-            crate::replica::ReplicaError::Refused { code, message }
-        }
-        _ => crate::replica::ReplicaError::Raft("unexpected check result".into()),
-    };
-    let d = crate::state::decode_entry(bytes).map_err(|e| {
-        refused(Reply::Rejected {
-            code: RejectCode::MalformedCommand,
-            message: e,
-        })
-    })?;
+    let d = decoded.map_err(|e| (RejectCode::MalformedCommand, e))?;
     let a = sm.read();
-    crate::state::authorize(&a.state, &a.apply_context(leader), &d).map_err(refused)
+    crate::state::authorize(&a.state, &a.apply_context(leader), &d).map_err(|r| match r {
+        Reply::Rejected { code, message } => (code, message),
+        other => (
+            RejectCode::InvalidState,
+            format!("unexpected check result {other:?}"),
+        ),
+    })
 }
 
 /// Splits a snapshot into stream chunks: the first carries the header; the last has `done`.
@@ -987,29 +992,25 @@ impl RaftService for RaftServer {
         if cmd.0.len() > self.config.max_message_bytes {
             return Err(Status::resource_exhausted("command too large"));
         }
-        // InitCluster is proposed only by the node an operator initialised, once it leads;
-        // a forwarded one is someone racing the operator.
-        if self.config.check_proposals
-            && crate::state::decode_entry(&cmd.0)
-                .is_ok_and(|d| matches!(d.command, crate::state::Command::InitCluster { .. }))
-        {
-            let reply = crate::state::Reply::Rejected {
-                code: crate::state::RejectCode::Unauthorized,
-                message: "InitCluster is never forwarded: it is proposed by the node the \
-                          operator initialises"
-                    .into(),
+        if self.config.check_proposals {
+            // Decoded once for both checks.
+            let refusal = match crate::state::decode_entry(&cmd.0) {
+                // InitCluster is proposed only by the node an operator initialised, once it
+                // leads; a forwarded one is someone racing the operator.
+                Ok(d) if matches!(d.command, crate::state::Command::InitCluster { .. }) => Some((
+                    crate::state::RejectCode::Unauthorized,
+                    "InitCluster is never forwarded: it is proposed by the node the operator \
+                     initialises"
+                        .to_string(),
+                )),
+                // A proposal its proposer may not make never reaches the log (checked again at
+                // apply).
+                decoded if self.raft.current_leader().await == Some(self.node_id) => {
+                    check_decoded(&self.sm, self.node_id, decoded).err()
+                }
+                _ => None,
             };
-            return Ok(Response::new(pb::ClientWriteResponse {
-                log_id: None,
-                response: serde_json::to_vec(&reply).expect("replies serialize"),
-                membership: None,
-            }));
-        }
-        // A proposal its proposer may not make never reaches the log (checked again at apply).
-        if self.config.check_proposals && self.raft.current_leader().await == Some(self.node_id) {
-            if let Err(crate::replica::ReplicaError::Refused { code, message }) =
-                check_proposal(&self.sm, self.node_id, &cmd.0)
-            {
+            if let Some((code, message)) = refusal {
                 let reply = crate::state::Reply::Rejected { code, message };
                 return Ok(Response::new(pb::ClientWriteResponse {
                     log_id: None,

@@ -150,19 +150,13 @@ impl AdminServer {
         kind: &str,
         expected: Command,
     ) -> Result<Response<pb::OperatorsResponse>, Status> {
-        let operator = match auth {
-            Some(a) => {
-                let (c, p) = operator::signed_command(a, caller.as_deref(), kind, clock::now_ms())?;
-                if c != expected {
-                    return Err(invalid(format!(
-                        "authorization.command_json is another {kind} than this call's"
-                    ))
-                    .into());
-                }
-                Some((a.command_json.clone(), p))
-            }
-            None => None,
-        };
+        let operator = exact_operator_command(
+            auth,
+            caller.as_deref(),
+            kind,
+            &expected,
+            &format!("authorization.command_json is another {kind} than this call's"),
+        )?;
         let out = self.propose(&expected, operator).await?;
         if let Reply::Rejected { code, message } = out.reply {
             return Err(error::rejected(code, message).into());
@@ -183,7 +177,7 @@ impl AdminServer {
     async fn propose(
         &self,
         command: &Command,
-        operator: Option<(String, OperatorProof)>,
+        operator: OperatorSigned,
     ) -> ApiResult<gatekeeper_raft::replica::WriteOutcome> {
         self.wait_registered().await?;
         match operator {
@@ -298,6 +292,43 @@ fn epochs_pb(state: &gatekeeper_raft::state::GatekeeperState) -> Vec<pb::EpochIn
             scheme: pb::DerivationScheme::Native as i32,
         })
         .collect()
+}
+
+/// An operator command with its JSON as signed and the operator's proof; `None` when unsigned.
+type OperatorSigned = Option<(String, OperatorProof)>;
+
+/// The command an admin call proposes: the one the operator signed, checked to be a `kind`
+/// ([`operator::signed_command`]), when the call carries an authorization; else `unsigned()`,
+/// proposed by this node alone (refused at the leader once the cluster has operators).
+fn operator_command(
+    auth: Option<&pb::OperatorAuthorization>,
+    caller: Option<&str>,
+    kind: &str,
+    unsigned: impl FnOnce() -> ApiResult<Command>,
+) -> ApiResult<(Command, OperatorSigned)> {
+    match auth {
+        Some(a) => {
+            let (c, p) = operator::signed_command(a, caller, kind, clock::now_ms())?;
+            Ok((c, Some((a.command_json.clone(), p))))
+        }
+        None => Ok((unsigned()?, None)),
+    }
+}
+
+/// [`operator_command`] for a call that names its command exactly (join, operator changes): a
+/// signed command must be `expected`, else the call is refused with `mismatch`.
+fn exact_operator_command(
+    auth: Option<&pb::OperatorAuthorization>,
+    caller: Option<&str>,
+    kind: &str,
+    expected: &Command,
+    mismatch: &str,
+) -> ApiResult<OperatorSigned> {
+    let (command, signed) = operator_command(auth, caller, kind, || Ok(expected.clone()))?;
+    if &command != expected {
+        return Err(invalid(mismatch));
+    }
+    Ok(signed)
 }
 
 /// A fresh rotation id for an unsigned rotate call.
@@ -560,21 +591,13 @@ impl AdminService for AdminServer {
             node_id: r.node_id,
             raft_address: r.raft_address.clone(),
         };
-        let operator = match &r.authorization {
-            Some(a) => {
-                let (c, p) =
-                    operator::signed_command(a, name.as_deref(), "AuthorizeJoin", clock::now_ms())?;
-                if c != expected {
-                    return Err(invalid(
-                        "authorization.command_json authorizes another node or address than \
-                         this join",
-                    )
-                    .into());
-                }
-                Some((a.command_json.clone(), p))
-            }
-            None => None,
-        };
+        let operator = exact_operator_command(
+            r.authorization.as_ref(),
+            name.as_deref(),
+            "AuthorizeJoin",
+            &expected,
+            "authorization.command_json authorizes another node or address than this join",
+        )?;
         let out = self.propose(&expected, operator).await?;
         if let Reply::Rejected { code, message } = out.reply {
             return Err(error::rejected(code, message).into());
@@ -652,22 +675,19 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::RotateResponse>, Status> {
         let name = caller_name(&request);
         let r = request.into_inner();
-        let (command, operator) = match &r.authorization {
-            Some(a) => {
-                let (c, p) =
-                    operator::signed_command(a, name.as_deref(), "StartRotation", clock::now_ms())?;
-                (c, Some((a.command_json.clone(), p)))
-            }
-            None => (
-                operator::rotation(
+        let (command, operator) = operator_command(
+            r.authorization.as_ref(),
+            name.as_deref(),
+            "StartRotation",
+            || {
+                Ok(operator::rotation(
                     &r,
                     self.config.rotation_deadline_ms,
                     clock::now_ms(),
                     fresh_rotation_id,
-                ),
-                None,
-            ),
-        };
+                ))
+            },
+        )?;
         let Command::StartRotation { rotation_id, .. } = &command else {
             unreachable!("a StartRotation was checked or built")
         };
@@ -705,19 +725,16 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::RetireResponse>, Status> {
         let name = caller_name(&request);
         let r = request.into_inner();
-        let (command, operator) = match &r.authorization {
-            Some(a) => {
-                let (c, p) =
-                    operator::signed_command(a, name.as_deref(), "SetMinEpoch", clock::now_ms())?;
-                (c, Some((a.command_json.clone(), p)))
-            }
-            None => (
-                Command::SetMinEpoch {
+        let (command, operator) = operator_command(
+            r.authorization.as_ref(),
+            name.as_deref(),
+            "SetMinEpoch",
+            || {
+                Ok(Command::SetMinEpoch {
                     min_epoch: r.min_epoch,
-                },
-                None,
-            ),
-        };
+                })
+            },
+        )?;
         let Command::SetMinEpoch { min_epoch } = command else {
             unreachable!("a SetMinEpoch was checked or built")
         };
@@ -739,19 +756,13 @@ impl AdminService for AdminServer {
         operator::allow_dev_events(self.config.mode)?;
         let name = caller_name(&request);
         let mut r = request.into_inner();
-        let (command, operator) = match r.authorization.take() {
-            Some(a) => {
-                let (c, p) =
-                    operator::signed_command(&a, name.as_deref(), "DevEvent", clock::now_ms())?;
-                (c, Some((a.command_json, p)))
-            }
-            None => (
-                Command::DevEvent {
+        let auth = r.authorization.take();
+        let (command, operator) =
+            operator_command(auth.as_ref(), name.as_deref(), "DevEvent", || {
+                Ok(Command::DevEvent {
                     event: operator::dev_event(r)?,
-                },
-                None,
-            ),
-        };
+                })
+            })?;
         let out = self.propose(&command, operator).await?;
         match out.reply {
             Reply::Applied { audit_sequence } => Ok(Response::new(pb::ApplyDevEventResponse {
