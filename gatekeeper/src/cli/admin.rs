@@ -795,7 +795,10 @@ pub async fn run(
         // A plaintext client against a TLS node fails in several ways depending on timing
         // (invalid frame size, broken pipe, reset): whichever it is, say what usually causes it.
         let text = format!("{e:#}");
-        if tls.plaintext && text.contains("transport error") && !text.contains("hint:") {
+        // (Seen: "transport error", and "operation was canceled" when the node closes the
+        // connection while the client's HTTP/2 handshake is still in flight.)
+        let connection_failed = text.contains("transport error") || text.contains("was cancel");
+        if tls.plaintext && connection_failed && !text.contains("hint:") {
             anyhow::anyhow!(
                 "{text}\nhint: if the node uses TLS (the default), drop --plaintext and pass \
                  --ca, --cert and --key"
