@@ -130,16 +130,32 @@ fn json_log_id(v: &serde_json::Value) -> rpb::LogId {
     )
 }
 
-/// Snapshot data framed as the snapshot format (header, length, SHA-256) around `body`.
+/// Snapshot data framed as the snapshot format (header, lengths, SHA-256) around `body`.
 fn framed(body: &[u8]) -> Vec<u8> {
+    framed_with(body, b"")
+}
+
+/// [`framed`] with a certificate after the body.
+fn framed_with(body: &[u8], cert: &[u8]) -> Vec<u8> {
     let mut out = format!(
-        "GKSNAP/1 {} {}\n",
+        "GKSNAP/2 {} {} {}\n",
         hex::encode(Sha256::digest(body)),
-        body.len()
+        body.len(),
+        cert.len()
     )
     .into_bytes();
     out.extend_from_slice(body);
+    out.extend_from_slice(cert);
     out
+}
+
+/// The body and the certificate of snapshot data in the snapshot format.
+fn split_snapshot(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let nl = data.iter().position(|&b| b == b'\n').unwrap();
+    let header = std::str::from_utf8(&data[..nl]).unwrap();
+    let body_len: usize = header.split(' ').nth(2).unwrap().parse().unwrap();
+    let rest = &data[nl + 1..];
+    (rest[..body_len].to_vec(), rest[body_len..].to_vec())
 }
 
 /// Chunks of a snapshot stream: `data` in 64 KiB pieces, the header on the first, `done` on
@@ -210,7 +226,7 @@ fn garbage_and_forged_snapshots_are_refused_and_the_follower_keeps_working_and_r
     // A real snapshot of the leader: its data (valid framing and state) and metadata.
     let snap = snapshot_file(&c, leader);
     let real_data = snap["data"].as_str().unwrap().as_bytes().to_vec();
-    assert!(real_data.starts_with(b"GKSNAP/1 "), "snapshot data format");
+    assert!(real_data.starts_with(b"GKSNAP/2 "), "snapshot data format");
     let real_last = json_log_id(&snap["meta"]["last_log_id"]);
     let membership_log_id = json_log_id(&snap["meta"]["last_membership"]["log_id"]);
     let membership = rpb::Membership {
@@ -280,7 +296,7 @@ fn garbage_and_forged_snapshots_are_refused_and_the_follower_keeps_working_and_r
     keeps_serving(&c, f, leader, term + 1000, "truncated");
 
     // 3. Oversize: a total above the cap is refused before any data; data beyond total_size too.
-    let r = send(chunks(header(3 << 30, future), b"GKSNAP/1 ", false));
+    let r = send(chunks(header(3 << 30, future), b"GKSNAP/2 ", false));
     expect_refused(&c, "3 GiB total", r, "exceeds the limit");
     let r = send(chunks(header(10, future), &real_data[..100], true));
     expect_refused(&c, "data beyond total_size", r, "exceeds total_size");
@@ -301,7 +317,7 @@ fn garbage_and_forged_snapshots_are_refused_and_the_follower_keeps_working_and_r
     }
     // A flipped bit in the body: the checksum.
     let mut flipped = real_data.clone();
-    let at = flipped.len() - 3;
+    let at = flipped.len() - split_snapshot(&real_data).1.len() - 3;
     flipped[at] ^= 1;
     let r = send(chunks(header(flipped.len() as u64, future), &flipped, true));
     expect_refused(&c, "flipped bit", r, "checksum");
@@ -319,6 +335,57 @@ fn garbage_and_forged_snapshots_are_refused_and_the_follower_keeps_working_and_r
         r,
         "disagrees with its metadata",
     );
+    // 5b. The finding this defends against: a member's credentials are enough to send a
+    //     snapshot, so a fabricated state with consistent metadata must prove itself. Without
+    //     a certificate, with the real snapshot's certificate (for another state), and with a
+    //     certificate naming only voters it cannot sign for, it is refused.
+    let (real_body, real_cert) = split_snapshot(&real_data);
+    assert!(
+        !real_cert.is_empty(),
+        "the leader's snapshot carries its certificate"
+    );
+    let cert: serde_json::Value = serde_json::from_slice(&real_cert).unwrap();
+    assert!(
+        cert["signatures"].as_object().unwrap().len() >= 2,
+        "signed by a majority: {cert}"
+    );
+    let mut state: serde_json::Value = serde_json::from_slice(&real_body).unwrap();
+    state["state"]["kv"]["s-0"] = "forged".into();
+    state["state"]["operators"] = serde_json::json!({"mallory": "04aa"});
+    let forged_at = |last: &rpb::LogId| {
+        let mut st = state.clone();
+        st["last_applied"] = serde_json::json!({
+            "leader_id": {"term": last.term, "node_id": last.node_id},
+            "index": last.index,
+        });
+        serde_json::to_vec(&st).unwrap()
+    };
+    let fake = forged_at(&future);
+    let mut own_cert = cert.clone();
+    own_cert["index"] = future.index.into();
+    own_cert["digest"] = hex::encode(Sha256::digest(&fake)).into();
+    for (name, data, want) in [
+        (
+            "fabricated state, no certificate",
+            framed(&fake),
+            "carries no certificate",
+        ),
+        (
+            "fabricated state with the real certificate",
+            framed_with(&fake, &real_cert),
+            "the certificate is for index",
+        ),
+        (
+            "fabricated state with replayed signatures",
+            framed_with(&fake, &serde_json::to_vec(&own_cert).unwrap()),
+            "signature does not verify",
+        ),
+    ] {
+        let r = send(chunks(header(data.len() as u64, future), &data, true));
+        expect_refused(&c, name, r, want);
+    }
+    keeps_serving(&c, f, leader, term + 1000, "fabricated");
+
     // 6. A snapshot that would roll this follower back: below its committed index, from a newer
     //    leader than the committed entry there.
     let mut h = header(real_data.len() as u64, log_id(term + 1, leader, 1));

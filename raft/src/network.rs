@@ -16,8 +16,9 @@
 //!   finds malformed or rewriting committed entries before openraft sees it, and the client
 //!   treats such answers as network errors. A received snapshot is streamed to a file under the
 //!   data dir while its framing and checksum are checked, then decoded into the state with the
-//!   state machine's own decoder ([`crate::snapshot::validate`]); only a snapshot that passes
-//!   reaches openraft. One snapshot is received at a time.
+//!   state machine's own decoder ([`crate::snapshot::validate`]) and its certificate verified
+//!   against the voters and keys this node knows ([`crate::snapshot::verify_received`]); only a
+//!   snapshot that passes reaches openraft. One snapshot is received at a time.
 //! * **Fault hook**: when [`Faults::set_isolated`] is on, this node drops every Raft RPC it sends
 //!   or receives (used by failover drills and partition tests).
 
@@ -808,10 +809,17 @@ impl RaftServer {
         let bytes = tokio::fs::read(&staged.0).await.map_err(io_err)?;
         drop(staged);
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || snapshot::validate(&meta, &bytes).map(|_| bytes))
-            .await
-            .map_err(|e| Status::internal(format!("snapshot validation task failed: {e}")))?
-            .map_err(bad_snapshot)
+        // What this node already knows decides whether the snapshot is proven (the leader's
+        // word is not enough: design.md §10.2.2).
+        let anchor = self.sm.read().anchor();
+        tokio::task::spawn_blocking(move || {
+            let d = snapshot::validate(&meta, &bytes)?;
+            snapshot::verify_received(&d, anchor)?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("snapshot validation task failed: {e}")))?
+        .map_err(bad_snapshot)
     }
 }
 

@@ -169,6 +169,43 @@ pub struct Replica {
     sequences: Arc<std::sync::Mutex<std::collections::HashMap<Lane, u64>>>,
 }
 
+/// Resolves once Raft has stopped (its metrics channel closed or it reports shutdown).
+async fn raft_stopped(
+    metrics: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Node>>,
+) {
+    loop {
+        if metrics.borrow().state == ServerState::Shutdown {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Tells openraft to take the newest certified checkpoint as its snapshot whenever there is a
+/// new one (openraft then purges the log behind it).
+async fn take_certified_snapshots(
+    raft: Raft<TypeConfig>,
+    mut certified: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        tokio::select! {
+            r = certified.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                if let Err(e) = raft.trigger().snapshot().await {
+                    tracing::debug!(error = %e, "cannot take the certified snapshot");
+                    return;
+                }
+            }
+            _ = raft_stopped(&mut metrics) => return,
+        }
+    }
+}
+
 /// Microseconds since the Unix epoch: a proposal sequence that keeps growing across restarts.
 fn now_us() -> u64 {
     std::time::SystemTime::now()
@@ -253,14 +290,20 @@ impl Replica {
         })?;
         let log_dir = config.data_dir.join("log");
         let sm = SmStore::open(&config.data_dir)?;
+        // openraft's snapshot policy becomes the checkpoint interval: openraft itself never
+        // snapshots the state of the moment; it takes a checkpoint once a majority of the
+        // voters signed it (crate::state::checkpoint).
+        let mut raft_settings = config.raft.clone();
+        if let openraft::SnapshotPolicy::LogsSinceLast(n) = raft_settings.snapshot_policy {
+            sm.set_checkpoint_interval(n);
+        }
+        raft_settings.snapshot_policy = openraft::SnapshotPolicy::Never;
         let log = LogStore::open(&log_dir).map_err(|source| ReplicaError::Log {
             path: log_dir.clone(),
             source,
         })?;
         let raft_config = Arc::new(
-            config
-                .raft
-                .clone()
+            raft_settings
                 .validate()
                 .map_err(|e| ReplicaError::Config(e.to_string()))?,
         );
@@ -276,7 +319,7 @@ impl Replica {
         .await
         .map_err(|e| ReplicaError::Raft(e.to_string()))?;
         network.set_raft(raft.clone());
-        Ok(Self {
+        let replica = Self {
             node_id: config.node_id,
             raft,
             sm,
@@ -287,7 +330,90 @@ impl Replica {
             config: Arc::new(config),
             signer: Arc::default(),
             sequences: Arc::default(),
-        })
+        };
+        tokio::spawn(replica.clone().sign_checkpoints());
+        tokio::spawn(take_certified_snapshots(
+            replica.raft.clone(),
+            replica.sm.subscribe_certified(),
+        ));
+        Ok(replica)
+    }
+
+    /// Signs each checkpoint this node writes and proposes the signature
+    /// ([`state::Command::SignCheckpoint`]) until it is applied, a newer checkpoint replaces
+    /// it, or Raft stops.
+    async fn sign_checkpoints(self) {
+        let mut checkpoints = self.sm.subscribe_checkpoints();
+        let mut metrics = self.raft.metrics();
+        'next: loop {
+            let next = *checkpoints.borrow_and_update();
+            if let Some((index, digest)) = next {
+                let mut delay = Duration::from_millis(100);
+                while let Some(retry) = self.sign_checkpoint(index, digest).await {
+                    tracing::debug!(index, reason = %retry, "checkpoint signature not committed yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = checkpoints.changed() => continue 'next,
+                        _ = raft_stopped(&mut metrics) => return,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+            tokio::select! {
+                r = checkpoints.changed() => if r.is_err() { return },
+                _ = raft_stopped(&mut metrics) => return,
+            }
+        }
+    }
+
+    /// One attempt at committing this node's signature of checkpoint `index`. `None`: done (or
+    /// not this node's to sign); `Some(reason)`: try again later.
+    async fn sign_checkpoint(&self, index: u64, digest: state::Bytes32) -> Option<String> {
+        let gid = {
+            let a = self.sm.read();
+            let s = &a.state;
+            if s.checkpoint.as_ref().is_some_and(|c| c.index >= index)
+                || s.checkpoint_votes
+                    .get(&self.node_id)
+                    .is_some_and(|v| v.index >= index)
+                || !a
+                    .last_membership
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == self.node_id)
+            {
+                return None;
+            }
+            if !s.members.contains_key(&self.node_id) {
+                return Some("this node is not registered yet".into());
+            }
+            s.gatekeeper_id?
+        };
+        let signer = self.signer.read().expect("signer lock").clone();
+        let Some(signer) = signer else {
+            return Some("no command signer yet".into());
+        };
+        let signature = signer.sign(&state::checkpoint_signing_bytes(&gid, index, &digest));
+        let vote = state::Command::SignCheckpoint(state::CheckpointVote {
+            index,
+            digest,
+            signature: state::HexBytes(signature.to_vec()),
+        });
+        match self.write(&vote, Lane::Keeper).await {
+            Ok(WriteOutcome {
+                reply: Reply::Rejected { code, message },
+                ..
+            }) => {
+                tracing::warn!(index, ?code, %message, "checkpoint signature refused");
+                None
+            }
+            Ok(_) => None,
+            Err(ReplicaError::Refused { code, message }) => {
+                tracing::warn!(index, ?code, %message, "checkpoint signature refused");
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        }
     }
 
     /// The gRPC server half for `RaftService`.

@@ -10,6 +10,11 @@
 //!   `<data_dir>/sm.id` when the store is created. A sled directory that fails to open, has lost
 //!   its id or state record, or whose record fails its checksum makes [`SmStore::open`] fail with
 //!   a clear error: the node refuses to start rather than serve wrong (or empty) state.
+//! * Checkpoints are files `<data_dir>/snapshots/checkpoint-<index>.json`: the state at every
+//!   multiple of the checkpoint interval, announced for this node's signature
+//!   ([`SmStore::subscribe_checkpoints`]); once the state records a certificate for one (a
+//!   majority of the voters signed its digest, [`crate::state::checkpoint`]), it becomes the
+//!   snapshot, certificate attached. Snapshots are never made of the state of the moment.
 //! * Snapshots are files `<data_dir>/snapshots/snapshot-<index>.json`: written to a temp file,
 //!   fsynced, renamed, and the directory fsynced, before openraft is told the snapshot exists (so
 //!   the log is purged only behind a durable snapshot). Their data is in the snapshot format of
@@ -22,7 +27,7 @@
 use crate::now_ms;
 use crate::private_fs;
 use crate::snapshot;
-use crate::state::GatekeeperState;
+use crate::state::{Bytes32, CheckpointCertificate, GatekeeperState};
 use crate::{CommandReply, Node, NodeId, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -34,8 +39,9 @@ use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
 
 const STATE_KEY: &[u8] = b"sm/state";
 const ID_KEY: &[u8] = b"sm/id";
@@ -46,6 +52,10 @@ const FORMAT: u32 = 1;
 const SNAPSHOT_FILE_FORMAT: u32 = 2;
 /// Prefix of snapshot files being received.
 const INCOMING_PREFIX: &str = ".incoming-";
+/// Prefix of checkpoint files (the state at a checkpoint index, waiting for its certificate).
+const CHECKPOINT_PREFIX: &str = "checkpoint-";
+/// Uncertified checkpoint files kept (the newest).
+const KEEP_CHECKPOINTS: usize = 4;
 
 /// Errors opening the state machine store. Each names the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +99,15 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// What this state vouches for: its cluster id, its membership's voters, its members' keys
+    /// (checkpoint certificates are verified against it).
+    pub fn anchor(&self) -> crate::state::Anchor {
+        crate::state::Anchor::from_state(
+            &self.state,
+            self.last_membership.membership().voter_ids().collect(),
+        )
+    }
+
     /// The context an entry appended by `leader` is applied in: the membership in force (the
     /// last membership entry applied before it) and that leader.
     pub fn apply_context(&self, leader: NodeId) -> crate::state::ApplyContext {
@@ -126,6 +145,15 @@ pub struct SmStore {
     last_persist_ms: Arc<AtomicU64>,
     /// Numbers the incoming snapshot files of this process.
     incoming_seq: Arc<AtomicU64>,
+    /// Checkpoint every this many log indexes (0: never).
+    checkpoint_interval: Arc<AtomicU64>,
+    /// Index of the newest snapshot file (0: none).
+    snapshot_index: Arc<AtomicU64>,
+    /// The newest checkpoint this node wrote: (index, body digest), for its signature.
+    checkpoints: Arc<watch::Sender<Option<(u64, Bytes32)>>>,
+    /// Index of the newest certified snapshot made from a checkpoint (openraft is told to take
+    /// it as its snapshot).
+    certified: Arc<watch::Sender<u64>>,
 }
 
 /// The state record is rewritten at most this often while applying (it only shortens replay:
@@ -196,13 +224,7 @@ impl SmStore {
             let mut id = [0u8; 16];
             getrandom_id(&mut id);
             let id_hex = hex::encode(id);
-            let store = Self {
-                applied: Arc::new(RwLock::new(Applied::default())),
-                db,
-                snapshot_dir,
-                last_persist_ms: Default::default(),
-                incoming_seq: Default::default(),
-            };
+            let store = Self::new(Applied::default(), db, snapshot_dir);
             store
                 .db
                 .insert(ID_KEY, id_hex.as_bytes())
@@ -232,13 +254,7 @@ impl SmStore {
             decode_record(&raw).map_err(corrupt)?
         };
 
-        let store = Self {
-            applied: Arc::new(RwLock::new(applied)),
-            db,
-            snapshot_dir,
-            last_persist_ms: Default::default(),
-            incoming_seq: Default::default(),
-        };
+        let store = Self::new(applied, db, snapshot_dir);
         // sled may lag (no fsync); the latest snapshot may be newer: start from the newer one.
         if let Some(snap) = store
             .read_latest_snapshot()
@@ -246,13 +262,163 @@ impl SmStore {
         {
             let current = store.read().last_applied;
             if snap.meta.last_log_id > current {
-                let a = snapshot::validate(&snap.meta, snap.data.as_bytes())
+                let d = snapshot::validate(&snap.meta, snap.data.as_bytes())
                     .map_err(|e| corrupt(format!("latest snapshot: {e}")))?;
-                *store.applied.write().expect("sm lock") = a;
+                *store.applied.write().expect("sm lock") = d.applied;
                 store.persist().map_err(|e| corrupt(e.to_string()))?;
+            }
+            let index = snap.meta.last_log_id.map_or(0, |l| l.index);
+            store.snapshot_index.store(index, Ordering::Relaxed);
+            store.certified.send_replace(index);
+        }
+        // A certificate applied before a crash but not yet made into a snapshot; the newest
+        // checkpoint still waiting for its signatures.
+        let cert = store.read().state.checkpoint.clone();
+        if let Some(cert) = cert {
+            store
+                .promote(&cert)
+                .map_err(|e| corrupt(format!("checkpoint: {e}")))?;
+        }
+        if let Some((index, path)) = store
+            .checkpoint_files()
+            .map_err(io(&store.snapshot_dir))?
+            .pop()
+        {
+            match store.read_snapshot_file(&path) {
+                Ok(f) => {
+                    if let Ok(d) = snapshot::body_digest(f.data.as_bytes()) {
+                        store.checkpoints.send_replace(Some((index, d)));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a damaged checkpoint file"),
             }
         }
         Ok(store)
+    }
+
+    fn new(applied: Applied, db: sled::Db, snapshot_dir: PathBuf) -> Self {
+        Self {
+            applied: Arc::new(RwLock::new(applied)),
+            db,
+            snapshot_dir,
+            last_persist_ms: Default::default(),
+            incoming_seq: Default::default(),
+            checkpoint_interval: Default::default(),
+            snapshot_index: Default::default(),
+            checkpoints: Arc::new(watch::channel(None).0),
+            certified: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Checkpoints every `interval` log indexes (0: never). Snapshots are made only from
+    /// checkpoints a majority of the voters signed ([`crate::state::CheckpointCertificate`]).
+    pub fn set_checkpoint_interval(&self, interval: u64) {
+        self.checkpoint_interval.store(interval, Ordering::Relaxed);
+    }
+
+    /// The newest checkpoint this node wrote, (index, body digest): what it signs.
+    pub fn subscribe_checkpoints(&self) -> watch::Receiver<Option<(u64, Bytes32)>> {
+        self.checkpoints.subscribe()
+    }
+
+    /// The index of the newest snapshot made from a certified checkpoint.
+    pub fn subscribe_certified(&self) -> watch::Receiver<u64> {
+        self.certified.subscribe()
+    }
+
+    fn checkpoint_path(&self, index: u64) -> PathBuf {
+        self.snapshot_dir
+            .join(format!("{CHECKPOINT_PREFIX}{index:020}.json"))
+    }
+
+    /// Checkpoint files, oldest first.
+    fn checkpoint_files(&self) -> io::Result<Vec<(u64, PathBuf)>> {
+        let mut out: Vec<(u64, PathBuf)> = fs::read_dir(&self.snapshot_dir)?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_owned();
+                let index = name
+                    .strip_prefix(CHECKPOINT_PREFIX)?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()?;
+                Some((index, e.path()))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Writes the state at a checkpoint index (keeping the newest few) and announces it.
+    fn write_checkpoint(&self, meta: &SnapshotMeta<NodeId, Node>, data: String) -> io::Result<()> {
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        if index <= self.snapshot_index.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let digest = snapshot::body_digest(data.as_bytes()).map_err(io::Error::other)?;
+        let file = SnapshotFile {
+            format: SNAPSHOT_FILE_FORMAT,
+            meta: meta.clone(),
+            sha256: hex::encode(Sha256::digest(data.as_bytes())),
+            data,
+        };
+        write_atomic(
+            &self.checkpoint_path(index),
+            &serde_json::to_vec(&file).map_err(io::Error::other)?,
+        )?;
+        let files = self.checkpoint_files()?;
+        for (_, p) in files
+            .iter()
+            .take(files.len().saturating_sub(KEEP_CHECKPOINTS))
+        {
+            let _ = fs::remove_file(p);
+        }
+        self.checkpoints.send_replace(Some((index, digest)));
+        Ok(())
+    }
+
+    /// Makes the certified checkpoint `cert` this node's snapshot, if this node wrote that
+    /// checkpoint and its state there is the certified one. Returns whether it did.
+    fn promote(&self, cert: &CheckpointCertificate) -> io::Result<bool> {
+        if cert.index <= self.snapshot_index.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let path = self.checkpoint_path(cert.index);
+        if !path.exists() {
+            tracing::debug!(
+                index = cert.index,
+                "no local checkpoint at the certified index; the next one will do"
+            );
+            return Ok(false);
+        }
+        let f = self.read_snapshot_file(&path)?;
+        let digest = snapshot::body_digest(f.data.as_bytes()).map_err(io::Error::other)?;
+        if digest != cert.digest {
+            tracing::error!(
+                index = cert.index,
+                "this node's state at a checkpoint differs from the one a majority of the                  voters certified: its state machine diverged; wipe its data dir and rejoin it"
+            );
+            return Ok(false);
+        }
+        let data = snapshot::with_certificate(&f.data, cert).map_err(io::Error::other)?;
+        self.write_snapshot(&f.meta, data)?;
+        tracing::info!(
+            index = cert.index,
+            signers = cert.signatures.len(),
+            "certified checkpoint"
+        );
+        Ok(true)
+    }
+
+    /// Drops checkpoint files at or below `index` (a snapshot there exists).
+    fn forget_checkpoints(&self, index: u64) {
+        if let Ok(files) = self.checkpoint_files() {
+            for (i, p) in files {
+                if i <= index {
+                    let _ = fs::remove_file(p);
+                }
+            }
+        }
     }
 
     /// A read guard on the applied state (for reads served by the node).
@@ -316,7 +482,11 @@ impl SmStore {
         let Some(path) = names.pop() else {
             return Ok(None);
         };
-        let bytes = fs::read(&path)?;
+        self.read_snapshot_file(&path).map(Some)
+    }
+
+    fn read_snapshot_file(&self, path: &Path) -> io::Result<SnapshotFile> {
+        let bytes = fs::read(path)?;
         let bad = |what: String| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -333,12 +503,12 @@ impl SmStore {
                 // Written before the snapshot format: the data is the bare JSON of the state.
                 let a: Applied = serde_json::from_str(&f.data)
                     .map_err(|e| bad(format!("snapshot data: {e}")))?;
-                f.data = snapshot::encode(&a);
+                f.data = snapshot::encode(&a, None);
                 f.format = SNAPSHOT_FILE_FORMAT;
             }
             other => return Err(bad(format!("unknown snapshot file format {other}"))),
         }
-        Ok(Some(f))
+        Ok(f)
     }
 
     fn write_snapshot(&self, meta: &SnapshotMeta<NodeId, Node>, data: String) -> io::Result<()> {
@@ -374,6 +544,13 @@ impl SmStore {
                 let _ = fs::remove_file(p);
             }
         }
+        self.snapshot_index.fetch_max(index, Ordering::Relaxed);
+        self.forget_checkpoints(index);
+        self.certified.send_if_modified(|c| {
+            let newer = index > *c;
+            *c = (*c).max(index);
+            newer
+        });
         Ok(())
     }
 }
@@ -429,29 +606,55 @@ fn decode_record(raw: &[u8]) -> Result<Applied, String> {
     Ok(r.applied)
 }
 
+/// The snapshot metadata of the state `a`.
+fn snapshot_meta(a: &Applied) -> SnapshotMeta<NodeId, Node> {
+    let index = a.last_applied.map_or(0, |l| l.index);
+    let term = a.last_applied.map_or(0, |l| l.leader_id.term);
+    SnapshotMeta {
+        last_log_id: a.last_applied,
+        last_membership: a.last_membership.clone(),
+        snapshot_id: format!("{term}-{index}"),
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SmStore {
+    /// The snapshot is the newest certified checkpoint, already written when its certificate
+    /// was applied (openraft is asked to build one only then); never the state of the moment,
+    /// which no one but this node vouches for.
+    ///
+    /// With checkpoints off (interval 0, which a replica never uses) it snapshots the state of
+    /// the moment without a certificate, which no peer installs: openraft's storage conformance
+    /// suite runs that way.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (meta, data) = {
-            let a = self.read();
-            let index = a.last_applied.map_or(0, |l| l.index);
-            let term = a.last_applied.map_or(0, |l| l.leader_id.term);
-            let meta = SnapshotMeta {
-                last_log_id: a.last_applied,
-                last_membership: a.last_membership.clone(),
-                snapshot_id: format!("{term}-{index}"),
+        if self.checkpoint_interval.load(Ordering::Relaxed) == 0 {
+            let (meta, data) = {
+                let a = self.read();
+                (snapshot_meta(&a), snapshot::encode(&a, None))
             };
-            (meta, snapshot::encode(&a))
-        };
+            let this = self.clone();
+            let (m, d) = (meta.clone(), data.clone());
+            tokio::task::spawn_blocking(move || this.write_snapshot(&m, d))
+                .await
+                .map_err(|e| snap_err(io::Error::other(e.to_string())))?
+                .map_err(snap_err)?;
+            return Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data.into_bytes())),
+            });
+        }
         let this = self.clone();
-        let m = meta.clone();
-        let d = data.clone();
-        tokio::task::spawn_blocking(move || this.write_snapshot(&m, d))
+        let f = tokio::task::spawn_blocking(move || this.read_latest_snapshot())
             .await
             .map_err(|e| snap_err(io::Error::other(e.to_string())))?
-            .map_err(snap_err)?;
+            .map_err(snap_err)?
+            .ok_or_else(|| {
+                snap_err(io::Error::other(
+                    "no certified checkpoint to make a snapshot of",
+                ))
+            })?;
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data.into_bytes())),
+            meta: f.meta,
+            snapshot: Box::new(Cursor::new(f.data.into_bytes())),
         })
     }
 }
@@ -472,9 +675,13 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I::IntoIter: OptionalSend,
     {
         let mut replies = Vec::new();
+        let interval = self.checkpoint_interval.load(Ordering::Relaxed);
+        let mut checkpoints = Vec::new();
+        let certificate;
         {
             let mut a = self.applied.write().expect("sm lock poisoned");
             for entry in entries {
+                let index = entry.log_id.index;
                 a.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => replies.push(CommandReply(Vec::new())),
@@ -490,7 +697,30 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                         replies.push(CommandReply(Vec::new()));
                     }
                 }
+                if interval > 0 && index % interval == 0 {
+                    checkpoints.push((snapshot_meta(&a), snapshot::encode(&a, None)));
+                }
             }
+            certificate = a
+                .state
+                .checkpoint
+                .clone()
+                .filter(|c| c.index > self.snapshot_index.load(Ordering::Relaxed));
+        }
+        if !checkpoints.is_empty() || certificate.is_some() {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                for (meta, data) in checkpoints {
+                    this.write_checkpoint(&meta, data)?;
+                }
+                if let Some(c) = certificate {
+                    this.promote(&c)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| snap_err(io::Error::other(e.to_string())))?
+            .map_err(snap_err)?;
         }
         self.persist_if_due().map_err(sm_err)?;
         Ok(replies)
@@ -520,7 +750,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             ))
         };
         let bytes = snapshot.into_inner();
-        let a = snapshot::validate(meta, &bytes).map_err(|e| read_err(e.to_string()))?;
+        let a = snapshot::validate(meta, &bytes)
+            .map_err(|e| read_err(e.to_string()))?
+            .applied;
         let data = String::from_utf8(bytes).map_err(|e| read_err(e.to_string()))?;
         let this = self.clone();
         let m = meta.clone();
@@ -627,6 +859,121 @@ mod tests {
         SmStore::open(dir)
     }
 
+    /// Node 1's signature of checkpoint `index` with body digest `digest` (cluster [7; 32]).
+    fn vote(index: u64, digest: Bytes32) -> crate::state::CheckpointVote {
+        let m = crate::state::checkpoint_signing_bytes(&Bytes32([7; 32]), index, &digest);
+        crate::state::CheckpointVote {
+            index,
+            digest,
+            signature: HexBytes(node1().sign(&m).to_vec()),
+        }
+    }
+
+    /// Node 1's `SignCheckpoint` proposal at log index `at`.
+    fn sign_entry(at: u64, v: crate::state::CheckpointVote) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), at),
+            payload: EntryPayload::Normal(RaftCommand(sign_proposal(
+                &node1(),
+                &seeded().state,
+                Lane::Keeper,
+                at,
+                &Command::SignCheckpoint(v),
+            ))),
+        }
+    }
+
+    /// Makes the current state a certified snapshot, as a checkpoint there signed by the only
+    /// voter would (without moving the applied index).
+    async fn certify_now(sm: &mut SmStore) -> Snapshot<TypeConfig> {
+        let (meta, data) = {
+            let a = sm.read();
+            (snapshot_meta(&a), snapshot::encode(&a, None))
+        };
+        let index = meta.last_log_id.unwrap().index;
+        let digest = snapshot::body_digest(data.as_bytes()).unwrap();
+        // Checkpoints on (at indexes these tests never reach): build returns certified ones.
+        sm.set_checkpoint_interval(1_000_000);
+        sm.write_checkpoint(&meta, data).unwrap();
+        let v = vote(index, digest);
+        let cert = CheckpointCertificate {
+            index,
+            digest,
+            signatures: [(1, v.signature)].into_iter().collect(),
+        };
+        assert!(sm.promote(&cert).unwrap());
+        sm.build_snapshot().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_becomes_the_snapshot_once_signed_by_a_majority() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = SmStore::open(dir.path()).unwrap();
+        *sm.applied.write().unwrap() = seeded();
+        sm.set_checkpoint_interval(3);
+        let mut written = sm.subscribe_checkpoints();
+        let certified = sm.subscribe_certified();
+        sm.apply(
+            (1..=4)
+                .map(|i| put(i, &format!("k{i}")))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+        // Index 3 was checkpointed and announced; nothing is a snapshot yet.
+        let (index, digest) = written.borrow_and_update().unwrap();
+        assert_eq!(index, 3);
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+        assert!(
+            sm.build_snapshot().await.is_err(),
+            "no certified checkpoint yet"
+        );
+        assert!(!certified.has_changed().unwrap());
+        // A signature of another state does not certify index 3 for this node's snapshot.
+        let other = Bytes32([1; 32]);
+        sm.apply(vec![sign_entry(5, vote(3, other))]).await.unwrap();
+        assert_eq!(sm.read().state.checkpoint.as_ref().unwrap().digest, other);
+        assert!(
+            sm.get_current_snapshot().await.unwrap().is_none(),
+            "diverged: not promoted"
+        );
+        // The right signature (a fresh store at the same point).
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = SmStore::open(dir.path()).unwrap();
+        *sm.applied.write().unwrap() = seeded();
+        sm.set_checkpoint_interval(3);
+        let mut certified = sm.subscribe_certified();
+        sm.apply(
+            (1..=4)
+                .map(|i| put(i, &format!("k{i}")))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+        sm.apply(vec![sign_entry(5, vote(index, digest))])
+            .await
+            .unwrap();
+        assert!(certified.has_changed().unwrap());
+        assert_eq!(*certified.borrow_and_update(), 3);
+        let s = sm.build_snapshot().await.unwrap();
+        assert_eq!(s.meta.last_log_id.unwrap().index, 3);
+        let d = snapshot::validate(&s.meta, s.snapshot.get_ref()).unwrap();
+        assert_eq!(d.digest, digest);
+        assert_eq!(
+            d.applied.state.kv.len(),
+            3,
+            "the state at the checkpoint, not at 5"
+        );
+        // It verifies against what the store knows, and the checkpoint file is gone.
+        snapshot::verify_received(&d, sm.read().anchor()).unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec![format!("snapshot-{:020}.json", 3)]);
+    }
+
     async fn store_with_writes(dir: &Path, n: u64) -> SmStore {
         let mut sm = SmStore::open(dir).unwrap();
         *sm.applied.write().unwrap() = seeded();
@@ -686,7 +1033,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut sm = store_with_writes(dir.path(), 5).await;
-            sm.build_snapshot().await.unwrap();
+            certify_now(&mut sm).await;
             // Simulate sled losing its last updates (no fsync): put back an older record.
             let mut old = sm.read().clone();
             old.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 2));
@@ -704,9 +1051,9 @@ mod tests {
         use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
         let mut sm = store_with_writes(dir.path(), 3).await;
-        let mut old = sm.build_snapshot().await.unwrap();
+        let mut old = certify_now(&mut sm).await;
         sm.apply(vec![put(4, "k4")]).await.unwrap();
-        let new = sm.build_snapshot().await.unwrap();
+        let new = certify_now(&mut sm).await;
         // The build at index 3 finishes only now (it ran concurrently with an install at 4).
         let mut data = String::new();
         old.snapshot.read_to_string(&mut data).unwrap();
@@ -725,9 +1072,9 @@ mod tests {
     async fn snapshots_are_single_durable_files() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = store_with_writes(dir.path(), 3).await;
-        let s1 = sm.build_snapshot().await.unwrap();
+        let s1 = certify_now(&mut sm).await;
         sm.apply(vec![put(4, "k4")]).await.unwrap();
-        let s2 = sm.build_snapshot().await.unwrap();
+        let s2 = certify_now(&mut sm).await;
         assert!(s2.meta.last_log_id > s1.meta.last_log_id);
         let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
             .unwrap()
@@ -753,10 +1100,12 @@ mod tests {
     async fn snapshots_carry_the_snapshot_format_and_store_files_are_private() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = store_with_writes(dir.path(), 3).await;
-        let s = sm.build_snapshot().await.unwrap();
+        let s = certify_now(&mut sm).await;
         let data = s.snapshot.into_inner();
-        assert!(data.starts_with(b"GKSNAP/1 "));
-        let a = snapshot::validate(&s.meta, &data).unwrap();
+        assert!(data.starts_with(b"GKSNAP/2 "));
+        let d = snapshot::validate(&s.meta, &data).unwrap();
+        snapshot::verify_received(&d, sm.read().anchor()).unwrap();
+        let a = d.applied;
         assert_eq!(a.state.kv.len(), 3);
         for p in [
             dir.path().join("snapshots"),
@@ -773,7 +1122,7 @@ mod tests {
     async fn a_bad_snapshot_is_refused_by_install_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut leader = store_with_writes(dir.path(), 5).await;
-        let good = leader.build_snapshot().await.unwrap();
+        let good = certify_now(&mut leader).await;
         let good_data = good.snapshot.into_inner();
 
         let other = tempfile::tempdir().unwrap();
@@ -811,7 +1160,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = {
             let mut sm = store_with_writes(dir.path(), 4).await;
-            let meta = sm.build_snapshot().await.unwrap().meta;
+            let meta = certify_now(&mut sm).await.meta;
             // Rewrite the file as the previous version did: format 1, bare JSON data.
             let json = serde_json::to_string(&*sm.read()).unwrap();
             let legacy = serde_json::json!({
@@ -837,7 +1186,9 @@ mod tests {
         assert!(!incoming.exists(), "unfinished transfer removed at open");
         assert_eq!(sm.read().last_applied, meta.last_log_id);
         let cur = sm.get_current_snapshot().await.unwrap().unwrap();
-        let a = snapshot::validate(&cur.meta, cur.snapshot.get_ref()).unwrap();
+        let a = snapshot::validate(&cur.meta, cur.snapshot.get_ref())
+            .unwrap()
+            .applied;
         assert_eq!(a.state.kv.len(), 4);
         let p = sm.incoming_snapshot_path();
         assert!(p.starts_with(dir.path().join("snapshots")));

@@ -2,9 +2,15 @@
 //! the state machine store keeps inside its snapshot files.
 //!
 //! ```text
-//! GKSNAP/1 <sha256 of body, 64 lowercase hex> <body length, decimal>\n
-//! <body: the JSON of sm_store::Applied>
+//! GKSNAP/2 <sha256 of body, 64 lowercase hex> <body length> <certificate length>\n
+//! <body: the JSON of sm_store::Applied><certificate: JSON of CheckpointCertificate, or nothing>
 //! ```
+//!
+//! The body's SHA-256 is the digest the members sign at a checkpoint
+//! ([`crate::state::checkpoint_signing_bytes`]); the certificate carries their signatures. A
+//! snapshot is sent only with its certificate, and installed only if the certificate verifies
+//! against the members the receiving node knows ([`crate::state::verify_certificate`]). Version
+//! 1 (no certificate field) is still read from this node's own files.
 //!
 //! One decoder, [`decode`], reads it everywhere: the RaftService server validating a received
 //! snapshot before openraft sees it, the state machine installing it, and the store loading its
@@ -13,16 +19,20 @@
 //! first chunk and a damaged one before it is ever read into memory.
 
 use crate::sm_store::Applied;
+use crate::state::{verify_certificate, Anchor, Bytes32, CheckpointCertificate};
 use crate::{Node, NodeId};
 use openraft::SnapshotMeta;
 use sha2::{Digest, Sha256};
 
 /// The header's magic, up to and including the `/` before the version.
 pub const MAGIC: &[u8] = b"GKSNAP/";
-/// The format version this node writes and reads.
-pub const VERSION: u32 = 1;
-/// Longest header line accepted (`GKSNAP/1 ` + 64 hex + ` ` + 20 digits + `\n` is 95 bytes).
+/// The format version this node writes (it also reads version 1).
+pub const VERSION: u32 = 2;
+/// Longest header line accepted (`GKSNAP/2 ` + 64 hex + 2 × (` ` + 20 digits) + `\n` is 116
+/// bytes).
 pub const MAX_HEADER_BYTES: usize = 128;
+/// Largest certificate accepted (a signature is about 150 bytes of JSON per member).
+pub const MAX_CERTIFICATE_BYTES: u64 = 1 << 20;
 
 /// Why bytes are not a valid snapshot. Each message names the check that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +74,9 @@ pub enum SnapshotDataError {
     /// The decoded state disagrees with the snapshot's metadata.
     #[error("snapshot state disagrees with its metadata: {0}")]
     Inconsistent(String),
+    /// The certificate is missing, malformed, or does not prove the state (design.md §10.2.2).
+    #[error("snapshot is not certified by a majority of the voters this node knows: {0}")]
+    Uncertified(String),
 }
 
 /// A parsed header line.
@@ -73,17 +86,68 @@ pub struct Header {
     pub sha256: [u8; 32],
     /// Body length in bytes.
     pub body_len: u64,
+    /// Certificate length in bytes (0: none; always 0 in version 1).
+    pub cert_len: u64,
     /// Length of the header line, newline included.
     pub header_len: usize,
 }
 
-/// Encodes `applied` in the snapshot format. The result is ASCII header + JSON, so valid UTF-8.
-pub fn encode(applied: &Applied) -> String {
+/// Encodes `applied` in the snapshot format, with `certificate` if given. The result is ASCII
+/// header + JSON, so valid UTF-8. Every node encodes the same state into the same body (the
+/// state holds only ordered maps), so the body digests of nodes at one index agree.
+pub fn encode(applied: &Applied, certificate: Option<&CheckpointCertificate>) -> String {
     let body = serde_json::to_string(applied).expect("the state serializes");
+    frame(&body, certificate)
+}
+
+fn frame(body: &str, certificate: Option<&CheckpointCertificate>) -> String {
+    let cert = certificate
+        .map(|c| serde_json::to_string(c).expect("certificates serialize"))
+        .unwrap_or_default();
     let sum = hex::encode(Sha256::digest(body.as_bytes()));
-    let mut out = format!("GKSNAP/{VERSION} {sum} {}\n", body.len());
-    out.push_str(&body);
+    let mut out = String::with_capacity(body.len() + cert.len() + MAX_HEADER_BYTES);
+    out.push_str(&format!(
+        "GKSNAP/{VERSION} {sum} {} {}\n",
+        body.len(),
+        cert.len()
+    ));
+    out.push_str(body);
+    out.push_str(&cert);
     out
+}
+
+/// The SHA-256 of the body of encoded snapshot `data` (read from its header; [`decode`] checks
+/// it).
+pub fn body_digest(data: &[u8]) -> Result<Bytes32, SnapshotDataError> {
+    parse_header(data).map(|h| Bytes32(h.sha256))
+}
+
+/// The same snapshot with `certificate` in place of the one it had (if any).
+pub fn with_certificate(
+    data: &str,
+    certificate: &CheckpointCertificate,
+) -> Result<String, SnapshotDataError> {
+    let h = parse_header(data.as_bytes())?;
+    let end = h.header_len as u64 + h.body_len;
+    let body = usize::try_from(end)
+        .ok()
+        .and_then(|end| data.get(h.header_len..end))
+        .ok_or(SnapshotDataError::Length {
+            declared: h.body_len,
+            actual: (data.len() - h.header_len) as u64,
+        })?;
+    Ok(frame(body, Some(certificate)))
+}
+
+/// Decoded snapshot data.
+#[derive(Debug, Clone)]
+pub struct SnapshotData {
+    /// The state.
+    pub applied: Applied,
+    /// SHA-256 of the body (what a checkpoint signature covers).
+    pub digest: Bytes32,
+    /// The certificate, if the data carries one.
+    pub certificate: Option<CheckpointCertificate>,
 }
 
 /// Parses the header line at the start of `bytes` (which must contain its newline).
@@ -102,15 +166,25 @@ fn parse_header(bytes: &[u8]) -> Result<Header, SnapshotDataError> {
         .map_err(|_| SnapshotDataError::BadHeader("header is not ASCII".into()))?;
     let mut parts = line.split(' ');
     let version = parts.next().unwrap_or_default();
-    if version != VERSION.to_string() {
-        return Err(SnapshotDataError::UnsupportedVersion(
-            version.chars().take(16).collect(),
-        ));
-    }
-    let (Some(sum), Some(len), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(SnapshotDataError::BadHeader(
-            "expected \"GKSNAP/1 <sha256 hex> <length>\"".into(),
-        ));
+    let (sum, len, cert) = match (
+        version,
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        ("1", Some(sum), Some(len), None, _) => (sum, len, "0"),
+        ("2", Some(sum), Some(len), Some(cert), None) => (sum, len, cert),
+        ("1" | "2", ..) => {
+            return Err(SnapshotDataError::BadHeader(
+                "expected \"GKSNAP/2 <sha256 hex> <body length> <certificate length>\"".into(),
+            ))
+        }
+        (v, ..) => {
+            return Err(SnapshotDataError::UnsupportedVersion(
+                v.chars().take(16).collect(),
+            ))
+        }
     };
     let sum: [u8; 32] = hex::decode(sum)
         .ok()
@@ -119,17 +193,26 @@ fn parse_header(bytes: &[u8]) -> Result<Header, SnapshotDataError> {
         .ok_or_else(|| {
             SnapshotDataError::BadHeader("checksum is not 64 lowercase hex digits".into())
         })?;
-    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SnapshotDataError::BadHeader(
-            "body length is not a decimal number".into(),
-        ));
+    let number = |s: &str, what: &str| -> Result<u64, SnapshotDataError> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SnapshotDataError::BadHeader(format!(
+                "{what} is not a decimal number"
+            )));
+        }
+        s.parse()
+            .map_err(|_| SnapshotDataError::BadHeader(format!("{what} does not fit 64 bits")))
+    };
+    let body_len = number(len, "body length")?;
+    let cert_len = number(cert, "certificate length")?;
+    if cert_len > MAX_CERTIFICATE_BYTES {
+        return Err(SnapshotDataError::BadHeader(format!(
+            "certificate length {cert_len} is above {MAX_CERTIFICATE_BYTES}"
+        )));
     }
-    let body_len: u64 = len
-        .parse()
-        .map_err(|_| SnapshotDataError::BadHeader("body length does not fit 64 bits".into()))?;
     Ok(Header {
         sha256: sum,
         body_len,
+        cert_len,
         header_len: nl + 1,
     })
 }
@@ -143,21 +226,37 @@ fn check_magic(prefix: &[u8]) -> Result<(), SnapshotDataError> {
     Ok(())
 }
 
-/// Decodes snapshot data into the state: header (magic, version), exact length, SHA-256, then
-/// the full JSON decode. The only decoder of snapshot data.
-pub fn decode(bytes: &[u8]) -> Result<Applied, SnapshotDataError> {
+/// Decodes snapshot data into the state: header (magic, version), exact length, SHA-256, the
+/// full JSON decode, then the certificate's JSON (not its signatures: see
+/// [`crate::state::verify_certificate`]). The only decoder of snapshot data.
+pub fn decode(bytes: &[u8]) -> Result<SnapshotData, SnapshotDataError> {
     let h = parse_header(bytes)?;
-    let body = &bytes[h.header_len..];
-    if body.len() as u64 != h.body_len {
+    let rest = &bytes[h.header_len..];
+    let declared = h.body_len.saturating_add(h.cert_len);
+    if rest.len() as u64 != declared {
         return Err(SnapshotDataError::Length {
-            declared: h.body_len,
-            actual: body.len() as u64,
+            declared,
+            actual: rest.len() as u64,
         });
     }
+    let (body, cert) = rest.split_at(h.body_len as usize);
     if Sha256::digest(body).as_slice() != h.sha256 {
         return Err(SnapshotDataError::Checksum);
     }
-    serde_json::from_slice(body).map_err(|e| SnapshotDataError::Decode(e.to_string()))
+    let applied =
+        serde_json::from_slice(body).map_err(|e| SnapshotDataError::Decode(e.to_string()))?;
+    let certificate = if cert.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(cert).map_err(|e| {
+            SnapshotDataError::Uncertified(format!("the certificate does not decode: {e}"))
+        })?)
+    };
+    Ok(SnapshotData {
+        applied,
+        digest: Bytes32(h.sha256),
+        certificate,
+    })
 }
 
 /// [`decode`]s snapshot data and checks that the state it holds is the one `meta` describes: the
@@ -165,8 +264,9 @@ pub fn decode(bytes: &[u8]) -> Result<Applied, SnapshotDataError> {
 pub fn validate(
     meta: &SnapshotMeta<NodeId, Node>,
     bytes: &[u8],
-) -> Result<Applied, SnapshotDataError> {
-    let a = decode(bytes)?;
+) -> Result<SnapshotData, SnapshotDataError> {
+    let d = decode(bytes)?;
+    let a = &d.applied;
     if a.last_applied != meta.last_log_id {
         return Err(SnapshotDataError::Inconsistent(format!(
             "the state was last applied at {} but the metadata says {}",
@@ -180,7 +280,26 @@ pub fn validate(
             a.last_membership, meta.last_membership
         )));
     }
-    Ok(a)
+    Ok(d)
+}
+
+/// Checks that a snapshot received from a peer proves its state: it carries a certificate for
+/// its own index and body digest, signed by more than half of the voters in `local` (what this
+/// node knows: [`crate::sm_store::SmStore::anchor`]), with the keys `local` holds for them. A node
+/// that knows no cluster yet (an empty `local`) can only check it against the snapshot's own
+/// members and voters. Returns the number of valid voter signatures.
+pub fn verify_received(snapshot: &SnapshotData, local: Anchor) -> Result<usize, SnapshotDataError> {
+    let cert = snapshot.certificate.as_ref().ok_or_else(|| {
+        SnapshotDataError::Uncertified("the snapshot carries no certificate".into())
+    })?;
+    let index = snapshot.applied.last_applied.map_or(0, |l| l.index);
+    let anchor = if local.is_empty() {
+        snapshot.applied.anchor()
+    } else {
+        local
+    };
+    verify_certificate(cert, index, &snapshot.digest, &anchor)
+        .map_err(SnapshotDataError::Uncertified)
 }
 
 fn show(l: Option<openraft::LogId<NodeId>>) -> String {
@@ -198,6 +317,7 @@ pub struct StreamCheck {
     header: Option<Header>,
     hasher: Sha256,
     body_seen: u64,
+    cert_seen: u64,
 }
 
 impl StreamCheck {
@@ -209,6 +329,7 @@ impl StreamCheck {
             header: None,
             hasher: Sha256::new(),
             body_seen: 0,
+            cert_seen: 0,
         }
     }
 
@@ -225,7 +346,9 @@ impl StreamCheck {
             check_magic(&self.head)?;
             if self.head.last() == Some(&b'\n') {
                 let h = parse_header(&self.head)?;
-                let declared = (h.header_len as u64).saturating_add(h.body_len);
+                let declared = (h.header_len as u64)
+                    .saturating_add(h.body_len)
+                    .saturating_add(h.cert_len);
                 if declared != self.total_size {
                     return Err(SnapshotDataError::TotalSize {
                         declared,
@@ -240,14 +363,17 @@ impl StreamCheck {
             }
         }
         let h = self.header.as_ref().expect("header parsed above");
-        self.body_seen += chunk.len() as u64;
-        if self.body_seen > h.body_len {
+        let body_part = (h.body_len - self.body_seen).min(chunk.len() as u64) as usize;
+        let (body, cert) = chunk.split_at(body_part);
+        self.body_seen += body.len() as u64;
+        self.hasher.update(body);
+        self.cert_seen += cert.len() as u64;
+        if self.cert_seen > h.cert_len {
             return Err(SnapshotDataError::Length {
-                declared: h.body_len,
-                actual: self.body_seen,
+                declared: h.body_len + h.cert_len,
+                actual: self.body_seen + self.cert_seen,
             });
         }
-        self.hasher.update(chunk);
         Ok(())
     }
 
@@ -258,10 +384,10 @@ impl StreamCheck {
                 "the data ended inside the header line".into(),
             ));
         };
-        if self.body_seen != h.body_len {
+        if self.body_seen != h.body_len || self.cert_seen != h.cert_len {
             return Err(SnapshotDataError::Length {
-                declared: h.body_len,
-                actual: self.body_seen,
+                declared: h.body_len + h.cert_len,
+                actual: self.body_seen + self.cert_seen,
             });
         }
         if self.hasher.finalize().as_slice() != h.sha256 {
@@ -309,10 +435,13 @@ mod tests {
             Bytes32(b)
         };
         let size = |st: &GatekeeperState| {
-            encode(&Applied {
-                state: st.clone(),
-                ..Default::default()
-            })
+            encode(
+                &Applied {
+                    state: st.clone(),
+                    ..Default::default()
+                },
+                None,
+            )
             .len() as f64
         };
         let empty = size(&GatekeeperState::default());
@@ -355,19 +484,104 @@ mod tests {
     #[test]
     fn encoded_state_decodes_and_streams() {
         let a = applied();
-        let data = encode(&a);
-        assert!(data.starts_with("GKSNAP/1 "));
+        let data = encode(&a, None);
+        assert!(data.starts_with("GKSNAP/2 "));
         let back = decode(data.as_bytes()).unwrap();
-        assert_eq!(back.state, a.state);
-        assert_eq!(back.last_applied, a.last_applied);
+        assert_eq!(back.applied.state, a.state);
+        assert_eq!(back.applied.last_applied, a.last_applied);
+        assert_eq!(back.certificate, None);
         for chunk in [1, 7, 95, 96, 1000, data.len()] {
             stream(data.as_bytes(), data.len() as u64, chunk).unwrap();
         }
+        // With a certificate: same body digest, the certificate decodes, framing streams.
+        let cert = crate::state::CheckpointCertificate {
+            index: 9,
+            digest: back.digest,
+            signatures: [(1, crate::state::HexBytes(vec![3; 64]))]
+                .into_iter()
+                .collect(),
+        };
+        let certified = with_certificate(&data, &cert).unwrap();
+        let d = decode(certified.as_bytes()).unwrap();
+        assert_eq!(d.digest, back.digest);
+        assert_eq!(d.certificate.as_ref(), Some(&cert));
+        assert_eq!(body_digest(certified.as_bytes()).unwrap(), back.digest);
+        for chunk in [1, 7, 116, 1000, certified.len()] {
+            stream(certified.as_bytes(), certified.len() as u64, chunk).unwrap();
+        }
+        // Replacing the certificate keeps the body.
+        let again = with_certificate(&certified, &cert).unwrap();
+        assert_eq!(again, certified);
+        // Version 1 (no certificate field) still decodes.
+        let body = serde_json::to_string(&a).unwrap();
+        let v1 = format!(
+            "GKSNAP/1 {} {}\n{body}",
+            hex::encode(Sha256::digest(body.as_bytes())),
+            body.len()
+        );
+        assert_eq!(decode(v1.as_bytes()).unwrap().applied.state, a.state);
+    }
+
+    #[test]
+    fn a_received_snapshot_needs_a_certificate_a_known_majority_signed() {
+        use crate::state::MemberRecord;
+        use crate::state::{checkpoint_signing_bytes, CheckpointCertificate, HexBytes};
+        use keyring::Sr25519Keypair;
+        let key = |n: u8| Sr25519Keypair::from_seed(&[n; 32]);
+        let mut a = applied();
+        a.state.gatekeeper_id = Some(Bytes32([7; 32]));
+        for n in 1..=3u8 {
+            a.state.members.insert(
+                n.into(),
+                MemberRecord {
+                    node_id: n.into(),
+                    raft_address: format!("h:{n}"),
+                    api_address: String::new(),
+                    identity_public_key: Bytes32(*key(n).public_key().as_bytes()),
+                    hpke_public_key: Bytes32([0; 32]),
+                    attestation: HexBytes(vec![]),
+                    tls_spki: None,
+                    admin_address: None,
+                },
+            );
+        }
+        a.last_membership = openraft::StoredMembership::new(
+            None,
+            openraft::Membership::new(vec![[1, 2, 3].into()], None),
+        );
+        let plain = decode(encode(&a, None).as_bytes()).unwrap();
+        let e = verify_received(&plain, a.anchor()).unwrap_err();
+        assert!(e.to_string().contains("carries no certificate"), "{e}");
+        let sign = |n: u8| {
+            let m = checkpoint_signing_bytes(&Bytes32([7; 32]), 9, &plain.digest);
+            let s = keyring::sign::sign(&key(n), keyring::sign::SigningPurpose::Command, &m).0;
+            (NodeId::from(n), HexBytes(s.to_vec()))
+        };
+        let cert = |signers: &[u8]| CheckpointCertificate {
+            index: 9,
+            digest: plain.digest,
+            signatures: signers.iter().map(|&n| sign(n)).collect(),
+        };
+        let with = |c: &CheckpointCertificate| {
+            decode(with_certificate(&encode(&a, None), c).unwrap().as_bytes()).unwrap()
+        };
+        assert_eq!(verify_received(&with(&cert(&[1, 3])), a.anchor()), Ok(2));
+        assert!(verify_received(&with(&cert(&[2])), a.anchor()).is_err());
+        // A node with no state checks against the snapshot's own members (trust on first use);
+        // a node that knows other keys for those voters refuses it.
+        assert_eq!(
+            verify_received(&with(&cert(&[1, 2])), Anchor::default()),
+            Ok(2)
+        );
+        let mut other = a.clone();
+        other.state.members.get_mut(&1).unwrap().identity_public_key = Bytes32([1; 32]);
+        other.state.members.get_mut(&2).unwrap().identity_public_key = Bytes32([2; 32]);
+        assert!(verify_received(&with(&cert(&[1, 2])), other.anchor()).is_err());
     }
 
     #[test]
     fn every_damage_is_refused_with_its_reason() {
-        let data = encode(&applied()).into_bytes();
+        let data = encode(&applied(), None).into_bytes();
         let total = data.len() as u64;
         let hl = data.iter().position(|&b| b == b'\n').unwrap() + 1;
 
@@ -384,14 +598,27 @@ mod tests {
         assert_eq!(decode(&json).unwrap_err(), SnapshotDataError::BadMagic);
 
         // Another version.
-        let mut v2 = data.clone();
-        v2[7] = b'2';
+        let mut v3 = data.clone();
+        v3[7] = b'3';
         assert!(matches!(
-            decode(&v2).unwrap_err(),
-            SnapshotDataError::UnsupportedVersion(v) if v == "2"
+            decode(&v3).unwrap_err(),
+            SnapshotDataError::UnsupportedVersion(v) if v == "3"
+        ));
+        // A certificate that is not one, or longer than allowed.
+        let body = serde_json::to_string(&applied()).unwrap();
+        let sum = hex::encode(Sha256::digest(body.as_bytes()));
+        let junk = format!("GKSNAP/2 {sum} {} 3\n{body}xyz", body.len());
+        assert!(matches!(
+            decode(junk.as_bytes()).unwrap_err(),
+            SnapshotDataError::Uncertified(m) if m.contains("does not decode")
+        ));
+        let huge = format!("GKSNAP/2 {sum} {} 99999999\n{body}", body.len());
+        assert!(matches!(
+            decode(huge.as_bytes()).unwrap_err(),
+            SnapshotDataError::BadHeader(m) if m.contains("certificate length")
         ));
         // A header line that never ends.
-        let long = [MAGIC, b"1 ".as_slice(), &[b'a'; 200]].concat();
+        let long = [MAGIC, b"2 ".as_slice(), &[b'a'; 200]].concat();
         assert!(matches!(
             decode(&long).unwrap_err(),
             SnapshotDataError::BadHeader(_)
@@ -401,17 +628,17 @@ mod tests {
             SnapshotDataError::BadHeader(_)
         ));
         // Uppercase or short checksums, non-numeric lengths.
-        let upper = format!("GKSNAP/1 {} 2\n{{}}", "AB".repeat(32));
+        let upper = format!("GKSNAP/2 {} 2 0\n{{}}", "AB".repeat(32));
         assert!(matches!(
             decode(upper.as_bytes()).unwrap_err(),
             SnapshotDataError::BadHeader(_)
         ));
-        let short = format!("GKSNAP/1 {} 2\n{{}}", "ab".repeat(31));
+        let short = format!("GKSNAP/2 {} 2 0\n{{}}", "ab".repeat(31));
         assert!(matches!(
             decode(short.as_bytes()).unwrap_err(),
             SnapshotDataError::BadHeader(_)
         ));
-        let bad_len = format!("GKSNAP/1 {} 12x\n{{}}", "0".repeat(64));
+        let bad_len = format!("GKSNAP/2 {} 12x 0\n{{}}", "0".repeat(64));
         assert!(matches!(
             decode(bad_len.as_bytes()).unwrap_err(),
             SnapshotDataError::BadHeader(_)
@@ -463,7 +690,7 @@ mod tests {
             b"\xff\xfe",
         ] {
             let sum = hex::encode(Sha256::digest(body));
-            let mut framed = format!("GKSNAP/1 {sum} {}\n", body.len()).into_bytes();
+            let mut framed = format!("GKSNAP/2 {sum} {} 0\n", body.len()).into_bytes();
             framed.extend_from_slice(body);
             stream(&framed, framed.len() as u64, 3).unwrap();
             assert!(matches!(
@@ -473,7 +700,7 @@ mod tests {
         }
         // A valid snapshot whose metadata describes another state.
         let a = applied();
-        let data = encode(&a);
+        let data = encode(&a, None);
         let meta = |last| SnapshotMeta {
             last_log_id: last,
             last_membership: a.last_membership.clone(),

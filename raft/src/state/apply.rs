@@ -71,6 +71,12 @@ impl GatekeeperState {
             Command::RemoveOperator { name } => self.apply_remove_operator(name)?,
             Command::DevEvent { event } => self.apply_dev_event(event)?,
             Command::UpsertMember(m) => self.apply_upsert_member(m)?,
+            Command::SignCheckpoint(_) => {
+                return Err(reject(
+                    RejectCode::InvalidState,
+                    "a checkpoint signature is applied only as a signed proposal",
+                ))
+            }
 
             Command::RemoveMember { node_id } => self.apply_remove_member(*node_id)?,
             Command::InstallEpoch(e) => self.apply_install_epoch(e)?,

@@ -210,6 +210,9 @@ pub enum Command {
     },
     /// Add or update a member's record (keys, addresses, evidence).
     UpsertMember(MemberRecord),
+    /// The proposing voter's signature of its state at a checkpoint index (see
+    /// [`super::checkpoint`]). Applied with the membership in force, never by [`super::GatekeeperState::apply`] alone.
+    SignCheckpoint(super::checkpoint::CheckpointVote),
     /// Remove a member's record.
     RemoveMember {
         /// Node.

@@ -17,10 +17,15 @@
 
 mod apply;
 mod chain;
+mod checkpoint;
 mod commands;
 mod proposal;
 mod records;
 
+pub use checkpoint::{
+    checkpoint_signing_bytes, verify_certificate, Anchor, CheckpointCertificate, CheckpointVote,
+    CHECKPOINT_TAG,
+};
 pub use commands::{
     decode_command, encode_command, ChainBlock, ChainEvent, Command, IndexedEvent, RejectCode,
     Reply, COMMAND_VERSION, MAX_CANARY_KEY_BYTES, MAX_CANARY_VALUE_BYTES,
@@ -106,6 +111,12 @@ pub struct GatekeeperState {
     /// Per canary key, the highest sequence each node wrote it with (replays are refused).
     #[serde(default)]
     pub canary_writers: BTreeMap<String, BTreeMap<NodeId, u64>>,
+    /// Each node's latest checkpoint signature not yet part of a certificate.
+    #[serde(default)]
+    pub checkpoint_votes: BTreeMap<NodeId, CheckpointVote>,
+    /// The latest checkpoint a majority of the voters signed (snapshots are built only there).
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointCertificate>,
 }
 
 impl GatekeeperState {

@@ -475,6 +475,8 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
         | Command::AddOperator(_)
         | Command::RemoveOperator { .. }
         | Command::Put { .. } => voter(command_name(c))?,
+        // A voter signs its own state (the signature inside names no other node).
+        Command::SignCheckpoint(_) => voter("SignCheckpoint")?,
     }
     // Operator commands need an operator's signature once operators are registered (a cluster
     // initialised without TLS has none: any registered voter proposes them). The leader's own
@@ -603,6 +605,7 @@ pub fn command_name(c: &Command) -> &'static str {
         Command::InitCluster { .. } => "InitCluster",
         Command::DevEvent { .. } => "DevEvent",
         Command::UpsertMember(_) => "UpsertMember",
+        Command::SignCheckpoint(_) => "SignCheckpoint",
         Command::RemoveMember { .. } => "RemoveMember",
         Command::InstallEpoch(_) => "InstallEpoch",
         Command::AckShare { .. } => "AckShare",
@@ -661,7 +664,21 @@ impl GatekeeperState {
             self.operator_sequences.insert(op.name.clone(), op.seq);
         }
 
-        let reply = self.apply(&d.command);
+        let reply = match (&d.command, &d.proof) {
+            (Command::SignCheckpoint(v), Some(p)) => {
+                match self.apply_checkpoint_vote(p.node, &ctx.voters, v.clone()) {
+                    Ok(true) => {
+                        self.audit_sequence += 1;
+                        Reply::Applied {
+                            audit_sequence: self.audit_sequence,
+                        }
+                    }
+                    Ok(false) => Reply::Duplicate,
+                    Err(r) => r,
+                }
+            }
+            _ => self.apply(&d.command),
+        };
         // A canary write that applied: its sequence for that key (a refused one changes
         // nothing, and replaying it is refused again for its content).
         if let (Some(p), Command::Put { key, .. }, Reply::Applied { .. }) =
