@@ -73,6 +73,24 @@ struct Chain {
     file: Box<dyn Write + Send>,
     seq: u64,
     prev: [u8; 32],
+    /// The regular file behind `file` and its length after the last complete line: a line that
+    /// fails part-way (a full disk) is cut off again, so the next one does not merge with it.
+    disk: Option<(std::fs::File, u64)>,
+}
+
+/// Opens `path` for appending, with a second handle and its length for [`Chain::disk`].
+fn open_append(path: &Path) -> std::io::Result<(std::fs::File, Option<(std::fs::File, u64)>)> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let disk = if meta.is_file() {
+        Some((file.try_clone()?, meta.len()))
+    } else {
+        None
+    };
+    Ok((file, disk))
 }
 
 /// An open audit log.
@@ -123,18 +141,10 @@ impl AuditLog {
                 tracing::error!(file = %path.display(), error = %e, "the audit log's chain is broken; appending after its last line");
             }
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(Self::with_writer(
-            Box::new(file),
-            seq,
-            prev,
-            key,
-            node,
-            path,
-        ))
+        let (file, disk) = open_append(path)?;
+        let log = Self::with_writer(Box::new(file), seq, prev, key, node, path);
+        log.chain.lock().unwrap_or_else(|p| p.into_inner()).disk = disk;
+        Ok(log)
     }
 
     /// An audit log writing to `w`, continuing after `seq` / `prev` (tests).
@@ -147,7 +157,12 @@ impl AuditLog {
         path: &Path,
     ) -> AuditLog {
         AuditLog {
-            chain: Mutex::new(Chain { file: w, seq, prev }),
+            chain: Mutex::new(Chain {
+                file: w,
+                seq,
+                prev,
+                disk: None,
+            }),
             key,
             node,
             path: path.to_path_buf(),
@@ -181,8 +196,17 @@ impl AuditLog {
         let mut bytes = serde_json::to_vec(&line).expect("audit lines serialize");
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
         bytes.push(b'\n');
-        c.file.write_all(&bytes)?;
-        c.file.flush()?;
+        if let Err(e) = c.file.write_all(&bytes).and_then(|()| c.file.flush()) {
+            if let Some((f, len)) = &c.disk {
+                if let Err(cut) = f.set_len(*len) {
+                    tracing::error!(file = %self.path.display(), error = %cut, "cannot cut off a partly written audit line");
+                }
+            }
+            return Err(e);
+        }
+        if let Some((_, len)) = &mut c.disk {
+            *len += bytes.len() as u64;
+        }
         c.seq += 1;
         c.prev = hash;
         Ok(())
@@ -196,11 +220,10 @@ impl AuditLog {
     /// Re-opens the file at its path (after log rotation: SIGHUP), continuing the chain: the
     /// new file's first line links to the last line of the old one.
     pub fn reopen(&self) -> std::io::Result<()> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        self.chain.lock().unwrap_or_else(|p| p.into_inner()).file = Box::new(file);
+        let (file, disk) = open_append(&self.path)?;
+        let mut c = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        c.file = Box::new(file);
+        c.disk = disk;
         Ok(())
     }
 }
@@ -394,6 +417,40 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_fails_part_way_is_cut_off_at_once() {
+        /// Writes 10 bytes of whatever it is given to the file, then fails (a disk that fills).
+        struct Filling(std::fs::File);
+        impl Write for Filling {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if buf.len() > 10 {
+                    self.0.write_all(&buf[..10])?;
+                    return Ok(10);
+                }
+                Err(std::io::Error::other("no space left on device"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let a = AuditLog::open(&p, Zeroizing::new([1; 32]), 1).unwrap();
+        a.record(&event("/x", "OK", None), 1).unwrap();
+        let good = std::fs::read(&p).unwrap();
+        let real = std::mem::replace(
+            &mut a.chain.lock().unwrap().file,
+            Box::new(Filling(
+                std::fs::OpenOptions::new().append(true).open(&p).unwrap(),
+            )),
+        );
+        assert!(a.record(&event("/y", "OK", None), 2).is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), good, "the fragment is gone");
+        a.chain.lock().unwrap().file = real;
+        a.record(&event("/z", "OK", None), 3).unwrap();
+        assert_eq!(verify(&p), Ok(2));
+    }
+
+    #[test]
     fn a_line_cut_short_by_a_crash_is_removed_when_the_file_is_opened_again() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("audit.log");
@@ -462,7 +519,8 @@ impl Auditor {
 /// A tower layer recording every call of the service it wraps (the admin listener): method,
 /// caller (the client certificate's name and the source address) and result code. When the
 /// line cannot be written and the log is required, the response is replaced by `UNAVAILABLE` +
-/// `AUDIT_FAILED`.
+/// `AUDIT_FAILED`. Each call runs in its own task, to its end: a caller that disconnects
+/// while its command is being committed cannot leave a committed command without its line.
 #[derive(Clone, Debug)]
 pub struct AuditLayer(pub std::sync::Arc<Auditor>);
 
@@ -496,6 +554,7 @@ impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for AuditService<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -512,10 +571,11 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let method = req.uri().path().to_string();
+        let method_for_panic = method.clone();
         let caller = caller_of(req.extensions());
         let auditor = self.1.clone();
         let fut = self.0.call(req);
-        Box::pin(async move {
+        let call = tokio::spawn(async move {
             let resp = fut.await?;
             let h = resp.headers();
             let code = match h.get(crate::error::ERROR_CODE_METADATA) {
@@ -532,6 +592,18 @@ where
             match auditor.record(&e) {
                 Ok(()) => Ok(resp),
                 Err(err) => Ok(tonic::Status::from(err).into_http()),
+            }
+        });
+        Box::pin(async move {
+            match call.await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, method = %method_for_panic, "admin call failed");
+                    Ok(
+                        tonic::Status::internal("the admin call failed inside the node")
+                            .into_http(),
+                    )
+                }
             }
         })
     }

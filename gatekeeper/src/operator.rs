@@ -281,8 +281,10 @@ pub fn dev_event(r: pb::ApplyDevEventRequest) -> ApiResult<ChainEvent> {
 pub const MAX_OPERATOR_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// The command an operator signed, checked against the call it came with: it decodes, it is the
-/// kind of command the call proposes (`expected` names it), and a rotation's request time is
-/// within [`MAX_OPERATOR_CLOCK_SKEW_MS`] of `now_ms`. Returns the command and the operator's
+/// kind of command the call proposes (`expected` names it), it was signed within
+/// [`MAX_OPERATOR_CLOCK_SKEW_MS`] of `now_ms` (its sequence is the signing time in
+/// microseconds: a signed request that was never sent expires), and a rotation's request time
+/// is within the same bound. Returns the command and the operator's
 /// proof (under `name`, the caller's certificate name); the signature itself is checked by
 /// `gatekeeper_raft::state::authorize` on the leader and on every node.
 pub fn signed_command(
@@ -297,6 +299,18 @@ pub fn signed_command(
             "an operator authorization needs the operator's client certificate (its name)",
         ));
     };
+    let signed_ms = auth.sequence / 1000;
+    if signed_ms.abs_diff(now_ms) > MAX_OPERATOR_CLOCK_SKEW_MS {
+        return Err(ApiError::new(
+            ErrorCode::CommandNotAuthorized,
+            format!(
+                "the operator authorization was signed at {signed_ms} ms (its sequence is the \
+                 signing time in µs), more than {} s from this node's clock ({now_ms} ms): sign \
+                 it again, and check both clocks",
+                MAX_OPERATOR_CLOCK_SKEW_MS / 1000
+            ),
+        ));
+    }
     let command: Command = serde_json::from_str(&auth.command_json)
         .map_err(|e| invalid(format!("authorization.command_json: {e}")))?;
     let kind = gatekeeper_raft::state::command_name(&command);
@@ -330,6 +344,73 @@ pub fn signed_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_commands_must_match_the_call_and_be_fresh() {
+        let now_ms = 1_800_000_000_000;
+        let auth = |cmd: &Command, signed_ms: u64| pb::OperatorAuthorization {
+            command_json: serde_json::to_string(cmd).unwrap(),
+            sequence: signed_ms * 1000 + 7,
+            signature: vec![1, 2, 3],
+        };
+        let retire = Command::SetMinEpoch { min_epoch: 2 };
+        let (c, proof) = signed_command(
+            &auth(&retire, now_ms - 1000),
+            Some("alice"),
+            "SetMinEpoch",
+            now_ms,
+        )
+        .unwrap();
+        assert_eq!(c, retire);
+        assert_eq!(
+            (proof.name.as_str(), proof.seq),
+            ("alice", (now_ms - 1000) * 1000 + 7)
+        );
+        // No operator name, another kind of command, an expired or future signature.
+        let code = |r: ApiResult<_>| r.map(|_: (Command, _)| ()).unwrap_err().code().unwrap();
+        assert_eq!(
+            code(signed_command(
+                &auth(&retire, now_ms),
+                None,
+                "SetMinEpoch",
+                now_ms
+            )),
+            ErrorCode::CommandNotAuthorized
+        );
+        assert_eq!(
+            code(signed_command(
+                &auth(&retire, now_ms),
+                Some("a"),
+                "StartRotation",
+                now_ms
+            )),
+            ErrorCode::InvalidArgument
+        );
+        let old = auth(&retire, now_ms - MAX_OPERATOR_CLOCK_SKEW_MS - 1000);
+        let e = signed_command(&old, Some("a"), "SetMinEpoch", now_ms).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::CommandNotAuthorized));
+        assert!(e.to_string().contains("sign it again"), "{e}");
+        let ahead = auth(&retire, now_ms + MAX_OPERATOR_CLOCK_SKEW_MS + 1000);
+        assert_eq!(
+            code(signed_command(&ahead, Some("a"), "SetMinEpoch", now_ms)),
+            ErrorCode::CommandNotAuthorized
+        );
+        // A rotation requested far from the node's clock, though freshly signed.
+        let rotate = Command::StartRotation {
+            rotation_id: "r".into(),
+            requested_at_ms: now_ms - MAX_OPERATOR_CLOCK_SKEW_MS - 1,
+            deadline_ms: now_ms + 60_000,
+        };
+        assert_eq!(
+            code(signed_command(
+                &auth(&rotate, now_ms),
+                Some("a"),
+                "StartRotation",
+                now_ms
+            )),
+            ErrorCode::InvalidArgument
+        );
+    }
 
     #[test]
     fn node_certificates_are_not_operators() {
