@@ -102,10 +102,11 @@ impl Applied {
     /// What this state vouches for: its cluster id, its membership's voters, its members' keys
     /// (checkpoint certificates are verified against it).
     pub fn anchor(&self) -> crate::state::Anchor {
-        crate::state::Anchor::from_state(
-            &self.state,
-            self.last_membership.membership().voter_ids().collect(),
-        )
+        let voters = match self.state.certified_voters() {
+            Some(v) => v.clone(),
+            None => self.last_membership.membership().voter_ids().collect(),
+        };
+        crate::state::Anchor::from_state(&self.state, voters)
     }
 
     /// The context an entry appended by `leader` is applied in: the membership in force (the
@@ -682,6 +683,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             let mut a = self.applied.write().expect("sm lock poisoned");
             for entry in entries {
                 let index = entry.log_id.index;
+                let membership_change = matches!(entry.payload, EntryPayload::Membership(_));
                 a.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => replies.push(CommandReply(Vec::new())),
@@ -697,7 +699,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                         replies.push(CommandReply(Vec::new()));
                     }
                 }
-                if interval > 0 && index % interval == 0 {
+                // Also right after a membership change, so the new voters are certified (by a
+                // majority of them and of the voters certified before) while both are up.
+                if interval > 0 && (index % interval == 0 || membership_change) {
                     checkpoints.push((snapshot_meta(&a), snapshot::encode(&a, None)));
                 }
             }
@@ -900,6 +904,7 @@ mod tests {
             index,
             digest,
             signatures: [(1, v.signature)].into_iter().collect(),
+            voters: [1].into(),
         };
         assert!(sm.promote(&cert).unwrap());
         sm.build_snapshot().await.unwrap()

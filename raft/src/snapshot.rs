@@ -500,6 +500,7 @@ mod tests {
             signatures: [(1, crate::state::HexBytes(vec![3; 64]))]
                 .into_iter()
                 .collect(),
+            voters: [1].into(),
         };
         let certified = with_certificate(&data, &cert).unwrap();
         let d = decode(certified.as_bytes()).unwrap();
@@ -561,6 +562,7 @@ mod tests {
             index: 9,
             digest: plain.digest,
             signatures: signers.iter().map(|&n| sign(n)).collect(),
+            voters: Default::default(),
         };
         let with = |c: &CheckpointCertificate| {
             decode(with_certificate(&encode(&a, None), c).unwrap().as_bytes()).unwrap()

@@ -371,7 +371,12 @@ fn lead(
                 .get(&s.node_id)
                 .is_some_and(|m| m.hpke_public_key != s.recipient_hpke)
         });
-        if (holders != want || stale_key) && enclave.masters.contains(&e.epoch) {
+        // Only to every voter (each state applies a re-dealing only if it gives one share to
+        // each voter, sealed to its current key): wait until they have all registered.
+        if (holders != want || stale_key)
+            && enclave.masters.contains(&e.epoch)
+            && recipients.len() == want.len()
+        {
             return Some(Step::Redeal {
                 epoch: e.epoch,
                 generation: e.dealing.generation + 1,

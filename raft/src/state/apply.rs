@@ -56,6 +56,7 @@ impl GatekeeperState {
                     operators,
                 )?;
                 self.authorized_joins = members.iter().cloned().collect();
+                self.genesis_voters = members.iter().map(|(n, _)| *n).collect();
             }
             Command::AuthorizeJoin {
                 node_id,
@@ -316,6 +317,63 @@ impl GatekeeperState {
             ));
         }
         e.dealing = dealing.clone();
+        Ok(())
+    }
+
+    /// Whether the state calls for re-dealing `epoch` as `dealing` does, with `voters` the
+    /// voters in force: the epoch's shares are held by another set than the voters, or by a
+    /// member whose key changed since; and the new dealing gives one share to each voter, sealed
+    /// to its current key. Anything else would only take the shares away from their holders
+    /// (found by attack: a forged re-dealing that no node could open).
+    pub(super) fn redeal_called_for(
+        &self,
+        epoch: u64,
+        dealing: &DealingRecord,
+        voters: &BTreeSet<NodeId>,
+    ) -> Result<(), Reply> {
+        use RejectCode::*;
+        let e = self
+            .epochs
+            .get(&epoch)
+            .ok_or_else(|| reject(UnknownEpoch, format!("epoch {epoch} does not exist")))?;
+        let key_of = |n: &NodeId| self.members.get(n).map(|m| m.hpke_public_key);
+        let holders: BTreeSet<NodeId> = e.dealing.shares.iter().map(|s| s.node_id).collect();
+        let stale = e
+            .dealing
+            .shares
+            .iter()
+            .any(|s| key_of(&s.node_id).is_some_and(|k| k != s.recipient_hpke));
+        if holders == *voters && !stale {
+            return Err(reject(
+                InvalidState,
+                format!(
+                    "re-dealing epoch {epoch} is not called for: its shares are held by exactly \
+                     the voters {voters:?}, sealed to their current keys"
+                ),
+            ));
+        }
+        let recipients: BTreeSet<NodeId> = dealing.shares.iter().map(|s| s.node_id).collect();
+        if recipients != *voters {
+            return Err(reject(
+                InvalidDealing,
+                format!(
+                    "a re-dealing must give one share to each voter {voters:?}, not {recipients:?}"
+                ),
+            ));
+        }
+        if let Some(s) = dealing
+            .shares
+            .iter()
+            .find(|s| key_of(&s.node_id) != Some(s.recipient_hpke))
+        {
+            return Err(reject(
+                InvalidDealing,
+                format!(
+                    "the share for node {} is not sealed to its current key",
+                    s.node_id
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -58,6 +58,10 @@ pub struct CheckpointCertificate {
     pub digest: Bytes32,
     /// Signatures by node (a majority of the voters when certified; later signers are added).
     pub signatures: BTreeMap<NodeId, HexBytes>,
+    /// The voters in force when it was certified: the next checkpoint needs a majority of them
+    /// too, and a received snapshot is verified against them ([`GatekeeperState::certified_voters`]).
+    #[serde(default)]
+    pub voters: BTreeSet<NodeId>,
 }
 
 /// What a node verifies a certificate against: the cluster id, the voters whose signatures count
@@ -150,6 +154,18 @@ pub fn verify_certificate(
 }
 
 impl GatekeeperState {
+    /// The voters a node trusts to vouch for a state: those of the latest certified checkpoint,
+    /// else the initial voters the operator named at init. A membership change the log carries
+    /// (which a compromised leader can forge) counts only once a checkpoint signed by a
+    /// majority of these certified it.
+    pub fn certified_voters(&self) -> Option<&BTreeSet<NodeId>> {
+        self.checkpoint
+            .as_ref()
+            .map(|c| &c.voters)
+            .filter(|v| !v.is_empty())
+            .or(Some(&self.genesis_voters).filter(|v| !v.is_empty()))
+    }
+
     /// Applies `node`'s signature of its state at `index` (already authorized: a voter signing
     /// as itself). Records it as that node's vote; when a majority of `voters` signed the same
     /// digest at the same index, that checkpoint becomes the certified one. A signature for the
@@ -222,17 +238,28 @@ impl GatekeeperState {
         }
         let (index, digest) = (vote.index, vote.digest);
         self.checkpoint_votes.insert(node, vote);
+        // A majority of the voters in force and of the voters certified before (so a forged
+        // membership entry cannot certify a state on its own).
+        let previous = self.certified_voters().cloned().unwrap_or_default();
         let agreeing: BTreeMap<NodeId, HexBytes> = self
             .checkpoint_votes
             .iter()
-            .filter(|(n, v)| voters.contains(n) && v.index == index && v.digest == digest)
+            .filter(|(n, v)| {
+                (voters.contains(n) || previous.contains(n))
+                    && v.index == index
+                    && v.digest == digest
+            })
             .map(|(n, v)| (*n, v.signature.clone()))
             .collect();
-        if agreeing.len() > voters.len() / 2 {
+        let majority_of = |set: &BTreeSet<NodeId>| {
+            agreeing.keys().filter(|n| set.contains(n)).count() > set.len() / 2
+        };
+        if majority_of(voters) && (previous.is_empty() || majority_of(&previous)) {
             self.checkpoint = Some(CheckpointCertificate {
                 index,
                 digest,
                 signatures: agreeing,
+                voters: voters.clone(),
             });
             self.checkpoint_votes.retain(|_, v| v.index > index);
         }
@@ -339,6 +366,58 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_membership_cannot_certify_a_state_or_vouch_for_a_snapshot() {
+        // Certified at 10 with voters 1-3; then a compromised leader (node 2) appends a
+        // membership entry making itself the only voter.
+        let mut s = state(&[1, 2, 3, 4]);
+        let all = voters(&[1, 2, 3]);
+        s.apply_checkpoint_vote(1, &all, vote(1, 10, 5)).unwrap();
+        s.apply_checkpoint_vote(2, &all, vote(2, 10, 5)).unwrap();
+        assert_eq!(s.certified_voters(), Some(&all));
+        let forged = voters(&[2]);
+        assert_eq!(
+            s.apply_checkpoint_vote(2, &forged, vote(2, 20, 6)),
+            Ok(true)
+        );
+        assert_eq!(
+            s.checkpoint.as_ref().unwrap().index,
+            10,
+            "one of the certified voters"
+        );
+        // A node whose applied membership is the forged one still verifies snapshots against
+        // the certified voters: node 2's signature alone is refused.
+        let lone = CheckpointCertificate {
+            index: 20,
+            digest: Bytes32([6; 32]),
+            signatures: [(2, vote(2, 20, 6).signature)].into_iter().collect(),
+            voters: forged.clone(),
+        };
+        let anchor = Anchor::from_state(&s, s.certified_voters().unwrap().clone());
+        assert!(verify_certificate(&lone, 20, &Bytes32([6; 32]), &anchor).is_err());
+        // A real change (node 4 joins): a majority of the new voters that is also a majority
+        // of the certified ones certifies, and the new voters become the certified ones.
+        let grown = voters(&[1, 2, 3, 4]);
+        s.apply_checkpoint_vote(4, &grown, vote(4, 30, 7)).unwrap();
+        s.apply_checkpoint_vote(3, &grown, vote(3, 30, 7)).unwrap();
+        assert_eq!(
+            s.checkpoint.as_ref().unwrap().index,
+            10,
+            "2 of 4 is not a majority"
+        );
+        s.apply_checkpoint_vote(1, &grown, vote(1, 30, 7)).unwrap();
+        let c = s.checkpoint.clone().unwrap();
+        assert_eq!((c.index, &c.voters), (30, &grown));
+        assert_eq!(s.certified_voters(), Some(&grown));
+        // Before any certificate, the initial voters named at init vouch.
+        let mut fresh = state(&[1, 2, 3]);
+        fresh.genesis_voters = all.clone();
+        fresh
+            .apply_checkpoint_vote(2, &forged, vote(2, 10, 5))
+            .unwrap();
+        assert_eq!(fresh.checkpoint, None);
+    }
+
+    #[test]
     fn bad_signatures_and_non_voters_never_certify() {
         let mut s = state(&[1, 2, 3]);
         let v = voters(&[1, 2, 3]);
@@ -388,6 +467,7 @@ mod tests {
                 .iter()
                 .map(|&n| (n as NodeId, vote(n, 10, 5).signature))
                 .collect(),
+            voters: voters(&[1, 2, 3]),
         };
         let a = Anchor::from_state(&s, voters(&[1, 2, 3]));
         assert_eq!(verify_certificate(&cert(&[1, 2]), 10, &d, &a), Ok(2));

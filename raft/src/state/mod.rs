@@ -117,6 +117,10 @@ pub struct GatekeeperState {
     /// The latest checkpoint a majority of the voters signed (snapshots are built only there).
     #[serde(default)]
     pub checkpoint: Option<CheckpointCertificate>,
+    /// The initial voters named at init: the voters vouching for the state until the first
+    /// checkpoint is certified.
+    #[serde(default)]
+    pub genesis_voters: BTreeSet<NodeId>,
 }
 
 impl GatekeeperState {

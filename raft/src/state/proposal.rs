@@ -677,6 +677,12 @@ impl GatekeeperState {
                     Err(r) => r,
                 }
             }
+            (Command::Redeal { epoch, dealing }, _) => {
+                match self.redeal_called_for(*epoch, dealing, &ctx.voters) {
+                    Ok(()) => self.apply(&d.command),
+                    Err(r) => r,
+                }
+            }
             _ => self.apply(&d.command),
         };
         // A canary write that applied: its sequence for that key (a refused one changes
@@ -700,7 +706,7 @@ impl GatekeeperState {
 mod tests {
     use super::*;
     use crate::state::{
-        ChainBlock, ChainEvent, DealingRecord, EpochRecord, EpochStatus, MemberRecord,
+        ChainBlock, ChainEvent, DealingRecord, EpochRecord, EpochStatus, MemberRecord, SealedShare,
     };
     use keyring::Sr25519Keypair;
 
@@ -784,6 +790,65 @@ mod tests {
     ) -> Reply {
         let bytes = sign_proposal(by, &s.clone(), lane, seq, c);
         s.apply_entry(&bytes, &ctx(leader))
+    }
+
+    #[test]
+    fn a_redealing_applies_only_when_the_state_calls_for_one() {
+        let mut s = cluster();
+        let share = |n: NodeId, hpke: Bytes32| SealedShare {
+            node_id: n,
+            index: n as u8,
+            encapped_key: Bytes32([0; 32]),
+            ciphertext: HexBytes(vec![1]),
+            recipient_hpke: hpke,
+        };
+        let hpke = |s: &GatekeeperState, n: NodeId| s.members[&n].hpke_public_key;
+        let dealing = |s: &GatekeeperState, generation, holders: &[NodeId]| DealingRecord {
+            generation,
+            commitments: vec![Bytes32([1; 32]); 2],
+            wrapped_nonce: HexBytes(vec![]),
+            wrapped_ciphertext: HexBytes(vec![]),
+            shares: holders.iter().map(|&n| share(n, hpke(s, n))).collect(),
+            acked: Default::default(),
+        };
+        // Epoch 0 held by exactly the voters 1-3 with their current keys.
+        let mut e = EpochRecord {
+            epoch: 0,
+            threshold: 2,
+            master_public_key: Bytes32([5; 32]),
+            cluster_signing_public_key: Bytes32([6; 32]),
+            status: EpochStatus::Active,
+            dealing: dealing(&s, 0, &[1, 2, 3]),
+        };
+        s.epochs.insert(0, e.clone());
+        let redeal = |d| Command::Redeal {
+            epoch: 0,
+            dealing: d,
+        };
+        // The attack: the same shares again as a new generation. Not called for.
+        let d = dealing(&s, 1, &[1, 2, 3]);
+        let r = apply(&mut s, &key(1), Lane::Keeper, 10, 1, &redeal(d));
+        assert_eq!(code(&r), Some(RejectCode::InvalidState), "{r:?}");
+        assert_eq!(s.epochs[&0].dealing.generation, 0);
+        // Held by 1 and 2 only (3 joined since): called for, but only to every voter.
+        e.dealing = dealing(&s, 0, &[1, 2]);
+        s.epochs.insert(0, e.clone());
+        let d = dealing(&s, 1, &[1, 2]);
+        let r = apply(&mut s, &key(1), Lane::Keeper, 11, 1, &redeal(d));
+        assert_eq!(code(&r), Some(RejectCode::InvalidDealing), "{r:?}");
+        let mut stale = dealing(&s, 1, &[1, 2, 3]);
+        stale.shares[2].recipient_hpke = Bytes32([3; 32]);
+        let d = dealing(&s, 1, &[1, 2, 3]);
+        let r = apply(&mut s, &key(1), Lane::Keeper, 12, 1, &redeal(stale));
+        assert_eq!(code(&r), Some(RejectCode::InvalidDealing), "{r:?}");
+        let r = apply(&mut s, &key(1), Lane::Keeper, 13, 1, &redeal(d));
+        assert!(matches!(r, Reply::Applied { .. }), "{r:?}");
+        assert_eq!(s.epochs[&0].dealing.generation, 1);
+        // A holder whose key changed (wiped and re-joined) calls for one too.
+        s.epochs.get_mut(&0).unwrap().dealing.shares[1].recipient_hpke = Bytes32([8; 32]);
+        let d = dealing(&s, 2, &[1, 2, 3]);
+        let r = apply(&mut s, &key(1), Lane::Keeper, 14, 1, &redeal(d));
+        assert!(matches!(r, Reply::Applied { .. }), "{r:?}");
     }
 
     fn code(r: &Reply) -> Option<RejectCode> {
