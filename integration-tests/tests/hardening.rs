@@ -258,6 +258,7 @@ fn garbage_and_forged_snapshots_are_refused_and_the_follower_keeps_working_and_r
             snapshot_id: "forged".into(),
         }),
         total_size,
+        election: vec![],
     };
     let future = log_id(term, leader, head + 1000);
     // Sent as the node the vote names (the cluster listener admits no other sender).
@@ -433,6 +434,63 @@ fn garbage_and_forged_snapshots_are_refused_and_the_follower_keeps_working_and_r
 }
 
 #[test]
+fn a_member_cannot_act_as_the_leader_of_a_term_it_did_not_win() {
+    // The root of the round-3 attack: a follower believed any committed vote of a newer term,
+    // so a member's certificate was enough to append what only a leader may (chain blocks,
+    // re-dealings, membership changes). Now a new leader must show its vote grants.
+    let c = Cluster::start(3, Opts::default());
+    let rt = runtime();
+    let leader = c.leader();
+    let head = c.put_ok(leader, "e-head", "x").log_index;
+    c.wait_converged(&c.ids(), head);
+    let term = c.status(leader).unwrap_or_else(|e| c.fail(&e)).term;
+    let ids = c.ids();
+    let mut others = ids.iter().copied().filter(|&i| i != leader);
+    let (mallory, victim) = (others.next().unwrap(), others.next().unwrap());
+    // Sent with mallory's own certificate, as mallory, claiming it leads term + 1.
+    let heartbeat = |grants: Vec<rpb::ElectionGrant>| rpb::AppendEntriesRequest {
+        vote: Some(vote(term + 1, mallory, true)),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+        election: grants,
+    };
+    for (name, grants) in [
+        ("no proof", vec![]),
+        (
+            "grants that are not signatures",
+            ids.iter()
+                .map(|&n| rpb::ElectionGrant {
+                    node_id: n,
+                    signature: vec![7; 64],
+                })
+                .collect(),
+        ),
+    ] {
+        let r = rt.block_on(async {
+            raft_client(&c, victim, mallory)
+                .append_entries(heartbeat(grants))
+                .await
+        });
+        let want = if name == "no proof" {
+            "no proof that node"
+        } else {
+            "vote grant does not verify"
+        };
+        expect_refused(&c, name, r, want);
+        let s = c.status(victim).unwrap_or_else(|e| c.fail(&e));
+        assert_eq!(s.term, term, "{name}: node {victim}'s term moved: {s:?}");
+        assert_eq!(
+            s.leader_id,
+            Some(leader),
+            "{name}: node {victim} changed leader"
+        );
+    }
+    // The real leader keeps leading and the victim keeps following it.
+    keeps_serving(&c, victim, leader, term + 1, "unproven leader");
+}
+
+#[test]
 fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_refused() {
     let c = Cluster::start(3, Opts::default());
     let rt = runtime();
@@ -460,6 +518,7 @@ fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_re
         prev_log_id: None,
         entries: vec![blank(log_id(0, 0, 0)), blank(log_id(forged, leader, 1))],
         leader_commit: Some(log_id(forged, leader, 1)),
+        election: vec![],
     });
     expect_refused(
         &c,
@@ -473,6 +532,7 @@ fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_re
         prev_log_id: Some(log_id(0, 0, 1)),
         entries: vec![blank(log_id(term, leader, 2))],
         leader_commit: None,
+        election: vec![],
     });
     expect_refused(
         &c,
@@ -488,6 +548,7 @@ fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_re
         prev_log_id: None,
         entries: vec![],
         leader_commit: None,
+        election: vec![],
     };
     let r = append(heartbeat(vote(term, f, true)));
     expect_refused(&c, "vote naming the receiver", r, "names this node");
@@ -502,6 +563,7 @@ fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_re
         prev_log_id: Some(log_id(term, leader, head)),
         entries: vec![blank(log_id(forged, leader, head + 2))],
         leader_commit: None,
+        election: vec![],
     });
     expect_refused(&c, "gap after prev_log_id", r, "expected");
     let r = append(rpb::AppendEntriesRequest {
@@ -509,6 +571,7 @@ fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_re
         prev_log_id: None,
         entries: vec![],
         leader_commit: Some(log_id(0, 0, 1_000_000)),
+        election: vec![],
     });
     expect_refused(
         &c,
@@ -521,6 +584,7 @@ fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_re
         prev_log_id: Some(log_id(u64::MAX >> 1, leader, 5)),
         entries: vec![],
         leader_commit: None,
+        election: vec![],
     });
     expect_refused(
         &c,

@@ -107,6 +107,7 @@ fn body(path: &str, claimed: u64, term: u64) -> Vec<u8> {
             prev_log_id: None,
             entries: vec![],
             leader_commit: None,
+            election: vec![],
         }
         .encode_to_vec(),
         "Vote" => rpb::VoteRequest {
@@ -125,6 +126,7 @@ fn body(path: &str, claimed: u64, term: u64) -> Vec<u8> {
                 vote: Some(vote(term, claimed)),
                 meta: None,
                 total_size: 0,
+                election: vec![],
             }),
             offset: 0,
             data: vec![],

@@ -149,6 +149,7 @@ pub fn append_req_to_pb(r: &AppendEntriesRequest<TypeConfig>) -> pb::AppendEntri
         prev_log_id: r.prev_log_id.as_ref().map(log_id_to_pb),
         entries: r.entries.iter().map(entry_to_pb).collect(),
         leader_commit: r.leader_commit.as_ref().map(log_id_to_pb),
+        election: Vec::new(),
     }
 }
 
@@ -221,7 +222,23 @@ pub fn vote_resp_to_pb(r: &VoteResponse<NodeId>) -> pb::VoteResponse {
         vote: Some(vote_to_pb(&r.vote)),
         vote_granted: r.vote_granted,
         last_log_id: r.last_log_id.as_ref().map(log_id_to_pb),
+        grant: Vec::new(),
     }
+}
+
+/// The grants of a proof of election, by node (a repeated node keeps its last grant).
+pub fn election_from_pb(g: &[pb::ElectionGrant]) -> std::collections::BTreeMap<NodeId, Vec<u8>> {
+    g.iter().map(|g| (g.node_id, g.signature.clone())).collect()
+}
+
+/// A proof of election as sent.
+pub fn election_to_pb(g: &std::collections::BTreeMap<NodeId, Vec<u8>>) -> Vec<pb::ElectionGrant> {
+    g.iter()
+        .map(|(n, s)| pb::ElectionGrant {
+            node_id: *n,
+            signature: s.clone(),
+        })
+        .collect()
 }
 
 /// proto → openraft.

@@ -17,6 +17,7 @@
 
 pub mod checks;
 pub mod convert;
+pub mod election;
 pub mod log_store;
 pub mod lograte;
 pub mod network;

@@ -24,6 +24,7 @@
 
 use crate::checks::{self, LocalView, Refused};
 use crate::convert::{self, ConvertError};
+use crate::election::Elections;
 use crate::log_store::LogStore;
 use crate::now_ms;
 use crate::sm_store::SmStore;
@@ -191,6 +192,8 @@ pub struct Network {
     raft: Arc<std::sync::OnceLock<Raft<TypeConfig>>>,
     faults: Faults,
     config: NetworkConfig,
+    /// Vote grants this node received as a candidate, sent as its proof of election.
+    elections: Elections,
 }
 
 impl Network {
@@ -202,7 +205,14 @@ impl Network {
             raft: Default::default(),
             faults,
             config,
+            elections: Elections::default(),
         }
+    }
+
+    /// Uses `elections` for proofs of election (shared with the server half).
+    pub fn with_elections(mut self, elections: Elections) -> Self {
+        self.elections = elections;
+        self
     }
 
     /// The cached channel to `target` at `addr` (created lazily; replaced if the address
@@ -326,6 +336,10 @@ fn bad_reply<E: std::error::Error>(e: ConvertError) -> RpcErr<E> {
 
 /// Refused answers are logged at most once a second: a peer answering at once, over and over,
 /// must not fill the disk.
+/// Messages from leaders without a proof of election: logged at most once a second.
+static UNPROVEN_LEADERS: crate::lograte::LogGate =
+    crate::lograte::LogGate::new(Duration::from_secs(1));
+
 static REFUSED_ANSWERS: crate::lograte::LogGate =
     crate::lograte::LogGate::new(Duration::from_secs(1));
 
@@ -448,7 +462,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let mut client = self.client().map_err(RPCError::Unreachable)?;
-        let mut req = Request::new(convert::append_req_to_pb(&rpc));
+        let mut msg = convert::append_req_to_pb(&rpc);
+        if rpc.vote.is_committed() {
+            msg.election = convert::election_to_pb(
+                &self
+                    .network
+                    .elections
+                    .proof(rpc.vote.leader_id.term, rpc.vote.leader_id.node_id),
+            );
+        }
+        let mut req = Request::new(msg);
         req.set_timeout(option.hard_ttl());
         let resp = client
             .append_entries(req)
@@ -483,9 +506,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let resp = client
             .vote(req)
             .await
-            .map_err(|s| status_to_rpc(self.target, s))?;
-        let resp = convert::vote_resp_from_pb(resp.into_inner()).map_err(bad_reply)?;
+            .map_err(|s| status_to_rpc(self.target, s))?
+            .into_inner();
+        let grant = resp.grant.clone();
+        let resp = convert::vote_resp_from_pb(resp).map_err(bad_reply)?;
         checks::check_vote_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
+        if resp.vote_granted {
+            self.network.elections.record(
+                rpc.vote.leader_id.term,
+                rpc.vote.leader_id.node_id,
+                self.target,
+                grant,
+            );
+        }
         Ok(resp)
     }
 
@@ -509,12 +542,20 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             tracing::error!(error = %e, "cannot send a snapshot");
             return Err(StreamingError::Network(NetworkError::new(&e)));
         }
-        let chunks = snapshot_chunks(
+        let mut chunks = snapshot_chunks(
             &vote,
             &snapshot.meta,
             data,
             self.config.snapshot_chunk_bytes,
         );
+        if let Some(h) = chunks.first_mut().and_then(|c| c.header.as_mut()) {
+            h.election = convert::election_to_pb(
+                &self
+                    .network
+                    .elections
+                    .proof(vote.leader_id.term, vote.leader_id.node_id),
+            );
+        }
         let mut req = Request::new(tokio_stream::iter(chunks));
         req.set_timeout(option.hard_ttl().max(self.config.snapshot_timeout));
         let target = self.target;
@@ -586,6 +627,7 @@ pub fn snapshot_chunks(
         vote: Some(convert::vote_to_pb(vote)),
         meta: Some(convert::snapshot_meta_to_pb(meta)),
         total_size: total as u64,
+        election: Vec::new(),
     });
     if total == 0 {
         return vec![pb::SnapshotChunk {
@@ -636,6 +678,8 @@ pub struct RaftServer {
     faults: Faults,
     contact: LeaderContact,
     config: NetworkConfig,
+    /// Proofs of election: this node's grants, and the leader it last verified.
+    elections: Elections,
     /// AppendEntries and snapshot installs pass one at a time, so what the checks read (the
     /// committed log id, the stored log) is still true when openraft handles the message.
     follower_turn: Arc<AsyncMutex<()>>,
@@ -664,8 +708,54 @@ impl RaftServer {
             faults,
             contact,
             config,
+            elections: Elections::default(),
             follower_turn: Arc::new(AsyncMutex::new(())),
             snapshot_slot: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    /// Uses `elections` for proofs of election (shared with the client half).
+    pub fn with_elections(mut self, elections: Elections) -> Self {
+        self.elections = elections;
+        self
+    }
+
+    /// Refuses a message of a committed vote whose leader this node has not seen prove its
+    /// election ([`crate::election`]): `local` is openraft's vote here (a leader it already
+    /// follows needs no new proof, e.g. after this node restarted).
+    fn check_election(
+        &self,
+        vote: &Vote<NodeId>,
+        local: &Vote<NodeId>,
+        grants: &[pb::ElectionGrant],
+    ) -> Result<(), Status> {
+        if !vote.is_committed() {
+            return Ok(());
+        }
+        let (term, leader) = (vote.leader_id.term, vote.leader_id.node_id);
+        if self.elections.is_verified(term, leader) {
+            return Ok(());
+        }
+        if vote == local {
+            self.elections.set_verified(term, leader);
+            return Ok(());
+        }
+        let anchor = self.sm.read().anchor();
+        let grants = convert::election_from_pb(grants);
+        match crate::election::verify_election(term, leader, &grants, &anchor) {
+            Ok(_) => {
+                self.elections.set_verified(term, leader);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(n) = UNPROVEN_LEADERS.pass(std::time::Instant::now()) {
+                    tracing::warn!(
+                        leader, term, reason = %e, refused_since_last_line = n,
+                        "refused a message from a leader without a proof of election"
+                    );
+                }
+                Err(Status::invalid_argument(format!("refused: {e}")))
+            }
         }
     }
 
@@ -877,9 +967,10 @@ impl RaftService for RaftServer {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.check_fault()?;
-        let (_, extensions, msg) = request.into_parts();
+        let (_, extensions, mut msg) = request.into_parts();
         let sender = vote_sender(msg.vote.as_ref());
         self.admit(&extensions, "AppendEntries", sender)?;
+        let election = std::mem::take(&mut msg.election);
         let mut req = convert::append_req_from_pb(msg).map_err(invalid)?;
         let _turn = self.follower_turn.lock().await;
         let view = self
@@ -888,6 +979,7 @@ impl RaftService for RaftServer {
         checks::check_append_shape(&req, self.node_id, view.vote.leader_id.term)
             .map_err(refused)?;
         checks::check_append_against_local(&req, &view).map_err(refused)?;
+        self.check_election(&req.vote, &view.vote, &election)?;
         req.leader_commit = checks::effective_leader_commit(&req);
         let resp = self.raft.append_entries(req).await.map_err(fatal)?;
         if matches!(
@@ -910,8 +1002,13 @@ impl RaftService for RaftServer {
         let req = convert::vote_req_from_pb(msg).map_err(invalid)?;
         let term = self.raft.metrics().borrow().vote.leader_id.term;
         checks::check_vote_request(&req, self.node_id, term).map_err(refused)?;
+        let candidate = req.vote.leader_id;
         let resp = self.raft.vote(req).await.map_err(fatal)?;
-        Ok(Response::new(convert::vote_resp_to_pb(&resp)))
+        let mut out = convert::vote_resp_to_pb(&resp);
+        if resp.vote_granted {
+            out.grant = self.elections.grant(candidate.term, candidate.node_id);
+        }
+        Ok(Response::new(out))
     }
 
     async fn install_snapshot(
@@ -967,6 +1064,7 @@ impl RaftService for RaftServer {
         // committed log may have moved meanwhile).
         let view = self.local_view(meta_indices).await?;
         checks::check_snapshot_meta(&vote, &meta, &view).map_err(refused)?;
+        self.check_election(&vote, &view.vote, &header.election)?;
         let data = self
             .receive_snapshot(first, &mut stream, total, &meta)
             .await?;

@@ -165,6 +165,8 @@ pub struct Replica {
     contact: LeaderContact,
     config: Arc<ReplicaConfig>,
     signer: Arc<std::sync::RwLock<Option<Arc<dyn CommandSigner>>>>,
+    /// Proofs of election (shares the signer).
+    elections: crate::election::Elections,
     /// Last sequence used per lane.
     sequences: Arc<std::sync::Mutex<std::collections::HashMap<Lane, u64>>>,
 }
@@ -308,7 +310,10 @@ impl Replica {
                 .map_err(|e| ReplicaError::Config(e.to_string()))?,
         );
         let faults = Faults::default();
-        let network = Network::new(faults.clone(), config.network.clone());
+        let signer: Arc<std::sync::RwLock<Option<Arc<dyn CommandSigner>>>> = Arc::default();
+        let elections = crate::election::Elections::with_signer(signer.clone());
+        let network =
+            Network::new(faults.clone(), config.network.clone()).with_elections(elections.clone());
         let raft = Raft::new(
             config.node_id,
             raft_config,
@@ -328,7 +333,8 @@ impl Replica {
             faults,
             contact: LeaderContact::default(),
             config: Arc::new(config),
-            signer: Arc::default(),
+            signer,
+            elections,
             sequences: Arc::default(),
         };
         tokio::spawn(replica.clone().sign_checkpoints());
@@ -427,6 +433,7 @@ impl Replica {
             self.contact.clone(),
             self.config.network.clone(),
         )
+        .with_elections(self.elections.clone())
     }
 
     /// Bootstraps a new cluster with `members` as voters.
