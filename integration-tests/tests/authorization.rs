@@ -68,6 +68,7 @@ fn forged_commands(gk: Bytes32, forger_key: Bytes32) -> Vec<Command> {
             admin_address: None,
         }),
         Command::RemoveMember { node_id: 3 },
+        Command::AuthorizeLeave { node_id: 3 },
         Command::AckShare {
             epoch: 0,
             generation: 1,
@@ -316,7 +317,33 @@ fn forged_commands_from_a_member_credential_are_refused_before_the_log_and_at_ap
             .await
             .expect_err("a replayed operator command");
         assert_eq!(code_of(&replayed), "COMMAND_REPLAYED", "{replayed:?}");
+        // A membership change is an operator's decision too: an unsigned leave, or one whose
+        // signature authorizes another node, is refused and the node stays.
+        let voter = *c.ids().iter().find(|&&i| i != leader).unwrap();
+        let unsigned = a
+            .leave(pb::LeaveRequest {
+                node_id: voter,
+                authorization: None,
+            })
+            .await
+            .expect_err("an unsigned leave");
+        assert_eq!(code_of(&unsigned), "COMMAND_NOT_AUTHORIZED", "{unsigned:?}");
+        let other = signer.authorize(
+            &gk,
+            gatekeeper::cli::sign::operator_sequence(),
+            &Command::AuthorizeLeave { node_id: 99 },
+        );
+        let mismatched = a
+            .leave(pb::LeaveRequest {
+                node_id: voter,
+                authorization: Some(other),
+            })
+            .await
+            .expect_err("a leave signed for another node");
+        assert_eq!(code_of(&mismatched), "INVALID_ARGUMENT", "{mismatched:?}");
     });
+    let s = c.status(leader).unwrap_or_else(|e| c.fail(&e));
+    assert_eq!(s.members.len(), 3, "no node left: {s:?}");
 
     // Operators are added and removed by operators: "bob" is registered by the initial
     // operator, then removes it; its signatures no longer count, bob's do.

@@ -116,7 +116,10 @@ fn every_service_sends_the_stable_error_code() {
         raw.ready().await.unwrap();
         let r: Result<tonic::Response<pb::KeyResponse>, tonic::Status> = raw
             .unary(
-                tonic::Request::new(pb::LeaveRequest { node_id: 5 }),
+                tonic::Request::new(pb::LeaveRequest {
+                    node_id: 5,
+                    authorization: None,
+                }),
                 tonic::codegen::http::uri::PathAndQuery::from_static(
                     "/gatekeeper.v1.KeyService/GetWorkerKey",
                 ),
@@ -143,7 +146,10 @@ fn every_service_sends_the_stable_error_code() {
         raw.ready().await.unwrap();
         let r: Result<tonic::Response<pb::KeyResponse>, tonic::Status> = raw
             .unary(
-                tonic::Request::new(pb::LeaveRequest { node_id: 5 }),
+                tonic::Request::new(pb::LeaveRequest {
+                    node_id: 5,
+                    authorization: None,
+                }),
                 tonic::codegen::http::uri::PathAndQuery::from_static(
                     "/gatekeeper.v1.KeyService/NoSuchMethod",
                 ),
@@ -197,7 +203,14 @@ fn every_service_sends_the_stable_error_code() {
             (Code::InvalidArgument, "INVALID_ARGUMENT".into())
         );
         assert_eq!(
-            refused(admin.leave(pb::LeaveRequest { node_id: 99 }).await),
+            refused(
+                admin
+                    .leave(pb::LeaveRequest {
+                        node_id: 99,
+                        authorization: None
+                    })
+                    .await
+            ),
             (Code::NotFound, "MEMBER_NOT_FOUND".into())
         );
         assert_eq!(
@@ -283,7 +296,10 @@ fn a_follower_refuses_membership_calls_naming_the_leaders_admin_address_and_the_
         let deadline = std::time::Instant::now() + WAIT;
         let s = loop {
             let s = admin
-                .leave(pb::LeaveRequest { node_id: 99 })
+                .leave(pb::LeaveRequest {
+                    node_id: 99,
+                    authorization: None,
+                })
                 .await
                 .unwrap_err();
             if s.metadata().get("gatekeeper-leader-admin").is_some()

@@ -486,8 +486,40 @@ fn a_member_cannot_act_as_the_leader_of_a_term_it_did_not_win() {
             "{name}: node {victim} changed leader"
         );
     }
+    // Nor can it collect a proof while the leader is alive: the followers' lease refuses its
+    // vote request, and the leader grants none while it leads (its grant and mallory's own
+    // made a proof in the next attack round).
+    let ask = |to: u64| {
+        rt.block_on(async {
+            raft_client(&c, to, mallory)
+                .vote(rpb::VoteRequest {
+                    vote: Some(vote(term + 1, mallory, false)),
+                    last_log_id: Some(log_id(term, leader, 1 << 40)),
+                })
+                .await
+        })
+    };
+    match ask(leader) {
+        Err(s)
+            if s.code() == Code::FailedPrecondition && s.message().contains("grants no vote") => {}
+        other => c.fail(&format!(
+            "the leader answered a vote request with {other:?}"
+        )),
+    }
+    match ask(victim) {
+        Ok(r) if !r.get_ref().vote_granted && r.get_ref().grant.is_empty() => {}
+        other => c.fail(&format!(
+            "a follower answered a vote request with {other:?}"
+        )),
+    }
     // The real leader keeps leading and the victim keeps following it.
     keeps_serving(&c, victim, leader, term + 1, "unproven leader");
+    let s = c.status(leader).unwrap_or_else(|e| c.fail(&e));
+    assert_eq!(
+        (s.role.as_str(), s.term),
+        ("leader", term),
+        "the leader stepped down: {s:?}"
+    );
 }
 
 #[test]

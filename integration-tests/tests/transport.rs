@@ -142,7 +142,11 @@ fn body(path: &str, claimed: u64, term: u64) -> Vec<u8> {
             ..Default::default()
         }
         .encode_to_vec(),
-        "Leave" => pb::LeaveRequest { node_id: 3 }.encode_to_vec(),
+        "Leave" => pb::LeaveRequest {
+            node_id: 3,
+            authorization: None,
+        }
+        .encode_to_vec(),
         "WriteCanary" => pb::WriteCanaryRequest {
             key: "intruder".into(),
             value: "x".into(),

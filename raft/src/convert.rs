@@ -95,6 +95,9 @@ pub fn membership_from_pb(m: pb::Membership) -> Result<Membership<NodeId, Node>,
         .into_iter()
         .map(|c| c.node_ids.into_iter().collect())
         .collect();
+    if configs.iter().any(BTreeSet::is_empty) {
+        return Err(ConvertError("membership with a config of no voters".into()));
+    }
     let nodes: BTreeMap<NodeId, Node> = m
         .nodes
         .into_iter()

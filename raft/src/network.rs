@@ -562,19 +562,23 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             resp = client.install_snapshot(req) => {
+                // Every failure but an expired deadline backs off, as for AppendEntries: a
+                // follower that refuses every snapshot at once was sent it ~700 times a second
+                // (found by attack).
                 let resp = resp.map_err(|s| {
                     let e = io::Error::other(format!("node {target}: {}: {}", s.code(), s.message()));
-                    if s.code() == tonic::Code::Unavailable {
-                        StreamingError::Unreachable(Unreachable::new(&e))
-                    } else {
-                        StreamingError::Network(NetworkError::new(&e))
+                    match s.code() {
+                        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                            StreamingError::Network(NetworkError::new(&e))
+                        }
+                        _ => StreamingError::Unreachable(Unreachable::new(&e)),
                     }
                 })?;
                 let answer = convert::vote_from_pb(resp.into_inner().vote)
-                    .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+                    .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
                 checks::check_snapshot_response(&answer, &vote).map_err(|e| {
                     tracing::warn!(peer = target, reason = %e, "ignoring a malformed answer from a peer");
-                    StreamingError::Network(NetworkError::new(&io::Error::other(e.0)))
+                    StreamingError::Unreachable(Unreachable::new(&io::Error::other(e.0)))
                 })?;
                 Ok(SnapshotResponse { vote: answer })
             }
@@ -1000,6 +1004,21 @@ impl RaftService for RaftServer {
         let sender = vote_sender(msg.vote.as_ref());
         self.admit(&extensions, "Vote", sender)?;
         let req = convert::vote_req_from_pb(msg).map_err(invalid)?;
+        // A leader grants no vote while it leads: openraft's lease makes followers refuse other
+        // candidates, but not the leader itself, whose grant plus the candidate's own made a
+        // proof of election for a member the cluster never chose (found by attack). Refused
+        // before openraft sees it, so the leader does not step down either.
+        {
+            let m = self.raft.metrics().borrow().clone();
+            if m.state == openraft::ServerState::Leader
+                && req.vote.leader_id.node_id != self.node_id
+            {
+                return Err(Status::failed_precondition(format!(
+                    "node {} leads term {}: it grants no vote while it leads",
+                    self.node_id, m.current_term
+                )));
+            }
+        }
         let term = self.raft.metrics().borrow().vote.leader_id.term;
         checks::check_vote_request(&req, self.node_id, term).map_err(refused)?;
         let candidate = req.vote.leader_id;

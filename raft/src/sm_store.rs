@@ -317,6 +317,11 @@ impl SmStore {
         self.checkpoint_interval.store(interval, Ordering::Relaxed);
     }
 
+    /// Log index of this node's snapshot (0: none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index.load(Ordering::Relaxed)
+    }
+
     /// The newest checkpoint this node wrote, (index, body digest): what it signs.
     pub fn subscribe_checkpoints(&self) -> watch::Receiver<Option<(u64, Bytes32)>> {
         self.checkpoints.subscribe()

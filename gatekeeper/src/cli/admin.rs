@@ -589,6 +589,12 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "cluster_signing_public_key": hex::encode(&e.cluster_signing_public_key),
         })).collect::<Vec<_>>(),
         "chain": s.chain.as_ref().map(chain_json),
+        "checkpoint": s.checkpoint.as_ref().map(|c| json!({
+            "certified_index": c.certified_index,
+            "voters": c.voters,
+            "signatures": c.signatures,
+            "snapshot_index": c.snapshot_index,
+        })),
     })
 }
 
@@ -627,6 +633,14 @@ fn status_text(s: &pb::StatusResponse) -> Vec<String> {
         )
     }));
     lines.extend(chain_text(s.chain.as_ref()));
+    lines.push(match &s.checkpoint {
+        Some(c) => format!(
+            "checkpoint: certified at index {} by {} signature(s), voters {:?}; snapshot at \
+             index {}",
+            c.certified_index, c.signatures, c.voters, c.snapshot_index
+        ),
+        None => "checkpoint: none certified yet".into(),
+    });
     lines
 }
 
@@ -853,8 +867,17 @@ async fn run_command(
             Ok(())
         }
         AdminCommand::Leave { node_id } => {
-            let req = pb::LeaveRequest { node_id };
-            let r = match c.leave(req).await {
+            let authorization = authorize(
+                &mut c,
+                operator_signer(tls)?.as_ref(),
+                &Command::AuthorizeLeave { node_id },
+            )
+            .await?;
+            let req = pb::LeaveRequest {
+                node_id,
+                authorization,
+            };
+            let r = match c.leave(req.clone()).await {
                 Err(s) if leader_hint(&s).is_some() => {
                     let mut l = follow_leader(endpoint, &s, tls, timeout).await?;
                     l.leave(req).await
@@ -1493,6 +1516,7 @@ mod tests {
                     "last_error": "",
                     "reconnects": 2,
                 },
+                "checkpoint": null,
             })
         );
     }

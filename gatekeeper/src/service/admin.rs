@@ -384,7 +384,7 @@ impl AdminService for AdminServer {
         // One read of the state machine, released before anything else runs: a second read
         // guard taken while a writer (the apply task) waits would deadlock (std's RwLock lets a
         // waiting writer block new readers).
-        let (active, epochs, gatekeeper_id, chain_record, operators) = {
+        let (active, epochs, gatekeeper_id, chain_record, operators, checkpoint) = {
             let applied = self.replica.sm.read();
             let st = &applied.state;
             (
@@ -393,6 +393,12 @@ impl AdminService for AdminServer {
                 st.gatekeeper_id.map(|g| g.0.to_vec()).unwrap_or_default(),
                 st.chain.clone(),
                 st.operators.keys().cloned().collect(),
+                st.checkpoint.as_ref().map(|c| pb::CheckpointStatus {
+                    certified_index: c.index,
+                    voters: c.voters.iter().copied().collect(),
+                    signatures: c.signatures.len() as u32,
+                    snapshot_index: self.replica.sm.snapshot_index(),
+                }),
             )
         };
         // "unsealed" is computed now, from the committed epochs and the enclave, never from a
@@ -434,6 +440,7 @@ impl AdminService for AdminServer {
             enclave_identity_public_key: self.enclave.identity_public_key().as_bytes().to_vec(),
             enclave_hpke_public_key: self.enclave.hpke_public_key().as_bytes().to_vec(),
             operators,
+            checkpoint,
         }))
     }
 
@@ -623,6 +630,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::LeaveResponse>, Status> {
+        let name = caller_name(&request);
         let r = request.into_inner();
         if !self.replica.is_leader() {
             return Err(self.not_leader().into());
@@ -633,6 +641,20 @@ impl AdminService for AdminServer {
         {
             let applied = self.replica.sm.read();
             operator::check_leave(&members, &applied.state, r.node_id)?;
+        }
+        // The operator's decision, committed (and verified by every node) before the
+        // membership change.
+        let expected = Command::AuthorizeLeave { node_id: r.node_id };
+        let operator = exact_operator_command(
+            r.authorization.as_ref(),
+            name.as_deref(),
+            "AuthorizeLeave",
+            &expected,
+            "authorization.command_json authorizes another node's leave",
+        )?;
+        let out = self.propose(&expected, operator).await?;
+        if let Reply::Rejected { code, message } = out.reply {
+            return Err(error::rejected(code, message).into());
         }
         let index = self
             .replica

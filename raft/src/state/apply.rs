@@ -68,6 +68,16 @@ impl GatekeeperState {
                 }
                 self.authorized_joins.insert(*node_id, raft_address.clone());
             }
+            Command::AuthorizeLeave { node_id } => {
+                self.require_init()?;
+                if !self.members.contains_key(node_id) {
+                    return Err(reject(
+                        RejectCode::UnknownMember,
+                        format!("node {node_id} is not a member"),
+                    ));
+                }
+                self.authorized_joins.remove(node_id);
+            }
             Command::AddOperator(o) => self.apply_add_operator(o)?,
             Command::RemoveOperator { name } => self.apply_remove_operator(name)?,
             Command::DevEvent { event } => self.apply_dev_event(event)?,

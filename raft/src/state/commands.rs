@@ -194,6 +194,13 @@ pub enum Command {
         /// Its Raft address, as its member record will carry it.
         raft_address: String,
     },
+    /// An operator's decision that a node leaves: committed before the Raft membership change
+    /// that removes it; takes back any authorization for it to register an identity (it must
+    /// be joined again). Proposed by `admin leave`.
+    AuthorizeLeave {
+        /// Node.
+        node_id: NodeId,
+    },
     /// Registers another operator (its name and ECDSA P-256 public key).
     AddOperator(super::proposal::OperatorKey),
     /// Removes an operator (never the last one).

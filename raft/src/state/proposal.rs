@@ -472,6 +472,7 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
         | Command::AbortRotation { .. }
         | Command::SetMinEpoch { .. }
         | Command::AuthorizeJoin { .. }
+        | Command::AuthorizeLeave { .. }
         | Command::AddOperator(_)
         | Command::RemoveOperator { .. }
         | Command::Put { .. } => voter(command_name(c))?,
@@ -488,6 +489,7 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
             | Command::SetMinEpoch { .. }
             | Command::DevEvent { .. }
             | Command::AuthorizeJoin { .. }
+            | Command::AuthorizeLeave { .. }
             | Command::AddOperator(_)
             | Command::RemoveOperator { .. }
     );
@@ -616,6 +618,7 @@ pub fn command_name(c: &Command) -> &'static str {
         Command::ChainBlocks { .. } => "ChainBlocks",
         Command::Put { .. } => "Put",
         Command::AuthorizeJoin { .. } => "AuthorizeJoin",
+        Command::AuthorizeLeave { .. } => "AuthorizeLeave",
         Command::AddOperator(_) => "AddOperator",
         Command::RemoveOperator { .. } => "RemoveOperator",
     }
