@@ -1550,7 +1550,25 @@ mod tests {
                 "chain: ws://127.0.0.1:9944 (gatekeeper profile), connected",
                 "  finalized 12, cursor 11 (event 3, complete), lag 1 blocks; events applied 5, ignored 1",
                 "  ignored: block 9 event 2 Foo.Bar: undecodable",
+                "checkpoint: none certified yet",
             ]
+        );
+        let mut s = sample_status();
+        s.checkpoint = Some(pb::CheckpointStatus {
+            certified_index: 40,
+            voters: vec![1, 2, 3],
+            signatures: 2,
+            snapshot_index: 40,
+        });
+        assert_eq!(
+            status_text(&s).last().unwrap(),
+            "checkpoint: certified at index 40 by 2 signature(s), voters [1, 2, 3]; snapshot at \
+             index 40"
+        );
+        assert_eq!(
+            status_json(&s)["checkpoint"],
+            json!({"certified_index": 40, "voters": [1, 2, 3], "signatures": 2,
+                   "snapshot_index": 40})
         );
     }
 
@@ -1574,6 +1592,7 @@ mod tests {
                 "log index 0, applied 0, audit sequence 0",
                 "seal: unsealing 1/3",
                 "chain: none configured",
+                "checkpoint: none certified yet",
             ]
         );
     }
