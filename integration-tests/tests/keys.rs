@@ -705,3 +705,61 @@ fn a_removed_node_keeps_its_old_share_but_stays_sealed_and_serves_nothing() {
         "a removed node must not serve keys: {text}"
     );
 }
+
+#[test]
+fn key_requests_are_served_through_a_leader_change_and_refused_once_no_quorum_for_max_stale() {
+    // max_stale_ms bounds how long a node serves keys from its applied state while it cannot
+    // reach a leader (design.md §10.4).
+    let max_stale = Duration::from_millis(3000);
+    let c = Cluster::start(
+        3,
+        Opts {
+            max_stale_ms: Some(max_stale.as_millis() as u64),
+            ..Opts::default()
+        },
+    );
+    wait_unsealed(&c, &[1, 2, 3], 1);
+    let w = setup_worker(&c);
+    let leader = c.leader();
+    let followers: Vec<u64> = c.ids().into_iter().filter(|&i| i != leader).collect();
+    let want = keys_from(&c, followers[0], &w, None);
+    // kill -9 the leader: every key request on the survivors is still served, first from their
+    // applied state (no leader), then linearizably again from the new leader's term.
+    c.kill9(leader);
+    let start = std::time::Instant::now();
+    let mut served = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        for &f in &followers {
+            assert_eq!(
+                keys_from(&c, f, &w, None),
+                want,
+                "node {f} after the leader died"
+            );
+            served += 1;
+        }
+    }
+    let new_leader = c.leader();
+    assert!(
+        followers.contains(&new_leader),
+        "a survivor leads: {new_leader}"
+    );
+    eprintln!("{served} key requests served through the leader change");
+    // Now the last node alone: no quorum. After max_stale it refuses, with NO_LEADER.
+    let (last, other) = (followers[0], followers[1]);
+    c.kill9(other);
+    std::thread::sleep(max_stale + Duration::from_millis(1500));
+    let r = rt().block_on(async {
+        let mut m = MinerClient::new(vec![c.api_addr(last).to_string()], w.clone())
+            .with_tls_ca_file(c.ca_file().unwrap())
+            .unwrap();
+        m.fetch(KeyTarget::Worker, None).await
+    });
+    let e = r.err().expect("served without a quorum past max_stale");
+    let text = e.to_string();
+    assert!(
+        text.contains("NO_LEADER")
+            || text.contains("no reachable leader")
+            || text.contains("timed out"),
+        "{text}"
+    );
+}

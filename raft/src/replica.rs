@@ -641,6 +641,41 @@ impl Replica {
         Ok(f(&self.sm.read()))
     }
 
+    /// Runs `f` on the state after a linearizable barrier; while no leader can be reached (the
+    /// barrier fails with `NoLeader` or `Timeout`), on the applied state instead, but only
+    /// within `max_stale` of the last sign of a quorum: for a follower, the last message from a
+    /// leader; for a leader, the last quorum acknowledgement (an isolated leader is not a
+    /// quorum). Returns the staleness in ms when served that way. Key requests use it, so they
+    /// keep being served while a new leader is elected (design.md §10.4).
+    pub async fn read_linearizable_or_recent<T>(
+        &self,
+        f: impl FnOnce(&Applied) -> T,
+    ) -> Result<(T, Option<u64>), ReplicaError> {
+        match self.linearizable_barrier().await {
+            Ok(()) => Ok((f(&self.sm.read()), None)),
+            Err(e @ (ReplicaError::NoLeader { .. } | ReplicaError::Timeout(_))) => {
+                let age = {
+                    let m = self.raft.metrics().borrow().clone();
+                    if m.state == ServerState::Leader {
+                        m.millis_since_quorum_ack
+                    } else {
+                        self.contact.millis_since()
+                    }
+                };
+                match age {
+                    Some(ms)
+                        if ms <= self.config.max_stale.as_millis() as u64
+                            && !self.faults.is_isolated() =>
+                    {
+                        Ok((f(&self.sm.read()), Some(ms)))
+                    }
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs `f` on the local state if leader contact is recent enough; returns staleness in ms.
     pub fn read_stale<T>(&self, f: impl FnOnce(&Applied) -> T) -> Result<(T, u64), ReplicaError> {
         let is_leader = {

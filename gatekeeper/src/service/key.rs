@@ -49,8 +49,9 @@ impl KeyServer {
                 .map_err(error::replica)
         } else {
             self.replica
-                .read_linearizable(get)
+                .read_linearizable_or_recent(get)
                 .await
+                .map(|(s, _)| s)
                 .map_err(error::replica)
         }
     }
