@@ -754,7 +754,9 @@ fn key_requests_are_served_through_a_leader_change_and_refused_once_no_quorum_fo
             .unwrap();
         m.fetch(KeyTarget::Worker, None).await
     });
-    let e = r.err().expect("served without a quorum past max_stale");
+    let Err(e) = r else {
+        panic!("served without a quorum past max_stale");
+    };
     let text = e.to_string();
     assert!(
         text.contains("NO_LEADER")
