@@ -165,10 +165,57 @@ pub struct Replica {
     contact: LeaderContact,
     config: Arc<ReplicaConfig>,
     signer: Arc<std::sync::RwLock<Option<Arc<dyn CommandSigner>>>>,
+    /// Coalesced read-index rounds.
+    reads: Arc<std::sync::Mutex<ReadRounds>>,
     /// Proofs of election (shares the signer).
     elections: crate::election::Elections,
     /// Last sequence used per lane.
     sequences: Arc<std::sync::Mutex<std::collections::HashMap<Lane, u64>>>,
+}
+
+/// One read round's outcome, published to every caller that joined it (`None` until done).
+type RoundResult = tokio::sync::watch::Sender<Option<Result<(), RoundError>>>;
+
+/// The read round waiting to start (callers join it) and whether a round runner is active.
+#[derive(Default)]
+struct ReadRounds {
+    pending: Option<Arc<RoundResult>>,
+    running: bool,
+}
+
+/// A failed read round, as every caller that shared it gets it back.
+#[derive(Clone, Debug)]
+enum RoundError {
+    NoLeader {
+        last_known: Option<NodeId>,
+        detail: String,
+    },
+    Timeout(String),
+    Other(String),
+}
+
+impl RoundError {
+    fn of(e: &ReplicaError) -> Self {
+        match e {
+            ReplicaError::NoLeader { last_known, detail } => RoundError::NoLeader {
+                last_known: *last_known,
+                detail: detail.clone(),
+            },
+            ReplicaError::Timeout(m) => RoundError::Timeout(m.clone()),
+            other => RoundError::Other(other.to_string()),
+        }
+    }
+
+    fn to_error(&self) -> ReplicaError {
+        match self {
+            RoundError::NoLeader { last_known, detail } => ReplicaError::NoLeader {
+                last_known: *last_known,
+                detail: detail.clone(),
+            },
+            RoundError::Timeout(m) => ReplicaError::Timeout(m.clone()),
+            RoundError::Other(m) => ReplicaError::Raft(m.clone()),
+        }
+    }
 }
 
 /// Resolves once Raft has stopped (its metrics channel closed or it reports shutdown).
@@ -334,6 +381,7 @@ impl Replica {
             contact: LeaderContact::default(),
             config: Arc::new(config),
             signer,
+            reads: Arc::default(),
             elections,
             sequences: Arc::default(),
         };
@@ -587,7 +635,51 @@ impl Replica {
     }
 
     /// Waits until this node's state includes every write committed before the call.
+    /// Concurrent callers share read-index rounds: each joins the next round to start after it
+    /// arrived (one quorum round trip serves them all), run in its own task so a caller that
+    /// goes away does not cancel it for the others.
     pub async fn linearizable_barrier(&self) -> Result<(), ReplicaError> {
+        let mut done = {
+            let mut r = self.reads.lock().expect("read rounds lock");
+            let round = r
+                .pending
+                .get_or_insert_with(|| Arc::new(tokio::sync::watch::channel(None).0))
+                .clone();
+            if !r.running {
+                r.running = true;
+                tokio::spawn(self.clone().run_read_rounds());
+            }
+            round.subscribe()
+        };
+        let result = done
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| ReplicaError::Raft("read round dropped".into()))?
+            .clone()
+            .expect("waited for a result");
+        result.map_err(|e| e.to_error())
+    }
+
+    /// Runs pending read rounds one after another until none is waiting.
+    async fn run_read_rounds(self) {
+        loop {
+            let round = {
+                let mut r = self.reads.lock().expect("read rounds lock");
+                match r.pending.take() {
+                    Some(round) => round,
+                    None => {
+                        r.running = false;
+                        return;
+                    }
+                }
+            };
+            let result = self.barrier_round().await.map_err(|e| RoundError::of(&e));
+            round.send_replace(Some(result));
+        }
+    }
+
+    /// One read-index round (see [`Replica::linearizable_barrier`]).
+    async fn barrier_round(&self) -> Result<(), ReplicaError> {
         if self.faults.is_isolated() {
             return Err(ReplicaError::NoLeader {
                 last_known: self.leader().0,
