@@ -443,6 +443,14 @@ pub fn check_append_response(
         AppendEntriesResponse::Conflict => Ok(()),
         AppendEntriesResponse::HigherVote(v) => {
             check_answer_vote(v, &req.vote, "AppendEntries answer: higher vote")?;
+            // A follower that accepted this leader's committed vote has no other vote in the
+            // same term: such an answer only makes the leader step down (found by attack).
+            if v.leader_id.term == req.vote.leader_id.term && req.vote.is_committed() {
+                return refuse(format!(
+                    "AppendEntries answer: vote {v} in the leader's own term {}",
+                    req.vote
+                ));
+            }
             if v > &req.vote {
                 Ok(())
             } else {

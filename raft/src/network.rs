@@ -194,6 +194,8 @@ pub struct Network {
     config: NetworkConfig,
     /// Vote grants this node received as a candidate, sent as its proof of election.
     elections: Elections,
+    /// Consecutive failed snapshot transfers per follower (their backoff).
+    snapshot_failures: Arc<Mutex<HashMap<NodeId, u32>>>,
 }
 
 impl Network {
@@ -206,6 +208,7 @@ impl Network {
             faults,
             config,
             elections: Elections::default(),
+            snapshot_failures: Default::default(),
         }
     }
 
@@ -529,6 +532,51 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        // openraft retries a failed transfer after a fixed 50 ms: back off here, doubling per
+        // consecutive failure to this follower up to 5 s (a follower refusing every snapshot
+        // was sent one ~19 times a second; found by attack).
+        let failures = self
+            .network
+            .snapshot_failures
+            .lock()
+            .expect("snapshot failures lock")
+            .get(&self.target)
+            .copied()
+            .unwrap_or(0);
+        if failures > 0 {
+            let wait = Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5));
+            tokio::time::sleep(wait).await;
+        }
+        let result = self.send_snapshot(vote, snapshot, cancel, option).await;
+        let mut map = self
+            .network
+            .snapshot_failures
+            .lock()
+            .expect("snapshot failures lock");
+        match &result {
+            Ok(_) => {
+                map.remove(&self.target);
+            }
+            Err(StreamingError::Closed(_)) => {}
+            Err(_) => *map.entry(self.target).or_insert(0) += 1,
+        }
+        result
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new((0..).map(|i: u32| Duration::from_millis(50u64 << i.min(4)).min(BACKOFF_CAP)))
+    }
+}
+
+impl PeerClient {
+    /// Streams one snapshot to the follower (see `full_snapshot`).
+    async fn send_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let mut client = self.client().map_err(StreamingError::Unreachable)?;
         let data = snapshot.snapshot.into_inner();
         if data.len() as u64 > self.config.max_snapshot_bytes {
@@ -583,10 +631,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 Ok(SnapshotResponse { vote: answer })
             }
         }
-    }
-
-    fn backoff(&self) -> Backoff {
-        Backoff::new((0..).map(|i: u32| Duration::from_millis(50u64 << i.min(4)).min(BACKOFF_CAP)))
     }
 }
 
@@ -684,6 +728,8 @@ pub struct RaftServer {
     config: NetworkConfig,
     /// Proofs of election: this node's grants, and the leader it last verified.
     elections: Elections,
+    /// When this node last led (see [`RaftServer::with_led`]).
+    led: LeaderContact,
     /// AppendEntries and snapshot installs pass one at a time, so what the checks read (the
     /// committed log id, the stored log) is still true when openraft handles the message.
     follower_turn: Arc<AsyncMutex<()>>,
@@ -713,6 +759,7 @@ impl RaftServer {
             contact,
             config,
             elections: Elections::default(),
+            led: LeaderContact::default(),
             follower_turn: Arc::new(AsyncMutex::new(())),
             snapshot_slot: Arc::new(Semaphore::new(1)),
         }
@@ -721,6 +768,13 @@ impl RaftServer {
     /// Uses `elections` for proofs of election (shared with the client half).
     pub fn with_elections(mut self, elections: Elections) -> Self {
         self.elections = elections;
+        self
+    }
+
+    /// `led` is touched while this node leads (the replica does it): a node that led or heard
+    /// from a leader within the minimum election timeout grants no vote.
+    pub fn with_led(mut self, led: LeaderContact) -> Self {
+        self.led = led;
         self
     }
 
@@ -1016,6 +1070,22 @@ impl RaftService for RaftServer {
                 return Err(Status::failed_precondition(format!(
                     "node {} leads term {}: it grants no vote while it leads",
                     self.node_id, m.current_term
+                )));
+            }
+            // Leader stickiness (Raft thesis 4.2.3), for a former leader too: openraft's lease
+            // does not cover a node whose vote is no longer committed, e.g. a leader a member
+            // made step down with a forged "higher vote" answer, which then granted that
+            // member's candidacy at once (found by attack).
+            let quiet = self.raft.config().election_timeout_min;
+            let recent = [self.contact.millis_since(), self.led.millis_since()]
+                .into_iter()
+                .flatten()
+                .min();
+            if let Some(ms) = recent.filter(|&ms| ms < quiet) {
+                return Err(Status::failed_precondition(format!(
+                    "node {} heard from a leader {ms} ms ago: it grants no vote within the \
+                     minimum election timeout ({quiet} ms)",
+                    self.node_id
                 )));
             }
         }

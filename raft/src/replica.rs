@@ -167,10 +167,27 @@ pub struct Replica {
     signer: Arc<std::sync::RwLock<Option<Arc<dyn CommandSigner>>>>,
     /// Coalesced read-index rounds.
     reads: Arc<std::sync::Mutex<ReadRounds>>,
+    /// Touched while this node leads (vote stickiness, see `RaftServer::with_led`).
+    led: LeaderContact,
     /// Proofs of election (shares the signer).
     elections: crate::election::Elections,
     /// Last sequence used per lane.
     sequences: Arc<std::sync::Mutex<std::collections::HashMap<Lane, u64>>>,
+}
+
+/// Touches `led` every 50 ms while this node leads, until Raft stops.
+async fn track_leadership(raft: Raft<TypeConfig>, led: LeaderContact) {
+    let mut metrics = raft.metrics();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = raft_stopped(&mut metrics) => return,
+        }
+        if metrics.borrow().state == ServerState::Leader {
+            led.touch();
+        }
+    }
 }
 
 /// One read round's outcome, published to every caller that joined it (`None` until done).
@@ -381,11 +398,13 @@ impl Replica {
             contact: LeaderContact::default(),
             config: Arc::new(config),
             signer,
+            led: LeaderContact::default(),
             reads: Arc::default(),
             elections,
             sequences: Arc::default(),
         };
         tokio::spawn(replica.clone().sign_checkpoints());
+        tokio::spawn(track_leadership(replica.raft.clone(), replica.led.clone()));
         tokio::spawn(take_certified_snapshots(
             replica.raft.clone(),
             replica.sm.subscribe_certified(),
@@ -482,6 +501,7 @@ impl Replica {
             self.config.network.clone(),
         )
         .with_elections(self.elections.clone())
+        .with_led(self.led.clone())
     }
 
     /// Bootstraps a new cluster with `members` as voters.

@@ -428,6 +428,12 @@ fn peers_answers_are_checked_too() {
         "no prev_log_id",
     );
     check_append_response(&req, &AppendEntriesResponse::HigherVote(Vote::new(4, 3))).unwrap();
+    // A vote in the leader's own term (the leader's is committed): only a liar answers that,
+    // to make the leader step down.
+    refused(
+        check_append_response(&req, &AppendEntriesResponse::HigherVote(Vote::new(3, 3))),
+        "in the leader's own term",
+    );
     refused(
         check_append_response(&req, &AppendEntriesResponse::HigherVote(Vote::new(2, 3))),
         "not above",
