@@ -1058,6 +1058,8 @@ impl RaftService for RaftServer {
         let sender = vote_sender(msg.vote.as_ref());
         self.admit(&extensions, "Vote", sender)?;
         let req = convert::vote_req_from_pb(msg).map_err(invalid)?;
+        let term = self.raft.metrics().borrow().vote.leader_id.term;
+        checks::check_vote_request(&req, self.node_id, term).map_err(refused)?;
         // A leader grants no vote while it leads: openraft's lease makes followers refuse other
         // candidates, but not the leader itself, whose grant plus the candidate's own made a
         // proof of election for a member the cluster never chose (found by attack). Refused
@@ -1089,8 +1091,6 @@ impl RaftService for RaftServer {
                 )));
             }
         }
-        let term = self.raft.metrics().borrow().vote.leader_id.term;
-        checks::check_vote_request(&req, self.node_id, term).map_err(refused)?;
         let candidate = req.vote.leader_id;
         let resp = self.raft.vote(req).await.map_err(fatal)?;
         let mut out = convert::vote_resp_to_pb(&resp);
