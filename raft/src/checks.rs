@@ -451,6 +451,13 @@ pub fn check_append_response(
                     req.vote
                 ));
             }
+            // A newer vote for this very leader is one it never asked for: adopting it left a
+            // leader stuck in a term no one followed (found by attack).
+            if v.leader_id.node_id == req.vote.leader_id.node_id {
+                return refuse(format!(
+                    "AppendEntries answer: vote {v} names this leader itself"
+                ));
+            }
             if v > &req.vote {
                 Ok(())
             } else {
@@ -481,7 +488,13 @@ pub fn check_vote_response(
 
 /// Checks a peer's answer to an InstallSnapshot this node sent with `sent`.
 pub fn check_snapshot_response(vote: &Vote<NodeId>, sent: &Vote<NodeId>) -> Result<(), Refused> {
-    check_answer_vote(vote, sent, "InstallSnapshot answer: vote")
+    check_answer_vote(vote, sent, "InstallSnapshot answer: vote")?;
+    if vote != sent && vote.leader_id.node_id == sent.leader_id.node_id {
+        return refuse(format!(
+            "InstallSnapshot answer: vote {vote} names this leader itself"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

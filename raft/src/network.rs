@@ -779,8 +779,8 @@ impl RaftServer {
     }
 
     /// Refuses a message of a committed vote whose leader this node has not seen prove its
-    /// election ([`crate::election`]): `local` is openraft's vote here (a leader it already
-    /// follows needs no new proof, e.g. after this node restarted).
+    /// election ([`crate::election`]). `local` (openraft's vote here) is deliberately not
+    /// trusted: a leader proves itself in every message.
     fn check_election(
         &self,
         vote: &Vote<NodeId>,
@@ -791,11 +791,11 @@ impl RaftServer {
             return Ok(());
         }
         let (term, leader) = (vote.leader_id.term, vote.leader_id.node_id);
+        // Only a proof verified here counts: openraft's own vote may have been taken from a
+        // peer's answer (a committed vote in a forged "higher vote" answer made a node follow
+        // a member that never proved an election: found by attack).
+        let _ = local;
         if self.elections.is_verified(term, leader) {
-            return Ok(());
-        }
-        if vote == local {
-            self.elections.set_verified(term, leader);
             return Ok(());
         }
         let anchor = self.sm.read().anchor();

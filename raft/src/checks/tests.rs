@@ -434,6 +434,16 @@ fn peers_answers_are_checked_too() {
         check_append_response(&req, &AppendEntriesResponse::HigherVote(Vote::new(3, 3))),
         "in the leader's own term",
     );
+    // A newer vote naming the leader itself: it never asked for it.
+    refused(
+        check_append_response(&req, &AppendEntriesResponse::HigherVote(Vote::new(4, 1))),
+        "names this leader itself",
+    );
+    refused(
+        check_snapshot_response(&Vote::new(4, 1), &Vote::new_committed(3, 1)),
+        "names this leader itself",
+    );
+    check_snapshot_response(&Vote::new_committed(3, 1), &Vote::new_committed(3, 1)).unwrap();
     refused(
         check_append_response(&req, &AppendEntriesResponse::HigherVote(Vote::new(2, 3))),
         "not above",
@@ -461,7 +471,7 @@ fn peers_answers_are_checked_too() {
         ),
         "exceeds the limits",
     );
-    check_snapshot_response(&Vote::new_committed(4, 1), &Vote::new_committed(3, 1)).unwrap();
+    check_snapshot_response(&Vote::new_committed(4, 2), &Vote::new_committed(3, 1)).unwrap();
     refused(
         check_snapshot_response(&Vote::new_committed(1 << 40, 1), &Vote::new_committed(3, 1)),
         "more than 2^24 above",
