@@ -1066,7 +1066,8 @@ impl RaftService for RaftServer {
         // before openraft sees it, so the leader does not step down either.
         {
             let m = self.raft.metrics().borrow().clone();
-            if m.state == openraft::ServerState::Leader
+            let quiet = self.raft.config().election_timeout_min;
+            if crate::replica::leads_with_quorum(&m, quiet)
                 && req.vote.leader_id.node_id != self.node_id
             {
                 return Err(Status::failed_precondition(format!(
@@ -1078,7 +1079,6 @@ impl RaftService for RaftServer {
             // does not cover a node whose vote is no longer committed, e.g. a leader a member
             // made step down with a forged "higher vote" answer, which then granted that
             // member's candidacy at once (found by attack).
-            let quiet = self.raft.config().election_timeout_min;
             let recent = [self.contact.millis_since(), self.led.millis_since()]
                 .into_iter()
                 .flatten()

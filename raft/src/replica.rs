@@ -175,19 +175,28 @@ pub struct Replica {
     sequences: Arc<std::sync::Mutex<std::collections::HashMap<Lane, u64>>>,
 }
 
-/// Touches `led` every 50 ms while this node leads, until Raft stops.
+/// Touches `led` every 50 ms while this node leads with a quorum (acknowledged within the
+/// minimum election timeout), until Raft stops. A leader without one (e.g. it resumed
+/// leadership from its persisted vote after a restart and its followers refuse it for lack of
+/// a proof of election) does not count as a leader for vote stickiness.
 async fn track_leadership(raft: Raft<TypeConfig>, led: LeaderContact) {
     let mut metrics = raft.metrics();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let quiet = raft.config().election_timeout_min;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = raft_stopped(&mut metrics) => return,
         }
-        if metrics.borrow().state == ServerState::Leader {
+        if leads_with_quorum(&metrics.borrow(), quiet) {
             led.touch();
         }
     }
+}
+
+/// Whether these metrics show a leader a quorum acknowledged within `quiet_ms`.
+pub(crate) fn leads_with_quorum(m: &openraft::RaftMetrics<NodeId, Node>, quiet_ms: u64) -> bool {
+    m.state == ServerState::Leader && m.millis_since_quorum_ack.is_some_and(|ms| ms < quiet_ms)
 }
 
 /// One read round's outcome, published to every caller that joined it (`None` until done).
