@@ -822,36 +822,33 @@ mod tests {
         a.state.gatekeeper_id = Some(Bytes32([7; 32]));
         a.state.members.insert(
             1,
-            MemberRecord {
-                node_id: 1,
-                raft_address: "127.0.0.1:1".into(),
-                api_address: "127.0.0.1:2".into(),
-                identity_public_key: Bytes32(*node1().0.public_key().as_bytes()),
-                hpke_public_key: Bytes32([9; 32]),
-                attestation: HexBytes(vec![]),
-                tls_spki: None,
-                admin_address: None,
-            },
+            MemberRecord::for_tests(1, Bytes32(*node1().0.public_key().as_bytes())),
         );
         a
     }
 
-    /// A canary write proposed by node 1 (applies to a store seeded with [`seeded`]).
-    fn put(index: u64, key: &str) -> Entry<TypeConfig> {
-        let c = Command::Put {
-            key: key.into(),
-            value: "v".into(),
-        };
+    /// `c` proposed by node 1 on `lane`, as the log entry at `index` (sequence `index`; applies
+    /// to a store seeded with [`seeded`]).
+    fn entry(index: u64, lane: Lane, c: &Command) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(RaftCommand(sign_proposal(
                 &node1(),
                 &seeded().state,
-                Lane::Canary,
+                lane,
                 index,
-                &c,
+                c,
             ))),
         }
+    }
+
+    /// A canary write proposed by node 1.
+    fn put(index: u64, key: &str) -> Entry<TypeConfig> {
+        let c = Command::Put {
+            key: key.into(),
+            value: "v".into(),
+        };
+        entry(index, Lane::Canary, &c)
     }
 
     /// Opens, waiting briefly if the previous handle's sled threads still hold the directory
@@ -880,16 +877,7 @@ mod tests {
 
     /// Node 1's `SignCheckpoint` proposal at log index `at`.
     fn sign_entry(at: u64, v: crate::state::CheckpointVote) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), at),
-            payload: EntryPayload::Normal(RaftCommand(sign_proposal(
-                &node1(),
-                &seeded().state,
-                Lane::Keeper,
-                at,
-                &Command::SignCheckpoint(v),
-            ))),
-        }
+        entry(at, Lane::Keeper, &Command::SignCheckpoint(v))
     }
 
     /// Makes the current state a certified snapshot, as a checkpoint there signed by the only

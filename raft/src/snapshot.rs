@@ -534,16 +534,7 @@ mod tests {
         for n in 1..=3u8 {
             a.state.members.insert(
                 n.into(),
-                MemberRecord {
-                    node_id: n.into(),
-                    raft_address: format!("h:{n}"),
-                    api_address: String::new(),
-                    identity_public_key: Bytes32(*key(n).public_key().as_bytes()),
-                    hpke_public_key: Bytes32([0; 32]),
-                    attestation: HexBytes(vec![]),
-                    tls_spki: None,
-                    admin_address: None,
-                },
+                MemberRecord::for_tests(n.into(), Bytes32(*key(n).public_key().as_bytes())),
             );
         }
         a.last_membership = openraft::StoredMembership::new(

@@ -16,7 +16,14 @@ impl GatekeeperState {
     /// rejected command leaves the state exactly as it was without copying it (a copy per command
     /// made each write O(state size)). The tests assert this for every rejection they provoke.
     pub fn apply(&mut self, command: &Command) -> Reply {
-        match self.apply_inner(command) {
+        let outcome = self.apply_inner(command);
+        self.conclude(outcome)
+    }
+
+    /// The reply for an apply outcome (`Ok(true)`: applied, counted in the audit sequence;
+    /// `Ok(false)`: a duplicate; `Err`: rejected).
+    pub(super) fn conclude(&mut self, outcome: Result<bool, Reply>) -> Reply {
+        match outcome {
             Ok(true) => {
                 self.audit_sequence += 1;
                 Reply::Applied {

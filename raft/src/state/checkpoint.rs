@@ -285,16 +285,7 @@ mod tests {
         for &n in nodes {
             s.members.insert(
                 n as NodeId,
-                MemberRecord {
-                    node_id: n as NodeId,
-                    raft_address: format!("127.0.0.1:{n}"),
-                    api_address: String::new(),
-                    identity_public_key: Bytes32(*key(n).public_key().as_bytes()),
-                    hpke_public_key: Bytes32([0; 32]),
-                    attestation: HexBytes(vec![]),
-                    tls_spki: None,
-                    admin_address: None,
-                },
+                MemberRecord::for_tests(n as NodeId, Bytes32(*key(n).public_key().as_bytes())),
             );
         }
         s

@@ -669,16 +669,8 @@ impl GatekeeperState {
 
         let reply = match (&d.command, &d.proof) {
             (Command::SignCheckpoint(v), Some(p)) => {
-                match self.apply_checkpoint_vote(p.node, &ctx.voters, v.clone()) {
-                    Ok(true) => {
-                        self.audit_sequence += 1;
-                        Reply::Applied {
-                            audit_sequence: self.audit_sequence,
-                        }
-                    }
-                    Ok(false) => Reply::Duplicate,
-                    Err(r) => r,
-                }
+                let outcome = self.apply_checkpoint_vote(p.node, &ctx.voters, v.clone());
+                self.conclude(outcome)
             }
             (Command::Redeal { epoch, dealing }, _) => {
                 match self.redeal_called_for(*epoch, dealing, &ctx.voters) {
@@ -729,16 +721,7 @@ mod tests {
     }
 
     fn record(n: NodeId, k: &Key) -> MemberRecord {
-        MemberRecord {
-            node_id: n,
-            raft_address: format!("127.0.0.1:{}", 7000 + n),
-            api_address: format!("127.0.0.1:{}", 8000 + n),
-            identity_public_key: Bytes32(*k.1.public_key().as_bytes()),
-            hpke_public_key: Bytes32([9; 32]),
-            attestation: HexBytes(vec![]),
-            tls_spki: None,
-            admin_address: None,
-        }
+        MemberRecord::for_tests(n, Bytes32(*k.1.public_key().as_bytes()))
     }
 
     fn ctx(leader: NodeId) -> ApplyContext {

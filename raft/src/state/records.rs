@@ -283,3 +283,22 @@ pub struct RotationRecord {
     /// Outcome.
     pub outcome: RotationOutcome,
 }
+
+#[cfg(test)]
+impl MemberRecord {
+    /// A member record for tests: node `n` with identity key `identity`, Raft address
+    /// `127.0.0.1:<7000 + n>`, API address `127.0.0.1:<8000 + n>`, HPKE key `[9; 32]`, no
+    /// evidence.
+    pub(crate) fn for_tests(n: NodeId, identity: Bytes32) -> Self {
+        MemberRecord {
+            node_id: n,
+            raft_address: format!("127.0.0.1:{}", 7000 + n),
+            api_address: format!("127.0.0.1:{}", 8000 + n),
+            identity_public_key: identity,
+            hpke_public_key: Bytes32([9; 32]),
+            attestation: HexBytes(vec![]),
+            tls_spki: None,
+            admin_address: None,
+        }
+    }
+}
