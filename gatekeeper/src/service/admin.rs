@@ -158,9 +158,6 @@ impl AdminServer {
             &format!("authorization.command_json is another {kind} than this call's"),
         )?;
         let out = self.propose(&expected, operator).await?;
-        if let Reply::Rejected { code, message } = out.reply {
-            return Err(error::rejected(code, message).into());
-        }
         let operators = self
             .replica
             .read_linearizable(|a| a.state.operators.keys().cloned().collect())
@@ -180,11 +177,12 @@ impl AdminServer {
         operator: OperatorSigned,
     ) -> ApiResult<gatekeeper_raft::replica::WriteOutcome> {
         self.wait_registered().await?;
-        match operator {
+        let out = match operator {
             Some((json, proof)) => self.replica.write_operator_command(&json, &proof).await,
             None => self.replica.write(command, Lane::Admin).await,
         }
-        .map_err(error::replica)
+        .map_err(error::replica)?;
+        accepted(out)
     }
 
     /// Waits (up to the request timeout) until this node's member record is committed: it signs
@@ -329,6 +327,16 @@ fn exact_operator_command(
         return Err(invalid(mismatch));
     }
     Ok(signed)
+}
+
+/// A committed command's outcome, with a rejection turned into its error.
+fn accepted(
+    out: gatekeeper_raft::replica::WriteOutcome,
+) -> ApiResult<gatekeeper_raft::replica::WriteOutcome> {
+    match out.reply {
+        Reply::Rejected { code, message } => Err(error::rejected(code, message)),
+        _ => Ok(out),
+    }
 }
 
 /// A fresh rotation id for an unsigned rotate call.
@@ -569,9 +577,7 @@ impl AdminService for AdminServer {
                 members: initial,
             })
             .await?;
-        if let Reply::Rejected { code, message } = out.reply {
-            return Err(error::rejected(code, message).into());
-        }
+        accepted(out)?;
         Ok(Response::new(pb::InitResponse {
             gatekeeper_id: id.to_vec(),
             epoch: 0,
@@ -605,10 +611,7 @@ impl AdminService for AdminServer {
             &expected,
             "authorization.command_json authorizes another node or address than this join",
         )?;
-        let out = self.propose(&expected, operator).await?;
-        if let Reply::Rejected { code, message } = out.reply {
-            return Err(error::rejected(code, message).into());
-        }
+        self.propose(&expected, operator).await?;
         // Admission runs in its own task: if this call is cancelled (the client's deadline), it
         // still finishes, including removing a learner that was not ready.
         let this = self.clone();
@@ -652,10 +655,7 @@ impl AdminService for AdminServer {
             &expected,
             "authorization.command_json authorizes another node's leave",
         )?;
-        let out = self.propose(&expected, operator).await?;
-        if let Reply::Rejected { code, message } = out.reply {
-            return Err(error::rejected(code, message).into());
-        }
+        self.propose(&expected, operator).await?;
         let index = self
             .replica
             .leave(r.node_id)
@@ -714,10 +714,7 @@ impl AdminService for AdminServer {
             unreachable!("a StartRotation was checked or built")
         };
         let rotation_id = rotation_id.clone();
-        let out = self.propose(&command, operator).await?;
-        if let Reply::Rejected { code, message } = out.reply {
-            return Err(error::rejected(code, message).into());
-        }
+        self.propose(&command, operator).await?;
         tracing::info!(rotation = %rotation_id, reason = %r.reason, "rotation started");
         // Read back through a linearizable read: the write may have been committed by another
         // node and this one may not have applied it yet.
@@ -761,10 +758,7 @@ impl AdminService for AdminServer {
             unreachable!("a SetMinEpoch was checked or built")
         };
         let before = operator::retiring(&self.replica.sm.read().state, min_epoch);
-        let out = self.propose(&command, operator).await?;
-        if let Reply::Rejected { code, message } = out.reply {
-            return Err(error::rejected(code, message).into());
-        }
+        self.propose(&command, operator).await?;
         Ok(Response::new(pb::RetireResponse {
             retired: before,
             min_epoch,
@@ -791,8 +785,8 @@ impl AdminService for AdminServer {
                 log_index: out.log_id.index,
                 audit_sequence,
             })),
-            Reply::Rejected { code, message } => Err(error::rejected(code, message).into()),
-            Reply::Duplicate => Err(ApiError::new(ErrorCode::Duplicate, "duplicate event").into()),
+            // (`propose` already turned a rejection into its error.)
+            _ => Err(ApiError::new(ErrorCode::Duplicate, "duplicate event").into()),
         }
     }
 
