@@ -779,12 +779,11 @@ impl RaftServer {
     }
 
     /// Refuses a message of a committed vote whose leader this node has not seen prove its
-    /// election ([`crate::election`]). `local` (openraft's vote here) is deliberately not
-    /// trusted: a leader proves itself in every message.
+    /// election ([`crate::election`]). openraft's own vote here is deliberately not consulted:
+    /// a leader proves itself in every message.
     fn check_election(
         &self,
         vote: &Vote<NodeId>,
-        local: &Vote<NodeId>,
         grants: &[pb::ElectionGrant],
     ) -> Result<(), Status> {
         if !vote.is_committed() {
@@ -794,7 +793,6 @@ impl RaftServer {
         // Only a proof verified here counts: openraft's own vote may have been taken from a
         // peer's answer (a committed vote in a forged "higher vote" answer made a node follow
         // a member that never proved an election: found by attack).
-        let _ = local;
         if self.elections.is_verified(term, leader) {
             return Ok(());
         }
@@ -1037,7 +1035,7 @@ impl RaftService for RaftServer {
         checks::check_append_shape(&req, self.node_id, view.vote.leader_id.term)
             .map_err(refused)?;
         checks::check_append_against_local(&req, &view).map_err(refused)?;
-        self.check_election(&req.vote, &view.vote, &election)?;
+        self.check_election(&req.vote, &election)?;
         req.leader_commit = checks::effective_leader_commit(&req);
         let resp = self.raft.append_entries(req).await.map_err(fatal)?;
         if matches!(
@@ -1153,7 +1151,7 @@ impl RaftService for RaftServer {
         // committed log may have moved meanwhile).
         let view = self.local_view(meta_indices).await?;
         checks::check_snapshot_meta(&vote, &meta, &view).map_err(refused)?;
-        self.check_election(&vote, &view.vote, &header.election)?;
+        self.check_election(&vote, &header.election)?;
         let data = self
             .receive_snapshot(first, &mut stream, total, &meta)
             .await?;
