@@ -16,6 +16,8 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -522,6 +524,167 @@ fn a_member_cannot_act_as_the_leader_of_a_term_it_did_not_win() {
         ("leader", term),
         "the leader stepped down: {s:?}"
     );
+}
+
+/// Node `me`'s Raft listener, played by a member holding that node's certificate: it answers
+/// every AppendEntries and every vote request with a newer vote of its own (openraft's leader
+/// adopts such a vote, which is a vote for that member, and steps down) and grants nothing.
+struct NewerVoteAnswers {
+    me: u64,
+    /// The highest term seen in a request.
+    seen: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
+}
+
+impl NewerVoteAnswers {
+    fn newer(&self, v: Option<&rpb::Vote>) -> rpb::Vote {
+        let term = v.and_then(|v| v.leader_id.as_ref()).map_or(0, |l| l.term);
+        self.seen.fetch_max(term, Ordering::SeqCst);
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        vote(term + 1, self.me, false)
+    }
+}
+
+#[tonic::async_trait]
+impl rpb::raft_service_server::RaftService for NewerVoteAnswers {
+    async fn append_entries(
+        &self,
+        r: tonic::Request<rpb::AppendEntriesRequest>,
+    ) -> Result<tonic::Response<rpb::AppendEntriesResponse>, tonic::Status> {
+        let v = self.newer(r.get_ref().vote.as_ref());
+        Ok(tonic::Response::new(rpb::AppendEntriesResponse {
+            result: Some(rpb::append_entries_response::Result::HigherVote(v)),
+        }))
+    }
+
+    async fn vote(
+        &self,
+        r: tonic::Request<rpb::VoteRequest>,
+    ) -> Result<tonic::Response<rpb::VoteResponse>, tonic::Status> {
+        let v = self.newer(r.get_ref().vote.as_ref());
+        Ok(tonic::Response::new(rpb::VoteResponse {
+            vote: Some(v),
+            vote_granted: false,
+            last_log_id: None,
+            grant: vec![],
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        _: tonic::Request<tonic::Streaming<rpb::SnapshotChunk>>,
+    ) -> Result<tonic::Response<rpb::InstallSnapshotResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("not taking snapshots"))
+    }
+
+    async fn client_write(
+        &self,
+        _: tonic::Request<rpb::ClientWriteRequest>,
+    ) -> Result<tonic::Response<rpb::ClientWriteResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no"))
+    }
+
+    async fn read_index(
+        &self,
+        _: tonic::Request<rpb::ReadIndexRequest>,
+    ) -> Result<tonic::Response<rpb::ReadIndexResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no"))
+    }
+}
+
+/// Attack round 6: a member answered the leader's heartbeats with a newer vote of its own; the
+/// leader adopted it (a vote for the member) and stepped down, and the member asked for votes
+/// the moment the followers' stickiness window closed, and won, 7 times of 7. Now the leader
+/// adopts the term only and stands again at once, its follower grants it (the last leader it
+/// followed) and still refuses the member, so the member collects no grant however often it asks.
+#[test]
+fn a_member_answering_with_newer_votes_cannot_take_the_leadership() {
+    let mut c = Cluster::start(3, Opts::default());
+    let rt = runtime();
+    let leader = c.leader();
+    let head = c.put_ok(leader, "nv-head", "x").log_index;
+    c.wait_converged(&c.ids(), head);
+    let ids = c.ids();
+    let mut others = ids.iter().copied().filter(|&i| i != leader);
+    let (mallory, victim) = (others.next().unwrap(), others.next().unwrap());
+    c.kill9(mallory);
+    let seen = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
+    let (cert, key) = c.node_cert(mallory);
+    let ca = c.ca_file().expect("TLS cluster");
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            fs::read(cert).unwrap(),
+            fs::read(key).unwrap(),
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(
+            fs::read(ca).unwrap(),
+        ));
+    let addr: std::net::SocketAddr = c.raft_addr(mallory).parse().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(rpb::raft_service_server::RaftServiceServer::new(
+                NewerVoteAnswers {
+                    me: mallory,
+                    seen: seen.clone(),
+                    answered: answered.clone(),
+                },
+            ))
+            .serve_with_shutdown(addr, async {
+                let _ = stopped.await;
+            }),
+    );
+    // Meanwhile mallory asks both nodes for their votes, in the term above the highest it saw,
+    // every 20 ms for 8 s: it needs one grant to win.
+    let mut granted = Vec::new();
+    let mut refusals = 0u32;
+    let end = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < end {
+        let term = seen.load(Ordering::SeqCst) + 1;
+        for to in [leader, victim] {
+            let r = rt.block_on(async {
+                raft_client(&c, to, mallory)
+                    .vote(rpb::VoteRequest {
+                        vote: Some(vote(term, mallory, false)),
+                        last_log_id: Some(log_id(term - 1, leader, 1 << 40)),
+                    })
+                    .await
+            });
+            match r {
+                Ok(v) if v.get_ref().vote_granted => granted.push((to, term)),
+                _ => refusals += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().unwrap();
+    if !granted.is_empty() {
+        c.fail(&format!("mallory collected vote grants {granted:?}"));
+    }
+    assert!(
+        answered.load(Ordering::SeqCst) > 0,
+        "the leader never sent mallory a message"
+    );
+    eprintln!(
+        "mallory: {refusals} vote requests refused, {} answers with a newer vote sent",
+        answered.load(Ordering::SeqCst)
+    );
+    // The leader heard the answers, stood again rather than adopting them, and leads.
+    let log = fs::read_to_string(c.stderr_log(leader)).unwrap();
+    assert!(
+        log.contains("a peer answered with a newer vote"),
+        "the leader never saw a newer vote"
+    );
+    c.restart(mallory);
+    let ack = c.put_ok(victim, "nv-after", "y");
+    assert_eq!(ack.leader_id, leader, "leadership moved: {ack:?}");
+    c.wait_converged(&ids, ack.log_index);
+    let s = c.status(leader).unwrap_or_else(|e| c.fail(&e));
+    assert_eq!(s.role, "leader", "{s:?}");
 }
 
 #[test]

@@ -21,6 +21,7 @@ pub mod election;
 pub mod log_store;
 pub mod lograte;
 pub mod network;
+pub mod pledge;
 pub mod private_fs;
 pub mod replica;
 pub mod sm_store;

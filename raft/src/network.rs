@@ -27,6 +27,7 @@ use crate::convert::{self, ConvertError};
 use crate::election::Elections;
 use crate::log_store::LogStore;
 use crate::now_ms;
+use crate::pledge::Pledge;
 use crate::sm_store::SmStore;
 use crate::snapshot::{self, SnapshotDataError};
 use crate::{Command, Node, NodeId, TypeConfig};
@@ -159,22 +160,39 @@ impl Faults {
     }
 }
 
-/// When this node last accepted an AppendEntries from a leader (unix ms; 0 = never).
+/// When this node last accepted an AppendEntries from a leader (unix ms; 0 = never), and from
+/// which leader.
 #[derive(Clone, Default, Debug)]
-pub struct LeaderContact(Arc<AtomicU64>);
+pub struct LeaderContact {
+    at: Arc<AtomicU64>,
+    /// The leader of the last contact, plus one (0 = none recorded).
+    leader: Arc<AtomicU64>,
+}
 
 impl LeaderContact {
     /// Records contact now.
     pub fn touch(&self) {
-        self.0.store(now_ms(), Ordering::Relaxed);
+        self.at.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Records contact now with `leader`, a leader whose election this node verified.
+    pub fn touch_from(&self, leader: NodeId) {
+        self.leader
+            .store(leader.saturating_add(1), Ordering::Relaxed);
+        self.touch();
     }
 
     /// Milliseconds since the last contact, or `None` if never.
     pub fn millis_since(&self) -> Option<u64> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.at.load(Ordering::Relaxed) {
             0 => None,
             t => Some(now_ms().saturating_sub(t)),
         }
+    }
+
+    /// The leader of the last contact recorded with [`LeaderContact::touch_from`].
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader.load(Ordering::Relaxed).checked_sub(1)
     }
 }
 
@@ -196,6 +214,13 @@ pub struct Network {
     elections: Elections,
     /// Consecutive failed snapshot transfers per follower (their backoff).
     snapshot_failures: Arc<Mutex<HashMap<NodeId, u32>>>,
+    /// When this leader last stood again because a peer answered with a newer vote, and how
+    /// many times it did with less than a minute between two.
+    stood_again: Arc<Mutex<Option<(std::time::Instant, u32)>>>,
+    /// Touched while this node leads (see [`Network::with_led`]).
+    led: LeaderContact,
+    /// A vote this node gave outside openraft: it does not stand in that term or below.
+    pledge: Pledge,
 }
 
 impl Network {
@@ -209,7 +234,24 @@ impl Network {
             config,
             elections: Elections::default(),
             snapshot_failures: Default::default(),
+            stood_again: Default::default(),
+            led: LeaderContact::default(),
+            pledge: Pledge::in_memory(),
         }
+    }
+
+    /// Shares the node's vote pledge ([`crate::pledge`]) with the server half.
+    pub fn with_pledge(mut self, pledge: Pledge) -> Self {
+        self.pledge = pledge;
+        self
+    }
+
+    /// `led` is touched while this node leads (the replica does it): a candidate that led within
+    /// the minimum election timeout is a leader standing again, and answers naming a newer vote
+    /// make it stand again once more (see [`Network::newer_vote_answer`]).
+    pub fn with_led(mut self, led: LeaderContact) -> Self {
+        self.led = led;
+        self
     }
 
     /// Uses `elections` for proofs of election (shared with the server half).
@@ -244,6 +286,105 @@ impl Network {
             .connect_lazy();
         map.insert(target, (addr.to_string(), generation, ch.clone()));
         Ok(ch)
+    }
+}
+
+/// The node a vote "for no one" names: what a leader adopts from a follower's newer vote instead
+/// of that vote itself (see [`Network::newer_vote_answer`]). Not a valid node id.
+pub const NO_CANDIDATE: NodeId = NodeId::MAX;
+
+impl Network {
+    /// What this leader takes from a follower's answer that it holds `newer`, a vote above the
+    /// leader's `sent`: openraft would adopt `newer` as its own vote, which is a vote for the
+    /// candidate it names, and step down. A member holding its certificate sent such answers on
+    /// purpose, then asked for votes as soon as the followers' stickiness window closed and won
+    /// (attack round 6: 7 of 7). A committed `newer` proves nothing either: answers carry no
+    /// grants.
+    ///
+    /// So the leader adopts only the newer *term*, voting for no one ([`NO_CANDIDATE`]), steps
+    /// down, and at once stands for election in the term above; its followers, whose last leader
+    /// it is, grant it at once (the stickiness exemption in the vote handler) while they still
+    /// refuse everyone else. An honest node that campaigned while cut off is brought back the
+    /// same way. The first time at once, then after a gap that doubles each time (from the
+    /// minimum election timeout up to 64 times it; reset after a minute without): answers in
+    /// between are refused (the peer is retried), so a member repeating the answer costs a short
+    /// election now and then, never the leadership.
+    ///
+    /// A candidate's vote answers go the same way (openraft would adopt the answer's vote
+    /// uncommitted: a vote for that member): a candidate that led within the minimum election
+    /// timeout stands again; any other candidate adopts the term only, and its timer decides.
+    fn newer_vote_answer(
+        &self,
+        target: NodeId,
+        sent: &Vote<NodeId>,
+        newer: &Vote<NodeId>,
+    ) -> Result<Vote<NodeId>, Refused> {
+        let Some(raft) = self.raft.get() else {
+            return Err(Refused("this node's raft is not running".into()));
+        };
+        let adopted = Vote::new(newer.leader_id.term, NO_CANDIDATE);
+        if adopted <= *sent {
+            return Err(Refused(format!(
+                "vote {newer} is not in a term above this node's vote {sent}"
+            )));
+        }
+        let quiet = Duration::from_millis(raft.config().election_timeout_min);
+        let leading = sent.is_committed()
+            || self
+                .led
+                .millis_since()
+                .is_some_and(|ms| u128::from(ms) < quiet.as_millis());
+        if !leading {
+            return Ok(adopted);
+        }
+        {
+            let mut last = self.stood_again.lock().expect("stood-again lock");
+            let times = match *last {
+                Some((t, n)) if t.elapsed() < Duration::from_secs(60) => {
+                    let gap = quiet * (1u32 << n.min(6));
+                    if t.elapsed() < gap {
+                        return Err(Refused(format!(
+                            "vote {newer}: this node stood for election again {} ms ago, and \
+                             does not before {} ms",
+                            t.elapsed().as_millis(),
+                            gap.as_millis()
+                        )));
+                    }
+                    n + 1
+                }
+                _ => 0,
+            };
+            *last = Some((std::time::Instant::now(), times));
+        }
+        tracing::warn!(
+            peer = target, vote = %newer, own_vote = %sent,
+            "a peer answered with a newer vote: not adopting it, standing for election again \
+             at once"
+        );
+        let raft = raft.clone();
+        let term = newer.leader_id.term;
+        tokio::spawn(async move {
+            // openraft steps down when it handles the answer returned below; stand once it has.
+            let mut m = raft.metrics();
+            let stepped_down = m.wait_for(|m| {
+                m.current_term >= term
+                    && !matches!(
+                        m.state,
+                        openraft::ServerState::Leader | openraft::ServerState::Candidate
+                    )
+            });
+            match tokio::time::timeout(Duration::from_secs(2), stepped_down).await {
+                Ok(Ok(_)) => {}
+                _ => return,
+            }
+            if raft.metrics().borrow().state == openraft::ServerState::Leader {
+                return;
+            }
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::warn!(error = %e, "cannot stand for election");
+            }
+        });
+        Ok(adopted)
     }
 }
 
@@ -482,6 +623,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .map_err(|s| status_to_rpc(self.target, s))?;
         let resp = convert::append_resp_from_pb(resp.into_inner()).map_err(bad_reply)?;
         checks::check_append_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
+        if let AppendEntriesResponse::HigherVote(newer) = &resp {
+            return self
+                .network
+                .newer_vote_answer(self.target, &rpc.vote, newer)
+                .map(AppendEntriesResponse::HigherVote)
+                .map_err(|e| refused_reply(self.target, e));
+        }
         self.check_no_reversion(&rpc, &resp)
             .map_err(|e| refused_reply(self.target, e))?;
         Ok(resp)
@@ -503,6 +651,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        let current = self.network.raft.get().map(|r| r.metrics().borrow().vote);
+        if let Some(p) = current.and_then(|c| self.network.pledge.in_force(&c)) {
+            if crate::pledge::forbids_vote(&p, &rpc.vote) {
+                return Err(RPCError::Unreachable(Unreachable::new(&io::Error::other(
+                    format!(
+                        "this node voted {p}: it does not stand in term {}",
+                        rpc.vote.leader_id.term
+                    ),
+                ))));
+            }
+        }
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let mut req = Request::new(convert::vote_req_to_pb(&rpc));
         req.set_timeout(option.hard_ttl());
@@ -512,8 +671,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .map_err(|s| status_to_rpc(self.target, s))?
             .into_inner();
         let grant = resp.grant.clone();
-        let resp = convert::vote_resp_from_pb(resp).map_err(bad_reply)?;
+        let mut resp = convert::vote_resp_from_pb(resp).map_err(bad_reply)?;
         checks::check_vote_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
+        if !resp.vote_granted {
+            // openraft adopts a refusal's vote, uncommitted, when it is above its own.
+            let mut newer = resp.vote;
+            newer.committed = false;
+            if newer > rpc.vote {
+                resp.vote = self
+                    .network
+                    .newer_vote_answer(self.target, &rpc.vote, &newer)
+                    .map_err(|e| refused_reply(self.target, e))?;
+            }
+        }
         if resp.vote_granted {
             self.network.elections.record(
                 rpc.vote.leader_id.term,
@@ -624,10 +794,16 @@ impl PeerClient {
                 })?;
                 let answer = convert::vote_from_pb(resp.into_inner().vote)
                     .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
-                checks::check_snapshot_response(&answer, &vote).map_err(|e| {
-                    tracing::warn!(peer = target, reason = %e, "ignoring a malformed answer from a peer");
+                let refuse = |e: Refused| {
+                    tracing::warn!(peer = target, reason = %e, "ignoring an answer from a peer");
                     StreamingError::Unreachable(Unreachable::new(&io::Error::other(e.0)))
-                })?;
+                };
+                checks::check_snapshot_response(&answer, &vote).map_err(refuse)?;
+                let answer = if answer > vote {
+                    self.network.newer_vote_answer(target, &vote, &answer).map_err(refuse)?
+                } else {
+                    answer
+                };
                 Ok(SnapshotResponse { vote: answer })
             }
         }
@@ -730,6 +906,8 @@ pub struct RaftServer {
     elections: Elections,
     /// When this node last led (see [`RaftServer::with_led`]).
     led: LeaderContact,
+    /// A vote this node gave outside openraft ([`crate::pledge`]).
+    pledge: Pledge,
     /// AppendEntries and snapshot installs pass one at a time, so what the checks read (the
     /// committed log id, the stored log) is still true when openraft handles the message.
     follower_turn: Arc<AsyncMutex<()>>,
@@ -760,6 +938,7 @@ impl RaftServer {
             config,
             elections: Elections::default(),
             led: LeaderContact::default(),
+            pledge: Pledge::in_memory(),
             follower_turn: Arc::new(AsyncMutex::new(())),
             snapshot_slot: Arc::new(Semaphore::new(1)),
         }
@@ -776,6 +955,26 @@ impl RaftServer {
     pub fn with_led(mut self, led: LeaderContact) -> Self {
         self.led = led;
         self
+    }
+
+    /// Shares the node's vote pledge ([`crate::pledge`]) with the client half.
+    pub fn with_pledge(mut self, pledge: Pledge) -> Self {
+        self.pledge = pledge;
+        self
+    }
+
+    /// Refuses a message from a leader of a term older than a vote this node pledged.
+    fn check_pledge_for_leader(&self, leader: &Vote<NodeId>) -> Result<(), Status> {
+        let current = self.raft.metrics().borrow().vote;
+        match self.pledge.in_force(&current) {
+            Some(p) if crate::pledge::forbids_leader(&p, leader) => {
+                Err(Status::failed_precondition(format!(
+                    "node {} voted {p}: it follows no leader of term {}",
+                    self.node_id, leader.leader_id.term
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a message of a committed vote whose leader this node has not seen prove its
@@ -813,6 +1012,45 @@ impl RaftServer {
                 Err(Status::invalid_argument(format!("refused: {e}")))
             }
         }
+    }
+
+    /// The leader this node follows asks for its vote in a newer term: it stands again because a
+    /// member answered it with a newer vote (see `Network::newer_vote_answer`). openraft's leader
+    /// lease would refuse it like any candidate until the lease expires, and the member, asking
+    /// the moment it expired, won (found by test). So this node grants it here, as openraft
+    /// would once the lease expired (the candidate's log is not behind this node's), after
+    /// recording the vote durably ([`crate::pledge`]). `None`: not that case, openraft decides.
+    async fn vote_for_last_leader(
+        &self,
+        req: &VoteRequest<NodeId>,
+    ) -> Result<Option<pb::VoteResponse>, Status> {
+        let vote = self.raft.metrics().borrow().vote;
+        let candidate = req.vote.leader_id;
+        let follows = vote.is_committed() && vote.leader_id.node_id == candidate.node_id;
+        if !follows || req.vote <= vote || req.vote.is_committed() {
+            return Ok(None);
+        }
+        let last = openraft::storage::RaftLogStorage::get_log_state(&mut self.log.clone())
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read the raft log: {e}")))?
+            .last_log_id;
+        if req.last_log_id < last {
+            return Ok(None);
+        }
+        let pledge = self.pledge.clone();
+        let given = req.vote;
+        tokio::task::spawn_blocking(move || pledge.give(given))
+            .await
+            .map_err(|e| Status::internal(format!("vote pledge task failed: {e}")))?
+            .map_err(|e| Status::unavailable(format!("cannot record the vote: {e}")))?;
+        tracing::info!(
+            leader = candidate.node_id,
+            term = candidate.term,
+            "granted the leader this node follows its vote in a newer term"
+        );
+        let mut out = convert::vote_resp_to_pb(&VoteResponse::new(req.vote, last, true));
+        out.grant = self.elections.grant(candidate.term, candidate.node_id);
+        Ok(Some(out))
     }
 
     /// Sets the admission hook (see [`Admission`]).
@@ -1036,13 +1274,15 @@ impl RaftService for RaftServer {
             .map_err(refused)?;
         checks::check_append_against_local(&req, &view).map_err(refused)?;
         self.check_election(&req.vote, &election)?;
+        self.check_pledge_for_leader(&req.vote)?;
         req.leader_commit = checks::effective_leader_commit(&req);
+        let leader = req.vote.leader_id.node_id;
         let resp = self.raft.append_entries(req).await.map_err(fatal)?;
         if matches!(
             resp,
             AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
         ) {
-            self.contact.touch();
+            self.contact.touch_from(leader);
         }
         Ok(Response::new(convert::append_resp_to_pb(&resp)))
     }
@@ -1077,7 +1317,16 @@ impl RaftService for RaftServer {
             // does not cover a node whose vote is no longer committed, e.g. a leader a member
             // made step down with a forged "higher vote" answer, which then granted that
             // member's candidacy at once (found by attack).
-            let recent = [self.contact.millis_since(), self.led.millis_since()]
+            // The leader this node last followed is exempt, unless this node led since: it
+            // stands again at once when a member's newer vote made it step down (see
+            // `Network::newer_vote_answer`), and must win before that member, who asks as soon
+            // as the window closes.
+            let candidate = req.vote.leader_id.node_id;
+            let followed = self
+                .contact
+                .millis_since()
+                .filter(|_| self.contact.leader() != Some(candidate));
+            let recent = [followed, self.led.millis_since()]
                 .into_iter()
                 .flatten()
                 .min();
@@ -1087,6 +1336,20 @@ impl RaftService for RaftServer {
                      minimum election timeout ({quiet} ms)",
                     self.node_id
                 )));
+            }
+        }
+        let current = self.raft.metrics().borrow().vote;
+        if let Some(p) = self.pledge.in_force(&current) {
+            if crate::pledge::forbids_vote(&p, &req.vote) {
+                return Err(Status::failed_precondition(format!(
+                    "node {} voted {p}: it grants no other vote in term {} or below",
+                    self.node_id, p.leader_id.term
+                )));
+            }
+        }
+        if self.contact.leader() == Some(req.vote.leader_id.node_id) {
+            if let Some(granted) = self.vote_for_last_leader(&req).await? {
+                return Ok(Response::new(granted));
             }
         }
         let candidate = req.vote.leader_id;
@@ -1152,13 +1415,14 @@ impl RaftService for RaftServer {
         let view = self.local_view(meta_indices).await?;
         checks::check_snapshot_meta(&vote, &meta, &view).map_err(refused)?;
         self.check_election(&vote, &header.election)?;
+        self.check_pledge_for_leader(&vote)?;
         let data = self
             .receive_snapshot(first, &mut stream, total, &meta)
             .await?;
         let _turn = self.follower_turn.lock().await;
         let view = self.local_view(meta_indices).await?;
         checks::check_snapshot_meta(&vote, &meta, &view).map_err(refused)?;
-        self.contact.touch();
+        self.contact.touch_from(vote.leader_id.node_id);
         let resp = self
             .raft
             .install_full_snapshot(

@@ -15,6 +15,7 @@
 use crate::convert;
 use crate::log_store::LogStore;
 use crate::network::{Faults, LeaderContact, Network, NetworkConfig, RaftServer};
+use crate::pledge::Pledge;
 use crate::sm_store::{Applied, SmOpenError, SmStore};
 use crate::state::{self, CommandSigner, Lane, RejectCode, Reply};
 use crate::{Command, Node, NodeId, TypeConfig};
@@ -169,6 +170,8 @@ pub struct Replica {
     reads: Arc<std::sync::Mutex<ReadRounds>>,
     /// Touched while this node leads (vote stickiness, see `RaftServer::with_led`).
     led: LeaderContact,
+    /// A vote given outside openraft (see [`crate::pledge`]).
+    pledge: Pledge,
     /// Proofs of election (shares the signer).
     elections: crate::election::Elections,
     /// Last sequence used per lane.
@@ -377,6 +380,11 @@ impl Replica {
             path: log_dir.clone(),
             source,
         })?;
+        let pledge_path = config.data_dir.join("vote-pledge");
+        let pledge = Pledge::open(&pledge_path).map_err(|source| ReplicaError::Log {
+            path: pledge_path,
+            source,
+        })?;
         let raft_config = Arc::new(
             raft_settings
                 .validate()
@@ -385,8 +393,11 @@ impl Replica {
         let faults = Faults::default();
         let signer: Arc<std::sync::RwLock<Option<Arc<dyn CommandSigner>>>> = Arc::default();
         let elections = crate::election::Elections::with_signer(signer.clone());
-        let network =
-            Network::new(faults.clone(), config.network.clone()).with_elections(elections.clone());
+        let led = LeaderContact::default();
+        let network = Network::new(faults.clone(), config.network.clone())
+            .with_elections(elections.clone())
+            .with_led(led.clone())
+            .with_pledge(pledge.clone());
         let raft = Raft::new(
             config.node_id,
             raft_config,
@@ -407,7 +418,8 @@ impl Replica {
             contact: LeaderContact::default(),
             config: Arc::new(config),
             signer,
-            led: LeaderContact::default(),
+            led,
+            pledge,
             reads: Arc::default(),
             elections,
             sequences: Arc::default(),
@@ -511,6 +523,7 @@ impl Replica {
         )
         .with_elections(self.elections.clone())
         .with_led(self.led.clone())
+        .with_pledge(self.pledge.clone())
     }
 
     /// Bootstraps a new cluster with `members` as voters.
