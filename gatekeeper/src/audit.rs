@@ -10,21 +10,26 @@
 //! reports the first sequence): ship lines off the node as they are written and compare.
 //!
 //! Line fields, in this order: `seq` (1, 2, …), `time_ms`, `node`, `caller`, `method`, `epoch`,
-//! `subject`, `worker`, `code` (`OK` or the stable error code), `prev` (hex SHA-256 of the
-//! previous line's bytes, without its newline; 64 zeros for the first line).
+//! `hmac_epoch`, `subject`, `worker`, `code` (`OK` or the stable error code), `prev` (hex SHA-256
+//! of the previous line's bytes, without its newline; 64 zeros for the first line).
 //!
 //! `audit_required` (default in production): a line that cannot be written fails the request
 //! (`UNAVAILABLE` + `AUDIT_FAILED`), as Vault's audit devices do. SIGHUP re-opens the file (log
-//! rotation); the chain continues across files. The key is this node's: random,
-//! sealed by the enclave at rest (`<data_dir>/audit.key`), so lines of different nodes are not
-//! correlated by HMAC (a per-cluster key is planned).
+//! rotation); the chain continues across files.
+//!
+//! The HMAC key is the cluster's audit key of an epoch (`keyring::derive::audit_key`, from that
+//! epoch's master secret inside the enclave; `hmac_epoch` names it): every node holding the epoch
+//! writes the same HMAC for the same worker key or subject, so lines of different nodes
+//! correlate, and lines of different epochs do not. A delivery uses its own epoch, a refusal the
+//! current one. A node that holds no master of that epoch (sealed) uses its own key instead
+//! (random, sealed by the enclave at rest in `<data_dir>/audit.key`) and writes no `hmac_epoch`.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 /// One audited event, before it is chained.
@@ -42,6 +47,9 @@ pub struct Event<'a> {
     pub worker: Option<&'a [u8]>,
     /// `OK` or the stable error code.
     pub code: &'a str,
+    /// The epoch whose audit key HMACs `subject` and `worker` (the node's own key if it holds
+    /// no master of it, or if `None`).
+    pub hmac_epoch: Option<u64>,
 }
 
 /// One line as written.
@@ -59,6 +67,9 @@ pub struct Line {
     pub method: String,
     /// Epoch, for key deliveries.
     pub epoch: Option<u64>,
+    /// The epoch whose cluster audit key made `subject` and `worker`; absent: the node's own key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_epoch: Option<u64>,
     /// HMAC of the subject, hex.
     pub subject: Option<String>,
     /// HMAC of the worker key, hex.
@@ -96,10 +107,17 @@ fn open_append(path: &Path) -> std::io::Result<(std::fs::File, Option<(std::fs::
 /// An open audit log.
 pub struct AuditLog {
     chain: Mutex<Chain>,
+    /// The node's own key (no epoch held).
     key: Zeroizing<[u8; 32]>,
+    /// Where epochs' audit keys come from, and those already derived (the newest few).
+    epoch_keys: Option<Arc<dyn crate::enclave::Enclave>>,
+    derived: Mutex<std::collections::BTreeMap<u64, Zeroizing<[u8; 32]>>>,
     node: u64,
     path: PathBuf,
 }
+
+/// How many epochs' audit keys a log keeps derived.
+const DERIVED_KEYS: usize = 4;
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,22 +182,48 @@ impl AuditLog {
                 disk: None,
             }),
             key,
+            epoch_keys: None,
+            derived: Mutex::default(),
             node,
             path: path.to_path_buf(),
         }
     }
 
-    /// HMAC-SHA256 of `data` under the audit key, hex.
+    /// HMACs under the epochs' cluster audit keys, from `enclave` (see the module docs).
+    pub fn with_epoch_keys(mut self, enclave: Arc<dyn crate::enclave::Enclave>) -> Self {
+        self.epoch_keys = Some(enclave);
+        self
+    }
+
+    /// The key for HMACs of a line about `epoch`: that epoch's audit key when the enclave holds
+    /// its master, else the node's own key (`None`).
+    fn hmac_key(&self, epoch: Option<u64>) -> (Option<u64>, Zeroizing<[u8; 32]>) {
+        if let (Some(epoch), Some(enclave)) = (epoch, &self.epoch_keys) {
+            let mut d = self.derived.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(k) = d.get(&epoch) {
+                return (Some(epoch), k.clone());
+            }
+            if let Ok(k) = enclave.audit_key(epoch) {
+                d.insert(epoch, k.clone());
+                while d.len() > DERIVED_KEYS {
+                    d.pop_first();
+                }
+                return (Some(epoch), k);
+            }
+        }
+        (None, self.key.clone())
+    }
+
+    /// HMAC-SHA256 of `data` under the node's own audit key, hex.
     pub fn hmac(&self, data: &[u8]) -> String {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..])
-            .expect("HMAC takes any key length");
-        m.update(data);
-        hex::encode(m.finalize().into_bytes())
+        hmac_hex(&self.key, data)
     }
 
     /// Appends `e` as the next line. On an error nothing is chained: the next line links to
     /// the last one written.
     pub fn record(&self, e: &Event<'_>, time_ms: u64) -> std::io::Result<()> {
+        let hashed = e.subject.is_some() || e.worker.is_some();
+        let (hmac_epoch, key) = self.hmac_key(e.hmac_epoch.filter(|_| hashed));
         let mut c = self.chain.lock().unwrap_or_else(|p| p.into_inner());
         let line = Line {
             seq: c.seq + 1,
@@ -188,8 +232,9 @@ impl AuditLog {
             caller: e.caller.clone(),
             method: e.method.to_string(),
             epoch: e.epoch,
-            subject: e.subject.map(|s| self.hmac(s)),
-            worker: e.worker.map(|w| self.hmac(w)),
+            hmac_epoch,
+            subject: e.subject.map(|s| hmac_hex(&key, s)),
+            worker: e.worker.map(|w| hmac_hex(&key, w)),
             code: e.code.to_string(),
             prev: hex::encode(c.prev),
         };
@@ -226,6 +271,13 @@ impl AuditLog {
         c.disk = disk;
         Ok(())
     }
+}
+
+/// HMAC-SHA256 of `data` under `key`, hex.
+fn hmac_hex(key: &[u8; 32], data: &[u8]) -> String {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&key[..]).expect("HMAC takes any key length");
+    m.update(data);
+    hex::encode(m.finalize().into_bytes())
 }
 
 /// Why a chain does not verify: the first bad line (1-based) and what is wrong with it.
@@ -369,7 +421,68 @@ mod tests {
             subject: None,
             worker,
             code,
+            hmac_epoch: None,
         }
+    }
+
+    #[test]
+    fn lines_of_nodes_holding_an_epoch_correlate_and_a_sealed_epoch_falls_back_to_the_node_key() {
+        use crate::enclave::software::SoftwareEnclave;
+        use crate::enclave::{Enclave, Recipient};
+        let d = tempfile::tempdir().unwrap();
+        let e = Arc::new(SoftwareEnclave::open(d.path(), 1, None).unwrap());
+        let to = [Recipient {
+            node_id: 1,
+            hpke: e.hpke_public_key(),
+        }];
+        let p = e
+            .create_epoch(keyring::GatekeeperId([1; 32]), 0, 1, &to, false)
+            .unwrap();
+        assert!(e.confirm_epoch(0, &p.master_public_key));
+        // Two nodes (their own keys differ) holding the same epoch's master.
+        let (b1, b2) = (Buf::default(), Buf::default());
+        let one = log(&b1).with_epoch_keys(e.clone());
+        let two = AuditLog::with_writer(
+            Box::new(b2.clone()),
+            0,
+            [0; 32],
+            Zeroizing::new([8; 32]),
+            2,
+            Path::new("mem"),
+        )
+        .with_epoch_keys(e.clone());
+        let worker = [0xcdu8; 32];
+        for (epoch, t) in [(Some(0), 1), (Some(5), 2), (None, 3)] {
+            let ev = Event {
+                hmac_epoch: epoch,
+                ..event("/k", "OK", Some(&worker))
+            };
+            one.record(&ev, t).unwrap();
+            two.record(&ev, t).unwrap();
+        }
+        let lines = |b: &Buf| -> Vec<Line> {
+            let bytes = b.0.lock().unwrap().clone();
+            bytes
+                .split(|c| *c == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_slice(l).unwrap())
+                .collect()
+        };
+        let (l1, l2) = (lines(&b1), lines(&b2));
+        // Epoch 0 is held: the cluster's audit key, named, the same HMAC on both nodes.
+        assert_eq!(l1[0].hmac_epoch, Some(0));
+        assert_eq!(l1[0].worker, l2[0].worker);
+        assert_eq!(
+            l1[0].worker.as_deref(),
+            Some(hmac_hex(&e.audit_key(0).unwrap(), &worker).as_str())
+        );
+        // Epoch 5 is not held, and no epoch: each node's own key, unnamed.
+        for i in [1, 2] {
+            assert_eq!((l1[i].hmac_epoch, l2[i].hmac_epoch), (None, None));
+            assert_ne!(l1[i].worker, l2[i].worker);
+            assert_eq!(l1[i].worker, Some(one.hmac(&worker)));
+        }
+        assert_ne!(l1[0].worker, l1[1].worker);
     }
 
     #[test]

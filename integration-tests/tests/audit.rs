@@ -105,6 +105,11 @@ fn calls_deliveries_and_refusals_are_chained_verifiable_and_fail_closed() {
             .any(|l| l.contains("GetWorkerKey") && l.contains("\"OK\"")),
         "{text}"
     );
+    // Key lines are HMAC'd under the cluster's audit key of epoch 0 (the same on every node
+    // holding it), named in the line; deliveries and refusals alike.
+    for l in text.lines().filter(|l| l.contains("GetWorkerKey")) {
+        assert!(l.contains("\"hmac_epoch\":0,"), "{l}");
+    }
     for secret in [
         wh.clone(),
         hex::encode(stranger.public_key().as_bytes()),

@@ -10,6 +10,7 @@
 //! | cluster         | master[epoch]   | `"cluster"`, cluster id               | `b"cluster_key"`, id       |
 //! | contract        | cluster key     | `"contract"`, contract id             | `b"contract_key"`, id      |
 //! | cluster signing | master[epoch]   | `"cluster-signing"`, (empty)          | (native always)            |
+//! | audit (HMAC key)| master[epoch]   | `"audit"`, (empty)                    | (native always)            |
 
 use crate::encoding::Canonical;
 use crate::keys::{ClusterId, ContractId, Sr25519Keypair, Sr25519PublicKey};
@@ -91,12 +92,36 @@ pub fn cluster_signing_key(master: &MasterSecret) -> DerivedKey {
     native(&master.to_bytes(), "cluster-signing", &[])
 }
 
+/// The audit key of an epoch: f(master[epoch], "audit"), 32 bytes. Keys the HMACs that stand
+/// for worker keys and subjects in the nodes' audit logs, so every node holding the epoch writes
+/// the same HMAC for the same value (lines correlate across nodes, not across epochs). Never
+/// leaves the node; no worker receives a key under this label.
+pub fn audit_key(master: &MasterSecret) -> Zeroizing<[u8; 32]> {
+    let info = Canonical::new(NATIVE_INFO_DOMAIN)
+        .bytes(b"audit")
+        .bytes(&[])
+        .finish();
+    hkdf_seed(NATIVE_SALT, &master.to_bytes(), &[&info])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn master() -> MasterSecret {
         MasterSecret::from_seed(&[1; 32])
+    }
+
+    #[test]
+    fn the_audit_key_is_per_epoch_and_apart_from_every_delivered_key() {
+        let m = master();
+        let k = audit_key(&m);
+        assert_eq!(*k, *audit_key(&MasterSecret::from_seed(&[1; 32])));
+        assert_ne!(*k, *audit_key(&MasterSecret::from_seed(&[2; 32])));
+        let signing = cluster_signing_key(&m).secret_bytes();
+        assert_ne!(&k[..], &signing[..32]);
+        let worker = worker_key(&m, &cluster_signing_key(&m).public_key()).secret_bytes();
+        assert_ne!(&k[..], &worker[..32]);
     }
 
     #[test]

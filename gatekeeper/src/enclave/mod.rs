@@ -161,6 +161,9 @@ pub trait Enclave: Send + Sync {
     ) -> Result<SealedKey, EnclaveError>;
     /// Signs a key response with the epoch's cluster signing key.
     fn sign_response(&self, epoch: u64, message: &[u8]) -> Result<Signature, EnclaveError>;
+    /// The epoch's audit key (`keyring::derive::audit_key`): the same on every node holding the
+    /// epoch, so their audit lines correlate.
+    fn audit_key(&self, epoch: u64) -> Result<zeroize::Zeroizing<[u8; 32]>, EnclaveError>;
 }
 
 /// Signs this node's replicated-command proposals with its enclave identity key (the proof of

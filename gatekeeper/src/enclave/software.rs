@@ -512,6 +512,10 @@ impl Enclave for SoftwareEnclave {
         })
     }
 
+    fn audit_key(&self, epoch: u64) -> Result<zeroize::Zeroizing<[u8; 32]>, EnclaveError> {
+        self.with_master(epoch, |master| Ok(keyring::derive::audit_key(master)))
+    }
+
     fn sign_response(&self, epoch: u64, message: &[u8]) -> Result<Signature, EnclaveError> {
         self.with_master(epoch, |master| {
             Ok(sign(
@@ -629,6 +633,9 @@ mod tests {
         );
         e[1].reconstruct(&c, &p.commitments, &p.wrapped).unwrap();
         assert_eq!(worker_key(&e[1], 0), expected);
+        // The epoch's audit key is the same on every node that holds the epoch.
+        assert_eq!(*e[1].audit_key(0).unwrap(), *e[0].audit_key(0).unwrap());
+        assert!(matches!(e[2].audit_key(0), Err(EnclaveError::Sealed(0))));
         // A share sealed for node 2 is useless to node 3.
         let (idx, env) = e[0].share_for_peer(&c, 2, &e[1].hpke_public_key()).unwrap();
         assert!(e[2]

@@ -428,6 +428,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             )
             .and_then(|key| {
                 crate::audit::AuditLog::open(&path, key, config.node_id)
+                    .map(|log| log.with_epoch_keys(enclave.clone()))
                     .with_context(|| format!("cannot open the audit log {}", path.display()))
             });
             match opened {

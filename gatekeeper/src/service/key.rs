@@ -154,6 +154,13 @@ impl KeyServer {
                 None,
             ),
         };
+        // A delivery's HMACs use its epoch's audit key, a refusal's the current epoch's.
+        let hmac_epoch = epoch.or_else(|| {
+            self.replica
+                .read_stale(|a| a.state.current_epoch())
+                .ok()
+                .and_then(|(e, _)| e)
+        });
         a.record(&crate::audit::Event {
             caller,
             method,
@@ -161,6 +168,7 @@ impl KeyServer {
             subject: subject.as_deref().filter(|s| !s.is_empty()),
             worker: worker.as_deref(),
             code: &code,
+            hmac_epoch,
         })?;
         Ok(Response::new(result?))
     }
