@@ -317,6 +317,33 @@ fn forged_commands_from_a_member_credential_are_refused_before_the_log_and_at_ap
             .await
             .expect_err("a replayed operator command");
         assert_eq!(code_of(&replayed), "COMMAND_REPLAYED", "{replayed:?}");
+        // A canary write may carry the operator's signature (production requires it): it
+        // applies once; the same request again is a replay; a signature over another value
+        // does not authorize this one.
+        let put = |value: &str| Command::Put {
+            key: "signed-canary".into(),
+            value: value.into(),
+        };
+        let write = |value: &str, auth| pb::WriteCanaryRequest {
+            key: "signed-canary".into(),
+            value: value.into(),
+            authorization: Some(auth),
+        };
+        let auth = signer.authorize(&gk, gatekeeper::cli::sign::operator_sequence(), &put("s1"));
+        a.write_canary(write("s1", auth.clone()))
+            .await
+            .unwrap_or_else(|e| c.fail(&format!("a signed canary write: {e:?}")));
+        let replayed = a
+            .write_canary(write("s1", auth))
+            .await
+            .expect_err("a replayed canary write");
+        assert_eq!(code_of(&replayed), "COMMAND_REPLAYED", "{replayed:?}");
+        let other = signer.authorize(&gk, gatekeeper::cli::sign::operator_sequence(), &put("s2"));
+        let mismatched = a
+            .write_canary(write("s3", other))
+            .await
+            .expect_err("a signature over another value");
+        assert_eq!(code_of(&mismatched), "INVALID_ARGUMENT", "{mismatched:?}");
         // A membership change is an operator's decision too: an unsigned leave, or one whose
         // signature authorizes another node, is refused and the node stays.
         let voter = *c.ids().iter().find(|&&i| i != leader).unwrap();

@@ -197,6 +197,7 @@ fn every_service_sends_the_stable_error_code() {
                     .write_canary(pb::WriteCanaryRequest {
                         key: String::new(),
                         value: String::new(),
+                        authorization: None,
                     })
                     .await
             ),

@@ -66,6 +66,7 @@ fn grpc_put_all(c: &Cluster, rt: &tokio::runtime::Runtime, via: u64, keys: &[Str
                         let req = pb::WriteCanaryRequest {
                             key: k.clone(),
                             value: k.clone(),
+                            authorization: None,
                         };
                         match client.write_canary(req).await {
                             Ok(r) => return Ok(r.into_inner().log_index),
@@ -329,6 +330,7 @@ fn b_killing_the_leader_under_write_load_loses_no_acknowledged_write() {
                 let req = pb::WriteCanaryRequest {
                     key: key.clone(),
                     value: value.clone(),
+                    authorization: None,
                 };
                 let started = Instant::now();
                 let result =

@@ -150,6 +150,7 @@ fn body(path: &str, claimed: u64, term: u64) -> Vec<u8> {
         "WriteCanary" => pb::WriteCanaryRequest {
             key: "intruder".into(),
             value: "x".into(),
+            authorization: None,
         }
         .encode_to_vec(),
         "Retire" => pb::RetireRequest {

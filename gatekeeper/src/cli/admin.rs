@@ -889,7 +889,9 @@ async fn run_command(
         }
         AdminCommand::Status { json } => status(&mut c, json).await,
         AdminCommand::Members { json } => members(&mut c, json).await,
-        AdminCommand::Put { key, value } => put(&mut c, key, value).await,
+        AdminCommand::Put { key, value } => {
+            put(&mut c, operator_signer(tls)?.as_ref(), key, value).await
+        }
         AdminCommand::Get { key, consistency } => get(&mut c, key, &consistency).await,
         AdminCommand::Rotate {
             rotation_id,
@@ -966,6 +968,14 @@ fn check_follow(endpoint: &str, leader: &str) -> Result<()> {
     }
 }
 
+/// Whether a refusal says the call needs the operator's signature.
+fn wants_signature(s: &tonic::Status) -> bool {
+    s.metadata()
+        .get(crate::error::ERROR_CODE_METADATA)
+        .and_then(|c| c.to_str().ok())
+        == Some(crate::error::ErrorCode::CommandNotAuthorized.as_str())
+}
+
 /// The leader's admin address from a follower's `NOT_LEADER` refusal.
 fn leader_hint(s: &tonic::Status) -> Option<String> {
     let code = s.metadata().get(crate::error::ERROR_CODE_METADATA)?;
@@ -1014,13 +1024,32 @@ async fn members(c: &mut Client, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn put(c: &mut Client, key: String, value: String) -> Result<()> {
-    let req = pb::WriteCanaryRequest { key, value };
-    let r = c
-        .write_canary(req)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+/// A canary write: unsigned first (a development cluster takes the node's word for the operator
+/// it authenticated), signed when the cluster wants the operator's signature (production).
+async fn put(
+    c: &mut Client,
+    signer: Option<&OperatorSigner>,
+    key: String,
+    value: String,
+) -> Result<()> {
+    let mut req = pb::WriteCanaryRequest {
+        key,
+        value,
+        authorization: None,
+    };
+    let r = match c.write_canary(req.clone()).await {
+        Ok(r) => r,
+        Err(s) if signer.is_some() && wants_signature(&s) => {
+            let command = Command::Put {
+                key: req.key.clone(),
+                value: req.value.clone(),
+            };
+            req.authorization = authorize(c, signer, &command).await?;
+            c.write_canary(req).await.map_err(status_error)?
+        }
+        Err(s) => return Err(status_error(s)),
+    }
+    .into_inner();
     println!("{}", put_json(&r));
     Ok(())
 }

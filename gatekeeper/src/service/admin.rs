@@ -794,20 +794,34 @@ impl AdminService for AdminServer {
         &self,
         request: Request<pb::WriteCanaryRequest>,
     ) -> Result<Response<pb::WriteCanaryResponse>, Status> {
+        let name = caller_name(&request);
         let r = request.into_inner();
         operator::check_canary(&r.key, &r.value)?;
-        self.wait_registered().await?;
-        let out = self
-            .replica
-            .write(
-                &Command::Put {
-                    key: r.key,
-                    value: r.value,
-                },
-                Lane::Canary,
-            )
-            .await
-            .map_err(error::replica)?;
+        let put = Command::Put {
+            key: r.key,
+            value: r.value,
+        };
+        let out = match r.authorization.as_ref() {
+            // Signed (required in production): the operator's proof goes into the log.
+            Some(auth) => {
+                let signed = exact_operator_command(
+                    Some(auth),
+                    name.as_deref(),
+                    "Put",
+                    &put,
+                    "authorization.command_json is not this write's key and value",
+                )?;
+                self.propose(&put, signed).await?
+            }
+            // Vouched for by this node (development).
+            None => {
+                self.wait_registered().await?;
+                self.replica
+                    .write(&put, Lane::Canary)
+                    .await
+                    .map_err(error::replica)?
+            }
+        };
         match out.reply {
             Reply::Applied { audit_sequence } => Ok(Response::new(pb::WriteCanaryResponse {
                 log_index: out.log_id.index,

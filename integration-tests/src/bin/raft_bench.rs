@@ -86,6 +86,7 @@ async fn run(
                 let req = pb::WriteCanaryRequest {
                     key: format!("bench-{tag}-{w}-{seq}"),
                     value: value.clone(),
+                    authorization: None,
                 };
                 seq += 1;
                 let t0 = Instant::now();

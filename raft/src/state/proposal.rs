@@ -482,6 +482,10 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
     // Operator commands need an operator's signature once operators are registered (a cluster
     // initialised without TLS has none: any registered voter proposes them). The leader's own
     // keeper may start the rotation the chain queued first and abort the rotation in progress.
+    // A canary write is one in a production cluster; in development the node that took the call
+    // may vouch for the operator it authenticated (the shared write benchmark sends plain
+    // `WriteCanary` calls), or the operator signs.
+    let canary = matches!(c, Command::Put { .. });
     let operator_command = matches!(
         c,
         Command::StartRotation { .. }
@@ -492,8 +496,12 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
             | Command::AuthorizeLeave { .. }
             | Command::AddOperator(_)
             | Command::RemoveOperator { .. }
-    );
-    if operator_command && !state.operators.is_empty() {
+    ) || (canary && state.production);
+    if canary && !operator_command && !state.operators.is_empty() {
+        if let Some(op) = &d.operator {
+            check_operator(state, op, &d.command_json)?;
+        }
+    } else if operator_command && !state.operators.is_empty() {
         match &d.operator {
             Some(op) => check_operator(state, op, &d.command_json)?,
             None => {
@@ -526,10 +534,10 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
             command_name(c)
         )));
     }
-    // Canary writes are not ordered per lane (concurrent writers), but per key: a write at or
-    // below the last sequence this node wrote that key with is a replay (it would roll the
-    // value back).
-    if let Command::Put { key, .. } = c {
+    // Canary writes a node vouches for are not ordered per lane (concurrent writers), but per
+    // key: a write at or below the last sequence this node wrote that key with is a replay (it
+    // would roll the value back). An operator's signed write is ordered by its sequence.
+    if let (Command::Put { key, .. }, None) = (c, &d.operator) {
         let last = state
             .canary_writers
             .get(key)
@@ -682,8 +690,8 @@ impl GatekeeperState {
         };
         // A canary write that applied: its sequence for that key (a refused one changes
         // nothing, and replaying it is refused again for its content).
-        if let (Some(p), Command::Put { key, .. }, Reply::Applied { .. }) =
-            (&d.proof, &d.command, &reply)
+        if let (Some(p), Command::Put { key, .. }, Reply::Applied { .. }, None) =
+            (&d.proof, &d.command, &reply, &d.operator)
         {
             let last = self
                 .canary_writers
@@ -1303,6 +1311,34 @@ mod tests {
             &big,
             RejectCode::InvalidState,
         );
+    }
+
+    #[test]
+    fn canary_writes_need_an_operators_signature_in_production_and_may_carry_one_in_development() {
+        let mut s = cluster();
+        let alice = operator(&mut s);
+        let gk = s.gatekeeper_id;
+        let w = put("canary");
+        let json = serde_json::to_string(&w).unwrap();
+        // Development: the node vouches for the operator; a signature is checked when present.
+        let r = apply_op(&mut s, &key(2), Lane::Canary, 1, 1, &w, None);
+        assert!(matches!(r, Reply::Applied { .. }), "{r:?}");
+        let p = op_proof(gk, &alice, "alice", 20, &json);
+        let r = apply_op(&mut s, &key(2), Lane::Admin, 1, 1, &w, Some(&p));
+        assert!(matches!(r, Reply::Applied { .. }), "{r:?}");
+        let r = apply_op(&mut s, &key(3), Lane::Admin, 1, 1, &w, Some(&p));
+        assert_eq!(code(&r), Some(RejectCode::Replayed), "{r:?}");
+        let forged = op_proof(gk, &alice, "alice", 21, "{}");
+        let r = apply_op(&mut s, &key(2), Lane::Admin, 2, 1, &w, Some(&forged));
+        assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        // Production: a member's word is not enough.
+        s.production = true;
+        let r = apply_op(&mut s, &key(2), Lane::Canary, 5, 1, &w, None);
+        assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+        let p = op_proof(gk, &alice, "alice", 30, &json);
+        let r = apply_op(&mut s, &key(2), Lane::Admin, 3, 1, &w, Some(&p));
+        assert!(matches!(r, Reply::Applied { .. }), "{r:?}");
+        assert_eq!(s.operator_sequences.get("alice"), Some(&30));
     }
 
     /// An operator "alice" with a P-256 key, registered in `s`.
