@@ -343,17 +343,34 @@ impl Replica {
         json: &str,
         operator: &state::OperatorProof,
     ) -> Result<WriteOutcome, ReplicaError> {
+        self.write_signing(|| self.propose_json(json, Lane::Admin, Some(operator)))
+            .await
+    }
+
+    /// Commits what `propose` signs, signing it again with a new sequence (up to 3 more times)
+    /// when a concurrent proposal of the same lane overtook it, at the leader's gate or at
+    /// apply. An operator's replayed sequence is not retried: signing again does not change it.
+    async fn write_signing(
+        &self,
+        propose: impl Fn() -> Result<Vec<u8>, ReplicaError>,
+    ) -> Result<WriteOutcome, ReplicaError> {
+        let lane_replay = |code: &RejectCode, message: &str| {
+            *code == RejectCode::Replayed && !message.starts_with("operator")
+        };
         let mut attempt = 0;
         loop {
-            let bytes = self.propose_json(json, Lane::Admin, Some(operator))?;
-            let out = self.write_proposal(bytes).await?;
             attempt += 1;
-            match &out.reply {
-                Reply::Rejected {
-                    code: RejectCode::Replayed,
-                    message,
-                } if attempt < 4 && !message.starts_with("operator") => continue,
-                _ => return Ok(out),
+            let r = self.write_proposal(propose()?).await;
+            let overtaken = match &r {
+                Err(ReplicaError::Refused { code, message }) => lane_replay(code, message),
+                Ok(WriteOutcome {
+                    reply: Reply::Rejected { code, message },
+                    ..
+                }) => lane_replay(code, message),
+                _ => false,
+            };
+            if !overtaken || attempt >= 4 {
+                return r;
             }
         }
     }
@@ -610,27 +627,7 @@ impl Replica {
         command: &state::Command,
         lane: Lane,
     ) -> Result<WriteOutcome, ReplicaError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.write_proposal(self.propose(command, lane)?).await {
-                // Overtaken by a concurrent proposal of the lane (refused at the leader's gate
-                // or at apply): signed again with a new sequence.
-                Err(ReplicaError::Refused {
-                    code: RejectCode::Replayed,
-                    ..
-                }) if attempt < 4 => continue,
-                Ok(WriteOutcome {
-                    reply:
-                        Reply::Rejected {
-                            code: RejectCode::Replayed,
-                            ..
-                        },
-                    ..
-                }) if attempt < 4 => continue,
-                other => return other,
-            }
-        }
+        self.write_signing(|| self.propose(command, lane)).await
     }
 
     /// Commits a signed proposal (see [`Replica::write`]).
