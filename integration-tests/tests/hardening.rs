@@ -528,7 +528,10 @@ fn a_member_cannot_act_as_the_leader_of_a_term_it_did_not_win() {
 
 /// Node `me`'s Raft listener, played by a member holding that node's certificate: it answers
 /// every AppendEntries and every vote request with a newer vote of its own (openraft's leader
-/// adopts such a vote, which is a vote for that member, and steps down) and grants nothing.
+/// adopts such a vote, which is a vote for that member, and steps down), in turn one term up,
+/// five terms up with the vote "granted" (openraft takes a grant of another vote as a refusal
+/// and adopts that vote), and just below the 2^24 terms a follower accepts (a stand-again there
+/// would be refused by every follower): found by review.
 struct NewerVoteAnswers {
     me: u64,
     /// The highest term seen in a request.
@@ -537,11 +540,15 @@ struct NewerVoteAnswers {
 }
 
 impl NewerVoteAnswers {
-    fn newer(&self, v: Option<&rpb::Vote>) -> rpb::Vote {
+    /// The newer vote to answer `v` with, and whether to call it granted.
+    fn newer(&self, v: Option<&rpb::Vote>) -> (rpb::Vote, bool) {
         let term = v.and_then(|v| v.leader_id.as_ref()).map_or(0, |l| l.term);
         self.seen.fetch_max(term, Ordering::SeqCst);
-        self.answered.fetch_add(1, Ordering::SeqCst);
-        vote(term + 1, self.me, false)
+        match self.answered.fetch_add(1, Ordering::SeqCst) % 3 {
+            0 => (vote(term + 1, self.me, false), false),
+            1 => (vote(term + 5, self.me, false), true),
+            _ => (vote(term + (1 << 24) - 1, self.me, false), false),
+        }
     }
 }
 
@@ -551,7 +558,7 @@ impl rpb::raft_service_server::RaftService for NewerVoteAnswers {
         &self,
         r: tonic::Request<rpb::AppendEntriesRequest>,
     ) -> Result<tonic::Response<rpb::AppendEntriesResponse>, tonic::Status> {
-        let v = self.newer(r.get_ref().vote.as_ref());
+        let (v, _) = self.newer(r.get_ref().vote.as_ref());
         Ok(tonic::Response::new(rpb::AppendEntriesResponse {
             result: Some(rpb::append_entries_response::Result::HigherVote(v)),
         }))
@@ -561,10 +568,10 @@ impl rpb::raft_service_server::RaftService for NewerVoteAnswers {
         &self,
         r: tonic::Request<rpb::VoteRequest>,
     ) -> Result<tonic::Response<rpb::VoteResponse>, tonic::Status> {
-        let v = self.newer(r.get_ref().vote.as_ref());
+        let (v, granted) = self.newer(r.get_ref().vote.as_ref());
         Ok(tonic::Response::new(rpb::VoteResponse {
             vote: Some(v),
-            vote_granted: false,
+            vote_granted: granted,
             last_log_id: None,
             grant: vec![],
         }))

@@ -489,6 +489,17 @@ pub fn check_vote_response(
 /// Checks a peer's answer to an InstallSnapshot this node sent with `sent`.
 pub fn check_snapshot_response(vote: &Vote<NodeId>, sent: &Vote<NodeId>) -> Result<(), Refused> {
     check_answer_vote(vote, sent, "InstallSnapshot answer: vote")?;
+    // Another committed vote in the leader's own term: no follower holds one (and openraft
+    // cannot even order two such votes: comparing them panics).
+    if vote.is_committed()
+        && sent.is_committed()
+        && vote.leader_id.term == sent.leader_id.term
+        && vote.leader_id.node_id != sent.leader_id.node_id
+    {
+        return refuse(format!(
+            "InstallSnapshot answer: vote {vote} in the leader's own term {sent}"
+        ));
+    }
     if vote != sent && vote.leader_id.node_id == sent.leader_id.node_id {
         return refuse(format!(
             "InstallSnapshot answer: vote {vote} names this leader itself"

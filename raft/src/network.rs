@@ -293,6 +293,17 @@ impl Network {
 /// of that vote itself (see [`Network::newer_vote_answer`]). Not a valid node id.
 pub const NO_CANDIDATE: NodeId = NodeId::MAX;
 
+/// A leader stands again at once the first time, then after a gap doubling from the minimum
+/// election timeout this many times at most (64 times it).
+const STAND_AGAIN_MAX_DOUBLINGS: u32 = 6;
+
+/// How long a stand-again counts towards the next gap: longer than the largest gap (64 times an
+/// election timeout of up to ~10 s), so a member repeating its answer never resets it.
+const STAND_AGAIN_MEMORY: Duration = Duration::from_secs(1800);
+
+/// How long a leader that stands again waits for openraft to step down first.
+const STEP_DOWN_WAIT: Duration = Duration::from_secs(2);
+
 impl Network {
     /// What this leader takes from a follower's answer that it holds `newer`, a vote above the
     /// leader's `sent`: openraft would adopt `newer` as its own vote, which is a vote for the
@@ -335,13 +346,27 @@ impl Network {
                 .millis_since()
                 .is_some_and(|ms| u128::from(ms) < quiet.as_millis());
         if !leading {
-            return Ok(adopted);
+            // An ordinary candidate keeps openraft's own rule (it adopts the newer vote), which
+            // settles split votes; a member gains nothing there it could not by asking.
+            return Ok(*newer);
+        }
+        // Standing again in a term the followers refuse as too far above theirs would leave
+        // the cluster leaderless until the member's own candidacy (found by review).
+        if newer.leader_id.term
+            >= sent
+                .leader_id
+                .term
+                .saturating_add(checks::MAX_TERM_STEP / 2)
+        {
+            return Err(Refused(format!(
+                "vote {newer} is more than 2^23 terms above this node's {sent}"
+            )));
         }
         {
             let mut last = self.stood_again.lock().expect("stood-again lock");
             let times = match *last {
-                Some((t, n)) if t.elapsed() < Duration::from_secs(60) => {
-                    let gap = quiet * (1u32 << n.min(6));
+                Some((t, n)) if t.elapsed() < STAND_AGAIN_MEMORY => {
+                    let gap = quiet * (1u32 << n.min(STAND_AGAIN_MAX_DOUBLINGS));
                     if t.elapsed() < gap {
                         return Err(Refused(format!(
                             "vote {newer}: this node stood for election again {} ms ago, and \
@@ -373,7 +398,7 @@ impl Network {
                         openraft::ServerState::Leader | openraft::ServerState::Candidate
                     )
             });
-            match tokio::time::timeout(Duration::from_secs(2), stepped_down).await {
+            match tokio::time::timeout(STEP_DOWN_WAIT, stepped_down).await {
                 Ok(Ok(_)) => {}
                 _ => return,
             }
@@ -389,6 +414,36 @@ impl Network {
 }
 
 impl Network {
+    /// This node pledged `pledge` and now stands in a term at or below it, which the pledge
+    /// forbids: the leader it pledged to is gone. openraft raises its term by one per election,
+    /// which from a pledge far above would take as many election timeouts; so its vote is moved
+    /// to the pledged term at once, for no one (a local vote request naming [`NO_CANDIDATE`]),
+    /// and its next candidacy is in the term above (found by review).
+    fn rise_to_pledged_term(&self, pledge: Vote<NodeId>) {
+        let Some(raft) = self.raft.get().cloned() else {
+            return;
+        };
+        if let Some(n) = PLEDGED_CANDIDACY.pass(std::time::Instant::now()) {
+            tracing::warn!(
+                pledge = %pledge, refused_since_last_line = n,
+                "this node stands below the term of a vote it pledged: moving to that term"
+            );
+        }
+        tokio::spawn(async move {
+            let any_log = openraft::LogId::new(
+                openraft::CommittedLeaderId::new(u64::MAX, NO_CANDIDATE),
+                u64::MAX,
+            );
+            let req = VoteRequest::new(
+                Vote::new(pledge.leader_id.term, NO_CANDIDATE),
+                Some(any_log),
+            );
+            if let Err(e) = raft.vote(req).await {
+                tracing::warn!(error = %e, "cannot move to the pledged term");
+            }
+        });
+    }
+
     /// Gives the network its Raft (called once, right after `Raft::new`).
     pub(crate) fn set_raft(&self, raft: Raft<TypeConfig>) {
         let _ = self.raft.set(raft);
@@ -482,6 +537,14 @@ fn bad_reply<E: std::error::Error>(e: ConvertError) -> RpcErr<E> {
 /// must not fill the disk.
 /// Messages from leaders without a proof of election: logged at most once a second.
 static UNPROVEN_LEADERS: crate::lograte::LogGate =
+    crate::lograte::LogGate::new(Duration::from_secs(1));
+
+/// Candidacies a pledge holds back are logged at most once a second.
+static PLEDGED_CANDIDACY: crate::lograte::LogGate =
+    crate::lograte::LogGate::new(Duration::from_secs(1));
+
+/// Refused membership changes are logged at most once a second.
+static UNAUTHORIZED_MEMBERSHIP: crate::lograte::LogGate =
     crate::lograte::LogGate::new(Duration::from_secs(1));
 
 static REFUSED_ANSWERS: crate::lograte::LogGate =
@@ -654,6 +717,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let current = self.network.raft.get().map(|r| r.metrics().borrow().vote);
         if let Some(p) = current.and_then(|c| self.network.pledge.in_force(&c)) {
             if crate::pledge::forbids_vote(&p, &rpc.vote) {
+                self.network.rise_to_pledged_term(p);
                 return Err(RPCError::Unreachable(Unreachable::new(&io::Error::other(
                     format!(
                         "this node voted {p}: it does not stand in term {}",
@@ -673,16 +737,26 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let grant = resp.grant.clone();
         let mut resp = convert::vote_resp_from_pb(resp).map_err(bad_reply)?;
         checks::check_vote_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
-        if !resp.vote_granted {
-            // openraft adopts a refusal's vote, uncommitted, when it is above its own.
-            let mut newer = resp.vote;
-            newer.committed = false;
-            if newer > rpc.vote {
-                resp.vote = self
-                    .network
-                    .newer_vote_answer(self.target, &rpc.vote, &newer)
-                    .map_err(|e| refused_reply(self.target, e))?;
-            }
+        // A grant is for the vote asked, nothing else: openraft takes a "grant" of another vote
+        // as a refusal and adopts that vote (a member answered a leader standing again with a
+        // granted newer vote of its own: found by review).
+        if resp.vote_granted && resp.vote != rpc.vote {
+            return Err(refused_reply(
+                self.target,
+                Refused(format!(
+                    "VoteRequest answer: granted, but for vote {} instead of {}",
+                    resp.vote, rpc.vote
+                )),
+            ));
+        }
+        // openraft adopts a refusal's vote, uncommitted, when it is above its own.
+        let mut newer = resp.vote;
+        newer.committed = false;
+        if !resp.vote_granted && newer > rpc.vote {
+            resp.vote = self
+                .network
+                .newer_vote_answer(self.target, &rpc.vote, &newer)
+                .map_err(|e| refused_reply(self.target, e))?;
         }
         if resp.vote_granted {
             self.network.elections.record(
@@ -908,6 +982,8 @@ pub struct RaftServer {
     led: LeaderContact,
     /// A vote this node gave outside openraft ([`crate::pledge`]).
     pledge: Pledge,
+    /// Vote requests are decided one at a time (the pledge path and openraft's own).
+    vote_turn: Arc<AsyncMutex<()>>,
     /// AppendEntries and snapshot installs pass one at a time, so what the checks read (the
     /// committed log id, the stored log) is still true when openraft handles the message.
     follower_turn: Arc<AsyncMutex<()>>,
@@ -939,6 +1015,7 @@ impl RaftServer {
             elections: Elections::default(),
             led: LeaderContact::default(),
             pledge: Pledge::in_memory(),
+            vote_turn: Arc::new(AsyncMutex::new(())),
             follower_turn: Arc::new(AsyncMutex::new(())),
             snapshot_slot: Arc::new(Semaphore::new(1)),
         }
@@ -1023,13 +1100,15 @@ impl RaftServer {
     async fn vote_for_last_leader(
         &self,
         req: &VoteRequest<NodeId>,
+        current: &Vote<NodeId>,
     ) -> Result<Option<pb::VoteResponse>, Status> {
-        let vote = self.raft.metrics().borrow().vote;
         let candidate = req.vote.leader_id;
-        let follows = vote.is_committed() && vote.leader_id.node_id == candidate.node_id;
-        if !follows || req.vote <= vote || req.vote.is_committed() {
+        let follows = current.is_committed() && current.leader_id.node_id == candidate.node_id;
+        if !follows || req.vote <= *current || req.vote.is_committed() {
             return Ok(None);
         }
+        // No entry lands between the comparison of the logs and the grant.
+        let _turn = self.follower_turn.lock().await;
         let last = openraft::storage::RaftLogStorage::get_log_state(&mut self.log.clone())
             .await
             .map_err(|e| Status::unavailable(format!("cannot read the raft log: {e}")))?
@@ -1039,10 +1118,13 @@ impl RaftServer {
         }
         let pledge = self.pledge.clone();
         let given = req.vote;
-        tokio::task::spawn_blocking(move || pledge.give(given))
+        let recorded = tokio::task::spawn_blocking(move || pledge.give(given))
             .await
             .map_err(|e| Status::internal(format!("vote pledge task failed: {e}")))?
             .map_err(|e| Status::unavailable(format!("cannot record the vote: {e}")))?;
+        if !recorded {
+            return Ok(None);
+        }
         tracing::info!(
             leader = candidate.node_id,
             term = candidate.term,
@@ -1051,6 +1133,125 @@ impl RaftServer {
         let mut out = convert::vote_resp_to_pb(&VoteResponse::new(req.vote, last, true));
         out.grant = self.elections.grant(candidate.term, candidate.node_id);
         Ok(Some(out))
+    }
+
+    /// openraft's vote, read in its core loop (metrics may lag behind a vote just granted).
+    async fn current_vote(&self) -> Result<Vote<NodeId>, Status> {
+        self.raft
+            .with_raft_state(|st| *st.vote_ref())
+            .await
+            .map_err(fatal)
+    }
+
+    /// The first membership entry of `req` no operator authorized (its position in
+    /// `req.entries`, and why), checked with [`crate::state::check_membership_change`] against
+    /// this node's applied state. The membership in force before an entry is the one before it
+    /// in the same message, else this node's effective membership (its committed one when the
+    /// entry replaces an uncommitted membership). Not checked before the cluster is initialised
+    /// or while no configuration has a voter (bootstrap), nor for an entry this node holds.
+    async fn unauthorized_membership(
+        &self,
+        req: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<Option<(usize, String)>, Status> {
+        use openraft::EntryPayload;
+        if !self.config.check_proposals
+            || !req
+                .entries
+                .iter()
+                .any(|e| matches!(e.payload, EntryPayload::Membership(_)))
+        {
+            return Ok(None);
+        }
+        let (effective, committed) = self
+            .raft
+            .with_raft_state(|st| {
+                let e = st.membership_state.effective();
+                let c = st.membership_state.committed();
+                (
+                    (*e.log_id(), e.membership().clone()),
+                    (*c.log_id(), c.membership().clone()),
+                )
+            })
+            .await
+            .map_err(fatal)?;
+        let a = self.sm.read();
+        if a.state.gatekeeper_id.is_none() {
+            return Ok(None);
+        }
+        let mut prev: Option<openraft::Membership<NodeId, Node>> = None;
+        for (i, e) in req.entries.iter().enumerate() {
+            let EntryPayload::Membership(next) = &e.payload else {
+                continue;
+            };
+            let index = e.log_id.index;
+            let before = match prev.take() {
+                Some(p) => Some(p),
+                None if [effective.0, committed.0].contains(&Some(e.log_id)) => None,
+                None if effective.0.is_none_or(|l| l.index < index) => Some(effective.1.clone()),
+                None if committed.0.is_none_or(|l| l.index < index) => Some(committed.1.clone()),
+                None => None,
+            };
+            if let Some(before) = before.filter(|b| b.voter_ids().next().is_some()) {
+                if let Err(why) = crate::state::check_membership_change(&a.state, &before, next) {
+                    return Ok(Some((i, why)));
+                }
+            }
+            prev = Some(next.clone());
+        }
+        Ok(None)
+    }
+
+    /// Appends the entries of `req` before position `k`, a membership entry this node's applied
+    /// state does not (yet) authorize: the operator's `AuthorizeJoin` / `AuthorizeLeave` comes
+    /// before it in the log and may not be applied here yet. Waits (up to 500 ms) until this node
+    /// applied everything before the entry, checks again, and appends the rest if it passes;
+    /// otherwise answers a partial success up to the entry, so the leader sends it again.
+    async fn append_before_membership(
+        &self,
+        mut req: AppendEntriesRequest<TypeConfig>,
+        k: usize,
+        why: String,
+    ) -> Result<AppendEntriesResponse<NodeId>, Status> {
+        let rest = req.entries.split_off(k);
+        let kept = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
+        let leader_commit = req.leader_commit;
+        req.leader_commit = match (leader_commit, kept) {
+            (Some(c), Some(k)) if c.index > k.index => Some(k),
+            (c, _) => c,
+        };
+        let vote = req.vote;
+        let first = self.raft.append_entries(req).await.map_err(fatal)?;
+        if !matches!(first, AppendEntriesResponse::Success) {
+            return Ok(first);
+        }
+        let before = rest[0].log_id.index.saturating_sub(1);
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while self.sm.read().last_applied.is_none_or(|l| l.index < before)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rest = AppendEntriesRequest {
+            vote,
+            prev_log_id: kept,
+            entries: rest,
+            leader_commit,
+        };
+        match self.unauthorized_membership(&rest).await? {
+            None => self.raft.append_entries(rest).await.map_err(fatal),
+            Some(_) => {
+                if let Some(n) = UNAUTHORIZED_MEMBERSHIP.pass(std::time::Instant::now()) {
+                    tracing::warn!(
+                        leader = vote.leader_id.node_id, reason = %why,
+                        refused_since_last_line = n,
+                        "refused a membership change no operator authorized"
+                    );
+                }
+                // Not at once: the leader sends it again as soon as it hears the answer.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(AppendEntriesResponse::PartialSuccess(kept))
+            }
+        }
     }
 
     /// Sets the admission hook (see [`Admission`]).
@@ -1277,7 +1478,10 @@ impl RaftService for RaftServer {
         self.check_pledge_for_leader(&req.vote)?;
         req.leader_commit = checks::effective_leader_commit(&req);
         let leader = req.vote.leader_id.node_id;
-        let resp = self.raft.append_entries(req).await.map_err(fatal)?;
+        let resp = match self.unauthorized_membership(&req).await? {
+            None => self.raft.append_entries(req).await.map_err(fatal)?,
+            Some((k, why)) => self.append_before_membership(req, k, why).await?,
+        };
         if matches!(
             resp,
             AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
@@ -1313,19 +1517,27 @@ impl RaftService for RaftServer {
                     self.node_id, m.current_term
                 )));
             }
+        }
+        // One vote decision at a time: the pledge path below and openraft's own must not both
+        // grant in one term (found by review).
+        let _decide = self.vote_turn.lock().await;
+        let current = self.current_vote().await?;
+        {
+            let quiet = self.raft.config().election_timeout_min;
             // Leader stickiness (Raft thesis 4.2.3), for a former leader too: openraft's lease
             // does not cover a node whose vote is no longer committed, e.g. a leader a member
             // made step down with a forged "higher vote" answer, which then granted that
             // member's candidacy at once (found by attack).
-            // The leader this node last followed is exempt, unless this node led since: it
-            // stands again at once when a member's newer vote made it step down (see
+            // The leader this node follows is exempt, unless this node led since: it stands
+            // again at once when a member's newer vote made it step down (see
             // `Network::newer_vote_answer`), and must win before that member, who asks as soon
-            // as the window closes.
+            // as the window closes. "Follows": its last accepted message came from that leader,
+            // and openraft's committed vote names it.
             let candidate = req.vote.leader_id.node_id;
-            let followed = self
-                .contact
-                .millis_since()
-                .filter(|_| self.contact.leader() != Some(candidate));
+            let follows_candidate = self.contact.leader() == Some(candidate)
+                && current.is_committed()
+                && current.leader_id.node_id == candidate;
+            let followed = self.contact.millis_since().filter(|_| !follows_candidate);
             let recent = [followed, self.led.millis_since()]
                 .into_iter()
                 .flatten()
@@ -1338,7 +1550,6 @@ impl RaftService for RaftServer {
                 )));
             }
         }
-        let current = self.raft.metrics().borrow().vote;
         if let Some(p) = self.pledge.in_force(&current) {
             if crate::pledge::forbids_vote(&p, &req.vote) {
                 return Err(Status::failed_precondition(format!(
@@ -1348,7 +1559,7 @@ impl RaftService for RaftServer {
             }
         }
         if self.contact.leader() == Some(req.vote.leader_id.node_id) {
-            if let Some(granted) = self.vote_for_last_leader(&req).await? {
+            if let Some(granted) = self.vote_for_last_leader(&req, &current).await? {
                 return Ok(Response::new(granted));
             }
         }
@@ -1422,7 +1633,7 @@ impl RaftService for RaftServer {
         let _turn = self.follower_turn.lock().await;
         let view = self.local_view(meta_indices).await?;
         checks::check_snapshot_meta(&vote, &meta, &view).map_err(refused)?;
-        self.contact.touch_from(vote.leader_id.node_id);
+        self.check_pledge_for_leader(&vote)?;
         let resp = self
             .raft
             .install_full_snapshot(
@@ -1434,6 +1645,12 @@ impl RaftService for RaftServer {
             )
             .await
             .map_err(fatal)?;
+        // Contact only when openraft took it: an old leader's snapshot it refuses (with a proof
+        // of an old term) must not make its sender the leader this node follows (found by
+        // review).
+        if resp.vote == vote {
+            self.contact.touch_from(vote.leader_id.node_id);
+        }
         Ok(Response::new(pb::InstallSnapshotResponse {
             vote: Some(convert::vote_to_pb(&resp.vote)),
         }))

@@ -20,17 +20,19 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Whether a vote pledged as `pledge` forbids granting `request` (a candidate's vote): a
-/// candidate other than the pledged one, in the pledged term or below.
+/// Whether a vote pledged as `pledge` forbids granting `request` (a candidate's vote, or this
+/// node's own candidacy): one below it in openraft's order of leaders (term, then node id: in
+/// openraft's default mode a term may have several leaders, and a voter's vote only rises in
+/// that order). The pledged vote itself may be answered again.
 pub fn forbids_vote(pledge: &Vote<NodeId>, request: &Vote<NodeId>) -> bool {
-    request.leader_id.term <= pledge.leader_id.term
-        && request.leader_id.node_id != pledge.leader_id.node_id
+    request.leader_id < pledge.leader_id
 }
 
 /// Whether a vote pledged as `pledge` forbids following `leader` (the vote of an AppendEntries or
-/// snapshot): a leader of an older term.
+/// snapshot): a leader below the pledged one in openraft's order (an older term, or the same
+/// term and a lower node id: found by review).
 pub fn forbids_leader(pledge: &Vote<NodeId>, leader: &Vote<NodeId>) -> bool {
-    leader.leader_id.term < pledge.leader_id.term
+    leader.leader_id < pledge.leader_id
 }
 
 /// The pledge record of one node: at most one vote, kept in a file.
@@ -87,9 +89,18 @@ impl Pledge {
         }
     }
 
-    /// Records `vote`, durably, before the grant it backs is sent.
-    pub fn give(&self, vote: Vote<NodeId>) -> io::Result<()> {
+    /// Records `vote`, durably, before the grant it backs is sent. Only upwards: `false` (and
+    /// nothing recorded) for a vote not above the pledge in force, unless it is that very vote
+    /// (a repeated request is answered again).
+    pub fn give(&self, vote: Vote<NodeId>) -> io::Result<bool> {
         let mut v = self.vote.lock().expect("pledge lock");
+        match *v {
+            Some(p) if p == vote => return Ok(true),
+            Some(p) if vote.partial_cmp(&p) != Some(std::cmp::Ordering::Greater) => {
+                return Ok(false)
+            }
+            _ => {}
+        }
         if !self.path.as_os_str().is_empty() {
             let tmp = self.path.with_extension("tmp");
             let _ = std::fs::remove_file(&tmp);
@@ -102,7 +113,7 @@ impl Pledge {
             }
         }
         *v = Some(vote);
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -118,14 +129,18 @@ mod tests {
 
     #[test]
     fn a_pledge_forbids_other_candidates_up_to_its_term_and_older_leaders() {
-        let p = vote(9, 1, false);
-        assert!(forbids_vote(&p, &vote(9, 2, false)));
-        assert!(forbids_vote(&p, &vote(5, 2, false)));
-        assert!(!forbids_vote(&p, &vote(9, 1, false)));
-        assert!(!forbids_vote(&p, &vote(10, 2, false)));
-        assert!(forbids_leader(&p, &vote(8, 1, true)));
-        assert!(!forbids_leader(&p, &vote(9, 1, true)));
-        assert!(!forbids_leader(&p, &vote(12, 3, true)));
+        // openraft's order: term, then node id.
+        let p = vote(9, 2, false);
+        assert!(forbids_vote(&p, &vote(9, 1, false)));
+        assert!(forbids_vote(&p, &vote(5, 3, false)));
+        assert!(!forbids_vote(&p, &vote(9, 2, false)));
+        assert!(!forbids_vote(&p, &vote(9, 3, false)));
+        assert!(!forbids_vote(&p, &vote(10, 1, false)));
+        assert!(forbids_leader(&p, &vote(8, 2, true)));
+        assert!(forbids_leader(&p, &vote(9, 1, true)));
+        assert!(!forbids_leader(&p, &vote(9, 2, true)));
+        assert!(!forbids_leader(&p, &vote(9, 3, true)));
+        assert!(!forbids_leader(&p, &vote(12, 1, true)));
     }
 
     #[test]
@@ -134,7 +149,11 @@ mod tests {
         let path = dir.path().join("vote-pledge");
         let p = Pledge::open(&path).unwrap();
         assert_eq!(p.in_force(&vote(3, 1, true)), None);
-        p.give(vote(9, 1, false)).unwrap();
+        assert!(p.give(vote(9, 1, false)).unwrap());
+        // Only upwards; the same vote again is answered again.
+        assert!(p.give(vote(9, 1, false)).unwrap());
+        assert!(!p.give(vote(7, 1, false)).unwrap());
+        assert!(!p.give(vote(9, 0, false)).unwrap());
         let again = Pledge::open(&path).unwrap();
         assert_eq!(again.in_force(&vote(3, 1, true)), Some(vote(9, 1, false)));
         assert_eq!(again.in_force(&vote(9, 1, true)), None);

@@ -63,6 +63,7 @@ impl GatekeeperState {
                     operators,
                 )?;
                 self.authorized_joins = members.iter().cloned().collect();
+                self.membership_grants = members.iter().cloned().collect();
                 self.genesis_voters = members.iter().map(|(n, _)| *n).collect();
             }
             Command::AuthorizeJoin {
@@ -74,6 +75,9 @@ impl GatekeeperState {
                     return Err(reject(RejectCode::InvalidState, "raft_address is empty"));
                 }
                 self.authorized_joins.insert(*node_id, raft_address.clone());
+                self.membership_grants
+                    .insert(*node_id, raft_address.clone());
+                self.leave_grants.remove(node_id);
             }
             Command::AuthorizeLeave { node_id } => {
                 self.require_init()?;
@@ -84,6 +88,8 @@ impl GatekeeperState {
                     ));
                 }
                 self.authorized_joins.remove(node_id);
+                self.membership_grants.remove(node_id);
+                self.leave_grants.insert(*node_id);
             }
             Command::AddOperator(o) => self.apply_add_operator(o)?,
             Command::RemoveOperator { name } => self.apply_remove_operator(name)?,

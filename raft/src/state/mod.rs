@@ -19,6 +19,7 @@ mod apply;
 mod chain;
 mod checkpoint;
 mod commands;
+mod membership;
 mod proposal;
 mod records;
 
@@ -30,6 +31,7 @@ pub use commands::{
     decode_command, encode_command, ChainBlock, ChainEvent, Command, IndexedEvent, RejectCode,
     Reply, COMMAND_VERSION, MAX_CANARY_KEY_BYTES, MAX_CANARY_VALUE_BYTES,
 };
+pub use membership::check_membership_change;
 pub use proposal::{
     authorize, command_name, decode_entry, encode_proposal, operator_signing_bytes, sign_proposal,
     sign_proposal_json, signing_bytes, verify_operator_signature, ApplyContext, CommandSigner,
@@ -108,6 +110,15 @@ pub struct GatekeeperState {
     /// registration.
     #[serde(default)]
     pub authorized_joins: BTreeMap<NodeId, String>,
+    /// Nodes an operator authorized to hold a place in the Raft membership, at that Raft
+    /// address: the initial voters and each `AuthorizeJoin`; `AuthorizeLeave` withdraws its
+    /// node's. Followers check membership entries against it ([`check_membership_change`]).
+    #[serde(default)]
+    pub membership_grants: BTreeMap<NodeId, String>,
+    /// Nodes an operator authorized to leave (`AuthorizeLeave`; withdrawn by a later
+    /// `AuthorizeJoin` of the node).
+    #[serde(default)]
+    pub leave_grants: BTreeSet<NodeId>,
     /// Per canary key, the highest sequence each node wrote it with (replays are refused).
     #[serde(default)]
     pub canary_writers: BTreeMap<String, BTreeMap<NodeId, u64>>,
