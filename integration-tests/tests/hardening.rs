@@ -694,6 +694,138 @@ fn a_member_answering_with_newer_votes_cannot_take_the_leadership() {
     assert_eq!(s.role, "leader", "{s:?}");
 }
 
+/// A leader that no operator asked cannot change the membership: followers check each
+/// membership entry against the operator's grants in their state (design.md §10.5). Played by a
+/// member that won (here: forged, with two members' development enclave keys from their data
+/// dirs) a proof of election for a new term and sends a membership entry adding a node no
+/// `AuthorizeJoin` named, then one forming the fourth round's veto configuration.
+#[test]
+fn a_leader_cannot_change_the_membership_without_an_operators_grant() {
+    use gatekeeper::enclave::Enclave;
+    let c = Cluster::start(3, Opts::default());
+    let rt = runtime();
+    let leader = c.leader();
+    let head = c.put_ok(leader, "m-head", "x").log_index;
+    c.wait_converged(&c.ids(), head);
+    let ids = c.ids();
+    let mut others = ids.iter().copied().filter(|&i| i != leader);
+    let (mallory, victim) = (others.next().unwrap(), others.next().unwrap());
+    // A proof of election for mallory in `term`: its own grant and the victim's.
+    let proof = |term: u64| -> Vec<rpb::ElectionGrant> {
+        [mallory, victim]
+            .iter()
+            .map(|&n| {
+                let e = gatekeeper::enclave::software::SoftwareEnclave::open_with(
+                    &c.data_dir(n).join("enclave"),
+                    n,
+                    gatekeeper::enclave::software::EvidenceSource::Dev(None),
+                )
+                .unwrap();
+                let m = gatekeeper_raft::election::grant_signing_bytes(term, mallory);
+                rpb::ElectionGrant {
+                    node_id: n,
+                    signature: e
+                        .sign_identity(keyring::sign::SigningPurpose::Command, &m)
+                        .0
+                        .to_vec(),
+                }
+            })
+            .collect()
+    };
+    let nodes = |extra: Option<u64>| {
+        let mut m: std::collections::HashMap<u64, rpb::Node> = ids
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    rpb::Node {
+                        raft_address: c.raft_addr(i).to_string(),
+                        api_address: c.api_addr(i).to_string(),
+                    },
+                )
+            })
+            .collect();
+        if let Some(x) = extra {
+            m.insert(
+                x,
+                rpb::Node {
+                    raft_address: "127.0.0.1:1".into(),
+                    api_address: "127.0.0.1:2".into(),
+                },
+            );
+        }
+        m
+    };
+    let set = |v: &[u64]| rpb::NodeIdSet {
+        node_ids: v.to_vec(),
+    };
+    let all = ids.clone();
+    for (name, membership) in [
+        (
+            "a learner no operator authorized",
+            rpb::Membership {
+                configs: vec![set(&all)],
+                nodes: nodes(Some(9)),
+            },
+        ),
+        (
+            "a joint configuration giving mallory a veto",
+            rpb::Membership {
+                configs: vec![set(&all), set(&[mallory])],
+                nodes: nodes(None),
+            },
+        ),
+    ] {
+        // Settled: the victim follows a leader, and holds the last write.
+        let ack = c.put_ok(victim, &format!("m-{}", name.len()), "x");
+        c.wait_converged(&ids, ack.log_index);
+        let before = c.status(victim).unwrap_or_else(|e| c.fail(&e));
+        let (term, last) = (before.term, before.last_log_index.unwrap());
+        let leader = before.leader_id.unwrap();
+        let req = rpb::AppendEntriesRequest {
+            vote: Some(vote(term + 1, mallory, true)),
+            prev_log_id: Some(log_id(term, leader, last)),
+            entries: vec![rpb::Entry {
+                log_id: Some(log_id(term + 1, mallory, last + 1)),
+                payload: Some(rpb::entry::Payload::Membership(membership)),
+            }],
+            leader_commit: None,
+            election: proof(term + 1),
+        };
+        let r = rt
+            .block_on(async { raft_client(&c, victim, mallory).append_entries(req).await })
+            .unwrap_or_else(|e| c.fail(&format!("{name}: {e:?}")))
+            .into_inner();
+        // Accepted only up to the entry before it.
+        let matching = match r.result {
+            Some(rpb::append_entries_response::Result::PartialSuccess(p)) => p.matching,
+            other => c.fail(&format!("{name}: answered {other:?}")),
+        };
+        assert_eq!(matching, Some(log_id(term, leader, last)), "{name}");
+        let s = c.status(victim).unwrap_or_else(|e| c.fail(&e));
+        assert_eq!(
+            s.members
+                .iter()
+                .map(|m| (m.id, m.voter))
+                .collect::<Vec<_>>(),
+            before
+                .members
+                .iter()
+                .map(|m| (m.id, m.voter))
+                .collect::<Vec<_>>(),
+            "{name}: the victim's membership changed"
+        );
+    }
+    let log = fs::read_to_string(c.stderr_log(victim)).unwrap();
+    assert!(
+        log.contains("refused a membership change no operator authorized"),
+        "the refusal was not logged"
+    );
+    // The cluster goes on (the real leader stands again above the forged term).
+    let ack = c.put_ok(victim, "m-after", "y");
+    c.wait_converged(&ids, ack.log_index);
+}
+
 #[test]
 fn append_entries_that_rewrite_committed_entries_or_carry_malformed_votes_are_refused() {
     let c = Cluster::start(3, Opts::default());
