@@ -200,6 +200,11 @@ impl AuditLog {
     fn hmac_key(&self, epoch: Option<u64>) -> (Option<u64>, Zeroizing<[u8; 32]>) {
         if let (Some(epoch), Some(enclave)) = (epoch, &self.epoch_keys) {
             let mut d = self.derived.lock().unwrap_or_else(|p| p.into_inner());
+            // Only while the enclave holds the epoch: a retired epoch's key is dropped with it.
+            if !enclave.has_master(epoch) {
+                d.remove(&epoch);
+                return (None, self.key.clone());
+            }
             if let Some(k) = d.get(&epoch) {
                 return (Some(epoch), k.clone());
             }
