@@ -694,6 +694,92 @@ fn a_member_answering_with_newer_votes_cannot_take_the_leadership() {
     assert_eq!(s.role, "leader", "{s:?}");
 }
 
+/// Attack round 7: a member answered every candidate's vote request with a vote for itself in
+/// the next term; openraft's candidate adopted it (a vote for the member, and the end of its
+/// candidacy before the others' grants came back), so no election completed while the member
+/// kept answering (node 1 campaigned from term 81 to 101+ without winning), and the adopted
+/// votes became the member's grants. Now a candidate takes nothing from a refusal: with the
+/// leader gone, the honest majority elects one of its own while the member keeps answering.
+#[test]
+fn a_member_answering_candidates_with_newer_votes_does_not_stop_an_election() {
+    let mut c = Cluster::start(5, Opts::default());
+    let rt = runtime();
+    let leader = c.leader();
+    let head = c.put_ok(leader, "ce-head", "x").log_index;
+    c.wait_converged(&c.ids(), head);
+    let ids = c.ids();
+    let mallory = *ids.iter().find(|&&i| i != leader).unwrap();
+    let honest: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|&i| i != leader && i != mallory)
+        .collect();
+    c.kill9(mallory);
+    let answered = Arc::new(AtomicU64::new(0));
+    let (cert, key) = c.node_cert(mallory);
+    let ca = c.ca_file().expect("TLS cluster");
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            fs::read(cert).unwrap(),
+            fs::read(key).unwrap(),
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(
+            fs::read(ca).unwrap(),
+        ));
+    let addr: std::net::SocketAddr = c.raft_addr(mallory).parse().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(rpb::raft_service_server::RaftServiceServer::new(
+                NewerVoteAnswers {
+                    me: mallory,
+                    seen: Arc::new(AtomicU64::new(0)),
+                    answered: answered.clone(),
+                },
+            ))
+            .serve_with_shutdown(addr, async {
+                let _ = stopped.await;
+            }),
+    );
+    // The leader goes away; the three honest nodes must elect one of their own.
+    c.kill9(leader);
+    let new_leader = c.leader_among(&honest);
+    let ack = c.put_ok(new_leader, "ce-after", "y");
+    c.wait_converged(&honest, ack.log_index);
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().unwrap();
+    assert!(
+        answered.load(Ordering::SeqCst) > 0,
+        "no candidate ever asked mallory"
+    );
+    // Mallory never asked for a vote here: an honest node whose vote names mallory took it from
+    // an answer (openraft logs each change of its vote).
+    let adopted = format!("-N{mallory}:uncommitted");
+    for &i in &honest {
+        let log = fs::read_to_string(c.stderr_log(i)).unwrap();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("vote is changing") && l.ends_with(&adopted))
+        {
+            c.fail(&format!(
+                "node {i} adopted mallory's vote from an answer: {l}"
+            ));
+        }
+    }
+    let ignored = honest.iter().any(|&i| {
+        fs::read_to_string(c.stderr_log(i))
+            .unwrap()
+            .contains("a vote refusal names a newer vote: not adopting it")
+    });
+    assert!(ignored, "no candidate saw mallory's newer votes");
+    c.restart(mallory);
+    c.restart(leader);
+    let ack = c.put_ok(new_leader, "ce-all", "z");
+    c.wait_converged(&ids, ack.log_index);
+}
+
 /// A leader that no operator asked cannot change the membership: followers check each
 /// membership entry against the operator's grants in their state (design.md §10.5). Played by a
 /// member that won (here: forged, with two members' development enclave keys from their data

@@ -152,6 +152,17 @@ impl Elections {
         g.clone()
     }
 
+    /// Whether this node won `term` in this process's lifetime: another voter's grant for it
+    /// was recorded (a leader restored from its persisted vote after a restart has none).
+    pub fn won(&self, term: u64, me: NodeId) -> bool {
+        self.inner
+            .lock()
+            .expect("elections lock")
+            .grants
+            .get(&(term, me))
+            .is_some_and(|g| g.keys().any(|n| *n != me))
+    }
+
     /// Whether (term, leader) was verified already.
     pub fn is_verified(&self, term: u64, leader: NodeId) -> bool {
         self.inner.lock().expect("elections lock").verified == Some((term, leader))

@@ -215,10 +215,8 @@ pub struct Network {
     /// Consecutive failed snapshot transfers per follower (their backoff).
     snapshot_failures: Arc<Mutex<HashMap<NodeId, u32>>>,
     /// When this leader last stood again because a peer answered with a newer vote, and how
-    /// many times it did with less than a minute between two.
+    /// many times it did with less than [`STAND_AGAIN_MEMORY`] between two.
     stood_again: Arc<Mutex<Option<(std::time::Instant, u32)>>>,
-    /// Touched while this node leads (see [`Network::with_led`]).
-    led: LeaderContact,
     /// A vote this node gave outside openraft: it does not stand in that term or below.
     pledge: Pledge,
 }
@@ -235,7 +233,6 @@ impl Network {
             elections: Elections::default(),
             snapshot_failures: Default::default(),
             stood_again: Default::default(),
-            led: LeaderContact::default(),
             pledge: Pledge::in_memory(),
         }
     }
@@ -243,14 +240,6 @@ impl Network {
     /// Shares the node's vote pledge ([`crate::pledge`]) with the server half.
     pub fn with_pledge(mut self, pledge: Pledge) -> Self {
         self.pledge = pledge;
-        self
-    }
-
-    /// `led` is touched while this node leads (the replica does it): a candidate that led within
-    /// the minimum election timeout is a leader standing again, and answers naming a newer vote
-    /// make it stand again once more (see [`Network::newer_vote_answer`]).
-    pub fn with_led(mut self, led: LeaderContact) -> Self {
-        self.led = led;
         self
     }
 
@@ -320,10 +309,6 @@ impl Network {
     /// minimum election timeout up to 64 times it; reset after a minute without): answers in
     /// between are refused (the peer is retried), so a member repeating the answer costs a short
     /// election now and then, never the leadership.
-    ///
-    /// A candidate's vote answers go the same way (openraft would adopt the answer's vote
-    /// uncommitted: a vote for that member): a candidate that led within the minimum election
-    /// timeout stands again; any other candidate adopts the term only, and its timer decides.
     fn newer_vote_answer(
         &self,
         target: NodeId,
@@ -340,16 +325,6 @@ impl Network {
             )));
         }
         let quiet = Duration::from_millis(raft.config().election_timeout_min);
-        let leading = sent.is_committed()
-            || self
-                .led
-                .millis_since()
-                .is_some_and(|ms| u128::from(ms) < quiet.as_millis());
-        if !leading {
-            // An ordinary candidate keeps openraft's own rule (it adopts the newer vote), which
-            // settles split votes; a member gains nothing there it could not by asking.
-            return Ok(*newer);
-        }
         // Standing again in a term the followers refuse as too far above theirs would leave
         // the cluster leaderless until the member's own candidacy (found by review).
         if newer.leader_id.term
@@ -537,6 +512,10 @@ fn bad_reply<E: std::error::Error>(e: ConvertError) -> RpcErr<E> {
 /// must not fill the disk.
 /// Messages from leaders without a proof of election: logged at most once a second.
 static UNPROVEN_LEADERS: crate::lograte::LogGate =
+    crate::lograte::LogGate::new(Duration::from_secs(1));
+
+/// Vote refusals naming a newer vote are logged at most once a second.
+static NEWER_VOTE_REFUSALS: crate::lograte::LogGate =
     crate::lograte::LogGate::new(Duration::from_secs(1));
 
 /// Candidacies a pledge holds back are logged at most once a second.
@@ -749,14 +728,23 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 )),
             ));
         }
-        // openraft adopts a refusal's vote, uncommitted, when it is above its own.
+        // openraft adopts a refusal's vote, uncommitted, when it is above its own: a vote for
+        // whoever the answer names, and the end of this candidacy. A member answered every
+        // candidate with a vote for itself in the next term, collected the grants of those that
+        // adopted it, and kept any election from completing meanwhile (attack round 7). A
+        // candidate takes nothing from a refusal: it stays a candidate, and learns of a newer
+        // term from that candidate's own request, or a newer leader from its messages.
         let mut newer = resp.vote;
         newer.committed = false;
         if !resp.vote_granted && newer > rpc.vote {
-            resp.vote = self
-                .network
-                .newer_vote_answer(self.target, &rpc.vote, &newer)
-                .map_err(|e| refused_reply(self.target, e))?;
+            if let Some(n) = NEWER_VOTE_REFUSALS.pass(std::time::Instant::now()) {
+                tracing::info!(
+                    peer = self.target, vote = %resp.vote, own_vote = %rpc.vote,
+                    ignored_since_last_line = n,
+                    "a vote refusal names a newer vote: not adopting it"
+                );
+            }
+            resp.vote = rpc.vote;
         }
         if resp.vote_granted {
             self.network.elections.record(
@@ -1509,7 +1497,13 @@ impl RaftService for RaftServer {
         {
             let m = self.raft.metrics().borrow().clone();
             let quiet = self.raft.config().election_timeout_min;
-            if crate::replica::leads_with_quorum(&m, quiet)
+            // Also a leader whose followers are slow to answer, as long as it won its term in
+            // this lifetime: a member withholding its own acks made the leader's quorum hang on
+            // one slow follower, and once that follower lagged, the leader granted the member's
+            // waiting vote request (attack round 7).
+            let won = m.state == openraft::ServerState::Leader
+                && self.elections.won(m.current_term, self.node_id);
+            if (won || crate::replica::leads_with_quorum(&m, quiet))
                 && req.vote.leader_id.node_id != self.node_id
             {
                 return Err(Status::failed_precondition(format!(

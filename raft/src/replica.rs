@@ -413,7 +413,6 @@ impl Replica {
         let led = LeaderContact::default();
         let network = Network::new(faults.clone(), config.network.clone())
             .with_elections(elections.clone())
-            .with_led(led.clone())
             .with_pledge(pledge.clone());
         let raft = Raft::new(
             config.node_id,

@@ -174,6 +174,17 @@ impl GatekeeperState {
                 "member addresses must not be empty",
             ));
         }
+        // A low-order HPKE key makes every share sealed to it fail (a member registered the
+        // all-zero key and every later dealing failed without a word: attack round 7).
+        if keyring::X25519PublicKey(m.hpke_public_key.0).is_low_order() {
+            return Err(reject(
+                RejectCode::InvalidState,
+                format!(
+                    "node {}'s HPKE public key is a low-order point: nothing can be sealed to it",
+                    m.node_id
+                ),
+            ));
+        }
         // A new identity consumes the operator's authorization (checked by `authorize`).
         let new_identity = self
             .members

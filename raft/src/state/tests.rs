@@ -922,3 +922,20 @@ fn dev_events_apply_without_moving_the_cursor() {
         RejectCode::UnknownWorker,
     );
 }
+
+#[test]
+fn a_member_record_with_a_low_order_hpke_key_is_refused() {
+    let mut s = GatekeeperState::default();
+    let Command::UpsertMember(mut m) = member(3) else {
+        unreachable!()
+    };
+    m.hpke_public_key = b(0);
+    let r = s.apply(&Command::UpsertMember(m.clone()));
+    assert!(
+        matches!(&r, Reply::Rejected { code: RejectCode::InvalidState, message } if message.contains("low-order")),
+        "{r:?}"
+    );
+    assert!(!s.members.contains_key(&3));
+    m.hpke_public_key = b(103);
+    assert!(applied(&s.apply(&Command::UpsertMember(m))));
+}
