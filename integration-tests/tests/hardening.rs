@@ -862,32 +862,56 @@ fn a_leader_cannot_change_the_membership_without_an_operators_grant() {
             },
         ),
     ] {
-        // Settled: the victim follows a leader, and holds the last write.
-        let ack = c.put_ok(victim, &format!("m-{}", name.len()), "x");
-        c.wait_converged(&ids, ack.log_index);
-        let before = c.status(victim).unwrap_or_else(|e| c.fail(&e));
-        let (term, last) = (before.term, before.last_log_index.unwrap());
-        let leader = before.leader_id.unwrap();
-        let req = rpb::AppendEntriesRequest {
-            vote: Some(vote(term + 1, mallory, true)),
-            prev_log_id: Some(log_id(term, leader, last)),
-            entries: vec![rpb::Entry {
-                log_id: Some(log_id(term + 1, mallory, last + 1)),
-                payload: Some(rpb::entry::Payload::Membership(membership)),
-            }],
-            leader_commit: None,
-            election: proof(term + 1),
-        };
-        let r = rt
-            .block_on(async { raft_client(&c, victim, mallory).append_entries(req).await })
-            .unwrap_or_else(|e| c.fail(&format!("{name}: {e:?}")))
-            .into_inner();
-        // Accepted only up to the entry before it.
-        let matching = match r.result {
-            Some(rpb::append_entries_response::Result::PartialSuccess(p)) => p.matching,
-            other => c.fail(&format!("{name}: answered {other:?}")),
-        };
-        assert_eq!(matching, Some(log_id(term, leader, last)), "{name}");
+        // Settled: the victim follows a leader, and holds the last write. The leader may append
+        // (a checkpoint signature, a blank after an election) between the status read and the
+        // forged message: then the message no longer fits the victim's log, and it is sent
+        // again on the new head.
+        let mut before = None;
+        for attempt in 0.. {
+            let ack = c.put_ok(victim, &format!("m-{}-{attempt}", name.len()), "x");
+            c.wait_converged(&ids, ack.log_index);
+            let st = c.status(victim).unwrap_or_else(|e| c.fail(&e));
+            let (term, last) = (st.term, st.last_log_index.unwrap());
+            let leader = st.leader_id.unwrap();
+            let req = rpb::AppendEntriesRequest {
+                vote: Some(vote(term + 1, mallory, true)),
+                prev_log_id: Some(log_id(term, leader, last)),
+                entries: vec![rpb::Entry {
+                    log_id: Some(log_id(term + 1, mallory, last + 1)),
+                    payload: Some(rpb::entry::Payload::Membership(membership.clone())),
+                }],
+                leader_commit: None,
+                election: proof(term + 1),
+            };
+            let r =
+                rt.block_on(async { raft_client(&c, victim, mallory).append_entries(req).await });
+            let moved = match &r {
+                Err(e) => e
+                    .message()
+                    .contains("conflicts with this node's committed entry"),
+                Ok(r) => matches!(
+                    r.get_ref().result,
+                    Some(rpb::append_entries_response::Result::Conflict(_))
+                        | Some(rpb::append_entries_response::Result::HigherVote(_))
+                ),
+            };
+            if moved && attempt < 10 {
+                std::thread::sleep(Duration::from_millis(300));
+                continue;
+            }
+            let r = r
+                .unwrap_or_else(|e| c.fail(&format!("{name}: {e:?}")))
+                .into_inner();
+            // Accepted only up to the entry before it.
+            let matching = match r.result {
+                Some(rpb::append_entries_response::Result::PartialSuccess(p)) => p.matching,
+                other => c.fail(&format!("{name}: answered {other:?}")),
+            };
+            assert_eq!(matching, Some(log_id(term, leader, last)), "{name}");
+            before = Some(st);
+            break;
+        }
+        let before = before.unwrap();
         let s = c.status(victim).unwrap_or_else(|e| c.fail(&e));
         assert_eq!(
             s.members
