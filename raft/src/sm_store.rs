@@ -98,6 +98,10 @@ pub struct Applied {
     pub state: GatekeeperState,
 }
 
+/// Disagreeing checkpoint signatures are logged at most once a minute.
+static DISAGREEING: crate::lograte::LogGate =
+    crate::lograte::LogGate::new(std::time::Duration::from_secs(60));
+
 impl Applied {
     /// What this state vouches for: its cluster id, its membership's voters, its members' keys
     /// (checkpoint certificates are verified against it).
@@ -402,7 +406,8 @@ impl SmStore {
         if digest != cert.digest {
             tracing::error!(
                 index = cert.index,
-                "this node's state at a checkpoint differs from the one a majority of the                  voters certified: its state machine diverged; wipe its data dir and rejoin it"
+                "this node's state at a checkpoint differs from the one a majority of the \
+                 voters certified: its state machine diverged; wipe its data dir and rejoin it"
             );
             return Ok(false);
         }
@@ -695,6 +700,21 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                     EntryPayload::Normal(cmd) => {
                         let ctx = a.apply_context(entry.log_id.leader_id.node_id);
                         let reply = a.state.apply_entry(&cmd.0, &ctx);
+                        if let Some((at, votes)) = a.state.disagreeing_checkpoint() {
+                            if let Some(n) = DISAGREEING.pass(std::time::Instant::now()) {
+                                let votes: Vec<String> = votes
+                                    .iter()
+                                    .map(|(n, d)| format!("node {n}: {}", hex::encode(&d.0[..8])))
+                                    .collect();
+                                tracing::error!(
+                                    index = at, votes = %votes.join(", "), since_last_line = n,
+                                    "nodes signed different states at the same checkpoint: their \
+                                     logs or state machines diverged (a leader that sent \
+                                     different entries under one log id, or a damaged node); \
+                                     nothing is certified until it is resolved"
+                                );
+                            }
+                        }
                         replies.push(CommandReply(
                             serde_json::to_vec(&reply).expect("replies serialize"),
                         ));

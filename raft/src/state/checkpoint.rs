@@ -267,6 +267,23 @@ impl GatekeeperState {
     }
 }
 
+impl GatekeeperState {
+    /// Signed checkpoint votes that disagree: the lowest index at which two nodes signed
+    /// different digests of their state, and every vote at it (node, digest). Nodes that applied
+    /// the same log hold the same state, so this means their logs differ under the same log ids
+    /// (a leader that sent different entries to different followers) or a state machine
+    /// diverged. Nothing is certified at that index again.
+    pub fn disagreeing_checkpoint(&self) -> Option<(u64, Vec<(NodeId, Bytes32)>)> {
+        let mut by_index: BTreeMap<u64, Vec<(NodeId, Bytes32)>> = BTreeMap::new();
+        for (n, v) in &self.checkpoint_votes {
+            by_index.entry(v.index).or_default().push((*n, v.digest));
+        }
+        by_index
+            .into_iter()
+            .find(|(_, votes)| votes.iter().any(|(_, d)| *d != votes[0].1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,9 +329,14 @@ mod tests {
         let v = voters(&[1, 2, 3]);
         assert_eq!(s.apply_checkpoint_vote(1, &v, vote(1, 10, 5)), Ok(true));
         assert_eq!(s.checkpoint, None, "one of three is not a majority");
-        // Node 2 signed another digest (diverged): still no majority.
+        assert_eq!(s.disagreeing_checkpoint(), None);
+        // Node 2 signed another digest (diverged): still no majority, and it shows.
         assert_eq!(s.apply_checkpoint_vote(2, &v, vote(2, 10, 6)), Ok(true));
         assert_eq!(s.checkpoint, None);
+        assert_eq!(
+            s.disagreeing_checkpoint(),
+            Some((10, vec![(1, Bytes32([5; 32])), (2, Bytes32([6; 32]))]))
+        );
         assert_eq!(s.apply_checkpoint_vote(3, &v, vote(3, 10, 5)), Ok(true));
         let c = s.checkpoint.clone().unwrap();
         assert_eq!((c.index, c.digest), (10, Bytes32([5; 32])));

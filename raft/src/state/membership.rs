@@ -43,7 +43,7 @@ pub fn check_membership_change(
     // joint configuration was entered).
     let target = match after.as_slice() {
         [only] if only == in_force => only,
-        [first, second] if first == in_force => second,
+        [first, second] if first == in_force && second != in_force => second,
         _ => {
             return Err(format!(
                 "configuration {after:?} does not follow {before:?}: a membership change keeps \
@@ -68,6 +68,17 @@ pub fn check_membership_change(
     }
     let old_voters: BTreeSet<NodeId> = before.iter().flatten().copied().collect();
     for (id, node) in next.nodes() {
+        // A node's API address changes only by leaving and joining again: clients find the
+        // cluster's nodes through it (a leader re-pointed a member's: attack round 8).
+        if let Some(old) = prev.get_node(id) {
+            if old.api_address != node.api_address && old.raft_address == node.raft_address {
+                return Err(format!(
+                    "node {id}'s API address changes from {} to {}: an address changes only by \
+                     leave and join",
+                    old.api_address, node.api_address
+                ));
+            }
+        }
         let moved = prev
             .get_node(id)
             .is_none_or(|old| old.raft_address != node.raft_address);
@@ -198,5 +209,18 @@ mod tests {
             .contains("node 2 is added at 127.0.0.1:9002"));
         // An unchanged membership passes (openraft re-appends one after a leader change).
         assert_eq!(check_membership_change(&s, &three, &three), Ok(()));
+        // A joint configuration of the one in force twice: not a change openraft makes.
+        let twice = m(&[&[1, 2, 3], &[1, 2, 3]], &[], &[]);
+        assert!(check_membership_change(&s, &three, &twice)
+            .unwrap_err()
+            .contains("does not follow"));
+        // A member's API address re-pointed (round 8).
+        let mut api = three.clone();
+        let mut nodes: BTreeMap<NodeId, Node> = api.nodes().map(|(i, n)| (*i, n.clone())).collect();
+        nodes.get_mut(&1).unwrap().api_address = "127.0.0.1:39998".into();
+        api = Membership::new(api.get_joint_config().clone(), nodes);
+        assert!(check_membership_change(&s, &three, &api)
+            .unwrap_err()
+            .contains("node 1's API address changes"));
     }
 }
