@@ -32,6 +32,7 @@ fn master_cases(label: &str, master: &MasterSecret, input: Value) -> Value {
         "contract_id": hex::encode(contract.as_bytes()),
         "worker_key": key(&derive::worker_key(master, &worker)),
         "cluster_signing_key": key(&derive::cluster_signing_key(master)),
+        "audit_key": hex::encode(&derive::audit_key(master)[..]),
         "native": {
             "cluster_key": key(&cn),
             "contract_key": key(&derive::contract_key(&cn, Scheme::Native, &contract)),
