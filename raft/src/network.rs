@@ -290,6 +290,10 @@ const STAND_AGAIN_MAX_DOUBLINGS: u32 = 6;
 /// election timeout of up to ~10 s), so a member repeating its answer never resets it.
 const STAND_AGAIN_MEMORY: Duration = Duration::from_secs(1800);
 
+/// For how many minimum election timeouts after its last message a node does not vote back the
+/// leader it followed (see the vote handler).
+const SILENT_LEADER_WINDOW: u64 = 10;
+
 /// How long a leader that stands again waits for openraft to step down first.
 const STEP_DOWN_WAIT: Duration = Duration::from_secs(2);
 
@@ -1092,7 +1096,11 @@ impl RaftServer {
     ) -> Result<Option<pb::VoteResponse>, Status> {
         let candidate = req.vote.leader_id;
         let follows = current.is_committed() && current.leader_id.node_id == candidate.node_id;
-        if !follows || req.vote <= *current || req.vote.is_committed() {
+        // Standing again happens at once; a leader that fell silent first is a candidate like
+        // any other (attack round 9).
+        let quiet = self.raft.config().election_timeout_min;
+        let prompt = self.contact.millis_since().is_some_and(|ms| ms < quiet);
+        if !follows || !prompt || req.vote <= *current || req.vote.is_committed() {
             return Ok(None);
         }
         // No entry lands between the comparison of the logs and the grant.
@@ -1540,6 +1548,22 @@ impl RaftService for RaftServer {
                 return Err(Status::failed_precondition(format!(
                     "node {} heard from a leader {ms} ms ago: it grants no vote within the \
                      minimum election timeout ({quiet} ms)",
+                    self.node_id
+                )));
+            }
+            // The leader that went silent is what this election replaces: the node that
+            // followed it does not vote it back for a while. A member that led stopped its
+            // heartbeats, out-bid the first honest candidate's term and was voted back at once,
+            // every time (attack round 9).
+            let silent = self
+                .contact
+                .millis_since()
+                .filter(|_| self.contact.leader() == Some(candidate));
+            if let Some(ms) = silent.filter(|&ms| ms >= quiet && ms < quiet * SILENT_LEADER_WINDOW)
+            {
+                return Err(Status::failed_precondition(format!(
+                    "node {} stopped hearing from its leader {candidate} {ms} ms ago: it votes \
+                     for another candidate first",
                     self.node_id
                 )));
             }
