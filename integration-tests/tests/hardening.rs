@@ -599,6 +599,46 @@ impl rpb::raft_service_server::RaftService for NewerVoteAnswers {
     }
 }
 
+/// A member's Raft listener played by the test: `answers` served on node `answers.me`'s Raft
+/// address with that node's certificate (the node itself must be stopped).
+struct Impostor {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Impostor {
+    fn serve(c: &Cluster, rt: &tokio::runtime::Runtime, answers: NewerVoteAnswers) -> Self {
+        let (cert, key) = c.node_cert(answers.me);
+        let ca = c.ca_file().expect("TLS cluster");
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                fs::read(cert).unwrap(),
+                fs::read(key).unwrap(),
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(
+                fs::read(ca).unwrap(),
+            ));
+        let addr: std::net::SocketAddr = c.raft_addr(answers.me).parse().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(rpb::raft_service_server::RaftServiceServer::new(answers))
+                .serve_with_shutdown(addr, async {
+                    let _ = stopped.await;
+                }),
+        );
+        Impostor { stop, server }
+    }
+
+    /// Stops serving and frees the address (the real node may start again).
+    fn stop(self, rt: &tokio::runtime::Runtime) {
+        let _ = self.stop.send(());
+        rt.block_on(self.server).unwrap().unwrap();
+    }
+}
+
 /// Attack round 6: a member answered the leader's heartbeats with a newer vote of its own; the
 /// leader adopted it (a vote for the member) and stepped down, and the member asked for votes
 /// the moment the followers' stickiness window closed, and won, 7 times of 7. Now the leader
@@ -617,32 +657,14 @@ fn a_member_answering_with_newer_votes_cannot_take_the_leadership() {
     c.kill9(mallory);
     let seen = Arc::new(AtomicU64::new(0));
     let answered = Arc::new(AtomicU64::new(0));
-    let (cert, key) = c.node_cert(mallory);
-    let ca = c.ca_file().expect("TLS cluster");
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            fs::read(cert).unwrap(),
-            fs::read(key).unwrap(),
-        ))
-        .client_ca_root(tonic::transport::Certificate::from_pem(
-            fs::read(ca).unwrap(),
-        ));
-    let addr: std::net::SocketAddr = c.raft_addr(mallory).parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(rpb::raft_service_server::RaftServiceServer::new(
-                NewerVoteAnswers {
-                    me: mallory,
-                    seen: seen.clone(),
-                    answered: answered.clone(),
-                },
-            ))
-            .serve_with_shutdown(addr, async {
-                let _ = stopped.await;
-            }),
+    let impostor = Impostor::serve(
+        &c,
+        &rt,
+        NewerVoteAnswers {
+            me: mallory,
+            seen: seen.clone(),
+            answered: answered.clone(),
+        },
     );
     // Meanwhile mallory asks both nodes for their votes, in the term above the highest it saw,
     // every 20 ms for 8 s: it needs one grant to win.
@@ -667,8 +689,7 @@ fn a_member_answering_with_newer_votes_cannot_take_the_leadership() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = stop.send(());
-    rt.block_on(server).unwrap().unwrap();
+    impostor.stop(&rt);
     if !granted.is_empty() {
         c.fail(&format!("mallory collected vote grants {granted:?}"));
     }
@@ -716,40 +737,21 @@ fn a_member_answering_candidates_with_newer_votes_does_not_stop_an_election() {
         .collect();
     c.kill9(mallory);
     let answered = Arc::new(AtomicU64::new(0));
-    let (cert, key) = c.node_cert(mallory);
-    let ca = c.ca_file().expect("TLS cluster");
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            fs::read(cert).unwrap(),
-            fs::read(key).unwrap(),
-        ))
-        .client_ca_root(tonic::transport::Certificate::from_pem(
-            fs::read(ca).unwrap(),
-        ));
-    let addr: std::net::SocketAddr = c.raft_addr(mallory).parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(rpb::raft_service_server::RaftServiceServer::new(
-                NewerVoteAnswers {
-                    me: mallory,
-                    seen: Arc::new(AtomicU64::new(0)),
-                    answered: answered.clone(),
-                },
-            ))
-            .serve_with_shutdown(addr, async {
-                let _ = stopped.await;
-            }),
+    let impostor = Impostor::serve(
+        &c,
+        &rt,
+        NewerVoteAnswers {
+            me: mallory,
+            seen: Arc::new(AtomicU64::new(0)),
+            answered: answered.clone(),
+        },
     );
     // The leader goes away; the three honest nodes must elect one of their own.
     c.kill9(leader);
     let new_leader = c.leader_among(&honest);
     let ack = c.put_ok(new_leader, "ce-after", "y");
     c.wait_converged(&honest, ack.log_index);
-    let _ = stop.send(());
-    rt.block_on(server).unwrap().unwrap();
+    impostor.stop(&rt);
     assert!(
         answered.load(Ordering::SeqCst) > 0,
         "no candidate ever asked mallory"
