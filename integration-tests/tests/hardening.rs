@@ -715,6 +715,122 @@ fn a_member_answering_with_newer_votes_cannot_take_the_leadership() {
     assert_eq!(s.role, "leader", "{s:?}");
 }
 
+/// A proof of election for `candidate` in `term`, signed with the development enclave keys
+/// (from their data dirs) of `signers`: what members that all turned would hold.
+fn forged_proof(
+    c: &Cluster,
+    signers: &[u64],
+    term: u64,
+    candidate: u64,
+) -> Vec<rpb::ElectionGrant> {
+    use gatekeeper::enclave::Enclave;
+    signers
+        .iter()
+        .map(|&n| {
+            let e = gatekeeper::enclave::software::SoftwareEnclave::open_with(
+                &c.data_dir(n).join("enclave"),
+                n,
+                gatekeeper::enclave::software::EvidenceSource::Dev(None),
+            )
+            .unwrap();
+            let m = gatekeeper_raft::election::grant_signing_bytes(term, candidate);
+            rpb::ElectionGrant {
+                node_id: n,
+                signature: e
+                    .sign_identity(keyring::sign::SigningPurpose::Command, &m)
+                    .0
+                    .to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// Attack rounds 9 and 10: a member that led went silent, waited for the first honest
+/// candidate and asked at once for a higher term; its former followers voted it back every
+/// time. A follower now refuses to vote back the leader it followed for ten minimum election
+/// timeouts after it fell silent, also when its log refused that leader's entries (round 10:
+/// only a follower that accepted them applied the rule). Here mallory holds a (forged) proof of
+/// election, the victim's log conflicts with its heartbeat, the real leader is gone, and mallory
+/// asks the victim for its vote in the next term once it has been silent past the lease.
+#[test]
+fn a_follower_does_not_vote_back_its_silent_leader_whose_entries_it_refused() {
+    let mut c = Cluster::start(3, Opts::default());
+    let rt = runtime();
+    let leader = c.leader();
+    let head = c.put_ok(leader, "sl-head", "x").log_index;
+    c.wait_converged(&c.ids(), head);
+    let ids = c.ids();
+    let mut others = ids.iter().copied().filter(|&i| i != leader);
+    let (mallory, victim) = (others.next().unwrap(), others.next().unwrap());
+    let st = c.status(victim).unwrap_or_else(|e| c.fail(&e));
+    let (term, last) = (st.term, st.last_log_index.unwrap());
+    c.kill9(mallory);
+    c.kill9(leader);
+    // Mallory's heartbeat as the leader of the next term, whose previous entry the victim lacks.
+    let heartbeat = rpb::AppendEntriesRequest {
+        vote: Some(vote(term + 1, mallory, true)),
+        prev_log_id: Some(log_id(term + 1, mallory, last + 50)),
+        entries: vec![],
+        leader_commit: None,
+        election: forged_proof(&c, &[mallory, victim], term + 1, mallory),
+    };
+    let r = rt
+        .block_on(async {
+            raft_client(&c, victim, mallory)
+                .append_entries(heartbeat)
+                .await
+        })
+        .unwrap_or_else(|e| c.fail(&format!("heartbeat: {e:?}")))
+        .into_inner();
+    assert!(
+        matches!(
+            r.result,
+            Some(rpb::append_entries_response::Result::Conflict(_))
+        ),
+        "the victim answered {:?}",
+        r.result
+    );
+    let silent_at = Instant::now();
+    // Past openraft's lease (election_timeout_max, 600 ms), within ten minimum election timeouts
+    // (3 s): mallory asks for the victim's vote in the term above the victim's, every 100 ms.
+    std::thread::sleep(Duration::from_millis(700));
+    let (mut refused_as_silent, mut granted) = (0, Vec::new());
+    while silent_at.elapsed() < Duration::from_millis(2600) {
+        let t = c.status(victim).unwrap_or_else(|e| c.fail(&e)).term + 1;
+        let r = rt.block_on(async {
+            raft_client(&c, victim, mallory)
+                .vote(rpb::VoteRequest {
+                    vote: Some(vote(t, mallory, false)),
+                    last_log_id: Some(log_id(t - 1, mallory, last + 1000)),
+                })
+                .await
+        });
+        match r {
+            Ok(v) if v.get_ref().vote_granted => granted.push(t),
+            Ok(_) => {}
+            Err(e) if e.message().contains("stopped hearing from its leader") => {
+                refused_as_silent += 1
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !granted.is_empty() {
+        c.fail(&format!(
+            "the victim voted its silent leader back in terms {granted:?}"
+        ));
+    }
+    assert!(
+        refused_as_silent > 0,
+        "no vote request was refused for the silent leader"
+    );
+    // The cluster goes on once its nodes are back.
+    c.restart(leader);
+    c.restart(mallory);
+    let ack = c.put_ok(victim, "sl-after", "y");
+    c.wait_converged(&ids, ack.log_index);
+}
+
 /// Attack round 7: a member answered every candidate's vote request with a vote for itself in
 /// the next term; openraft's candidate adopted it (a vote for the member, and the end of its
 /// candidacy before the others' grants came back), so no election completed while the member
@@ -789,7 +905,6 @@ fn a_member_answering_candidates_with_newer_votes_does_not_stop_an_election() {
 /// `AuthorizeJoin` named, then one forming the fourth round's veto configuration.
 #[test]
 fn a_leader_cannot_change_the_membership_without_an_operators_grant() {
-    use gatekeeper::enclave::Enclave;
     let c = Cluster::start(3, Opts::default());
     let rt = runtime();
     let leader = c.leader();
@@ -799,27 +914,7 @@ fn a_leader_cannot_change_the_membership_without_an_operators_grant() {
     let mut others = ids.iter().copied().filter(|&i| i != leader);
     let (mallory, victim) = (others.next().unwrap(), others.next().unwrap());
     // A proof of election for mallory in `term`: its own grant and the victim's.
-    let proof = |term: u64| -> Vec<rpb::ElectionGrant> {
-        [mallory, victim]
-            .iter()
-            .map(|&n| {
-                let e = gatekeeper::enclave::software::SoftwareEnclave::open_with(
-                    &c.data_dir(n).join("enclave"),
-                    n,
-                    gatekeeper::enclave::software::EvidenceSource::Dev(None),
-                )
-                .unwrap();
-                let m = gatekeeper_raft::election::grant_signing_bytes(term, mallory);
-                rpb::ElectionGrant {
-                    node_id: n,
-                    signature: e
-                        .sign_identity(keyring::sign::SigningPurpose::Command, &m)
-                        .0
-                        .to_vec(),
-                }
-            })
-            .collect()
-    };
+    let proof = |term: u64| forged_proof(&c, &[mallory, victim], term, mallory);
     let nodes = |extra: Option<u64>| {
         let mut m: std::collections::HashMap<u64, rpb::Node> = ids
             .iter()

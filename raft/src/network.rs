@@ -1478,10 +1478,11 @@ impl RaftService for RaftServer {
             None => self.raft.append_entries(req).await.map_err(fatal)?,
             Some((k, why)) => self.append_before_membership(req, k, why).await?,
         };
-        if matches!(
-            resp,
-            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
-        ) {
+        // Any answer but a newer vote means openraft took the leader's proven vote, a Conflict
+        // too: a node whose log refused a leader's entries follows it all the same, and must not
+        // vote it back the moment it falls silent (attack round 10: only the follower that
+        // accepted the entries applied that rule, the other voted the member back every time).
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
             self.contact.touch_from(leader);
         }
         Ok(Response::new(convert::append_resp_to_pb(&resp)))
