@@ -145,7 +145,12 @@ impl LogStore {
     /// Opens (or creates) the log in `dir`. Fails on a log it cannot read back.
     pub fn open(dir: &Path) -> io::Result<Self> {
         crate::private_fs::create_dir_all(dir)?;
-        let config = Config::new(dir.to_string_lossy());
+        let mut config = Config::new(dir.to_string_lossy());
+        // openraft 0.9 waits for each append's flush before it takes the next write, so the
+        // WAL's default wait for more writes to batch (1 ms) never finds any: it only added a
+        // millisecond to every write, leader and followers alike (measured: replicated writes
+        // were capped near 650/s whatever the number of clients).
+        config.wal.flush_batch_wait = Some(std::time::Duration::ZERO);
         let wal = RaftLog::<WalTypes>::open(Arc::new(config))?;
         Ok(Self {
             wal: Arc::new(Mutex::new(wal)),
