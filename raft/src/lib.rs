@@ -1,5 +1,6 @@
 //! Gatekeeper's replicated state on openraft 0.9.
 //!
+//! * [`batch`] — group commit: proposals that arrive together share one log entry.
 //! * [`state`] — `GatekeeperState`, the replicated state machine, with pure apply logic.
 //! * [`log_store`] — the Raft log and vote in a write-ahead log that fsyncs (raft-log).
 //! * [`sm_store`] — the state machine in sled, snapshots as atomically written files;
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod checks;
 pub mod convert;
 pub mod election;

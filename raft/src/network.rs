@@ -981,6 +981,9 @@ pub struct RaftServer {
     follower_turn: Arc<AsyncMutex<()>>,
     /// One snapshot transfer at a time (openraft sends one per follower).
     snapshot_slot: Arc<Semaphore>,
+    /// Group commit of forwarded writes with this node's own ([`crate::batch`]); without
+    /// one, each forwarded write is its own entry.
+    batcher: Option<crate::batch::Batcher>,
 }
 
 impl RaftServer {
@@ -1010,6 +1013,7 @@ impl RaftServer {
             vote_turn: Arc::new(AsyncMutex::new(())),
             follower_turn: Arc::new(AsyncMutex::new(())),
             snapshot_slot: Arc::new(Semaphore::new(1)),
+            batcher: None,
         }
     }
 
@@ -1029,6 +1033,12 @@ impl RaftServer {
     /// Shares the node's vote pledge ([`crate::pledge`]) with the client half.
     pub fn with_pledge(mut self, pledge: Pledge) -> Self {
         self.pledge = pledge;
+        self
+    }
+
+    /// Groups forwarded writes with this node's own proposals ([`crate::batch`]).
+    pub fn with_batcher(mut self, batcher: crate::batch::Batcher) -> Self {
+        self.batcher = Some(batcher);
         self
     }
 
@@ -1711,6 +1721,17 @@ impl RaftService for RaftServer {
                     membership: None,
                 }));
             }
+        }
+        if let Some(batcher) = &self.batcher {
+            return match batcher.write(cmd.0).await {
+                Ok((log_id, response)) => Ok(Response::new(pb::ClientWriteResponse {
+                    log_id: Some(convert::log_id_to_pb(&log_id)),
+                    response,
+                    membership: None,
+                })),
+                Err(crate::batch::BatchError::ForwardToLeader(leader)) => Err(not_leader(leader)),
+                Err(e) => Err(Status::unavailable(e.to_string())),
+            };
         }
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(Response::new(pb::ClientWriteResponse {

@@ -18,10 +18,10 @@ use crate::network::{Faults, LeaderContact, Network, NetworkConfig, RaftServer};
 use crate::pledge::Pledge;
 use crate::sm_store::{Applied, SmOpenError, SmStore};
 use crate::state::{self, CommandSigner, Lane, RejectCode, Reply};
-use crate::{Command, Node, NodeId, TypeConfig};
+use crate::{Node, NodeId, TypeConfig};
 use gatekeeper_proto::raft::v1 as pb;
 use gatekeeper_proto::raft::v1::raft_service_client::RaftServiceClient;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{ChangeMembers, LogId, Raft, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -176,6 +176,11 @@ pub struct Replica {
     elections: crate::election::Elections,
     /// Last sequence used per lane.
     sequences: Arc<std::sync::Mutex<std::collections::HashMap<Lane, u64>>>,
+    /// Group commit of this node's proposals ([`crate::batch`]).
+    batcher: crate::batch::Batcher,
+    /// Held from signing a proposal to queueing it, so a lane's proposals reach the log in the
+    /// order of their sequences (one that overtook another made that one a replay).
+    submit_order: Arc<std::sync::Mutex<()>>,
 }
 
 /// Touches `led` every 50 ms while this node leads with a quorum (acknowledged within the
@@ -360,7 +365,13 @@ impl Replica {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let r = self.write_proposal(propose()?).await;
+            let (bytes, receipt) = {
+                let _order = self.submit_order.lock().expect("submit order lock");
+                let bytes = propose()?;
+                let receipt = self.submit(&bytes)?;
+                (bytes, receipt)
+            };
+            let r = self.complete(receipt, bytes).await;
             let overtaken = match &r {
                 Err(ReplicaError::Refused { code, message }) => lane_replay(code, message),
                 Ok(WriteOutcome {
@@ -424,6 +435,7 @@ impl Replica {
         .await
         .map_err(|e| ReplicaError::Raft(e.to_string()))?;
         network.set_raft(raft.clone());
+        let batcher = crate::batch::Batcher::start(raft.clone());
         let replica = Self {
             node_id: config.node_id,
             raft,
@@ -439,6 +451,8 @@ impl Replica {
             reads: Arc::default(),
             elections,
             sequences: Arc::default(),
+            batcher,
+            submit_order: Arc::default(),
         };
         tokio::spawn(replica.clone().sign_checkpoints());
         tokio::spawn(track_leadership(replica.raft.clone(), replica.led.clone()));
@@ -540,6 +554,7 @@ impl Replica {
         .with_elections(self.elections.clone())
         .with_led(self.led.clone())
         .with_pledge(self.pledge.clone())
+        .with_batcher(self.batcher.clone())
     }
 
     /// Bootstraps a new cluster with `members` as voters.
@@ -631,18 +646,33 @@ impl Replica {
 
     /// Commits a signed proposal (see [`Replica::write`]).
     pub async fn write_proposal(&self, bytes: Vec<u8>) -> Result<WriteOutcome, ReplicaError> {
+        let receipt = self.submit(&bytes)?;
+        self.complete(receipt, bytes).await
+    }
+
+    /// Checks a proposal (as the leader) and queues it for the log ([`crate::batch`]).
+    fn submit(&self, bytes: &[u8]) -> Result<crate::batch::Receipt, ReplicaError> {
         if self.config.network.check_proposals && self.is_leader() {
-            crate::network::check_proposal(&self.sm, self.node_id, &bytes)?;
+            crate::network::check_proposal(&self.sm, self.node_id, bytes)?;
         }
-        let fut = self.raft.client_write(Command(bytes.clone()));
+        Ok(self.batcher.submit(bytes.to_vec()))
+    }
+
+    /// Waits for a queued proposal's outcome; forwards it to the leader when this node is not.
+    async fn complete(
+        &self,
+        receipt: crate::batch::Receipt,
+        bytes: Vec<u8>,
+    ) -> Result<WriteOutcome, ReplicaError> {
+        let fut = crate::batch::settle(receipt);
         match tokio::time::timeout(self.config.request_timeout, fut).await {
             Err(_) => Err(ReplicaError::Timeout("write not committed in time".into())),
-            Ok(Ok(r)) => Ok(WriteOutcome {
-                log_id: r.log_id,
-                reply: decode_reply(&r.data.0)?,
+            Ok(Ok((log_id, reply))) => Ok(WriteOutcome {
+                log_id,
+                reply: decode_reply(&reply)?,
                 leader_id: self.node_id,
             }),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Ok(Err(crate::batch::BatchError::ForwardToLeader(_))) => {
                 let (leader, mut client) = self.leader_client().await?;
                 let resp = client
                     .client_write(self.deadline(pb::ClientWriteRequest { command: bytes }))

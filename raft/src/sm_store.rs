@@ -165,6 +165,47 @@ pub struct SmStore {
 /// the fsynced log and the latest snapshot rebuild everything after it).
 const PERSIST_EVERY_MS: u64 = 200;
 
+/// Applies a normal entry's bytes: one proposal, or a batch of them ([`crate::batch`]), each
+/// applied on its own in order. The reply: the proposal's, or the framed list of the batch's
+/// (a malformed batch is refused as a whole, changing nothing).
+fn apply_normal(
+    state: &mut GatekeeperState,
+    bytes: &[u8],
+    ctx: &crate::state::ApplyContext,
+) -> Vec<u8> {
+    let one = |state: &mut GatekeeperState, bytes: &[u8]| {
+        let reply = state.apply_entry(bytes, ctx);
+        if let Some((at, votes)) = state.disagreeing_checkpoint() {
+            if let Some(n) = DISAGREEING.pass(std::time::Instant::now()) {
+                let votes: Vec<String> = votes
+                    .iter()
+                    .map(|(n, d)| format!("node {n}: {}", hex::encode(&d.0[..8])))
+                    .collect();
+                tracing::error!(
+                    index = at, votes = %votes.join(", "), since_last_line = n,
+                    "nodes signed different states at the same checkpoint: their \
+                     logs or state machines diverged (a leader that sent \
+                     different entries under one log id, or a damaged node); \
+                     nothing is certified until it is resolved"
+                );
+            }
+        }
+        serde_json::to_vec(&reply).expect("replies serialize")
+    };
+    match crate::batch::decode(bytes) {
+        None => one(state, bytes),
+        Some(Ok(items)) => {
+            let replies: Vec<Vec<u8>> = items.into_iter().map(|i| one(state, i)).collect();
+            crate::batch::encode(&replies)
+        }
+        Some(Err(e)) => serde_json::to_vec(&crate::state::Reply::Rejected {
+            code: crate::state::RejectCode::MalformedCommand,
+            message: e,
+        })
+        .expect("replies serialize"),
+    }
+}
+
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
@@ -699,25 +740,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                     EntryPayload::Blank => replies.push(CommandReply(Vec::new())),
                     EntryPayload::Normal(cmd) => {
                         let ctx = a.apply_context(entry.log_id.leader_id.node_id);
-                        let reply = a.state.apply_entry(&cmd.0, &ctx);
-                        if let Some((at, votes)) = a.state.disagreeing_checkpoint() {
-                            if let Some(n) = DISAGREEING.pass(std::time::Instant::now()) {
-                                let votes: Vec<String> = votes
-                                    .iter()
-                                    .map(|(n, d)| format!("node {n}: {}", hex::encode(&d.0[..8])))
-                                    .collect();
-                                tracing::error!(
-                                    index = at, votes = %votes.join(", "), since_last_line = n,
-                                    "nodes signed different states at the same checkpoint: their \
-                                     logs or state machines diverged (a leader that sent \
-                                     different entries under one log id, or a damaged node); \
-                                     nothing is certified until it is resolved"
-                                );
-                            }
-                        }
-                        replies.push(CommandReply(
-                            serde_json::to_vec(&reply).expect("replies serialize"),
-                        ));
+                        replies.push(CommandReply(apply_normal(&mut a.state, &cmd.0, &ctx)));
                     }
                     EntryPayload::Membership(m) => {
                         a.last_membership = StoredMembership::new(Some(entry.log_id), m);
@@ -811,7 +834,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
 mod tests {
     use super::*;
     use crate::state::{
-        sign_proposal, Bytes32, Command, CommandSigner, HexBytes, Lane, MemberRecord,
+        sign_proposal, Bytes32, Command, CommandSigner, HexBytes, Lane, MemberRecord, RejectCode,
+        Reply,
     };
     use crate::Command as RaftCommand;
     use keyring::Sr25519Keypair;
@@ -921,6 +945,88 @@ mod tests {
         };
         assert!(sm.promote(&cert).unwrap());
         sm.build_snapshot().await.unwrap()
+    }
+
+    /// The bytes of a normal entry.
+    fn bytes_of(e: Entry<TypeConfig>) -> Vec<u8> {
+        match e.payload {
+            EntryPayload::Normal(c) => c.0,
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_entry_applies_each_proposal_on_its_own_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = SmStore::open(dir.path()).unwrap();
+        *sm.applied.write().unwrap() = seeded();
+        // Two writes, a replay of the first (refused alone), a third write.
+        let items = vec![
+            bytes_of(put(1, "b1")),
+            bytes_of(put(2, "b2")),
+            bytes_of(put(1, "b1")),
+            bytes_of(put(3, "b3")),
+        ];
+        let batch = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(RaftCommand(crate::batch::encode(&items))),
+        };
+        let replies = sm.apply(vec![batch]).await.unwrap();
+        assert_eq!(replies.len(), 1);
+        let parts = crate::batch::decode(&replies[0].0).unwrap().unwrap();
+        let parts: Vec<Reply> = parts
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect();
+        assert!(matches!(parts[0], Reply::Applied { .. }), "{parts:?}");
+        assert!(matches!(parts[1], Reply::Applied { .. }), "{parts:?}");
+        assert!(
+            matches!(&parts[2], Reply::Rejected { code, .. } if *code == RejectCode::Replayed),
+            "{parts:?}"
+        );
+        assert!(matches!(parts[3], Reply::Applied { .. }), "{parts:?}");
+        let kv = sm.read().state.kv.clone();
+        assert_eq!(kv.keys().collect::<Vec<_>>(), ["b1", "b2", "b3"]);
+        assert_eq!(sm.read().state.audit_sequence, 3);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_batch_entry_is_refused_whole_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = SmStore::open(dir.path()).unwrap();
+        *sm.applied.write().unwrap() = seeded();
+        let mut torn = crate::batch::encode(&[bytes_of(put(1, "t1"))]);
+        torn.pop();
+        let before = sm.read().state.clone();
+        let replies = sm
+            .apply(vec![Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(RaftCommand(torn)),
+            }])
+            .await
+            .unwrap();
+        let reply: Reply = serde_json::from_slice(&replies[0].0).unwrap();
+        assert!(
+            matches!(&reply, Reply::Rejected { code, .. } if *code == RejectCode::MalformedCommand),
+            "{reply:?}"
+        );
+        assert_eq!(sm.read().state, before);
+        // A batch inside a batch is not a proposal either.
+        let inner = crate::batch::encode(&[bytes_of(put(1, "t1"))]);
+        let replies = sm
+            .apply(vec![Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 2),
+                payload: EntryPayload::Normal(RaftCommand(crate::batch::encode(&[inner]))),
+            }])
+            .await
+            .unwrap();
+        let parts = crate::batch::decode(&replies[0].0).unwrap().unwrap();
+        let reply: Reply = serde_json::from_slice(parts[0]).unwrap();
+        assert!(
+            matches!(&reply, Reply::Rejected { code, .. } if *code == RejectCode::MalformedCommand),
+            "{reply:?}"
+        );
+        assert_eq!(sm.read().state, before);
     }
 
     #[tokio::test]
