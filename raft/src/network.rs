@@ -196,6 +196,28 @@ impl LeaderContact {
     }
 }
 
+/// Entry bytes one AppendEntries carries at most (besides a first entry larger than that):
+/// an eighth of the message cap, at least 64 KiB.
+pub fn append_budget(max_message_bytes: usize) -> usize {
+    (max_message_bytes / 8).max(64 << 10)
+}
+
+/// How many of `entries`, from the first, fit in `budget` bytes (at least one).
+pub fn entries_within(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usize {
+    let mut total = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        total = total.saturating_add(match &e.payload {
+            openraft::EntryPayload::Normal(c) => c.0.len() + 64,
+            openraft::EntryPayload::Membership(m) => 256 + 128 * m.nodes().count(),
+            openraft::EntryPayload::Blank => 64,
+        });
+        if total > budget && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 /// A cached channel to a peer: its address, the [`PeerTls`] generation it was made with, the
 /// channel.
 type CachedChannel = (String, u64, Channel);
@@ -652,6 +674,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let mut client = self.client().map_err(RPCError::Unreachable)?;
+        // At most a budget of entry bytes per message; the follower's success then covers the
+        // entries sent (a partial success for openraft, which sends the rest next). openraft
+        // sends up to `max_payload_entries` entries whatever their size: large entries once made
+        // a message over the cap, and a follower that had been down never caught up (attack
+        // round 11).
+        let keep = entries_within(
+            &rpc.entries,
+            append_budget(self.network.config.max_message_bytes),
+        );
+        let truncated = keep < rpc.entries.len();
+        let rpc = if truncated {
+            AppendEntriesRequest {
+                entries: rpc.entries[..keep].to_vec(),
+                ..rpc
+            }
+        } else {
+            rpc
+        };
         let mut msg = convert::append_req_to_pb(&rpc);
         if rpc.vote.is_committed() {
             msg.election = convert::election_to_pb(
@@ -678,7 +718,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         self.check_no_reversion(&rpc, &resp)
             .map_err(|e| refused_reply(self.target, e))?;
-        Ok(resp)
+        match resp {
+            AppendEntriesResponse::Success if truncated => Ok(
+                AppendEntriesResponse::PartialSuccess(rpc.entries.last().map(|e| e.log_id)),
+            ),
+            resp => Ok(resp),
+        }
     }
 
     async fn install_snapshot(
@@ -1767,6 +1812,26 @@ impl RaftService for RaftServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_append_carries_entries_up_to_its_budget_and_always_one() {
+        let e = |i: u64, n: usize| openraft::Entry::<TypeConfig> {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+            payload: openraft::EntryPayload::Normal(crate::Command(vec![b'x'; n])),
+        };
+        let budget = append_budget(8 << 20);
+        assert_eq!(budget, 1 << 20);
+        assert_eq!(append_budget(100), 64 << 10);
+        // Twenty entries of 300 KiB: three fit a 1 MiB budget.
+        let big: Vec<_> = (1..=20).map(|i| e(i, 300 << 10)).collect();
+        assert_eq!(entries_within(&big, budget), 3);
+        // One entry larger than the budget still goes (alone).
+        assert_eq!(entries_within(&[e(1, 2 << 20), e(2, 10)], budget), 1);
+        // Small entries all go; none is none.
+        let small: Vec<_> = (1..=300).map(|i| e(i, 100)).collect();
+        assert_eq!(entries_within(&small, budget), 300);
+        assert_eq!(entries_within(&[], budget), 0);
+    }
 
     #[test]
     fn chunks_cover_the_data_exactly_once() {

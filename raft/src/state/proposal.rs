@@ -276,6 +276,42 @@ pub struct Decoded {
 
 /// Decodes a log entry of either version. Malformed bytes are an error.
 pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, String> {
+    if bytes.len() > MAX_CHAIN_PROPOSAL_BYTES.max(MAX_PROPOSAL_BYTES) {
+        return Err(format!(
+            "a proposal of {} bytes exceeds every proposal size limit",
+            bytes.len()
+        ));
+    }
+    let d = decode_entry_unbounded(bytes)?;
+    let limit = max_proposal_bytes(&d.command);
+    if bytes.len() > limit {
+        return Err(format!(
+            "a {} proposal of {} bytes exceeds the limit of {limit} bytes",
+            command_name(&d.command),
+            bytes.len()
+        ));
+    }
+    Ok(d)
+}
+
+/// Largest proposal carrying a `ChainBlocks` command (the watcher proposes at most 256 event
+/// records and 64 blocks at a time, well under it).
+pub const MAX_CHAIN_PROPOSAL_BYTES: usize = 1 << 20;
+/// Largest proposal carrying any other command (a member record with DCAP evidence is about
+/// 10 KiB; a dealing for ten members a few KiB).
+pub const MAX_PROPOSAL_BYTES: usize = 256 << 10;
+
+/// The size limit of a proposal carrying `command`: padding (unknown fields, whitespace) can
+/// no longer make a member's signed proposal megabytes long (attack round 11: 32 MB/s of log
+/// on every node, and batches too large to replicate).
+pub fn max_proposal_bytes(command: &Command) -> usize {
+    match command {
+        Command::ChainBlocks { .. } => MAX_CHAIN_PROPOSAL_BYTES,
+        _ => MAX_PROPOSAL_BYTES,
+    }
+}
+
+fn decode_entry_unbounded(bytes: &[u8]) -> Result<Decoded, String> {
     #[derive(Deserialize)]
     struct Version {
         v: u32,
@@ -784,6 +820,46 @@ mod tests {
     ) -> Reply {
         let bytes = sign_proposal(by, &s.clone(), lane, seq, c);
         s.apply_entry(&bytes, &ctx(leader))
+    }
+
+    /// Attack round 11: a member padded its own AckShare with megabytes of unknown fields and
+    /// whitespace; each was appended and replicated before apply refused it.
+    #[test]
+    fn padded_proposals_over_the_size_limit_are_malformed_at_the_gate_and_at_apply() {
+        let mut s = cluster();
+        let ack = Command::AckShare {
+            epoch: 0,
+            generation: 999_999,
+            node_id: 3,
+        };
+        let bytes = sign_proposal(&key(3), &s.clone(), Lane::Keeper, 5, &ack);
+        // The envelope with an unknown field, then trailing whitespace: the signature still
+        // verifies (it covers the command, not the envelope's padding).
+        let mut padded = bytes[..bytes.len() - 1].to_vec();
+        padded.extend_from_slice(b",\"pad\":\"");
+        padded.extend(std::iter::repeat_n(b'a', MAX_PROPOSAL_BYTES));
+        padded.extend_from_slice(b"\"}");
+        let mut spaced = bytes.clone();
+        spaced.extend(std::iter::repeat_n(b' ', MAX_PROPOSAL_BYTES));
+        for p in [padded, spaced] {
+            let e = decode_entry(&p).unwrap_err();
+            assert!(e.contains("exceeds the limit of 262144 bytes"), "{e}");
+            assert!(e.contains("AckShare"), "{e}");
+            let before = s.clone();
+            let r = s.apply_entry(&p, &ctx(1));
+            assert!(
+                matches!(&r, Reply::Rejected { code, .. } if *code == RejectCode::MalformedCommand),
+                "{r:?}"
+            );
+            assert_eq!(s, before);
+        }
+        // Far beyond every limit: refused before it is parsed.
+        let huge = vec![b' '; MAX_CHAIN_PROPOSAL_BYTES + 1];
+        assert!(decode_entry(&huge)
+            .unwrap_err()
+            .contains("every proposal size limit"));
+        // The unpadded proposal is decoded.
+        assert!(decode_entry(&bytes).is_ok());
     }
 
     #[test]
