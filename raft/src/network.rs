@@ -1029,6 +1029,49 @@ pub struct RaftServer {
     /// Group commit of forwarded writes with this node's own ([`crate::batch`]); without
     /// one, each forwarded write is its own entry.
     batcher: Option<crate::batch::Batcher>,
+    /// What each proposer may still forward ([`ForwardBudgets`]).
+    forwarded: ForwardBudgets,
+}
+
+/// Proposals a node may forward to this one: a burst of [`FORWARD_BURST`] proposals and
+/// [`FORWARD_BURST_BYTES`], refilled at a quarter of that per second. Far above what a node's
+/// own components propose (a few per checkpoint, epoch or operator call, and development
+/// canary writes), far below what fills a disk.
+#[derive(Clone, Default)]
+pub struct ForwardBudgets(Arc<Mutex<HashMap<NodeId, Budget>>>);
+
+/// Proposals and bytes left, and when they were last counted.
+type Budget = (f64, f64, std::time::Instant);
+
+/// Forwarded proposals a node may send at once.
+pub const FORWARD_BURST: f64 = 512.0;
+/// Forwarded proposal bytes a node may send at once.
+pub const FORWARD_BURST_BYTES: f64 = (4 << 20) as f64;
+
+impl ForwardBudgets {
+    /// Takes one proposal of `bytes` from `node`'s budget at `now`, or refuses it
+    /// (`RESOURCE_EXHAUSTED`, the caller retries later).
+    pub fn take(&self, node: NodeId, bytes: usize, now: std::time::Instant) -> Result<(), Status> {
+        let mut m = self.0.lock().expect("forward budgets lock");
+        let (count, size, at) = m
+            .entry(node)
+            .or_insert((FORWARD_BURST, FORWARD_BURST_BYTES, now));
+        let secs = now.saturating_duration_since(*at).as_secs_f64();
+        *count = (*count + secs * FORWARD_BURST / 4.0).min(FORWARD_BURST);
+        *size = (*size + secs * FORWARD_BURST_BYTES / 4.0).min(FORWARD_BURST_BYTES);
+        *at = now;
+        if *count < 1.0 || *size < bytes as f64 {
+            return Err(Status::resource_exhausted(format!(
+                "node {node} forwards proposals faster than {} a second or {} bytes a second: \
+                 retry later",
+                FORWARD_BURST / 4.0,
+                FORWARD_BURST_BYTES / 4.0
+            )));
+        }
+        *count -= 1.0;
+        *size -= bytes as f64;
+        Ok(())
+    }
 }
 
 impl RaftServer {
@@ -1059,6 +1102,7 @@ impl RaftServer {
             follower_turn: Arc::new(AsyncMutex::new(())),
             snapshot_slot: Arc::new(Semaphore::new(1)),
             batcher: None,
+            forwarded: ForwardBudgets::default(),
         }
     }
 
@@ -1735,14 +1779,24 @@ impl RaftService for RaftServer {
         request: Request<pb::ClientWriteRequest>,
     ) -> Result<Response<pb::ClientWriteResponse>, Status> {
         self.check_fault()?;
-        self.admit(request.extensions(), "ClientWrite", None)?;
-        let cmd = Command(request.into_inner().command);
+        let (_, extensions, msg) = request.into_parts();
+        self.admit(&extensions, "ClientWrite", None)?;
+        let cmd = Command(msg.command);
         if cmd.0.len() > self.config.max_message_bytes {
             return Err(Status::resource_exhausted("command too large"));
         }
         if self.config.check_proposals {
-            // Decoded once for both checks.
-            let refusal = match crate::state::decode_entry(&cmd.0) {
+            // Decoded once for every check.
+            let decoded = crate::state::decode_entry(&cmd.0);
+            // A node forwards its own proposals only: the sender must be the proposer, and
+            // each proposer has a budget of forwarded proposals (attack round 11: a member
+            // sent its padded, signed proposals as fast as the leader took them).
+            if let Some(p) = decoded.as_ref().ok().and_then(|d| d.proof.as_ref()) {
+                self.admit(&extensions, "ClientWrite", Some(p.node))?;
+                self.forwarded
+                    .take(p.node, cmd.0.len(), std::time::Instant::now())?;
+            }
+            let refusal = match decoded {
                 // InitCluster is proposed only by the node an operator initialised, once it
                 // leads; a forwarded one is someone racing the operator.
                 Ok(d) if matches!(d.command, crate::state::Command::InitCluster { .. }) => Some((
@@ -1812,6 +1866,31 @@ impl RaftService for RaftServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_proposals_are_refused_beyond_the_budget_and_refill() {
+        let b = ForwardBudgets::default();
+        let t0 = std::time::Instant::now();
+        for _ in 0..FORWARD_BURST as usize {
+            b.take(2, 100, t0).unwrap();
+        }
+        let e = b.take(2, 100, t0).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        // Another node's budget is its own.
+        b.take(3, 100, t0).unwrap();
+        // A second refills a quarter of the burst.
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        for _ in 0..(FORWARD_BURST / 4.0) as usize {
+            b.take(2, 100, t1).unwrap();
+        }
+        assert!(b.take(2, 100, t1).is_err());
+        // Bytes too: a burst of bytes, then nothing until it refills.
+        let t2 = t1 + std::time::Duration::from_secs(100);
+        b.take(4, FORWARD_BURST_BYTES as usize, t2).unwrap();
+        assert!(b.take(4, 1, t2).is_err());
+        b.take(4, 1, t2 + std::time::Duration::from_millis(10))
+            .unwrap();
+    }
 
     #[test]
     fn an_append_carries_entries_up_to_its_budget_and_always_one() {
