@@ -2,7 +2,8 @@
 //! files written atomically.
 //!
 //! * The whole state record (`{format, last_applied, last_membership, state}` as JSON, with its
-//!   SHA-256) is written to sled under `sm/state` at most every 200 ms while applying, and at every
+//!   SHA-256) is written to sled under `sm/state` while applying (every 200 ms, or ten times the
+//!   last write's duration if longer), and at every
 //!   snapshot, snapshot install and shutdown. sled does not fsync, and the record may lag: both
 //!   are acceptable because the state is rebuilt from the durable log (entries after
 //!   `last_applied` are re-applied) and the latest snapshot.
