@@ -129,7 +129,8 @@ impl Keeper {
     pub async fn tick(&self) -> Result<(), String> {
         let status = self.replica.status();
         let me = self.replica.node_id;
-        let state: GatekeeperState = self.replica.sm.read().state.clone();
+        // The keeper reads members, epochs, rotations and sequences, never the registries.
+        let state: GatekeeperState = self.replica.sm.read().state.without_registries();
         let membership = Membership {
             members: status.members.iter().map(|m| (m.id, m.voter)).collect(),
             leader: status.leader_id,

@@ -38,7 +38,7 @@ impl PeerServer {
         // that was already removed, nor a generation that was already re-dealt.
         let state = self
             .replica
-            .read_linearizable(|a| a.state.clone())
+            .read_linearizable(|a| a.state.without_registries())
             .await
             .map_err(error::replica)?;
         let members: Vec<u64> = self.replica.status().members.iter().map(|m| m.id).collect();

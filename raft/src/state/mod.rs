@@ -135,6 +135,71 @@ pub struct GatekeeperState {
 }
 
 impl GatekeeperState {
+    /// A copy without the keyed tables that grow with the chain and with writes (workers,
+    /// clusters, contracts, sessions, canary values and their writers), at a cost independent
+    /// of their size: for planners that never read them (the keeper cloned the whole state every
+    /// 200 ms on every node, a share of the write path's profile that grew with the registry).
+    pub fn without_registries(&self) -> GatekeeperState {
+        let GatekeeperState {
+            gatekeeper_id,
+            genesis_threshold,
+            genesis_dealer,
+            members,
+            epochs,
+            min_epoch,
+            workers: _,
+            clusters: _,
+            contracts: _,
+            chain,
+            sessions: _,
+            pending_rotations,
+            rotation,
+            rotation_ids,
+            kv: _,
+            audit_sequence,
+            production,
+            sequences,
+            operators,
+            operator_sequences,
+            authorized_joins,
+            membership_grants,
+            leave_grants,
+            canary_writers: _,
+            checkpoint_votes,
+            checkpoint,
+            genesis_voters,
+        } = self;
+        GatekeeperState {
+            gatekeeper_id: *gatekeeper_id,
+            genesis_threshold: *genesis_threshold,
+            genesis_dealer: *genesis_dealer,
+            members: members.clone(),
+            epochs: epochs.clone(),
+            min_epoch: *min_epoch,
+            workers: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            contracts: BTreeMap::new(),
+            chain: chain.clone(),
+            sessions: BTreeMap::new(),
+            pending_rotations: pending_rotations.clone(),
+            rotation: rotation.clone(),
+            rotation_ids: rotation_ids.clone(),
+            kv: BTreeMap::new(),
+            audit_sequence: *audit_sequence,
+            production: *production,
+            sequences: sequences.clone(),
+            operators: operators.clone(),
+            operator_sequences: operator_sequences.clone(),
+            authorized_joins: authorized_joins.clone(),
+            membership_grants: membership_grants.clone(),
+            leave_grants: leave_grants.clone(),
+            canary_writers: BTreeMap::new(),
+            checkpoint_votes: checkpoint_votes.clone(),
+            checkpoint: checkpoint.clone(),
+            genesis_voters: genesis_voters.clone(),
+        }
+    }
+
     /// The highest active epoch.
     pub fn current_epoch(&self) -> Option<u64> {
         self.epochs

@@ -939,3 +939,28 @@ fn a_member_record_with_a_low_order_hpke_key_is_refused() {
     m.hpke_public_key = b(103);
     assert!(applied(&s.apply(&Command::UpsertMember(m))));
 }
+
+#[test]
+fn a_copy_without_registries_keeps_everything_else() {
+    let mut s = GatekeeperState {
+        gatekeeper_id: Some(Bytes32([7; 32])),
+        min_epoch: 3,
+        audit_sequence: 9,
+        ..Default::default()
+    };
+    s.kv.insert("k".into(), "v".into());
+    s.canary_writers.entry("k".into()).or_default().insert(1, 5);
+    s.contracts.insert(Bytes32([1; 32]), Bytes32([2; 32]));
+    s.sessions.insert(Bytes32([3; 32]), Bytes32([4; 32]));
+    s.rotation_ids.insert("r1".into());
+    s.genesis_voters.insert(1);
+    let lean = s.without_registries();
+    let mut expected = s.clone();
+    expected.kv.clear();
+    expected.canary_writers.clear();
+    expected.contracts.clear();
+    expected.sessions.clear();
+    expected.workers.clear();
+    expected.clusters.clear();
+    assert_eq!(lean, expected);
+}
