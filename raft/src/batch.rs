@@ -139,6 +139,17 @@ pub async fn settle(receipt: Receipt) -> Result<Committed, BatchError> {
 async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        // Not the leader: say so at once (the caller forwards), rather than wait for a slot that
+        // entries left from its leadership may hold until they are applied or truncated.
+        let not_leader = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.state != openraft::ServerState::Leader).then_some(m.current_leader)
+        };
+        if let Some(leader) = not_leader {
+            let _ = first.done.send(Err(BatchError::ForwardToLeader(leader)));
+            continue;
+        }
         // Wait for a slot first: what arrives meanwhile joins this batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -153,6 +164,11 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 }
                 Err(_) => break,
             }
+        }
+        // Proposals whose callers gave up are not proposed.
+        batch.retain(|p| !p.done.is_closed());
+        if batch.is_empty() {
+            continue;
         }
         let entry = match batch.as_slice() {
             [one] => one.bytes.clone(),

@@ -1807,6 +1807,9 @@ impl RaftService for RaftServer {
                 )),
                 // A proposal its proposer may not make never reaches the log (checked again at
                 // apply).
+                // Undecodable (a batch frame among them: only a node's own batcher makes
+                // those) is refused by every node, leader or not (found by review).
+                Err(e) => Some((crate::state::RejectCode::MalformedCommand, e)),
                 decoded if self.raft.current_leader().await == Some(self.node_id) => {
                     check_decoded(&self.sm, self.node_id, decoded).err()
                 }

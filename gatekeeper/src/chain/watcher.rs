@@ -18,6 +18,17 @@ use tokio::sync::watch;
 pub const MAX_RECORDS_PER_RANGE: u32 = 256;
 /// Most blocks in one proposed batch.
 pub const MAX_BLOCKS_PER_BATCH: usize = 64;
+/// Most bytes of one proposed batch (encoded), well under the leader's limit for a
+/// `ChainBlocks` proposal (`state::MAX_CHAIN_PROPOSAL_BYTES`, which also counts the envelope).
+pub const CHAIN_BATCH_BYTES: usize = 768 << 10;
+
+/// The encoded size of a `ChainBlocks` command carrying `blocks`.
+fn chain_command_bytes(blocks: &[ChainBlock]) -> usize {
+    serde_json::to_vec(blocks)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+}
+
 /// Most batches proposed between two looks at the finalized-heads stream, so a long catch-up
 /// keeps reading heads (and is not mistaken for a stalled chain).
 pub const MAX_BATCHES_PER_STEP: usize = 4;
@@ -361,6 +372,20 @@ impl Watcher {
                 }
                 number += 1;
                 from = 0;
+            }
+            // The leader refuses a ChainBlocks proposal over its size limit: fewer ranges go now
+            // and the rest next step (the count limits above do not bound bytes when events
+            // carry long fields).
+            while batch.len() > 1 && chain_command_bytes(&batch) > CHAIN_BATCH_BYTES {
+                batch.pop();
+            }
+            if chain_command_bytes(&batch) > CHAIN_BATCH_BYTES {
+                tracing::error!(
+                    block = batch.first().map(|b| b.number).unwrap_or_default(),
+                    bytes = chain_command_bytes(&batch),
+                    "one range of a block's events is over the chain proposal size limit; it \
+                     cannot be proposed and chain following stops here"
+                );
             }
             let (first, last) = (
                 batch.first().map(|b| b.number).unwrap_or_default(),
