@@ -226,15 +226,14 @@ fn client_write(
 }
 
 fn unauthorized(r: &Reply) -> bool {
-    match r {
+    matches!(
+        r,
         Reply::Rejected {
-            code:
-                gatekeeper_raft::state::RejectCode::Unauthorized
+            code: gatekeeper_raft::state::RejectCode::Unauthorized
                 | gatekeeper_raft::state::RejectCode::AlreadyInitialized,
             ..
-        } => true,
-        _ => false,
-    }
+        }
+    )
 }
 
 fn gatekeeper_id(c: &Cluster, rt: &tokio::runtime::Runtime, leader: u64) -> Bytes32 {
