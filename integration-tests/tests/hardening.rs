@@ -599,6 +599,18 @@ impl rpb::raft_service_server::RaftService for NewerVoteAnswers {
     }
 }
 
+/// Three nodes that all applied a first write (key `head`), and their roles: the leader, the
+/// member the test plays (mallory) and the other follower (the victim).
+fn settled_three(head: &str) -> (Cluster, u64, u64, u64) {
+    let c = Cluster::start(3, Opts::default());
+    let leader = c.leader();
+    let index = c.put_ok(leader, head, "x").log_index;
+    c.wait_converged(&c.ids(), index);
+    let mut others = c.ids().into_iter().filter(|&i| i != leader);
+    let (mallory, victim) = (others.next().unwrap(), others.next().unwrap());
+    (c, leader, mallory, victim)
+}
+
 /// A member's Raft listener played by the test: `answers` served on node `answers.me`'s Raft
 /// address with that node's certificate (the node itself must be stopped).
 struct Impostor {
@@ -646,14 +658,9 @@ impl Impostor {
 /// followed) and still refuses the member, so the member collects no grant however often it asks.
 #[test]
 fn a_member_answering_with_newer_votes_cannot_take_the_leadership() {
-    let mut c = Cluster::start(3, Opts::default());
+    let (mut c, leader, mallory, victim) = settled_three("nv-head");
     let rt = runtime();
-    let leader = c.leader();
-    let head = c.put_ok(leader, "nv-head", "x").log_index;
-    c.wait_converged(&c.ids(), head);
     let ids = c.ids();
-    let mut others = ids.iter().copied().filter(|&i| i != leader);
-    let (mallory, victim) = (others.next().unwrap(), others.next().unwrap());
     c.kill9(mallory);
     let seen = Arc::new(AtomicU64::new(0));
     let answered = Arc::new(AtomicU64::new(0));
@@ -754,14 +761,9 @@ fn forged_proof(
 /// asks the victim for its vote in the next term once it has been silent past the lease.
 #[test]
 fn a_follower_does_not_vote_back_its_silent_leader_whose_entries_it_refused() {
-    let mut c = Cluster::start(3, Opts::default());
+    let (mut c, leader, mallory, victim) = settled_three("sl-head");
     let rt = runtime();
-    let leader = c.leader();
-    let head = c.put_ok(leader, "sl-head", "x").log_index;
-    c.wait_converged(&c.ids(), head);
     let ids = c.ids();
-    let mut others = ids.iter().copied().filter(|&i| i != leader);
-    let (mallory, victim) = (others.next().unwrap(), others.next().unwrap());
     let st = c.status(victim).unwrap_or_else(|e| c.fail(&e));
     let (term, last) = (st.term, st.last_log_index.unwrap());
     c.kill9(mallory);
@@ -905,14 +907,9 @@ fn a_member_answering_candidates_with_newer_votes_does_not_stop_an_election() {
 /// `AuthorizeJoin` named, then one forming the fourth round's veto configuration.
 #[test]
 fn a_leader_cannot_change_the_membership_without_an_operators_grant() {
-    let c = Cluster::start(3, Opts::default());
+    let (c, _, mallory, victim) = settled_three("m-head");
     let rt = runtime();
-    let leader = c.leader();
-    let head = c.put_ok(leader, "m-head", "x").log_index;
-    c.wait_converged(&c.ids(), head);
     let ids = c.ids();
-    let mut others = ids.iter().copied().filter(|&i| i != leader);
-    let (mallory, victim) = (others.next().unwrap(), others.next().unwrap());
     // A proof of election for mallory in `term`: its own grant and the victim's.
     let proof = |term: u64| forged_proof(&c, &[mallory, victim], term, mallory);
     let nodes = |extra: Option<u64>| {

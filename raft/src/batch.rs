@@ -280,53 +280,41 @@ mod tests {
         assert_eq!(decode(&most).unwrap().unwrap().len(), MAX_ITEMS);
     }
 
+    /// `n` pending proposals and the receivers of their outcomes.
+    fn pending(n: u8) -> (Vec<Pending>, Vec<Receipt>) {
+        (0..n)
+            .map(|i| {
+                let (done, rx) = oneshot::channel();
+                (
+                    Pending {
+                        bytes: vec![i],
+                        done,
+                    },
+                    rx,
+                )
+            })
+            .unzip()
+    }
+
     #[test]
     fn replies_are_split_in_order_and_a_whole_refusal_reaches_everyone() {
-        let (mut rxs, mut batch) = (Vec::new(), Vec::new());
-        for i in 0..3u8 {
-            let (done, rx) = oneshot::channel();
-            batch.push(Pending {
-                bytes: vec![i],
-                done,
-            });
-            rxs.push(rx);
-        }
         let id = LogId::new(openraft::CommittedLeaderId::new(1, 1), 9);
+        let (batch, rxs) = pending(3);
         deliver(batch, Ok((id, encode(&[b"r0", b"r1", b"r2"]))));
         for (i, mut rx) in rxs.into_iter().enumerate() {
             let (l, r) = rx.try_recv().unwrap().unwrap();
             assert_eq!((l, r), (id, format!("r{i}").into_bytes()));
         }
-        let (done, mut rx) = oneshot::channel();
-        let (done2, mut rx2) = oneshot::channel();
-        let batch = vec![
-            Pending {
-                bytes: vec![],
-                done,
-            },
-            Pending {
-                bytes: vec![],
-                done: done2,
-            },
-        ];
+        let (batch, rxs) = pending(2);
         deliver(batch, Ok((id, b"{\"Rejected\":{}}".to_vec())));
-        assert_eq!(rx.try_recv().unwrap().unwrap().1, b"{\"Rejected\":{}}");
-        assert_eq!(rx2.try_recv().unwrap().unwrap().1, b"{\"Rejected\":{}}");
+        for mut rx in rxs {
+            assert_eq!(rx.try_recv().unwrap().unwrap().1, b"{\"Rejected\":{}}");
+        }
         // A reply that does not match the batch is an error for every proposal, not a guess.
-        let (done, mut rx) = oneshot::channel();
-        let (done2, mut rx2) = oneshot::channel();
-        let batch = vec![
-            Pending {
-                bytes: vec![],
-                done,
-            },
-            Pending {
-                bytes: vec![],
-                done: done2,
-            },
-        ];
+        let (batch, rxs) = pending(2);
         deliver(batch, Ok((id, encode(&[b"only one"]))));
-        assert!(rx.try_recv().unwrap().is_err());
-        assert!(rx2.try_recv().unwrap().is_err());
+        for mut rx in rxs {
+            assert!(rx.try_recv().unwrap().is_err());
+        }
     }
 }

@@ -22,10 +22,10 @@ pub const MAX_BLOCKS_PER_BATCH: usize = 64;
 /// `ChainBlocks` proposal (`state::MAX_CHAIN_PROPOSAL_BYTES`, which also counts the envelope).
 pub const CHAIN_BATCH_BYTES: usize = 768 << 10;
 
-/// The encoded size of a `ChainBlocks` command carrying `blocks`.
-fn chain_command_bytes(blocks: &[ChainBlock]) -> usize {
-    serde_json::to_vec(blocks)
-        .map(|v| v.len())
+/// The encoded size of one range in a `ChainBlocks` command, with its separator.
+fn range_bytes(block: &ChainBlock) -> usize {
+    serde_json::to_vec(block)
+        .map(|v| v.len() + 1)
         .unwrap_or(usize::MAX)
 }
 
@@ -376,13 +376,17 @@ impl Watcher {
             // The leader refuses a ChainBlocks proposal over its size limit: fewer ranges go now
             // and the rest next step (the count limits above do not bound bytes when events
             // carry long fields).
-            while batch.len() > 1 && chain_command_bytes(&batch) > CHAIN_BATCH_BYTES {
+            // Each range is encoded once; the batch's size is their sum (plus the brackets).
+            let mut sizes: Vec<usize> = batch.iter().map(range_bytes).collect();
+            let mut bytes = sizes.iter().fold(1usize, |a, &b| a.saturating_add(b));
+            while batch.len() > 1 && bytes > CHAIN_BATCH_BYTES {
                 batch.pop();
+                bytes = bytes.saturating_sub(sizes.pop().unwrap_or(0));
             }
-            if chain_command_bytes(&batch) > CHAIN_BATCH_BYTES {
+            if bytes > CHAIN_BATCH_BYTES {
                 tracing::error!(
                     block = batch.first().map(|b| b.number).unwrap_or_default(),
-                    bytes = chain_command_bytes(&batch),
+                    bytes,
                     "one range of a block's events is over the chain proposal size limit; it \
                      cannot be proposed and chain following stops here"
                 );
