@@ -97,7 +97,23 @@ pub struct Applied {
     pub last_membership: StoredMembership<NodeId, Node>,
     /// The state.
     pub state: GatekeeperState,
+    /// Bytes of commands applied since the last checkpoint index. A checkpoint is also taken
+    /// once they reach [`CHECKPOINT_LOG_BYTES`], so the log behind the certified checkpoint
+    /// stays bounded in bytes, not only in entries. Replicated like the rest (every node counts
+    /// the same entries) and zero at every checkpoint, so no checkpoint body carries it: the
+    /// bodies are the same as before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_bytes_since_checkpoint: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Bytes of commands after which a checkpoint is taken even if the checkpoint interval has not
+/// come (a member flooding the log with proposals refused at apply, or large batches, would
+/// otherwise grow every node's log until the next multiple of the interval).
+pub const CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
 
 /// Disagreeing checkpoint signatures are logged at most once a minute.
 static DISAGREEING: crate::lograte::LogGate =
@@ -763,6 +779,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 match entry.payload {
                     EntryPayload::Blank => replies.push(CommandReply(Vec::new())),
                     EntryPayload::Normal(cmd) => {
+                        a.log_bytes_since_checkpoint = a
+                            .log_bytes_since_checkpoint
+                            .saturating_add(cmd.0.len() as u64);
                         let ctx = a.apply_context(entry.log_id.leader_id.node_id);
                         replies.push(CommandReply(apply_normal(&mut a.state, &cmd.0, &ctx)));
                     }
@@ -773,7 +792,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 }
                 // Also right after a membership change, so the new voters are certified (by a
                 // majority of them and of the voters certified before) while both are up.
-                if interval > 0 && (index % interval == 0 || membership_change) {
+                if interval > 0
+                    && (index % interval == 0
+                        || membership_change
+                        || a.log_bytes_since_checkpoint >= CHECKPOINT_LOG_BYTES)
+                {
+                    a.log_bytes_since_checkpoint = 0;
                     checkpoints.push((snapshot_meta(&a), snapshot::encode(&a, None)));
                 }
             }
@@ -1120,6 +1144,41 @@ mod tests {
             .map(|e| e.file_name().into_string().unwrap())
             .collect();
         assert_eq!(files, vec![format!("snapshot-{:020}.json", 3)]);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_is_also_taken_once_the_log_grew_by_its_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = SmStore::open(dir.path()).unwrap();
+        *sm.applied.write().unwrap() = seeded();
+        sm.set_checkpoint_interval(1_000_000);
+        let mut written = sm.subscribe_checkpoints();
+        // Entries a member could append (refused at apply: they are not proposals), 1 MiB each.
+        let junk = |i: u64| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(RaftCommand(vec![b'x'; 1 << 20])),
+        };
+        let per_budget = CHECKPOINT_LOG_BYTES >> 20;
+        sm.apply((1..per_budget).map(junk).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert!(written.borrow_and_update().is_none(), "under the budget");
+        assert_eq!(sm.read().log_bytes_since_checkpoint, (per_budget - 1) << 20);
+        // The entry that reaches the budget is checkpointed, and the count starts again.
+        sm.apply(vec![junk(per_budget)]).await.unwrap();
+        let (index, digest) = written.borrow_and_update().unwrap();
+        assert_eq!(index, per_budget);
+        assert_eq!(sm.read().log_bytes_since_checkpoint, 0);
+        // The count is not in the checkpoint's body (so every node's body has the same bytes
+        // as before the count existed), but it survives a restart between checkpoints.
+        let file = std::fs::read(sm.checkpoint_path(index)).unwrap();
+        assert!(!String::from_utf8_lossy(&file).contains("log_bytes_since_checkpoint"));
+        sm.apply(vec![junk(per_budget + 1)]).await.unwrap();
+        sm.persist().unwrap();
+        drop(sm);
+        let sm = open_when_released(dir.path()).unwrap();
+        assert_eq!(sm.read().log_bytes_since_checkpoint, 1 << 20);
+        assert_ne!(digest, Bytes32([0; 32]));
     }
 
     async fn store_with_writes(dir: &Path, n: u64) -> SmStore {

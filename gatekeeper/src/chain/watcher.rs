@@ -54,42 +54,54 @@ pub struct DecodedBlock {
 
 impl DecodedBlock {
     /// The ranges of this block from record `from` on, each at most `MAX_RECORDS_PER_RANGE`
-    /// records (an empty block is one empty range).
+    /// records and, unless it is a single record, at most `CHAIN_BATCH_BYTES` encoded (an empty
+    /// block is one empty range).
     pub fn ranges(&self, from: u32, genesis: [u8; 32], deadline_ms: u64) -> Vec<ChainBlock> {
         let mut out = vec![];
         let mut start = from;
         loop {
-            let end = start
+            let mut end = start
                 .saturating_add(MAX_RECORDS_PER_RANGE)
-                .min(self.records);
-            let end = end.max(start);
-            out.push(ChainBlock {
-                genesis_hash: Bytes32(genesis),
-                number: self.number,
-                hash: Bytes32(self.hash),
-                parent_hash: Bytes32(self.parent_hash),
-                from_index: start,
-                to_index: end,
-                complete: end >= self.records,
-                events: self
-                    .events
-                    .iter()
-                    .filter(|e| (start..end).contains(&e.index))
-                    .cloned()
-                    .collect(),
-                undecodable: self
-                    .undecodable
-                    .iter()
-                    .filter(|e| (start..end).contains(&e.index))
-                    .cloned()
-                    .collect(),
-                proposed_at_ms: now_ms(),
-                rotation_deadline_ms: deadline_ms,
-            });
+                .min(self.records)
+                .max(start);
+            let mut range = self.range(start, end, genesis, deadline_ms);
+            // Events with long fields: halve the range until it fits a proposal.
+            while end - start > 1 && range_bytes(&range) > CHAIN_BATCH_BYTES {
+                end = start + (end - start) / 2;
+                range = self.range(start, end, genesis, deadline_ms);
+            }
+            out.push(range);
             if end >= self.records {
                 return out;
             }
             start = end;
+        }
+    }
+
+    /// Records `start..end` of this block as one range.
+    fn range(&self, start: u32, end: u32, genesis: [u8; 32], deadline_ms: u64) -> ChainBlock {
+        ChainBlock {
+            genesis_hash: Bytes32(genesis),
+            number: self.number,
+            hash: Bytes32(self.hash),
+            parent_hash: Bytes32(self.parent_hash),
+            from_index: start,
+            to_index: end,
+            complete: end >= self.records,
+            events: self
+                .events
+                .iter()
+                .filter(|e| (start..end).contains(&e.index))
+                .cloned()
+                .collect(),
+            undecodable: self
+                .undecodable
+                .iter()
+                .filter(|e| (start..end).contains(&e.index))
+                .cloned()
+                .collect(),
+            proposed_at_ms: now_ms(),
+            rotation_deadline_ms: deadline_ms,
         }
     }
 }
@@ -387,8 +399,9 @@ impl Watcher {
                 tracing::error!(
                     block = batch.first().map(|b| b.number).unwrap_or_default(),
                     bytes,
-                    "one range of a block's events is over the chain proposal size limit; it \
-                     cannot be proposed and chain following stops here"
+                    "one event record is over the chain proposal size limit; it cannot be \
+                     proposed and chain following stops here (fail closed: skipping it could \
+                     skip a slashing)"
                 );
             }
             let (first, last) = (
@@ -448,6 +461,49 @@ mod tests {
 
     fn key(b: u8) -> Bytes32 {
         Bytes32([b; 32])
+    }
+
+    #[test]
+    fn ranges_split_by_bytes_as_well_as_by_records() {
+        // 300 records, each a slashing with a 10 KiB reason: 3 MB, over four proposals' worth.
+        let records = 300;
+        let b = DecodedBlock {
+            number: 9,
+            hash: [1; 32],
+            parent_hash: [2; 32],
+            records,
+            events: (0..records)
+                .map(|index| IndexedEvent {
+                    index,
+                    event: ChainEvent::WorkerSlashed {
+                        worker: key(3),
+                        reason: "r".repeat(10 << 10),
+                    },
+                })
+                .collect(),
+            undecodable: vec![],
+        };
+        let r = b.ranges(5, [0; 32], 0);
+        assert!(r.len() >= 4, "{} ranges", r.len());
+        let mut next = 5;
+        for (i, range) in r.iter().enumerate() {
+            assert_eq!(range.from_index, next, "contiguous");
+            assert!(range.to_index > range.from_index);
+            assert!(range_bytes(range) <= CHAIN_BATCH_BYTES, "range {i} fits");
+            assert_eq!(range.complete, i == r.len() - 1);
+            assert_eq!(range.events.len() as u32, range.to_index - range.from_index);
+            next = range.to_index;
+        }
+        assert_eq!(next, records);
+        // A single record over the limit still goes alone (the watcher reports it).
+        let mut big = b;
+        big.events.truncate(1);
+        big.records = 1;
+        if let ChainEvent::WorkerSlashed { reason, .. } = &mut big.events[0].event {
+            *reason = "r".repeat(CHAIN_BATCH_BYTES);
+        }
+        let r = big.ranges(0, [0; 32], 0);
+        assert_eq!((r.len(), r[0].to_index, r[0].complete), (1, 1, true));
     }
 
     #[tokio::test]
