@@ -1,12 +1,21 @@
 //! The state machine store: [`GatekeeperState`] in memory, persisted in sled, with snapshots as
 //! files written atomically.
 //!
-//! * The whole state record (`{format, last_applied, last_membership, state}` as JSON, with its
-//!   SHA-256) is written to sled under `sm/state` while applying (every 200 ms, or ten times the
-//!   last write's duration if longer), and at every
-//!   snapshot, snapshot install and shutdown. sled does not fsync, and the record may lag: both
-//!   are acceptable because the state is rebuilt from the durable log (entries after
-//!   `last_applied` are re-applied) and the latest snapshot.
+//! * The state is stored as **keyed tables** (members, epochs, workers, clusters, contracts,
+//!   sessions, canary values and writers: one sled tree each, `table/<name>`, a record per key,
+//!   its value as JSON) plus one small **meta record** (`sm/meta`: `{format: 2, last_applied,
+//!   last_membership, state}` as JSON with its SHA-256, the state without those tables). While
+//!   applying, every 200 ms, the records changed since the last write ([`crate::state::Table`]
+//!   tracks them) and the meta record are written in **one sled transaction**, so the cost is
+//!   that of the records changed, never of the whole state, and a crash leaves tables and
+//!   `last_applied` consistent. sled does not fsync and may lag: acceptable, because the state
+//!   is rebuilt from the durable log (entries after `last_applied` are re-applied) and the
+//!   latest snapshot. A snapshot install (and a start from a snapshot newer than sled) rewrites
+//!   everything: meta record removed first, tables rewritten, meta record last, so an
+//!   interrupted rewrite leaves no meta record and the next open starts from that snapshot.
+//! * **Migration**: a store of format 1 (the whole state as one record, `sm/state`, before the
+//!   tables existed) is rewritten as tables at open, then its old record is removed; an
+//!   interrupted migration is done again at the next open.
 //! * A **store id** ties the sled directory to the node: it is written both into sled and into
 //!   `<data_dir>/sm.id` when the store is created. A sled directory that fails to open, has lost
 //!   its id or state record, or whose record fails its checksum makes [`SmStore::open`] fail with
@@ -37,6 +46,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sled::transaction::Transactional;
 use std::fs;
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -44,10 +54,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
+/// The whole state as one record (format 1, read only: migrated at open).
 const STATE_KEY: &[u8] = b"sm/state";
+/// The meta record: the state without its keyed tables (format 2).
+const META_KEY: &[u8] = b"sm/meta";
 const ID_KEY: &[u8] = b"sm/id";
-/// Format of the sled state record.
-const FORMAT: u32 = 1;
+/// Format of the meta record: 2 = tables in their own trees; 1 (read only) = the whole state
+/// in one record under [`STATE_KEY`].
+const FORMAT: u32 = 2;
+/// Prefix of the tables' sled trees.
+const TABLE_TREE_PREFIX: &str = "table/";
 /// Format of snapshot files: 2 = `data` in the [`crate::snapshot`] format; 1 (read only) = `data`
 /// is the bare JSON of [`Applied`] (files written before the snapshot format existed).
 const SNAPSHOT_FILE_FORMAT: u32 = 2;
@@ -170,11 +186,16 @@ struct SnapshotFile {
 pub struct SmStore {
     applied: Arc<RwLock<Applied>>,
     db: sled::Db,
+    /// The default tree (meta record) then one tree per table, in [`crate::state::TABLES`]
+    /// order: the trees of one persist transaction.
+    trees: Arc<Vec<sled::Tree>>,
+    /// Held while writing to sled, so writes land in the order their changes were taken.
+    persist_lock: Arc<std::sync::Mutex<()>>,
+    /// A write failed after its changes were taken: the next one rewrites everything.
+    rewrite_all: Arc<std::sync::atomic::AtomicBool>,
     snapshot_dir: PathBuf,
-    /// When the state record was last written (ms since the Unix epoch).
+    /// When the changes were last written (ms since the Unix epoch).
     last_persist_ms: Arc<AtomicU64>,
-    /// How long the last state record rewrite took (ms).
-    persist_cost_ms: Arc<AtomicU64>,
     /// Numbers the incoming snapshot files of this process.
     incoming_seq: Arc<AtomicU64>,
     /// Checkpoint every this many log indexes (0: never).
@@ -188,7 +209,7 @@ pub struct SmStore {
     certified: Arc<watch::Sender<u64>>,
 }
 
-/// The state record is rewritten at most this often while applying (it only shortens replay:
+/// The changed records are written at most this often while applying (it only shortens replay:
 /// the fsynced log and the latest snapshot rebuild everything after it).
 const PERSIST_EVERY_MS: u64 = 200;
 
@@ -293,16 +314,20 @@ impl SmStore {
             source,
         })?;
 
+        let trees = open_trees(&db).map_err(|source| SmOpenError::Sled {
+            path: sled_dir.clone(),
+            source,
+        })?;
         let applied = if fresh {
             let mut id = [0u8; 16];
             getrandom_id(&mut id);
             let id_hex = hex::encode(id);
-            let store = Self::new(Applied::default(), db, snapshot_dir);
+            let store = Self::new(Applied::default(), db, trees, snapshot_dir);
             store
                 .db
                 .insert(ID_KEY, id_hex.as_bytes())
                 .map_err(|e| corrupt(e.to_string()))?;
-            store.persist().map_err(|e| corrupt(e.to_string()))?;
+            store.persist_all().map_err(|e| corrupt(e.to_string()))?;
             store.db.flush().map_err(|e| corrupt(e.to_string()))?;
             write_atomic(&id_file, id_hex.as_bytes()).map_err(io(&id_file))?;
             return Ok(store);
@@ -320,29 +345,43 @@ impl SmStore {
                     id_file.display()
                 )));
             }
-            let raw = db
-                .get(STATE_KEY)
-                .map_err(|e| corrupt(e.to_string()))?
-                .ok_or_else(|| corrupt("state record is missing".into()))?;
-            decode_record(&raw).map_err(corrupt)?
+            load(&db, &trees).map_err(corrupt)?
+        };
+        let (applied, migrate, no_meta) = match applied {
+            Loaded::Tables(a) => (a, false, false),
+            Loaded::Format1(a) => (a, true, false),
+            // An interrupted full rewrite: the snapshot it was made from is on disk (below).
+            Loaded::NoMeta => (Applied::default(), false, true),
         };
 
-        let store = Self::new(applied, db, snapshot_dir);
+        let store = Self::new(applied, db, trees, snapshot_dir);
+        if migrate {
+            store.persist_all().map_err(|e| corrupt(e.to_string()))?;
+            store.db.flush().map_err(|e| corrupt(e.to_string()))?;
+            tracing::info!(
+                path = %sled_dir.display(),
+                "migrated the state store to keyed tables (format 2)"
+            );
+        }
         // sled may lag (no fsync); the latest snapshot may be newer: start from the newer one.
         if let Some(snap) = store
             .read_latest_snapshot()
             .map_err(|e| corrupt(format!("snapshot: {e}")))?
         {
             let current = store.read().last_applied;
-            if snap.meta.last_log_id > current {
+            if snap.meta.last_log_id > current || no_meta {
                 let d = snapshot::validate(&snap.meta, snap.data.as_bytes())
                     .map_err(|e| corrupt(format!("latest snapshot: {e}")))?;
                 *store.applied.write().expect("sm lock") = d.applied;
-                store.persist().map_err(|e| corrupt(e.to_string()))?;
+                store.persist_all().map_err(|e| corrupt(e.to_string()))?;
             }
             let index = snap.meta.last_log_id.map_or(0, |l| l.index);
             store.snapshot_index.store(index, Ordering::Relaxed);
             store.certified.send_replace(index);
+        } else if no_meta {
+            return Err(corrupt(
+                "the state record is missing and there is no snapshot to rebuild it from".into(),
+            ));
         }
         // A certificate applied before a crash but not yet made into a snapshot; the newest
         // checkpoint still waiting for its signatures.
@@ -369,13 +408,15 @@ impl SmStore {
         Ok(store)
     }
 
-    fn new(applied: Applied, db: sled::Db, snapshot_dir: PathBuf) -> Self {
+    fn new(applied: Applied, db: sled::Db, trees: Vec<sled::Tree>, snapshot_dir: PathBuf) -> Self {
         Self {
             applied: Arc::new(RwLock::new(applied)),
             db,
+            trees: Arc::new(trees),
+            persist_lock: Default::default(),
+            rewrite_all: Default::default(),
             snapshot_dir,
             last_persist_ms: Default::default(),
-            persist_cost_ms: Default::default(),
             incoming_seq: Default::default(),
             checkpoint_interval: Default::default(),
             snapshot_index: Default::default(),
@@ -521,37 +562,87 @@ impl SmStore {
             .join(format!("{INCOMING_PREFIX}{}-{n}", std::process::id()))
     }
 
+    /// Writes the records changed since the last write and the meta record, in one sled
+    /// transaction.
     fn persist(&self) -> Result<(), sled::Error> {
-        let started = std::time::Instant::now();
-        let bytes = encode_record(&self.read());
-        self.db.insert(STATE_KEY, bytes)?;
-        self.last_persist_ms
-            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-        self.persist_cost_ms.store(
-            started.elapsed().as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        if self.rewrite_all.load(Ordering::Relaxed) {
+            return self.persist_all();
+        }
+        let _order = self.persist_lock.lock().expect("persist lock poisoned");
+        let (changes, meta) = {
+            let mut a = self.applied.write().expect("sm lock poisoned");
+            let changes = a.state.take_table_changes();
+            (changes, encode_meta(&mut a))
+        };
+        let mut batches = vec![sled::Batch::default()];
+        batches[0].insert(META_KEY, meta);
+        for (_, records) in changes {
+            let mut b = sled::Batch::default();
+            for (k, v) in records {
+                match v {
+                    Some(v) => b.insert(k, v),
+                    None => b.remove(k),
+                }
+            }
+            batches.push(b);
+        }
+        let written = self.trees.as_slice().transaction(|views| {
+            for (view, batch) in views.iter().zip(&batches) {
+                view.apply_batch(batch)?;
+            }
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        });
+        self.last_persist_ms.store(now_ms(), Ordering::Relaxed);
+        written.map_err(|e| {
+            // The changes taken are not in sled: only a full rewrite makes it whole again.
+            self.rewrite_all.store(true, Ordering::Relaxed);
+            match e {
+                sled::transaction::TransactionError::Storage(e) => e,
+                sled::transaction::TransactionError::Abort(()) => {
+                    sled::Error::ReportableBug("persist transaction aborted".into())
+                }
+            }
+        })
+    }
+
+    /// Rewrites every table and the meta record (after a snapshot replaced the state, at
+    /// creation and migration). The meta record is removed first and written last: an
+    /// interrupted rewrite leaves none, and the next open starts from the latest snapshot.
+    fn persist_all(&self) -> Result<(), sled::Error> {
+        let _order = self.persist_lock.lock().expect("persist lock poisoned");
+        self.rewrite_all.store(true, Ordering::Relaxed);
+        let (tables, meta) = {
+            let mut a = self.applied.write().expect("sm lock poisoned");
+            let tables = a.state.all_table_records();
+            (tables, encode_meta(&mut a))
+        };
+        self.db.remove(META_KEY)?;
+        for (tree, (_, records)) in self.trees[1..].iter().zip(tables) {
+            tree.clear()?;
+            let mut b = sled::Batch::default();
+            for (k, v) in records {
+                b.insert(k, v);
+            }
+            tree.apply_batch(b)?;
+        }
+        self.db.insert(META_KEY, meta)?;
+        // A format-1 record is now migrated.
+        self.db.remove(STATE_KEY)?;
+        self.rewrite_all.store(false, Ordering::Relaxed);
+        self.last_persist_ms.store(now_ms(), Ordering::Relaxed);
         Ok(())
     }
 
-    /// Rewrites the state record if [`PERSIST_EVERY_MS`] passed, or ten times what the last
-    /// rewrite took if that is longer: the whole state is rewritten, so with a large state a
-    /// fixed period made the rewrite most of the apply path's work (issue 12's slowdown as the
-    /// state grew); this way it is at most a tenth of it, for a longer replay after a crash.
+    /// Writes the changes if [`PERSIST_EVERY_MS`] passed since the last write.
     fn persist_if_due(&self) -> Result<(), sled::Error> {
-        let last = self
-            .last_persist_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let cost = self
-            .persist_cost_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if now_ms().saturating_sub(last) >= PERSIST_EVERY_MS.max(cost.saturating_mul(10)) {
+        let last = self.last_persist_ms.load(Ordering::Relaxed);
+        if now_ms().saturating_sub(last) >= PERSIST_EVERY_MS {
             self.persist()?;
         }
         Ok(())
     }
 
-    /// Writes the current state record and flushes sled (called on graceful shutdown).
+    /// Writes the changes and flushes sled (called on graceful shutdown).
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.persist()?;
         self.db.flush().map(|_| ())
@@ -683,7 +774,16 @@ fn encode_record(a: &Applied) -> Vec<u8> {
     out
 }
 
-fn decode_record(raw: &[u8]) -> Result<Applied, String> {
+/// The meta record of `a`: the state without its tables (moved out and back, at no cost).
+fn encode_meta(a: &mut Applied) -> Vec<u8> {
+    let tables = a.state.take_tables();
+    let out = encode_record(a);
+    a.state.put_tables(tables);
+    out
+}
+
+/// A record: its format and what it holds.
+fn decode_record(raw: &[u8]) -> Result<(u32, Applied), String> {
     if raw.len() < 32 {
         return Err("state record is truncated".into());
     }
@@ -692,10 +792,61 @@ fn decode_record(raw: &[u8]) -> Result<Applied, String> {
         return Err("state record fails its checksum".into());
     }
     let r: Record = serde_json::from_slice(body).map_err(|e| format!("state record: {e}"))?;
-    if r.format != FORMAT {
-        return Err(format!("unknown state record format {}", r.format));
+    if r.format != FORMAT && r.format != 1 {
+        return Err(format!(
+            "unknown state record format {} (this version reads 1 and 2: a newer version wrote \
+             this data directory; run that version)",
+            r.format
+        ));
     }
-    Ok(r.applied)
+    Ok((r.format, r.applied))
+}
+
+/// The default tree, then each table's tree.
+fn open_trees(db: &sled::Db) -> Result<Vec<sled::Tree>, sled::Error> {
+    let mut trees = vec![(**db).clone()];
+    for name in crate::state::TABLES {
+        trees.push(db.open_tree(format!("{TABLE_TREE_PREFIX}{name}"))?);
+    }
+    Ok(trees)
+}
+
+/// What an existing store holds.
+enum Loaded {
+    /// Format 2: the meta record with the tables loaded into it.
+    Tables(Applied),
+    /// Format 1: the whole state in one record (to migrate).
+    Format1(Applied),
+    /// No record at all (an interrupted full rewrite).
+    NoMeta,
+}
+
+fn load(db: &sled::Db, trees: &[sled::Tree]) -> Result<Loaded, String> {
+    // A format-1 record is migrated even if a meta record exists (a migration interrupted
+    // after its meta record, before the old record's removal).
+    if let Some(raw) = db.get(STATE_KEY).map_err(|e| e.to_string())? {
+        let (format, a) = decode_record(&raw)?;
+        if format != 1 {
+            return Err(format!("the record at sm/state has format {format}, not 1"));
+        }
+        return Ok(Loaded::Format1(a));
+    }
+    let Some(raw) = db.get(META_KEY).map_err(|e| e.to_string())? else {
+        return Ok(Loaded::NoMeta);
+    };
+    let (format, mut a) = decode_record(&raw)?;
+    if format != FORMAT {
+        return Err(format!("the meta record has format {format}, not {FORMAT}"));
+    }
+    for (name, tree) in crate::state::TABLES.iter().zip(&trees[1..]) {
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(|e| e.to_string())?;
+            a.state
+                .load_record(name, &k, &v)
+                .map_err(|e| format!("table {name}: {e}"))?;
+        }
+    }
+    Ok(Loaded::Tables(a))
 }
 
 /// The snapshot metadata of the state `a`.
@@ -861,7 +1012,11 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             .map_err(|e| snap_err(io::Error::other(e.to_string())))?
             .map_err(snap_err)?;
         *self.applied.write().expect("sm lock poisoned") = a;
-        self.persist().map_err(sm_err)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.persist_all())
+            .await
+            .map_err(|e| sm_err(io::Error::other(e.to_string())))?
+            .map_err(sm_err)?;
         Ok(())
     }
 
@@ -1181,6 +1336,118 @@ mod tests {
         assert_ne!(digest, Bytes32([0; 32]));
     }
 
+    /// Makes sled hold `a` (as if it had lost its later writes).
+    fn store_as(sm: &SmStore, a: Applied) {
+        *sm.applied.write().unwrap() = a;
+        sm.persist_all().unwrap();
+        sm.db.flush().unwrap();
+    }
+
+    /// A record of format 1: the whole state in one record, as versions before the tables
+    /// wrote it.
+    fn format1_record(a: &Applied) -> Vec<u8> {
+        let body = serde_json::to_vec(&serde_json::json!({"format": 1, "applied": a})).unwrap();
+        let mut out = Sha256::digest(&body).to_vec();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_format_1_store_is_migrated_to_tables_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let sm = store_with_writes(dir.path(), 40).await;
+            let a = sm.read().clone();
+            // Back to what the previous version left: one record, no tables, no meta record.
+            sm.db.insert(STATE_KEY, format1_record(&a)).unwrap();
+            sm.db.remove(META_KEY).unwrap();
+            for t in &sm.trees[1..] {
+                t.clear().unwrap();
+            }
+            sm.db.flush().unwrap();
+            a
+        };
+        let sm = open_when_released(dir.path()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&*sm.read()).unwrap(),
+            serde_json::to_value(&before).unwrap()
+        );
+        assert!(
+            sm.db.get(STATE_KEY).unwrap().is_none(),
+            "old record removed"
+        );
+        assert!(sm.db.get(META_KEY).unwrap().is_some());
+        let kv = sm.db.open_tree("table/kv").unwrap();
+        assert_eq!(kv.len(), 40);
+        drop((kv, sm));
+        // And it opens as tables from then on.
+        let sm = open_when_released(dir.path()).unwrap();
+        assert_eq!(sm.read().state, before.state);
+        assert_eq!(sm.read().last_applied, before.last_applied);
+    }
+
+    #[tokio::test]
+    async fn writes_store_only_the_records_they_changed_and_a_small_meta_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = store_with_writes(dir.path(), 500).await;
+        sm.persist().unwrap();
+        let kv = sm.db.open_tree("table/kv").unwrap();
+        assert_eq!(kv.len(), 500);
+        let meta = sm.db.get(META_KEY).unwrap().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&meta).contains("k499"),
+            "the meta record holds no table"
+        );
+        assert!(meta.len() < 4096, "meta record of {} bytes", meta.len());
+        // Nothing changed: nothing to write but the meta record.
+        assert!(sm
+            .applied
+            .write()
+            .unwrap()
+            .state
+            .take_table_changes()
+            .iter()
+            .all(|(_, c)| c.is_empty()));
+        // One more write changes one kv record and its writer's record.
+        let mut sm = sm;
+        sm.apply(vec![put(501, "k501")]).await.unwrap();
+        let changes = sm.applied.write().unwrap().state.take_table_changes();
+        let changed: Vec<(&str, usize)> = changes
+            .iter()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(t, c)| (*t, c.len()))
+            .collect();
+        assert_eq!(changed, vec![("kv", 1), ("canary_writers", 1)]);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_rewrite_restarts_from_the_snapshot_or_is_refused_without_one() {
+        // With a snapshot: a rewrite that lost its meta record starts from the snapshot.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = store_with_writes(dir.path(), 3).await;
+            certify_now(&mut sm).await;
+            sm.apply(vec![put(4, "k4")]).await.unwrap();
+            sm.flush().unwrap();
+            sm.db.remove(META_KEY).unwrap();
+            sm.db.flush().unwrap();
+        }
+        let sm = open_when_released(dir.path()).unwrap();
+        assert_eq!(sm.read().last_applied.unwrap().index, 3);
+        assert_eq!(sm.read().state.kv.len(), 3);
+        drop(sm);
+        // Without one: refused, nothing served from a half-written store.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let sm = store_with_writes(dir.path(), 3).await;
+            sm.flush().unwrap();
+            sm.db.remove(META_KEY).unwrap();
+            sm.db.flush().unwrap();
+        }
+        let e = open_when_released(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("no snapshot to rebuild it from"), "{e}");
+    }
+
     async fn store_with_writes(dir: &Path, n: u64) -> SmStore {
         let mut sm = SmStore::open(dir).unwrap();
         *sm.applied.write().unwrap() = seeded();
@@ -1209,10 +1476,10 @@ mod tests {
         {
             let sm = store_with_writes(dir.path(), 2).await;
             sm.flush().unwrap();
-            let mut raw = sm.db.get(STATE_KEY).unwrap().unwrap().to_vec();
+            let mut raw = sm.db.get(META_KEY).unwrap().unwrap().to_vec();
             let last = raw.len() - 2;
             raw[last] ^= 1;
-            sm.db.insert(STATE_KEY, raw).unwrap();
+            sm.db.insert(META_KEY, raw).unwrap();
             sm.db.flush().unwrap();
         }
         let e = open_when_released(dir.path()).err().unwrap().to_string();
@@ -1245,8 +1512,7 @@ mod tests {
             let mut old = sm.read().clone();
             old.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 2));
             old.state.kv.retain(|k, _| k == "k1" || k == "k2");
-            sm.db.insert(STATE_KEY, encode_record(&old)).unwrap();
-            sm.db.flush().unwrap();
+            store_as(&sm, old);
         }
         let sm = open_when_released(dir.path()).unwrap();
         assert_eq!(sm.read().last_applied.unwrap().index, 5);
@@ -1383,8 +1649,7 @@ mod tests {
             // Make sled lag behind it, so open() loads the snapshot.
             let mut old = sm.read().clone();
             old.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 1));
-            sm.db.insert(STATE_KEY, encode_record(&old)).unwrap();
-            sm.db.flush().unwrap();
+            store_as(&sm, old);
             meta
         };
         let incoming = dir.path().join("snapshots/.incoming-1-0");

@@ -111,12 +111,14 @@ impl World {
             cluster(CLUSTER, StScheme::Native),
             cluster(PHALA_CLUSTER, StScheme::Phala),
         ]
-        .into();
+        .into_iter()
+        .collect();
         state.contracts = [
             (Bytes32(CONTRACT), Bytes32(CLUSTER)),
             (Bytes32(PHALA_CONTRACT), Bytes32(PHALA_CLUSTER)),
         ]
-        .into();
+        .into_iter()
+        .collect();
         World {
             state,
             policy: Policy {

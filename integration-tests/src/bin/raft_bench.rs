@@ -14,7 +14,7 @@
 //! JSON line to stdout:
 //!
 //! ```text
-//! {"bench":"replicated_write","nodes":3,"tls":true,"writers":16,"ops":1234,"seconds":12.0,"ops_per_sec":102.8,"p50_ms":150.2,"p99_ms":310.9}
+//! {"bench":"replicated_write","nodes":3,"tls":true,"records":0,"writers":16,"ops":1234,"seconds":12.0,"ops_per_sec":102.8,"p50_ms":150.2,"p99_ms":310.9}
 //! ```
 //!
 //! `ops` counts acknowledged (committed) writes; latencies are per acknowledged write, measured at
@@ -27,6 +27,10 @@
 //! * `RAFT_BENCH_VALUE_BYTES` — value size (default 64).
 //! * `RAFT_BENCH_TLS` — `1` (default): TLS on every listener, as deployed; `0`: plaintext
 //!   (development), to measure what TLS costs.
+//! * `RAFT_BENCH_PREFILL` — canary keys written (256 writers) before the measured runs, so the
+//!   state holds that many records (and as many writer records) while writes are measured
+//!   (default 0). It prints `{"bench":"prefill","records":N,"seconds":S,"ops_per_sec":R}` first,
+//!   and every line carries `"records":N`.
 
 #![forbid(unsafe_code)]
 
@@ -125,6 +129,55 @@ async fn run(
     Ok(out)
 }
 
+/// Writes `records` canary keys with `writers` concurrent writers; returns the seconds it took.
+async fn prefill(
+    url: &gatekeeper_integration_tests::Target,
+    records: u64,
+    writers: usize,
+    value: &str,
+) -> Result<f64> {
+    let begin = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..writers.div_ceil(16) {
+        clients.push(admin_client(url)?);
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..writers {
+        let mut client = clients[w % clients.len()].clone();
+        let (next, value) = (next.clone(), value.to_string());
+        set.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= records {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let mut tries = 0;
+                loop {
+                    let req = pb::WriteCanaryRequest {
+                        key: format!("prefill-{n}"),
+                        value: value.clone(),
+                        authorization: None,
+                    };
+                    match client.write_canary(req).await {
+                        Ok(_) => break,
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            eprintln!("raft_bench: prefill write {n}: {e}; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => anyhow::bail!("prefill write {n}: {e}"),
+                    }
+                }
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.context("prefill task")??;
+    }
+    Ok(begin.elapsed().as_secs_f64())
+}
+
 fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -142,6 +195,7 @@ fn round(x: f64, digits: i32) -> f64 {
 fn main() -> Result<()> {
     let seconds: f64 = env_or("RAFT_BENCH_SECONDS", 12.0);
     let value_bytes: usize = env_or("RAFT_BENCH_VALUE_BYTES", 64);
+    let records: u64 = env_or("RAFT_BENCH_PREFILL", 0);
     let writer_counts: Vec<usize> = std::env::var("RAFT_BENCH_WRITERS")
         .unwrap_or_else(|_| "1,16,256".into())
         .split(',')
@@ -170,6 +224,14 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if records > 0 {
+        let secs = rt.block_on(prefill(&urls[0], records, 256, &value))?;
+        println!(
+            "{{\"bench\":\"prefill\",\"records\":{records},\"seconds\":{:?},\"ops_per_sec\":{:?}}}",
+            round(secs, 3),
+            round(records as f64 / secs, 1)
+        );
+    }
     for (k, &writers) in writer_counts.iter().enumerate() {
         let r = rt.block_on(run(
             &urls,
@@ -184,7 +246,7 @@ fn main() -> Result<()> {
         let secs = r.elapsed.as_secs_f64();
         // Keys in this fixed order (serde_json's map would sort them).
         let line = format!(
-            "{{\"bench\":\"replicated_write\",\"nodes\":3,\"tls\":{tls},\"writers\":{writers},\"ops\":{},\
+            "{{\"bench\":\"replicated_write\",\"nodes\":3,\"tls\":{tls},\"records\":{records},\"writers\":{writers},\"ops\":{},\
              \"seconds\":{:?},\"ops_per_sec\":{:?},\"p50_ms\":{:?},\"p99_ms\":{:?}}}",
             lat.len(),
             round(secs, 3),

@@ -22,6 +22,7 @@ mod commands;
 mod membership;
 mod proposal;
 mod records;
+mod table;
 
 pub use checkpoint::{
     checkpoint_signing_bytes, verify_certificate, Anchor, CheckpointCertificate, CheckpointVote,
@@ -42,10 +43,27 @@ pub use records::{
     HexBytes, IgnoredEvent, MemberRecord, RotationOutcome, RotationRecord, Scheme, SealedShare,
     WorkerRecord, WorkerStatus, RECENT_IGNORED,
 };
+pub use table::{RecordChange, StoredRecord, Table, TableKey};
 
 use crate::NodeId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The keyed tables of [`GatekeeperState`], each stored as its own tree (`sm_store`); the rest
+/// of the state is one small record.
+pub const TABLES: [&str; 8] = [
+    "members",
+    "epochs",
+    "workers",
+    "clusters",
+    "contracts",
+    "sessions",
+    "kv",
+    "canary_writers",
+];
+
+/// The keyed tables taken out of a state ([`GatekeeperState::take_tables`]).
+pub struct Tables(GatekeeperState);
 
 /// The whole replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,24 +77,24 @@ pub struct GatekeeperState {
     #[serde(default)]
     pub genesis_dealer: Option<NodeId>,
     /// Member records.
-    pub members: BTreeMap<NodeId, MemberRecord>,
+    pub members: Table<NodeId, MemberRecord>,
     /// Master-key epochs.
-    pub epochs: BTreeMap<u64, EpochRecord>,
+    pub epochs: Table<u64, EpochRecord>,
     /// Epochs below this are retired.
     pub min_epoch: u64,
     /// Worker registry.
-    pub workers: BTreeMap<Bytes32, WorkerRecord>,
+    pub workers: Table<Bytes32, WorkerRecord>,
     /// Compute clusters.
-    pub clusters: BTreeMap<Bytes32, ClusterRecord>,
+    pub clusters: Table<Bytes32, ClusterRecord>,
     /// Contract → cluster.
-    pub contracts: BTreeMap<Bytes32, Bytes32>,
+    pub contracts: Table<Bytes32, Bytes32>,
     /// The followed chain: genesis, cursor, counters. Added within v1 (older snapshots load with
     /// the default).
     #[serde(default)]
     pub chain: ChainRecord,
     /// Phala profile: session account -> worker key.
     #[serde(default)]
-    pub sessions: BTreeMap<Bytes32, Bytes32>,
+    pub sessions: Table<Bytes32, Bytes32>,
     /// Rotation ids requested on chain that could not start yet (one in progress, or no active
     /// epoch); the leader starts them in order.
     #[serde(default)]
@@ -86,7 +104,7 @@ pub struct GatekeeperState {
     /// Every rotation id ever started.
     pub rotation_ids: BTreeSet<String>,
     /// Test/benchmark key-value writes.
-    pub kv: BTreeMap<String, String>,
+    pub kv: Table<String, String>,
     /// Monotonic audit sequence: +1 per applied command.
     pub audit_sequence: u64,
     /// Fixed at init: a production cluster refuses development-only commands whichever path
@@ -121,7 +139,7 @@ pub struct GatekeeperState {
     pub leave_grants: BTreeSet<NodeId>,
     /// Per canary key, the highest sequence each node wrote it with (replays are refused).
     #[serde(default)]
-    pub canary_writers: BTreeMap<String, BTreeMap<NodeId, u64>>,
+    pub canary_writers: Table<String, BTreeMap<NodeId, u64>>,
     /// Each node's latest checkpoint signature not yet part of a certificate.
     #[serde(default)]
     pub checkpoint_votes: BTreeMap<NodeId, CheckpointVote>,
@@ -176,15 +194,15 @@ impl GatekeeperState {
             members: members.clone(),
             epochs: epochs.clone(),
             min_epoch: *min_epoch,
-            workers: BTreeMap::new(),
-            clusters: BTreeMap::new(),
-            contracts: BTreeMap::new(),
+            workers: Table::default(),
+            clusters: Table::default(),
+            contracts: Table::default(),
             chain: chain.clone(),
-            sessions: BTreeMap::new(),
+            sessions: Table::default(),
             pending_rotations: pending_rotations.clone(),
             rotation: rotation.clone(),
             rotation_ids: rotation_ids.clone(),
-            kv: BTreeMap::new(),
+            kv: Table::default(),
             audit_sequence: *audit_sequence,
             production: *production,
             sequences: sequences.clone(),
@@ -193,11 +211,85 @@ impl GatekeeperState {
             authorized_joins: authorized_joins.clone(),
             membership_grants: membership_grants.clone(),
             leave_grants: leave_grants.clone(),
-            canary_writers: BTreeMap::new(),
+            canary_writers: Table::default(),
             checkpoint_votes: checkpoint_votes.clone(),
             checkpoint: checkpoint.clone(),
             genesis_voters: genesis_voters.clone(),
         }
+    }
+
+    /// The keyed tables' records changed since the last call, by table name ([`TABLES`]
+    /// order), and forgets them.
+    pub fn take_table_changes(&mut self) -> Vec<(&'static str, Vec<RecordChange>)> {
+        vec![
+            (TABLES[0], self.members.take_changes()),
+            (TABLES[1], self.epochs.take_changes()),
+            (TABLES[2], self.workers.take_changes()),
+            (TABLES[3], self.clusters.take_changes()),
+            (TABLES[4], self.contracts.take_changes()),
+            (TABLES[5], self.sessions.take_changes()),
+            (TABLES[6], self.kv.take_changes()),
+            (TABLES[7], self.canary_writers.take_changes()),
+        ]
+    }
+
+    /// Every record of the keyed tables, by table name (a full rewrite), and forgets the
+    /// changes.
+    pub fn all_table_records(&mut self) -> Vec<(&'static str, Vec<StoredRecord>)> {
+        vec![
+            (TABLES[0], self.members.all_records()),
+            (TABLES[1], self.epochs.all_records()),
+            (TABLES[2], self.workers.all_records()),
+            (TABLES[3], self.clusters.all_records()),
+            (TABLES[4], self.contracts.all_records()),
+            (TABLES[5], self.sessions.all_records()),
+            (TABLES[6], self.kv.all_records()),
+            (TABLES[7], self.canary_writers.all_records()),
+        ]
+    }
+
+    /// Adds a stored record of table `table` (loading the state back).
+    pub fn load_record(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
+        match table {
+            "members" => self.members.load(key, value),
+            "epochs" => self.epochs.load(key, value),
+            "workers" => self.workers.load(key, value),
+            "clusters" => self.clusters.load(key, value),
+            "contracts" => self.contracts.load(key, value),
+            "sessions" => self.sessions.load(key, value),
+            "kv" => self.kv.load(key, value),
+            "canary_writers" => self.canary_writers.load(key, value),
+            other => Err(format!("unknown table {other}")),
+        }
+    }
+
+    /// Moves the keyed tables out (the state left holds everything else: what the store keeps
+    /// as one small record), to be put back with [`GatekeeperState::put_tables`].
+    pub fn take_tables(&mut self) -> Tables {
+        Tables(GatekeeperState {
+            members: std::mem::take(&mut self.members),
+            epochs: std::mem::take(&mut self.epochs),
+            workers: std::mem::take(&mut self.workers),
+            clusters: std::mem::take(&mut self.clusters),
+            contracts: std::mem::take(&mut self.contracts),
+            sessions: std::mem::take(&mut self.sessions),
+            kv: std::mem::take(&mut self.kv),
+            canary_writers: std::mem::take(&mut self.canary_writers),
+            ..GatekeeperState::default()
+        })
+    }
+
+    /// Puts back what [`GatekeeperState::take_tables`] took.
+    pub fn put_tables(&mut self, t: Tables) {
+        let t = t.0;
+        self.members = t.members;
+        self.epochs = t.epochs;
+        self.workers = t.workers;
+        self.clusters = t.clusters;
+        self.contracts = t.contracts;
+        self.sessions = t.sessions;
+        self.kv = t.kv;
+        self.canary_writers = t.canary_writers;
     }
 
     /// The highest active epoch.
