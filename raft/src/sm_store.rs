@@ -62,6 +62,9 @@ const ID_KEY: &[u8] = b"sm/id";
 /// Format of the meta record: 2 = tables in their own trees; 1 (read only) = the whole state
 /// in one record under [`STATE_KEY`].
 const FORMAT: u32 = 2;
+/// sled's page cache (its default, 1 GiB, grew with the tables: the state itself is in memory
+/// already, sled is read only at open).
+const SLED_CACHE_BYTES: u64 = 32 << 20;
 /// Prefix of the tables' sled trees.
 const TABLE_TREE_PREFIX: &str = "table/";
 /// Format of snapshot files: 2 = `data` in the [`crate::snapshot`] format; 1 (read only) = `data`
@@ -193,6 +196,12 @@ pub struct SmStore {
     persist_lock: Arc<std::sync::Mutex<()>>,
     /// A write failed after its changes were taken: the next one rewrites everything.
     rewrite_all: Arc<std::sync::atomic::AtomicBool>,
+    /// Jobs for the checkpoint thread, which encodes and writes checkpoints and promotes
+    /// certified ones, one at a time in apply order, off the apply path. Each job carries a
+    /// handle of the store; the thread ends when the last handle is dropped.
+    checkpoint_jobs: std::sync::mpsc::Sender<CheckpointJob>,
+    /// The highest certified index handed to the checkpoint thread.
+    promote_requested: Arc<AtomicU64>,
     snapshot_dir: PathBuf,
     /// When the changes were last written (ms since the Unix epoch).
     last_persist_ms: Arc<AtomicU64>,
@@ -309,10 +318,14 @@ impl SmStore {
                 id_file.display()
             )));
         }
-        let db = sled::open(&sled_dir).map_err(|source| SmOpenError::Sled {
-            path: sled_dir.clone(),
-            source,
-        })?;
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|source| SmOpenError::Sled {
+                path: sled_dir.clone(),
+                source,
+            })?;
 
         let trees = open_trees(&db).map_err(|source| SmOpenError::Sled {
             path: sled_dir.clone(),
@@ -415,6 +428,8 @@ impl SmStore {
             trees: Arc::new(trees),
             persist_lock: Default::default(),
             rewrite_all: Default::default(),
+            checkpoint_jobs: spawn_checkpoint_thread(),
+            promote_requested: Default::default(),
             snapshot_dir,
             last_persist_ms: Default::default(),
             incoming_seq: Default::default(),
@@ -422,6 +437,14 @@ impl SmStore {
             snapshot_index: Default::default(),
             checkpoints: Arc::new(watch::channel(None).0),
             certified: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Waits until the checkpoints and snapshots of the entries applied so far are written.
+    pub async fn checkpoints_written(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.checkpoint_jobs.send(CheckpointJob::Done(tx)).is_ok() {
+            let _ = rx.await;
         }
     }
 
@@ -738,6 +761,58 @@ impl SmStore {
     }
 }
 
+/// Work for the checkpoint thread.
+enum CheckpointJob {
+    /// Encode and write these checkpoints, then promote this certificate's.
+    Write {
+        store: Box<SmStore>,
+        checkpoints: Vec<(SnapshotMeta<NodeId, Node>, Applied)>,
+        certificate: Option<CheckpointCertificate>,
+    },
+    /// Answer once the jobs before it are done.
+    Done(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Starts the checkpoint thread; it ends when every sender is gone.
+fn spawn_checkpoint_thread() -> std::sync::mpsc::Sender<CheckpointJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<CheckpointJob>();
+    let spawned = std::thread::Builder::new()
+        .name("gk-checkpoints".into())
+        .spawn(move || {
+            for job in rx {
+                match job {
+                    CheckpointJob::Write {
+                        store,
+                        checkpoints,
+                        certificate,
+                    } => {
+                        // A checkpoint that could not be written is not certified here (no
+                        // snapshot: the log is kept until a later one is): reported, not fatal.
+                        for (meta, a) in checkpoints {
+                            if let Err(e) = store.write_checkpoint(&meta, snapshot::encode(&a, None))
+                            {
+                                tracing::error!(error = %e, "writing a checkpoint failed");
+                            }
+                        }
+                        if let Some(c) = certificate {
+                            if let Err(e) = store.promote(&c) {
+                                tracing::error!(error = %e, index = c.index, "writing the certified snapshot failed");
+                            }
+                        }
+                    }
+                    CheckpointJob::Done(tx) => {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread no checkpoint is written: the log is kept (nothing is lost).
+        tracing::error!(error = %e, "could not start the checkpoint thread");
+    }
+    tx
+}
+
 /// Removes snapshot files left by transfers that never finished.
 fn remove_incoming(dir: &Path) -> io::Result<()> {
     for e in fs::read_dir(dir)? {
@@ -943,13 +1018,15 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 }
                 // Also right after a membership change, so the new voters are certified (by a
                 // majority of them and of the voters certified before) while both are up.
+                // A copy (its tables share every node with the state: O(1)) is encoded and
+                // written by the checkpoint task, not here.
                 if interval > 0
                     && (index % interval == 0
                         || membership_change
                         || a.log_bytes_since_checkpoint >= CHECKPOINT_LOG_BYTES)
                 {
                     a.log_bytes_since_checkpoint = 0;
-                    checkpoints.push((snapshot_meta(&a), snapshot::encode(&a, None)));
+                    checkpoints.push((snapshot_meta(&a), a.clone()));
                 }
             }
             certificate = a
@@ -958,20 +1035,16 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 .clone()
                 .filter(|c| c.index > self.snapshot_index.load(Ordering::Relaxed));
         }
+        let certificate = certificate
+            .filter(|c| self.promote_requested.fetch_max(c.index, Ordering::Relaxed) < c.index);
         if !checkpoints.is_empty() || certificate.is_some() {
-            let this = self.clone();
-            tokio::task::spawn_blocking(move || -> io::Result<()> {
-                for (meta, data) in checkpoints {
-                    this.write_checkpoint(&meta, data)?;
-                }
-                if let Some(c) = certificate {
-                    this.promote(&c)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| snap_err(io::Error::other(e.to_string())))?
-            .map_err(snap_err)?;
+            let job = CheckpointJob::Write {
+                store: Box::new(self.clone()),
+                checkpoints,
+                certificate,
+            };
+            // The thread lives as long as any handle of the store (this one included).
+            let _ = self.checkpoint_jobs.send(job);
         }
         self.persist_if_due().map_err(sm_err)?;
         Ok(replies)
@@ -1247,6 +1320,7 @@ mod tests {
         )
         .await
         .unwrap();
+        sm.checkpoints_written().await;
         // Index 3 was checkpointed and announced; nothing is a snapshot yet.
         let (index, digest) = written.borrow_and_update().unwrap();
         assert_eq!(index, 3);
@@ -1259,6 +1333,7 @@ mod tests {
         // A signature of another state does not certify index 3 for this node's snapshot.
         let other = Bytes32([1; 32]);
         sm.apply(vec![sign_entry(5, vote(3, other))]).await.unwrap();
+        sm.checkpoints_written().await;
         assert_eq!(sm.read().state.checkpoint.as_ref().unwrap().digest, other);
         assert!(
             sm.get_current_snapshot().await.unwrap().is_none(),
@@ -1277,9 +1352,11 @@ mod tests {
         )
         .await
         .unwrap();
+        sm.checkpoints_written().await;
         sm.apply(vec![sign_entry(5, vote(index, digest))])
             .await
             .unwrap();
+        sm.checkpoints_written().await;
         assert!(certified.has_changed().unwrap());
         assert_eq!(*certified.borrow_and_update(), 3);
         let s = sm.build_snapshot().await.unwrap();
@@ -1321,6 +1398,7 @@ mod tests {
         assert_eq!(sm.read().log_bytes_since_checkpoint, (per_budget - 1) << 20);
         // The entry that reaches the budget is checkpointed, and the count starts again.
         sm.apply(vec![junk(per_budget)]).await.unwrap();
+        sm.checkpoints_written().await;
         let (index, digest) = written.borrow_and_update().unwrap();
         assert_eq!(index, per_budget);
         assert_eq!(sm.read().log_bytes_since_checkpoint, 0);
@@ -1329,6 +1407,7 @@ mod tests {
         let file = std::fs::read(sm.checkpoint_path(index)).unwrap();
         assert!(!String::from_utf8_lossy(&file).contains("log_bytes_since_checkpoint"));
         sm.apply(vec![junk(per_budget + 1)]).await.unwrap();
+        sm.checkpoints_written().await;
         sm.persist().unwrap();
         drop(sm);
         let sm = open_when_released(dir.path()).unwrap();

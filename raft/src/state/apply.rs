@@ -432,11 +432,11 @@ impl GatekeeperState {
             ));
         }
         self.min_epoch = min_epoch;
-        for e in self.epochs.values_mut() {
+        self.epochs.update_all(|e| {
             if e.epoch < min_epoch && e.status == EpochStatus::Active {
                 e.status = EpochStatus::Retired;
             }
-        }
+        });
         Ok(())
     }
 

@@ -5,9 +5,15 @@
 //! It reads like the map it wraps (`Deref`); every way to change it goes through a method here,
 //! which marks the keys it touches. It serializes as the bare map (snapshot bodies and
 //! checkpoint digests are unchanged) and compares by the map only.
+//!
+//! The map is an `imbl::OrdMap` (a persistent B-tree): a clone shares every node and costs O(1),
+//! and a change afterwards copies only the path to the key. A checkpoint is such a copy, taken
+//! while applying and encoded elsewhere (a copy of a million records used to hold the state
+//! machine for the seconds a `BTreeMap` took to encode).
 
+use imbl::ordmap::Entry;
+use imbl::OrdMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Deref;
@@ -59,64 +65,66 @@ pub type StoredRecord = (Vec<u8>, Vec<u8>);
 
 /// A map that tracks its changed keys (see the module documentation).
 #[derive(Clone)]
-pub struct Table<K: TableKey, V> {
-    map: BTreeMap<K, V>,
+pub struct Table<K: TableKey, V: Clone> {
+    map: OrdMap<K, V>,
     dirty: BTreeSet<K>,
 }
 
-impl<K: TableKey, V> Default for Table<K, V> {
+impl<K: TableKey, V: Clone> Default for Table<K, V> {
     fn default() -> Self {
         Table {
-            map: BTreeMap::new(),
+            map: OrdMap::new(),
             dirty: BTreeSet::new(),
         }
     }
 }
 
-impl<K: TableKey, V> Deref for Table<K, V> {
-    type Target = BTreeMap<K, V>;
-    fn deref(&self) -> &BTreeMap<K, V> {
+impl<K: TableKey, V: Clone> Deref for Table<K, V> {
+    type Target = OrdMap<K, V>;
+    fn deref(&self) -> &OrdMap<K, V> {
         &self.map
     }
 }
 
-impl<K: TableKey + fmt::Debug, V: fmt::Debug> fmt::Debug for Table<K, V> {
+impl<K: TableKey + fmt::Debug, V: Clone + fmt::Debug> fmt::Debug for Table<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.map.fmt(f)
+        f.debug_map().entries(self.map.iter()).finish()
     }
 }
 
-impl<K: TableKey, V: PartialEq> PartialEq for Table<K, V> {
+impl<K: TableKey, V: Clone + PartialEq> PartialEq for Table<K, V> {
     fn eq(&self, other: &Self) -> bool {
         self.map == other.map
     }
 }
 
-impl<K: TableKey, V: Eq> Eq for Table<K, V> {}
+impl<K: TableKey, V: Clone + Eq> Eq for Table<K, V> {}
 
-impl<K: TableKey + Serialize, V: Serialize> Serialize for Table<K, V> {
+impl<K: TableKey + Serialize, V: Clone + Serialize> Serialize for Table<K, V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.map.serialize(s)
+        s.collect_map(self.map.iter())
     }
 }
 
-impl<'de, K: TableKey + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Table<K, V> {
+impl<'de, K: TableKey + Deserialize<'de>, V: Clone + Deserialize<'de>> Deserialize<'de>
+    for Table<K, V>
+{
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         BTreeMap::deserialize(d).map(Table::from)
     }
 }
 
 /// A table whose every record is unwritten (built from a map, as a deserialized one is).
-impl<K: TableKey, V> From<BTreeMap<K, V>> for Table<K, V> {
+impl<K: TableKey, V: Clone> From<BTreeMap<K, V>> for Table<K, V> {
     fn from(map: BTreeMap<K, V>) -> Self {
         Table {
-            map,
+            map: map.into_iter().collect(),
             dirty: BTreeSet::new(),
         }
     }
 }
 
-impl<K: TableKey, V> FromIterator<(K, V)> for Table<K, V> {
+impl<K: TableKey, V: Clone> FromIterator<(K, V)> for Table<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut t = Table::default();
         for (k, v) in iter {
@@ -126,7 +134,7 @@ impl<K: TableKey, V> FromIterator<(K, V)> for Table<K, V> {
     }
 }
 
-impl<K: TableKey, V> Table<K, V> {
+impl<K: TableKey, V: Clone> Table<K, V> {
     /// Inserts or replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         self.dirty.insert(key.clone());
@@ -150,27 +158,34 @@ impl<K: TableKey, V> Table<K, V> {
     }
 
     /// The map's entry for `key` (marked changed).
-    pub fn entry(&mut self, key: K) -> Entry<'_, K, V> {
+    pub fn entry(&mut self, key: K) -> Entry<'_, K, V, imbl::shared_ptr::DefaultSharedPtr> {
         self.dirty.insert(key.clone());
         self.map.entry(key)
     }
 
-    /// Every value, to change in place (all marked changed: for small tables).
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.dirty.extend(self.map.keys().cloned());
-        self.map.values_mut()
+    /// Changes every value in place with `f` (all marked changed: for small tables).
+    pub fn update_all(&mut self, mut f: impl FnMut(&mut V)) {
+        let keys: Vec<K> = self.map.keys().cloned().collect();
+        for k in keys {
+            if let Some(v) = self.map.get_mut(&k) {
+                f(v);
+            }
+            self.dirty.insert(k);
+        }
     }
 
     /// Keeps the records `keep` accepts.
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        let dirty = &mut self.dirty;
-        self.map.retain(|k, v| {
-            let kept = keep(k, v);
-            if !kept {
-                dirty.insert(k.clone());
-            }
-            kept
-        });
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        let gone: Vec<K> = self
+            .map
+            .iter()
+            .filter(|(k, v)| !keep(k, v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            self.map.remove(&k);
+            self.dirty.insert(k);
+        }
     }
 
     /// Removes every record.
