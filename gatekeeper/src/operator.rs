@@ -278,7 +278,7 @@ pub fn dev_event(r: pb::ApplyDevEventRequest) -> ApiResult<ChainEvent> {
 }
 
 /// How far an operator-signed rotation's `requested_at_ms` may be from this node's clock.
-pub const MAX_OPERATOR_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+pub const MAX_OPERATOR_CLOCK_SKEW_MS: u64 = gatekeeper_raft::state::MAX_OPERATOR_SKEW_MS;
 
 /// The command an operator signed, checked against the call it came with: it decodes, it is the
 /// kind of command the call proposes (`expected` names it), it was signed within

@@ -685,6 +685,44 @@ fn c_a_killed_node_restarts_and_catches_up() {
     c.wait_converged(&c.ids(), last_index);
 }
 
+#[test]
+fn c_restarted_nodes_elect_a_leader_while_the_third_is_down() {
+    let mut c = Cluster::start(3, Opts::default());
+    let leader = c.leader();
+    let down = *others(&c, leader).last().unwrap();
+    let follower = *others(&c, down).iter().find(|&&i| i != leader).unwrap();
+    c.put_ok(leader, "c-restart-0", "0");
+    c.kill9(down);
+    c.put_ok(leader, "c-restart-1", "1");
+    // Both go down together; the old leader comes back first and resumes its term from its
+    // persisted vote, without the proof of its election (which a process keeps in memory).
+    c.kill9(leader);
+    c.kill9(follower);
+    c.restart(leader);
+    c.wait_for(&format!("node {leader} to resume as leader"), WAIT, || {
+        let s = c.status(leader)?;
+        if s.role == "leader" {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    });
+    c.restart(follower);
+    // The follower refuses the unproven leader, and campaigns; the leader learns its newer
+    // vote from its answer and stands again: a leader is elected and writes commit.
+    let pair = [leader, follower];
+    c.put_ok(follower, "c-restart-2", "2");
+    let now = c.leader_among(&pair);
+    // A rolling restart of the follower (whose proof of the leader is gone with it) too.
+    let other = *pair.iter().find(|&&i| i != now).unwrap();
+    c.kill9(other);
+    c.restart(other);
+    c.put_ok(other, "c-restart-3", "3");
+    for k in 0..4 {
+        lin_read(&c, other, &format!("c-restart-{k}"), Some(&k.to_string()));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // d. a wiped node rejoins through a snapshot
 

@@ -941,13 +941,18 @@ fn check_decoded(
     use crate::state::{RejectCode, Reply};
     let d = decoded.map_err(|e| (RejectCode::MalformedCommand, e))?;
     let a = sm.read();
-    crate::state::authorize(&a.state, &a.apply_context(leader), &d).map_err(|r| match r {
-        Reply::Rejected { code, message } => (code, message),
-        other => (
-            RejectCode::InvalidState,
-            format!("unexpected check result {other:?}"),
-        ),
-    })
+    crate::state::authorize(&a.state, &a.apply_context(leader), &d)
+        .and_then(|()| match &d.operator {
+            Some(op) => crate::state::check_operator_fresh(op, crate::now_ms()),
+            None => Ok(()),
+        })
+        .map_err(|r| match r {
+            Reply::Rejected { code, message } => (code, message),
+            other => (
+                RejectCode::InvalidState,
+                format!("unexpected check result {other:?}"),
+            ),
+        })
 }
 
 /// Splits a snapshot into stream chunks: the first carries the header; the last has `done`.
@@ -994,6 +999,16 @@ pub struct RaftCall {
     /// The node the message says it comes from (the vote's leader or candidate id); `None` for
     /// `ClientWrite` and `ReadIndex`, which any member may send.
     pub claimed_sender: Option<NodeId>,
+}
+
+/// Whether a message of vote `theirs` is older than this node's vote `ours` (lower, or of
+/// another leader in the same term): openraft refuses it with its own vote, and so does the
+/// server, before any proof is asked for.
+fn stale_vote(theirs: &Vote<NodeId>, ours: &Vote<NodeId>) -> bool {
+    !matches!(
+        theirs.partial_cmp(ours),
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+    )
 }
 
 /// Decides whether the caller of a Raft RPC may make it: given the request's extensions (where
@@ -1568,6 +1583,17 @@ impl RaftService for RaftServer {
             .await?;
         checks::check_append_shape(&req, self.node_id, view.vote.leader_id.term)
             .map_err(refused)?;
+        // A leader of an older vote (one restored from its persisted vote after a restart, or
+        // one cut off meanwhile) is told this node's newer vote, as Raft answers any stale
+        // term: it steps down and stands again. The answer changes nothing here, so it needs
+        // no proof of election. Refusing it instead left a restored leader that could not prove
+        // its election and the node that refused it waiting on each other for good, the third
+        // node down (attack round 12: no leader until that node came back).
+        if stale_vote(&req.vote, &view.vote) {
+            return Ok(Response::new(convert::append_resp_to_pb(
+                &AppendEntriesResponse::HigherVote(view.vote),
+            )));
+        }
         checks::check_append_against_local(&req, &view).map_err(refused)?;
         self.check_election(&req.vote, &election)?;
         self.check_pledge_for_leader(&req.vote)?;
@@ -1869,6 +1895,23 @@ impl RaftService for RaftServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_of_an_older_or_rival_vote_is_answered_with_the_newer_vote() {
+        let restored = Vote::new_committed(2, 1);
+        // The node that refused it and campaigned since.
+        assert!(stale_vote(&restored, &Vote::new(3, 2)));
+        assert!(stale_vote(&restored, &Vote::new_committed(3, 2)));
+        // Another leader of the same term (incomparable).
+        assert!(stale_vote(
+            &Vote::new_committed(3, 1),
+            &Vote::new_committed(3, 2)
+        ));
+        // The vote this node holds, or a newer one: checked (proof of election) as before.
+        assert!(!stale_vote(&restored, &restored));
+        assert!(!stale_vote(&Vote::new_committed(4, 1), &Vote::new(3, 2)));
+        assert!(!stale_vote(&Vote::new_committed(2, 1), &Vote::new(2, 1)));
+    }
 
     #[test]
     fn forwarded_proposals_are_refused_beyond_the_budget_and_refill() {

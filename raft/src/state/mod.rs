@@ -34,9 +34,10 @@ pub use commands::{
 };
 pub use membership::check_membership_change;
 pub use proposal::{
-    authorize, command_name, decode_entry, encode_proposal, operator_signing_bytes, sign_proposal,
-    sign_proposal_json, signing_bytes, verify_operator_signature, ApplyContext, CommandSigner,
-    Decoded, Lane, OperatorKey, OperatorProof, Proof, PROPOSAL_VERSION,
+    authorize, check_operator_fresh, command_name, decode_entry, encode_proposal,
+    operator_signing_bytes, sign_proposal, sign_proposal_json, signing_bytes,
+    verify_operator_signature, ApplyContext, CommandSigner, Decoded, Lane, OperatorKey,
+    OperatorProof, Proof, MAX_OPERATOR_SKEW_MS, PROPOSAL_VERSION,
 };
 pub use records::{
     Bytes32, ChainCursor, ChainRecord, ClusterRecord, DealingRecord, EpochRecord, EpochStatus,

@@ -342,6 +342,37 @@ fn unauthorized(message: impl Into<String>) -> Reply {
     reject(RejectCode::Unauthorized, message)
 }
 
+/// How far an operator's signing time (its sequence, in µs) may be from the clock of the node
+/// that checks it: the node the call reaches, and the leader before it appends the proposal.
+pub const MAX_OPERATOR_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Whether an operator's signature is recent at `now_ms` (its sequence is the signing time in
+/// µs): the leader refuses a proposal carrying a stale one, so a node that held back an
+/// operator's call cannot have it applied later, and one signed ahead of time cannot lock the
+/// operator out until then (attack round 12). Not checked at apply, which knows no clock: a
+/// compromised leader is the limit (design.md §11).
+pub fn check_operator_fresh(op: &OperatorProof, now_ms: u64) -> Result<(), Reply> {
+    let signed_ms = op.seq / 1000;
+    if signed_ms.abs_diff(now_ms) > MAX_OPERATOR_SKEW_MS {
+        let (dir, by) = if signed_ms < now_ms {
+            ("ago", now_ms - signed_ms)
+        } else {
+            ("ahead of the leader's clock", signed_ms - now_ms)
+        };
+        return Err(reject(
+            RejectCode::Unauthorized,
+            format!(
+                "operator {:?} signed this command {} s {dir}, outside the {} s the leader \
+                 accepts: sign it again",
+                op.name,
+                by / 1000,
+                MAX_OPERATOR_SKEW_MS / 1000
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Decides whether the proposal may be applied: a pure function of the state, the context and
 /// the proposal (design.md §7.4). `Ok` changes nothing; the caller then records the sequence
 /// ([`GatekeeperState::record_sequence`]) and applies the command.
@@ -744,6 +775,31 @@ impl GatekeeperState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_or_early_operator_signature_is_refused_by_the_leader() {
+        let now_ms = 1_800_000_000_000;
+        let op = |signed_ms: u64| OperatorProof {
+            name: "alice".into(),
+            seq: signed_ms * 1000 + 3,
+            signature: HexBytes(vec![]),
+        };
+        assert!(check_operator_fresh(&op(now_ms), now_ms).is_ok());
+        assert!(check_operator_fresh(&op(now_ms - MAX_OPERATOR_SKEW_MS), now_ms).is_ok());
+        assert!(check_operator_fresh(&op(now_ms + MAX_OPERATOR_SKEW_MS), now_ms).is_ok());
+        for (signed, words) in [
+            (now_ms - MAX_OPERATOR_SKEW_MS - 1000, "ago"),
+            (now_ms + 3_600_000, "ahead"),
+        ] {
+            match check_operator_fresh(&op(signed), now_ms) {
+                Err(Reply::Rejected { code, message }) => {
+                    assert_eq!(code, RejectCode::Unauthorized);
+                    assert!(message.contains(words) && message.contains("sign it again"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
     use crate::state::{
         ChainBlock, ChainEvent, DealingRecord, EpochRecord, EpochStatus, MemberRecord, SealedShare,
     };
