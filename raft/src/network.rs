@@ -1001,9 +1001,10 @@ pub struct RaftCall {
     pub claimed_sender: Option<NodeId>,
 }
 
-/// Whether a message of vote `theirs` is older than this node's vote `ours` (lower, or of
-/// another leader in the same term): openraft refuses it with its own vote, and so does the
-/// server, before any proof is asked for.
+/// Whether a message of vote `theirs` is older than this node's vote `ours`: not `>=` it in
+/// openraft's order (term, then leader id, then committed; a total order for committed votes
+/// with openraft's default leader ids), which openraft refuses with its own vote, and so does
+/// the server, before any proof is asked for.
 fn stale_vote(theirs: &Vote<NodeId>, ours: &Vote<NodeId>) -> bool {
     !matches!(
         theirs.partial_cmp(ours),
@@ -1902,7 +1903,7 @@ mod tests {
         // The node that refused it and campaigned since.
         assert!(stale_vote(&restored, &Vote::new(3, 2)));
         assert!(stale_vote(&restored, &Vote::new_committed(3, 2)));
-        // Another leader of the same term (incomparable).
+        // Another leader of the same term, with a lower id.
         assert!(stale_vote(
             &Vote::new_committed(3, 1),
             &Vote::new_committed(3, 2)

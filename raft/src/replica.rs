@@ -1042,6 +1042,7 @@ impl Replica {
     /// Stops Raft and flushes storage.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+        self.sm.checkpoints_written().await;
         let _ = self.sm.flush();
         let _ = &self.log;
     }

@@ -202,6 +202,10 @@ pub struct SmStore {
     checkpoint_jobs: std::sync::mpsc::Sender<CheckpointJob>,
     /// The highest certified index handed to the checkpoint thread.
     promote_requested: Arc<AtomicU64>,
+    /// Checkpoints handed to the checkpoint thread and not yet written. While any is, the
+    /// applied index is not persisted past it: a restart would not apply (and checkpoint)
+    /// that index again, and this node would never sign that checkpoint.
+    checkpoints_pending: Arc<AtomicU64>,
     snapshot_dir: PathBuf,
     /// When the changes were last written (ms since the Unix epoch).
     last_persist_ms: Arc<AtomicU64>,
@@ -430,6 +434,7 @@ impl SmStore {
             rewrite_all: Default::default(),
             checkpoint_jobs: spawn_checkpoint_thread(),
             promote_requested: Default::default(),
+            checkpoints_pending: Default::default(),
             snapshot_dir,
             last_persist_ms: Default::default(),
             incoming_seq: Default::default(),
@@ -588,10 +593,10 @@ impl SmStore {
     /// Writes the records changed since the last write and the meta record, in one sled
     /// transaction.
     fn persist(&self) -> Result<(), sled::Error> {
+        let order = self.persist_lock.lock().expect("persist lock poisoned");
         if self.rewrite_all.load(Ordering::Relaxed) {
-            return self.persist_all();
+            return self.persist_all_locked(order);
         }
-        let _order = self.persist_lock.lock().expect("persist lock poisoned");
         let (changes, meta) = {
             let mut a = self.applied.write().expect("sm lock poisoned");
             let changes = a.state.take_table_changes();
@@ -632,7 +637,11 @@ impl SmStore {
     /// creation and migration). The meta record is removed first and written last: an
     /// interrupted rewrite leaves none, and the next open starts from the latest snapshot.
     fn persist_all(&self) -> Result<(), sled::Error> {
-        let _order = self.persist_lock.lock().expect("persist lock poisoned");
+        self.persist_all_locked(self.persist_lock.lock().expect("persist lock poisoned"))
+    }
+
+    /// [`SmStore::persist_all`], holding the persist lock.
+    fn persist_all_locked(&self, _order: std::sync::MutexGuard<'_, ()>) -> Result<(), sled::Error> {
         self.rewrite_all.store(true, Ordering::Relaxed);
         let (tables, meta) = {
             let mut a = self.applied.write().expect("sm lock poisoned");
@@ -656,18 +665,24 @@ impl SmStore {
         Ok(())
     }
 
-    /// Writes the changes if [`PERSIST_EVERY_MS`] passed since the last write.
+    /// Writes the changes if [`PERSIST_EVERY_MS`] passed since the last write and no
+    /// checkpoint is waiting to be written.
     fn persist_if_due(&self) -> Result<(), sled::Error> {
         let last = self.last_persist_ms.load(Ordering::Relaxed);
-        if now_ms().saturating_sub(last) >= PERSIST_EVERY_MS {
+        if now_ms().saturating_sub(last) >= PERSIST_EVERY_MS
+            && self.checkpoints_pending.load(Ordering::Acquire) == 0
+        {
             self.persist()?;
         }
         Ok(())
     }
 
-    /// Writes the changes and flushes sled (called on graceful shutdown).
+    /// Writes the changes and flushes sled (called on graceful shutdown, after the pending
+    /// checkpoints are written: [`SmStore::checkpoints_written`]).
     pub fn flush(&self) -> Result<(), sled::Error> {
-        self.persist()?;
+        if self.checkpoints_pending.load(Ordering::Acquire) == 0 {
+            self.persist()?;
+        }
         self.db.flush().map(|_| ())
     }
 
@@ -788,11 +803,15 @@ fn spawn_checkpoint_thread() -> std::sync::mpsc::Sender<CheckpointJob> {
                     } => {
                         // A checkpoint that could not be written is not certified here (no
                         // snapshot: the log is kept until a later one is): reported, not fatal.
+                        let pending = !checkpoints.is_empty();
                         for (meta, a) in checkpoints {
                             if let Err(e) = store.write_checkpoint(&meta, snapshot::encode(&a, None))
                             {
                                 tracing::error!(error = %e, "writing a checkpoint failed");
                             }
+                        }
+                        if pending {
+                            store.checkpoints_pending.fetch_sub(1, Ordering::AcqRel);
                         }
                         if let Some(c) = certificate {
                             if let Err(e) = store.promote(&c) {
@@ -1038,13 +1057,27 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let certificate = certificate
             .filter(|c| self.promote_requested.fetch_max(c.index, Ordering::Relaxed) < c.index);
         if !checkpoints.is_empty() || certificate.is_some() {
+            if !checkpoints.is_empty() {
+                self.checkpoints_pending.fetch_add(1, Ordering::AcqRel);
+            }
             let job = CheckpointJob::Write {
                 store: Box::new(self.clone()),
                 checkpoints,
                 certificate,
             };
-            // The thread lives as long as any handle of the store (this one included).
-            let _ = self.checkpoint_jobs.send(job);
+            // The thread lives as long as any handle of the store (this one included); it is
+            // gone only if it could not start or panicked.
+            if let Err(std::sync::mpsc::SendError(job)) = self.checkpoint_jobs.send(job) {
+                if let CheckpointJob::Write { checkpoints, .. } = job {
+                    if !checkpoints.is_empty() {
+                        self.checkpoints_pending.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                tracing::error!(
+                    "the checkpoint thread is gone: no checkpoint is written or certified, and \
+                     the log is kept; restart the node"
+                );
+            }
         }
         self.persist_if_due().map_err(sm_err)?;
         Ok(replies)
@@ -1084,6 +1117,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             .await
             .map_err(|e| snap_err(io::Error::other(e.to_string())))?
             .map_err(snap_err)?;
+        // No write of the changes of the state replaced may land between the replacement and
+        // the rewrite (a meta record of the snapshot over the old tables: found by review).
+        self.rewrite_all.store(true, Ordering::Relaxed);
         *self.applied.write().expect("sm lock poisoned") = a;
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.persist_all())
