@@ -206,6 +206,8 @@ pub struct SmStore {
     /// applied index is not persisted past it: a restart would not apply (and checkpoint)
     /// that index again, and this node would never sign that checkpoint.
     checkpoints_pending: Arc<AtomicU64>,
+    /// Held while a snapshot file is written and older ones removed.
+    snapshot_writer: Arc<std::sync::Mutex<()>>,
     snapshot_dir: PathBuf,
     /// When the changes were last written (ms since the Unix epoch).
     last_persist_ms: Arc<AtomicU64>,
@@ -435,6 +437,7 @@ impl SmStore {
             checkpoint_jobs: spawn_checkpoint_thread(),
             promote_requested: Default::default(),
             checkpoints_pending: Default::default(),
+            snapshot_writer: Default::default(),
             snapshot_dir,
             last_persist_ms: Default::default(),
             incoming_seq: Default::default(),
@@ -690,20 +693,29 @@ impl SmStore {
         self.snapshot_dir.join(format!("snapshot-{index:020}.json"))
     }
 
+    /// The newest snapshot file. The checkpoint thread may write a newer one and remove this
+    /// one meanwhile (openraft builds and sends snapshots concurrently): a file gone before it
+    /// was read is looked for again (a vanished file stopped Raft: found by test).
     fn read_latest_snapshot(&self) -> io::Result<Option<SnapshotFile>> {
-        let mut names: Vec<PathBuf> = fs::read_dir(&self.snapshot_dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("snapshot-") && n.ends_with(".json"))
-            })
-            .collect();
-        names.sort();
-        let Some(path) = names.pop() else {
-            return Ok(None);
-        };
-        self.read_snapshot_file(&path).map(Some)
+        let mut tries = 0;
+        loop {
+            let mut names: Vec<PathBuf> = fs::read_dir(&self.snapshot_dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("snapshot-") && n.ends_with(".json"))
+                })
+                .collect();
+            names.sort();
+            let Some(path) = names.pop() else {
+                return Ok(None);
+            };
+            match self.read_snapshot_file(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 8 => tries += 1,
+                other => return other.map(Some),
+            }
+        }
     }
 
     fn read_snapshot_file(&self, path: &Path) -> io::Result<SnapshotFile> {
@@ -741,6 +753,12 @@ impl SmStore {
             data,
         };
         let path = self.snapshot_path(index);
+        // One writer at a time: an installed snapshot and a promoted checkpoint (the checkpoint
+        // thread) may land together, at the same index even.
+        let _one = self
+            .snapshot_writer
+            .lock()
+            .expect("snapshot writer lock poisoned");
         let snapshots = || -> io::Result<Vec<PathBuf>> {
             Ok(fs::read_dir(&self.snapshot_dir)?
                 .flatten()
