@@ -108,7 +108,8 @@ fn keeps_serving(c: &Cluster, f: u64, leader: u64, below_term: u64, tag: &str) {
     }
 }
 
-/// The snapshot file of node `i` (its single latest one), as JSON.
+/// The snapshot file of node `i` (its single latest one), as JSON: its header (`format`,
+/// `meta`, `sha256`) with the data that follows it as `data` (design.md §10.1).
 fn snapshot_file(c: &Cluster, i: u64) -> serde_json::Value {
     let dir = c.data_dir(i).join("snapshots");
     let path = fs::read_dir(&dir)
@@ -121,7 +122,19 @@ fn snapshot_file(c: &Cluster, i: u64) -> serde_json::Value {
                 .is_some_and(|n| n.starts_with("snapshot-"))
         })
         .unwrap_or_else(|| c.fail(&format!("no snapshot file in {}", dir.display())));
-    serde_json::from_slice(&fs::read(&path).unwrap()).unwrap()
+    let bytes = fs::read(&path).unwrap();
+    let rest = bytes
+        .strip_prefix(b"GKSNAPFILE/3 ".as_slice())
+        .unwrap_or_else(|| {
+            c.fail(&format!(
+                "{} is not a format-3 snapshot file",
+                path.display()
+            ))
+        });
+    let end = rest.iter().position(|&b| b == b'\n').unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&rest[..end]).unwrap();
+    v["data"] = String::from_utf8(rest[end + 1..].to_vec()).unwrap().into();
+    v
 }
 
 fn json_log_id(v: &serde_json::Value) -> rpb::LogId {
