@@ -16,6 +16,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// "Not dealing" lines, at most one a minute.
+static BLOCKED: gatekeeper_raft::lograte::LogGate =
+    gatekeeper_raft::lograte::LogGate::new(std::time::Duration::from_secs(60));
+
 /// Shared handles the keeper works with.
 #[derive(Clone)]
 pub struct Keeper {
@@ -186,10 +190,14 @@ impl Keeper {
             }
             Step::Register => self.register().await,
             Step::Blocked { refused } => {
-                tracing::warn!(
-                    ?refused,
-                    "not dealing: member evidence fails the member policy"
-                );
+                // Planned on every tick (200 ms) while it lasts: one line a minute.
+                if let Some(n) = BLOCKED.pass(std::time::Instant::now()) {
+                    tracing::warn!(
+                        ?refused,
+                        ticks_since_last_line = n,
+                        "not dealing: member evidence fails the member policy"
+                    );
+                }
                 Ok(())
             }
             Step::DealGenesis {
