@@ -1001,17 +1001,6 @@ pub struct RaftCall {
     pub claimed_sender: Option<NodeId>,
 }
 
-/// Whether a message of vote `theirs` is older than this node's vote `ours`: not `>=` it in
-/// openraft's order (term, then leader id, then committed; a total order for committed votes
-/// with openraft's default leader ids), which openraft refuses with its own vote, and so does
-/// the server, before any proof is asked for.
-fn stale_vote(theirs: &Vote<NodeId>, ours: &Vote<NodeId>) -> bool {
-    !matches!(
-        theirs.partial_cmp(ours),
-        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
-    )
-}
-
 /// Decides whether the caller of a Raft RPC may make it: given the request's extensions (where
 /// the transport put the verified peer certificate) and the call. Runs before any check or
 /// openraft sees the message; its error is returned to the caller as is.
@@ -1590,7 +1579,7 @@ impl RaftService for RaftServer {
         // no proof of election. Refusing it instead left a restored leader that could not prove
         // its election and the node that refused it waiting on each other for good, the third
         // node down (attack round 12: no leader until that node came back).
-        if stale_vote(&req.vote, &view.vote) {
+        if checks::rejected_by_vote(&req.vote, &view) {
             return Ok(Response::new(convert::append_resp_to_pb(
                 &AppendEntriesResponse::HigherVote(view.vote),
             )));
@@ -1896,23 +1885,6 @@ impl RaftService for RaftServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_message_of_an_older_or_rival_vote_is_answered_with_the_newer_vote() {
-        let restored = Vote::new_committed(2, 1);
-        // The node that refused it and campaigned since.
-        assert!(stale_vote(&restored, &Vote::new(3, 2)));
-        assert!(stale_vote(&restored, &Vote::new_committed(3, 2)));
-        // Another leader of the same term, with a lower id.
-        assert!(stale_vote(
-            &Vote::new_committed(3, 1),
-            &Vote::new_committed(3, 2)
-        ));
-        // The vote this node holds, or a newer one: checked (proof of election) as before.
-        assert!(!stale_vote(&restored, &restored));
-        assert!(!stale_vote(&Vote::new_committed(4, 1), &Vote::new(3, 2)));
-        assert!(!stale_vote(&Vote::new_committed(2, 1), &Vote::new(2, 1)));
-    }
 
     #[test]
     fn forwarded_proposals_are_refused_beyond_the_budget_and_refill() {

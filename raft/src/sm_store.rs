@@ -1335,8 +1335,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_entry_applies_each_proposal_on_its_own_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = SmStore::open(dir.path()).unwrap();
-        *sm.applied.write().unwrap() = seeded();
+        let mut sm = seeded_store(dir.path());
         // Two writes, a replay of the first (refused alone), a third write.
         let items = vec![
             bytes_of(put(1, "b1")),
@@ -1370,8 +1369,7 @@ mod tests {
     #[tokio::test]
     async fn a_malformed_batch_entry_is_refused_whole_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = SmStore::open(dir.path()).unwrap();
-        *sm.applied.write().unwrap() = seeded();
+        let mut sm = seeded_store(dir.path());
         let mut torn = crate::batch::encode(&[bytes_of(put(1, "t1"))]);
         torn.pop();
         let before = sm.read().state.clone();
@@ -1409,8 +1407,7 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_becomes_the_snapshot_once_signed_by_a_majority() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = SmStore::open(dir.path()).unwrap();
-        *sm.applied.write().unwrap() = seeded();
+        let mut sm = seeded_store(dir.path());
         sm.set_checkpoint_interval(3);
         let mut written = sm.subscribe_checkpoints();
         let certified = sm.subscribe_certified();
@@ -1442,8 +1439,7 @@ mod tests {
         );
         // The right signature (a fresh store at the same point).
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = SmStore::open(dir.path()).unwrap();
-        *sm.applied.write().unwrap() = seeded();
+        let mut sm = seeded_store(dir.path());
         sm.set_checkpoint_interval(3);
         let mut certified = sm.subscribe_certified();
         sm.apply(
@@ -1482,8 +1478,7 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_is_also_taken_once_the_log_grew_by_its_byte_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = SmStore::open(dir.path()).unwrap();
-        *sm.applied.write().unwrap() = seeded();
+        let mut sm = seeded_store(dir.path());
         sm.set_checkpoint_interval(1_000_000);
         let mut written = sm.subscribe_checkpoints();
         // Entries a member could append (refused at apply: they are not proposals), 1 MiB each.
@@ -1628,9 +1623,15 @@ mod tests {
         assert!(e.contains("no snapshot to rebuild it from"), "{e}");
     }
 
-    async fn store_with_writes(dir: &Path, n: u64) -> SmStore {
-        let mut sm = SmStore::open(dir).unwrap();
+    /// A store in `dir` holding [`seeded`].
+    fn seeded_store(dir: &Path) -> SmStore {
+        let sm = SmStore::open(dir).unwrap();
         *sm.applied.write().unwrap() = seeded();
+        sm
+    }
+
+    async fn store_with_writes(dir: &Path, n: u64) -> SmStore {
+        let mut sm = seeded_store(dir);
         let entries: Vec<_> = (1..=n).map(|i| put(i, &format!("k{i}"))).collect();
         sm.apply(entries).await.unwrap();
         sm

@@ -237,6 +237,28 @@ fn rewriting_committed_entries_is_refused() {
 }
 
 #[test]
+fn a_message_of_an_older_or_rival_vote_is_rejected_by_vote() {
+    // The vote of a leader restored after a restart, against the node that refused it and
+    // campaigned since: the server answers it with that node's newer vote (attack round 12).
+    let restored = Vote::new_committed(2, 1);
+    let mut l = local();
+    for newer in [Vote::new(3, 2), Vote::new_committed(3, 2)] {
+        l.vote = newer;
+        assert!(rejected_by_vote(&restored, &l));
+    }
+    // Another leader of the same term, with a lower id.
+    l.vote = Vote::new_committed(3, 2);
+    assert!(rejected_by_vote(&Vote::new_committed(3, 1), &l));
+    // The vote this node holds, or a newer one: checked (proof of election) as before.
+    l.vote = restored;
+    assert!(!rejected_by_vote(&restored, &l));
+    l.vote = Vote::new(3, 2);
+    assert!(!rejected_by_vote(&Vote::new_committed(4, 1), &l));
+    l.vote = Vote::new(2, 1);
+    assert!(!rejected_by_vote(&Vote::new_committed(2, 1), &l));
+}
+
+#[test]
 fn a_stale_leaders_append_is_left_to_openraft() {
     // This node moved on: term 5 under leader 3, committed up to (5,3,6) where the old leader
     // (node 1, term 3) still believes index 6 is its uncommitted (3,1,6).

@@ -50,18 +50,70 @@ use crate::NodeId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The keyed tables of [`GatekeeperState`], each stored as its own tree (`sm_store`); the rest
-/// of the state is one small record.
-pub const TABLES: [&str; 8] = [
-    "members",
-    "epochs",
-    "workers",
-    "clusters",
-    "contracts",
-    "sessions",
-    "kv",
-    "canary_writers",
-];
+/// Declares the keyed tables of [`GatekeeperState`] once: [`TABLES`] and the methods that take
+/// their changes, all their records, load a record, and move them out and back. A table added
+/// to the state but not here would not be persisted, so this list is the only one.
+macro_rules! keyed_tables {
+    ($($field:ident),+ $(,)?) => {
+        /// The keyed tables of [`GatekeeperState`], each stored as its own tree (`sm_store`);
+        /// the rest of the state is one small record.
+        pub const TABLES: &[&str] = &[$(stringify!($field)),+];
+
+        impl GatekeeperState {
+            /// The keyed tables' records changed since the last call, by table name
+            /// ([`TABLES`] order), and forgets them.
+            pub fn take_table_changes(&mut self) -> Vec<(&'static str, Vec<RecordChange>)> {
+                vec![$((stringify!($field), self.$field.take_changes())),+]
+            }
+
+            /// Every record of the keyed tables, by table name (a full rewrite), and forgets
+            /// the changes.
+            pub fn all_table_records(&mut self) -> Vec<(&'static str, Vec<StoredRecord>)> {
+                vec![$((stringify!($field), self.$field.all_records())),+]
+            }
+
+            /// Adds a stored record of table `table` (loading the state back).
+            pub fn load_record(
+                &mut self,
+                table: &str,
+                key: &[u8],
+                value: &[u8],
+            ) -> Result<(), String> {
+                match table {
+                    $(stringify!($field) => self.$field.load(key, value),)+
+                    other => Err(format!("unknown table {other}")),
+                }
+            }
+
+            /// Moves the keyed tables out (the state left holds everything else: what the
+            /// store keeps as one small record), to be put back with
+            /// [`GatekeeperState::put_tables`].
+            pub fn take_tables(&mut self) -> Tables {
+                Tables(GatekeeperState {
+                    $($field: std::mem::take(&mut self.$field),)+
+                    ..GatekeeperState::default()
+                })
+            }
+
+            /// Puts back what [`GatekeeperState::take_tables`] took.
+            pub fn put_tables(&mut self, t: Tables) {
+                let t = t.0;
+                $(self.$field = t.$field;)+
+            }
+        }
+    };
+}
+
+keyed_tables!(
+    members,
+    epochs,
+    workers,
+    clusters,
+    contracts,
+    sessions,
+    kv,
+    canary_writers,
+);
 
 /// The keyed tables taken out of a state ([`GatekeeperState::take_tables`]).
 pub struct Tables(GatekeeperState);
@@ -217,80 +269,6 @@ impl GatekeeperState {
             checkpoint: checkpoint.clone(),
             genesis_voters: genesis_voters.clone(),
         }
-    }
-
-    /// The keyed tables' records changed since the last call, by table name ([`TABLES`]
-    /// order), and forgets them.
-    pub fn take_table_changes(&mut self) -> Vec<(&'static str, Vec<RecordChange>)> {
-        vec![
-            (TABLES[0], self.members.take_changes()),
-            (TABLES[1], self.epochs.take_changes()),
-            (TABLES[2], self.workers.take_changes()),
-            (TABLES[3], self.clusters.take_changes()),
-            (TABLES[4], self.contracts.take_changes()),
-            (TABLES[5], self.sessions.take_changes()),
-            (TABLES[6], self.kv.take_changes()),
-            (TABLES[7], self.canary_writers.take_changes()),
-        ]
-    }
-
-    /// Every record of the keyed tables, by table name (a full rewrite), and forgets the
-    /// changes.
-    pub fn all_table_records(&mut self) -> Vec<(&'static str, Vec<StoredRecord>)> {
-        vec![
-            (TABLES[0], self.members.all_records()),
-            (TABLES[1], self.epochs.all_records()),
-            (TABLES[2], self.workers.all_records()),
-            (TABLES[3], self.clusters.all_records()),
-            (TABLES[4], self.contracts.all_records()),
-            (TABLES[5], self.sessions.all_records()),
-            (TABLES[6], self.kv.all_records()),
-            (TABLES[7], self.canary_writers.all_records()),
-        ]
-    }
-
-    /// Adds a stored record of table `table` (loading the state back).
-    pub fn load_record(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
-        match table {
-            "members" => self.members.load(key, value),
-            "epochs" => self.epochs.load(key, value),
-            "workers" => self.workers.load(key, value),
-            "clusters" => self.clusters.load(key, value),
-            "contracts" => self.contracts.load(key, value),
-            "sessions" => self.sessions.load(key, value),
-            "kv" => self.kv.load(key, value),
-            "canary_writers" => self.canary_writers.load(key, value),
-            other => Err(format!("unknown table {other}")),
-        }
-    }
-
-    /// Moves the keyed tables out (the state left holds everything else: what the store keeps
-    /// as one small record), to be put back with [`GatekeeperState::put_tables`].
-    pub fn take_tables(&mut self) -> Tables {
-        Tables(GatekeeperState {
-            members: std::mem::take(&mut self.members),
-            epochs: std::mem::take(&mut self.epochs),
-            workers: std::mem::take(&mut self.workers),
-            clusters: std::mem::take(&mut self.clusters),
-            contracts: std::mem::take(&mut self.contracts),
-            sessions: std::mem::take(&mut self.sessions),
-            kv: std::mem::take(&mut self.kv),
-            canary_writers: std::mem::take(&mut self.canary_writers),
-            ..GatekeeperState::default()
-        })
-    }
-
-    /// Puts back what [`GatekeeperState::take_tables`] took.
-    pub fn put_tables(&mut self, t: Tables) {
-        let t = t.0;
-        self.members = t.members;
-        self.epochs = t.epochs;
-        self.workers = t.workers;
-        self.clusters = t.clusters;
-        self.contracts = t.contracts;
-        self.sessions = t.sessions;
-        self.kv = t.kv;
-        self.canary_writers = t.canary_writers;
     }
 
     /// The highest active epoch.
