@@ -114,6 +114,9 @@ pub struct Status {
     /// `sealed`, `unsealing k/t` or `unsealed`.
     #[serde(default)]
     pub seal_status: String,
+    /// The cluster id (hex), once initialised.
+    #[serde(default)]
+    pub gatekeeper_id: Option<String>,
     /// Epochs.
     #[serde(default)]
     pub epochs: Vec<EpochView>,

@@ -50,4 +50,4 @@ pub use gatekeeper_proto::v1 as pb;
 pub use processes::{
     devchain_bin, gatekeeper_bin, run_admin, run_command, tail_lines, AdminOutput,
 };
-pub use util::{http_get, ADMIN_TIMEOUT, JOIN_TIMEOUT, POLL, WAIT};
+pub use util::{env_or, http_get, ADMIN_TIMEOUT, JOIN_TIMEOUT, POLL, WAIT};

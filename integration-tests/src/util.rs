@@ -1,4 +1,4 @@
-//! Small shared pieces: the harness's time bounds, a poison-tolerant mutex lock, TOML string
+//! Small shared pieces: the harness's time bounds, the benchmarks' environment settings, a poison-tolerant mutex lock, TOML string
 //! quoting and a minimal HTTP GET (for `/metrics` and other plain-HTTP endpoints).
 
 use std::io::{Read, Write as _};
@@ -14,6 +14,15 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(90);
 /// Poll interval of [`Cluster::wait_for`](crate::Cluster::wait_for).
 pub const POLL: Duration = Duration::from_millis(50);
+
+/// The value of environment variable `name` parsed as a `T`, or `default` when it is unset or
+/// does not parse (the benchmarks' settings).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -25,20 +25,11 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Result;
-use gatekeeper_integration_tests::{admin_client, pb, Cluster, Opts};
+use gatekeeper_integration_tests::{admin_client, env_or, pb, Cluster, Opts};
 use gatekeeper_proto::v1::key_service_client::KeyServiceClient;
-use keyring::Sr25519Keypair;
-use rand_core::OsRng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One finished call: when it started and ended, and whether it succeeded.
 type Outcome = (Instant, Instant, bool);
@@ -62,28 +53,7 @@ fn main() -> Result<()> {
         },
     );
     // A worker every node knows, and every node unsealed.
-    let w = Sr25519Keypair::generate(&mut OsRng);
-    let out = c.admin(
-        1,
-        &[
-            "dev",
-            "register-worker",
-            "--worker",
-            &hex::encode(w.public_key().as_bytes()),
-        ],
-    );
-    anyhow::ensure!(out.success(), "{}", out.describe());
-    let status = |i| -> serde_json::Value {
-        serde_json::from_str(&c.admin(i, &["status", "--json"]).stdout).unwrap_or_default()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for i in c.ids() {
-        while status(i)["seal_status"] != "unsealed" {
-            anyhow::ensure!(Instant::now() < deadline, "node {i} did not unseal");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let gk = hex::decode(status(1)["gatekeeper_id"].as_str().unwrap_or_default())?;
+    let (w, gk) = c.dev_worker(&c.ids(), Duration::from_secs(60));
     let leader = c.leader();
     let followers: Vec<u64> = c.ids().into_iter().filter(|&i| i != leader).collect();
     eprintln!(

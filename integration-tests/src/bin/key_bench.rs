@@ -128,27 +128,8 @@ fn bench(tls: bool, audit: bool, crypto: f64, secs: f64, levels: &[usize]) {
             ..Opts::default()
         },
     );
-    let w = Sr25519Keypair::generate(&mut OsRng);
-    let out = c.admin(
-        1,
-        &[
-            "dev",
-            "register-worker",
-            "--worker",
-            &hex::encode(w.public_key().as_bytes()),
-        ],
-    );
-    assert!(out.success(), "{}", out.describe());
-    // Wait until node 2 is unsealed and knows the worker.
-    let status = |i| -> serde_json::Value {
-        serde_json::from_str(&c.admin(i, &["status", "--json"]).stdout).unwrap_or_default()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while status(2)["seal_status"] != "unsealed" {
-        assert!(Instant::now() < deadline, "node 2 did not unseal");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let gk = hex::decode(status(2)["gatekeeper_id"].as_str().unwrap()).unwrap();
+    // Node 2 (the one measured) unsealed and knowing the worker.
+    let (w, gk) = c.dev_worker(&[2], Duration::from_secs(60));
     let target = c.key_target(2);
     let rt = tokio::runtime::Runtime::new().unwrap();
     for &conc in levels {

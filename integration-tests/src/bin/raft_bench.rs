@@ -35,17 +35,10 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};
-use gatekeeper_integration_tests::{admin_client, pb, Cluster, Opts};
+use gatekeeper_integration_tests::{admin_client, env_or, pb, Cluster, Opts};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct RunResult {
     latencies: Vec<Duration>,

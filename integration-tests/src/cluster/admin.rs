@@ -24,6 +24,29 @@ impl Cluster {
         self.admin(i, &["status", "--json"]).json()
     }
 
+    /// Registers a fresh worker through node 1's development path (`admin dev register-worker`)
+    /// and waits, up to `timeout`, until nodes `ids` are unsealed. Returns the worker's key pair
+    /// and the cluster id, to sign key requests with.
+    pub fn dev_worker(&self, ids: &[u64], timeout: Duration) -> (keyring::Sr25519Keypair, Vec<u8>) {
+        let w = keyring::Sr25519Keypair::generate(&mut rand_core::OsRng);
+        let worker = hex::encode(w.public_key().as_bytes());
+        let out = self.admin(1, &["dev", "register-worker", "--worker", &worker]);
+        if !out.success() {
+            self.fail(&out.describe());
+        }
+        let mut gk = Vec::new();
+        for &i in ids {
+            gk = self.wait_for(&format!("node {i} to unseal"), timeout, || {
+                let s = self.status(i)?;
+                match (s.seal_status.as_str(), s.gatekeeper_id) {
+                    ("unsealed", Some(id)) => hex::decode(id).map_err(|e| e.to_string()),
+                    (seal, _) => Err(seal.to_string()),
+                }
+            });
+        }
+        (w, gk)
+    }
+
     /// `admin members --json` on node `i`.
     pub fn members(&self, i: u64) -> Result<MembersView, String> {
         self.admin(i, &["members", "--json"]).json()
