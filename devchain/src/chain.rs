@@ -20,6 +20,7 @@ use crate::runtime::{
     encode_event, runtime_version_bytes, spec_version, DispatchClass, DispatchInfo, Pays, Phase,
     Shapes, SystemEvent, Weight, H256,
 };
+use crate::storage::Registry;
 use anyhow::{bail, Context, Result};
 use parity_scale_codec::{Compact, Encode};
 use serde::{Deserialize, Serialize};
@@ -88,6 +89,8 @@ pub struct Block {
     pub events: Vec<u8>,
     /// The emitted (non-System) events.
     pub emitted: Vec<EmittedEvent>,
+    /// The registry pallets' storage after this block.
+    pub storage: Registry,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -244,11 +247,13 @@ impl Chain {
                     hex0x(&header.hash())
                 );
             }
+            let storage = self.storage_after(&l.emitted);
             self.blocks.push(Block {
                 hash: header.hash(),
                 header,
                 events,
                 emitted: l.emitted,
+                storage,
             });
         }
         if complete < data.len() {
@@ -273,7 +278,17 @@ impl Chain {
             header,
             events: vec![0],
             emitted: vec![],
+            storage: Registry::default(),
         });
+    }
+
+    /// The registry storage after a new block that emits `emitted` on top of the head.
+    fn storage_after(&self, emitted: &[EmittedEvent]) -> Registry {
+        let mut storage = self.head().storage.clone();
+        for e in emitted {
+            storage.apply(e.block, &e.event);
+        }
+        storage
     }
 
     fn header_for(&self, number: u32, events: &[u8], emitted: &[EmittedEvent]) -> Header {
@@ -352,11 +367,13 @@ impl Chain {
             events.extend(r);
         }
         let header = self.header_for(number, &events, &emitted);
+        let storage = self.storage_after(&emitted);
         let block = Block {
             hash: header.hash(),
             header,
             events,
             emitted,
+            storage,
         };
         if let Some(log) = &mut self.log {
             let line = BlockLine {

@@ -18,6 +18,7 @@ pub mod actions;
 pub mod chain;
 pub mod rpc;
 pub mod runtime;
+pub mod storage;
 
 use anyhow::{Context, Result};
 use chain::Chain;

@@ -11,7 +11,9 @@
 //! | `chain_getHeader [hash?]`, `chain_getBlock [hash?]` | header JSON / `{block: {header, extrinsics: []}}`, `null` if unknown |
 //! | `chain_subscribeFinalizedHeads`, `chain_subscribeNewHeads`, `chain_subscribeAllHeads` | the current head, then every new one |
 //! | `state_call [method, data, hash?]` | `Core_version`, `Metadata_metadata_versions`, `Metadata_metadata_at_version`, `Metadata_metadata` |
-//! | `state_getStorage [key, hash?]` | `System.Events` and `System.Number` at that block; `null` for other keys |
+//! | `state_getStorage [key, hash?]` | `System.Events`, `System.Number` and the registry maps ([`crate::storage`]) at that block; `null` for other keys |
+//! | `state_getKeysPaged [prefix, count, start?, hash?]` | up to `count` (≤ 1000) keys under `prefix` after `start`, in key order |
+//! | `state_queryStorageAt [[keys], hash?]` | `[{block, changes: [[key, value or null], …]}]` |
 //! | `state_getMetadata`, `state_getRuntimeVersion`, `state_subscribeRuntimeVersion` | as a node |
 //! | `system_chain`, `system_name`, `system_version`, `system_properties`, `system_health` | constants |
 //!
@@ -121,6 +123,9 @@ fn at<'a>(
     }
 }
 
+/// Most keys one `state_getKeysPaged` call answers (Substrate's limit).
+const MAX_KEYS_PAGED: u64 = 1000;
+
 /// Every method this module serves (for `rpc_methods`).
 const METHODS: &[&str] = &[
     "rpc_methods",
@@ -136,6 +141,8 @@ const METHODS: &[&str] = &[
     "chain_unsubscribeAllHeads",
     "state_call",
     "state_getStorage",
+    "state_getKeysPaged",
+    "state_queryStorageAt",
     "state_getMetadata",
     "state_getRuntimeVersion",
     "state_subscribeRuntimeVersion",
@@ -284,7 +291,54 @@ pub(crate) fn module(shared: Arc<Shared>) -> RpcModule<Arc<Shared>> {
             if key == storage_key("System", "Number") {
                 return Ok(json!(hex0x(&b.header.number.0.encode())));
             }
-            Ok(Value::Null)
+            Ok(b.storage.get(&key).map_or(Value::Null, |v| json!(hex0x(v))))
+        }),
+    );
+    reg(
+        m.register_method("state_getKeysPaged", |p, s, _| -> RpcResult {
+            let a = args(&p)?;
+            let prefix = parse_hex(a.first().unwrap_or(&Value::Null))?;
+            let count = a
+                .get(1)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| invalid("state_getKeysPaged needs a count"))?;
+            if count > MAX_KEYS_PAGED {
+                return Err(invalid(format!(
+                    "count exceeds maximum value. value: {count}, max: {MAX_KEYS_PAGED}"
+                )));
+            }
+            let start = match a.get(2) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(parse_hex(v)?),
+            };
+            let c = s.lock();
+            let b = at(&c, a.get(3))?;
+            let keys = b
+                .storage
+                .keys_paged(&prefix, count as usize, start.as_deref());
+            Ok(json!(keys.iter().map(|k| hex0x(k)).collect::<Vec<_>>()))
+        }),
+    );
+    reg(
+        m.register_method("state_queryStorageAt", |p, s, _| -> RpcResult {
+            let a = args(&p)?;
+            let keys = a
+                .first()
+                .and_then(Value::as_array)
+                .ok_or_else(|| invalid("state_queryStorageAt needs a list of keys"))?
+                .iter()
+                .map(parse_hex)
+                .collect::<Result<Vec<_>, _>>()?;
+            let c = s.lock();
+            let b = at(&c, a.get(1))?;
+            let changes: Vec<Value> = keys
+                .iter()
+                .map(|k| {
+                    let v = b.storage.get(k).map_or(Value::Null, |v| json!(hex0x(v)));
+                    json!([hex0x(k), v])
+                })
+                .collect();
+            Ok(json!([{"block": hex0x(&b.hash), "changes": changes}]))
         }),
     );
     reg(

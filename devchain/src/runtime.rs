@@ -22,6 +22,7 @@
 
 #![allow(non_camel_case_types)] // FRAME call variants are snake_case.
 
+use crate::storage::pallet_storage;
 use frame_metadata::v15::{
     CustomMetadata, ExtrinsicMetadata, OuterEnums, PalletCallMetadata, PalletEventMetadata,
     PalletMetadata, PalletStorageMetadata, RuntimeMetadataV15, StorageEntryMetadata,
@@ -682,8 +683,8 @@ pub const SPEC_NAME: &str = "gatekeeper-devchain";
 /// every change of the metadata changes it.
 pub fn spec_version(shapes: Shapes) -> u32 {
     match shapes {
-        Shapes::Standard => 100,
-        Shapes::Broken => 9_100,
+        Shapes::Standard => 101,
+        Shapes::Broken => 9_101,
     }
 }
 
@@ -748,26 +749,32 @@ fn metadata_for<G: TypeInfo + 'static>() -> RuntimeMetadataPrefixed {
                 ty: meta_type::<SystemCall>(),
             }),
         ),
-        pallet("Gatekeeper", 50, meta_type::<G>(), None, None),
+        pallet(
+            "Gatekeeper",
+            50,
+            meta_type::<G>(),
+            pallet_storage("Gatekeeper"),
+            None,
+        ),
         pallet(
             "PhalaRegistry",
             86,
             meta_type::<PhalaRegistryEvent>(),
-            None,
+            pallet_storage("PhalaRegistry"),
             None,
         ),
         pallet(
             "PhalaComputation",
             87,
             meta_type::<PhalaComputationEvent>(),
-            None,
+            pallet_storage("PhalaComputation"),
             None,
         ),
         pallet(
             "PhalaPhatContracts",
             93,
             meta_type::<PhalaPhatContractsEvent>(),
-            None,
+            pallet_storage("PhalaPhatContracts"),
             None,
         ),
     ];

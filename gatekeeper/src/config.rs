@@ -205,7 +205,12 @@ pub struct NodeConfig {
     /// Event profile of the chain: `gatekeeper` (the Gatekeeper pallet) or `phala`.
     #[serde(default = "d_chain_profile")]
     pub chain_profile: String,
-    /// Block the cluster starts applying from when it has no chain cursor yet (0: genesis).
+    /// How a cluster that has applied nothing of the chain starts: `storage` (read the registry
+    /// maps at the latest finalized block, then follow events; the default) or `replay` (apply
+    /// every block's events from `chain_start_block`).
+    #[serde(default = "d_chain_bootstrap")]
+    pub chain_bootstrap: String,
+    /// With `chain_bootstrap = "replay"`: the first block applied (0: genesis).
     #[serde(default)]
     pub chain_start_block: u64,
     /// No new finalized block for this long: the chain is reported stalled and the watcher
@@ -321,6 +326,10 @@ fn d_idle() -> u64 {
 }
 fn d_rpc_timeout() -> u64 {
     120_000
+}
+
+fn d_chain_bootstrap() -> String {
+    "storage".into()
 }
 
 fn d_chain_profile() -> String {
@@ -446,6 +455,7 @@ pub const KEYS: &[&str] = &[
     "join_timeout_ms",
     "chain_url",
     "chain_profile",
+    "chain_bootstrap",
     "chain_start_block",
     "chain_stall_ms",
     "chain_reconnect_min_ms",
@@ -564,6 +574,13 @@ impl NodeConfig {
             bail!("key_read_mode must be linearizable or stale");
         }
         self.chain_profile()?;
+        let bootstrap = self.chain_bootstrap()?;
+        if bootstrap == crate::chain::Bootstrap::Storage && self.chain_start_block != 0 {
+            bail!(
+                "chain_start_block applies only with chain_bootstrap = \"replay\" (a storage \
+                 bootstrap starts at the latest finalized block)"
+            );
+        }
         if let Some(url) = &self.chain_url {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 bail!("chain_url must be a ws:// or wss:// URL: {url:?}");
@@ -759,12 +776,22 @@ impl NodeConfig {
         }
     }
 
+    /// How the chain watcher starts a cluster that has no chain cursor.
+    pub fn chain_bootstrap(&self) -> Result<crate::chain::Bootstrap> {
+        match self.chain_bootstrap.as_str() {
+            "storage" => Ok(crate::chain::Bootstrap::Storage),
+            "replay" => Ok(crate::chain::Bootstrap::Replay),
+            other => bail!("chain_bootstrap must be storage or replay, not {other:?}"),
+        }
+    }
+
     /// The chain watcher's settings, when a chain is configured.
     pub fn chain_settings(&self) -> Option<crate::chain::ChainSettings> {
         let url = self.chain_url.clone()?;
         Some(crate::chain::ChainSettings {
             url,
             profile: self.chain_profile().ok()?,
+            bootstrap: self.chain_bootstrap().ok()?,
             start_block: self.chain_start_block,
             stall: Duration::from_millis(self.chain_stall_ms),
             reconnect_min: Duration::from_millis(self.chain_reconnect_min_ms),

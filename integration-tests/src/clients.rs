@@ -188,6 +188,19 @@ pub struct ChainView {
     pub last_error: String,
     /// Reconnections of this node's watcher.
     pub reconnects: u64,
+    /// The bootstrap from chain storage, if the cluster started with one.
+    pub bootstrap: Option<BootstrapView>,
+}
+
+/// `chain.bootstrap` in `admin status --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BootstrapView {
+    /// Block whose storage was read.
+    pub block: u64,
+    /// Storage entries applied.
+    pub entries: u64,
+    /// Whether it ended.
+    pub complete: bool,
 }
 
 impl ChainView {

@@ -41,8 +41,9 @@ mod processes;
 mod util;
 
 pub use clients::{
-    admin_client, error_code, signed_worker_request, ChainView, ClientCerts, Consistency,
-    CursorView, EpochView, GetReply, IgnoredView, Member, MembersView, PutAck, Raw, Status, Target,
+    admin_client, error_code, signed_worker_request, BootstrapView, ChainView, ClientCerts,
+    Consistency, CursorView, EpochView, GetReply, IgnoredView, Member, MembersView, PutAck, Raw,
+    Status, Target,
 };
 pub use cluster::{Cluster, Opts};
 pub use devchain::{DevChainOpts, DevChainProc};

@@ -27,12 +27,23 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// A dev chain and `n` nodes following it (plus `extra` config lines), initialised and unsealed.
 fn start(n: usize, chain_opts: DevChainOpts, extra: &[&str]) -> Net {
+    start_after(n, chain_opts, extra, |_| {})
+}
+
+/// As [`start`], running `before` on the chain before any node exists.
+fn start_after(
+    n: usize,
+    chain_opts: DevChainOpts,
+    extra: &[&str],
+    before: impl FnOnce(&DevChainProc),
+) -> Net {
     let mut c = Cluster::empty(Opts {
         metrics: true,
         ..Opts::default()
     });
     let port = c.reserve_port();
     let chain = DevChainProc::start(&c.dir().join("chain"), port, chain_opts);
+    before(&chain);
     c.add_config_line(&chain.config_line());
     for l in extra {
         c.add_config_line(l);
@@ -740,4 +751,97 @@ fn malformed_events_are_skipped_and_reported_and_never_stop_the_node() {
         tonic::Code::PermissionDenied,
         "deregistered",
     );
+}
+
+/// A cluster started on a chain that already holds a registry reads it from storage at a
+/// finalized block (it does not replay the blocks before), then follows events from the next.
+fn bootstraps_from_storage(profile: &str, denied: &str) {
+    let (w1, h1) = worker();
+    let (w2, h2) = worker();
+    let (cluster, contract) = ([0x81; 32], [0x82; 32]);
+    let mut before = 0;
+    let net = start_after(
+        3,
+        DevChainOpts::default(),
+        &[&format!("chain_profile = \"{profile}\"")],
+        |ch| {
+            for h in [&h1, &h2] {
+                ch.emit_ok(profile, &["register-worker", "--worker", h]);
+            }
+            ch.emit_ok(
+                profile,
+                &["slash-worker", "--worker", &h2, "--reason", "before"],
+            );
+            before = cluster_with_contract(ch, profile, &h1, cluster, contract);
+            if profile == "gatekeeper" {
+                // Not registry state: a bootstrap does not see it.
+                before = ch.emit_ok(profile, &["request-rotation"]);
+            }
+        },
+    );
+    // Gatekeeper: two workers, a cluster, a contract. Phala: two workers, a cluster, its
+    // workers, a contract, two session bindings and two sessions.
+    let entries = if profile == "gatekeeper" { 4 } else { 9 };
+    for i in ALL {
+        net.c.wait_for(&format!("node {i} to bootstrap"), WAIT, || {
+            let s = net.chain_status(i);
+            match &s.bootstrap {
+                Some(b) if b.complete && s.cursor.block_complete => Ok(()),
+                _ => Err(format!("{s:?}")),
+            }
+        });
+        let s = net.chain_status(i);
+        let b = s.bootstrap.clone().unwrap();
+        assert!(
+            b.block >= before,
+            "bootstrap at {} before block {before}",
+            b.block
+        );
+        assert_eq!(b.entries, entries, "{s:?}");
+        assert!(s.cursor.block >= b.block);
+        assert_eq!(s.events_ignored, 0, "{s:?}");
+    }
+    for i in ALL {
+        fetch(&net, i, &w1, KeyTarget::Worker, None).unwrap();
+        fetch(
+            &net,
+            i,
+            &w1,
+            KeyTarget::Contract(ContractId(contract)),
+            None,
+        )
+        .unwrap();
+        fetch(&net, i, &w1, KeyTarget::Cluster(ClusterId(cluster)), None).unwrap();
+        refused(
+            fetch(&net, i, &w2, KeyTarget::Worker, None),
+            tonic::Code::PermissionDenied,
+            denied,
+        );
+    }
+    // The rotation requested before the bootstrap block started nothing.
+    let s = net.status(1).unwrap();
+    assert_eq!(s.epochs.len(), 1, "{:?}", s.epochs);
+    // Events after the bootstrap block apply as usual.
+    let b = net.chain.emit_ok(
+        profile,
+        &["slash-worker", "--worker", &h1, "--reason", "after"],
+    );
+    net.wait_applied(&ALL, b);
+    for i in ALL {
+        refused(
+            fetch(&net, i, &w1, KeyTarget::Worker, None),
+            tonic::Code::PermissionDenied,
+            denied,
+        );
+    }
+}
+
+#[test]
+fn a_cluster_joining_a_long_chain_bootstraps_from_storage_gatekeeper_profile() {
+    bootstraps_from_storage("gatekeeper", "slashed");
+}
+
+#[test]
+fn a_cluster_joining_a_long_chain_bootstraps_from_storage_phala_profile() {
+    bootstraps_from_storage("phala", "unresponsive");
 }

@@ -17,6 +17,7 @@
 //!
 //! [`ChainCursor`]: gatekeeper_raft::state::ChainCursor
 
+pub mod bootstrap;
 pub mod profile;
 pub mod watcher;
 
@@ -33,7 +34,9 @@ pub struct ChainSettings {
     pub url: String,
     /// Event profile.
     pub profile: Profile,
-    /// First block applied when the cluster has no cursor yet.
+    /// How a cluster without a cursor starts.
+    pub bootstrap: Bootstrap,
+    /// With [`Bootstrap::Replay`]: the first block applied.
     pub start_block: u64,
     /// No new finalized block for this long: the chain is reported stalled and the watcher
     /// reconnects (a silent connection looks the same).
@@ -46,6 +49,16 @@ pub struct ChainSettings {
     pub rotation_deadline_ms: u64,
     /// Deadline of each RPC call to the chain node.
     pub rpc_timeout: Duration,
+}
+
+/// How a cluster that has applied nothing of the chain starts following it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Read the registry maps at the latest finalized block, commit them, then follow events
+    /// from the next block ([`bootstrap`]).
+    Storage,
+    /// Apply every block's events from `start_block`.
+    Replay,
 }
 
 /// What the watcher knows about the chain (shared with `admin status` and metrics).
@@ -68,6 +81,7 @@ pub struct ChainView {
 /// The status message of the chain, from the watcher's view and the committed state.
 pub fn status(settings: &ChainSettings, view: &ChainView, chain: &ChainRecord) -> pb::ChainStatus {
     let cursor = chain.cursor;
+    let boot = chain.bootstrap.or(chain.bootstrapped);
     // The last block fully applied (before the start block when nothing is).
     let done = match cursor {
         Some(c) if c.block_complete => c.block,
@@ -102,5 +116,8 @@ pub fn status(settings: &ChainSettings, view: &ChainView, chain: &ChainRecord) -
         cursor_block_complete: cursor.is_some_and(|c| c.block_complete),
         genesis_hash: chain.genesis_hash.map_or_else(Vec::new, |g| g.0.to_vec()),
         reconnects: view.reconnects,
+        bootstrap_block: boot.map_or(0, |b| b.block),
+        bootstrap_entries: boot.map_or(0, |b| b.entries),
+        bootstrap_complete: chain.bootstrapped.is_some(),
     }
 }

@@ -41,7 +41,7 @@ pub enum Decoded {
 }
 
 /// The field shapes each profile expects (decoded by field name).
-mod fields {
+pub(super) mod fields {
     // The derive's generated code imports the crate path once per type.
     #![allow(unused_imports, dead_code)]
     use subxt::ext::scale_decode::DecodeAsType;
@@ -108,7 +108,7 @@ mod fields {
 
 use fields::*;
 
-fn provider(p: Option<Provider>) -> String {
+pub(super) fn provider(p: Option<Provider>) -> String {
     match p {
         None => "none",
         Some(Provider::Root) => "root",
@@ -121,7 +121,7 @@ fn provider(p: Option<Provider>) -> String {
 /// Longest reason kept from a `WorkerSlashed` event (bytes; the spec bounds it at 128).
 const MAX_REASON: usize = 256;
 
-fn text(v: &[u8]) -> String {
+pub(super) fn text(v: &[u8]) -> String {
     let v = &v[..v.len().min(MAX_REASON)];
     String::from_utf8_lossy(v).into_owned()
 }

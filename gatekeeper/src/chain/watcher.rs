@@ -1,11 +1,13 @@
 //! The watcher loop (see the module docs of `chain`).
 
+use super::bootstrap::{entry_events, maps, Parts};
 use super::profile::{decode, Decoded, Profile};
-use super::{ChainSettings, ChainView};
+use super::{Bootstrap, ChainSettings, ChainView};
 use crate::clock::now_ms;
 use gatekeeper_raft::replica::Replica;
 use gatekeeper_raft::state::{
-    Bytes32, ChainBlock, ChainRecord, Command, IgnoredEvent, IndexedEvent, Lane, Reply,
+    Bytes32, ChainBlock, ChainBootstrapPart, ChainRecord, Command, IgnoredEvent, IndexedEvent,
+    Lane, Reply,
 };
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -184,13 +186,92 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Api, String> {
         subxt::rpcs::RpcClient::from_insecure_url(url),
     )
     .await?;
-    let backend = Arc::new(LegacyBackend::builder().build(rpc));
+    // Substrate answers at most 1000 keys per `state_getKeysPaged` (storage bootstrap).
+    let backend = Arc::new(LegacyBackend::builder().storage_page_size(1000).build(rpc));
     with_timeout(
         timeout,
         "starting the client",
         OnlineClient::<SubstrateConfig>::from_backend(backend),
     )
     .await
+}
+
+/// Aborts a task when dropped (a bootstrap's storage reader outlives no failed proposal).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the registry maps of `profile` at block `number` (whose hash must be `hash` when
+/// given) from storage entry `offset` on, and sends them as bootstrap parts; the last part sent
+/// ends the bootstrap. Returns early (`Ok`) when the receiver is gone.
+pub async fn read_storage(
+    api: Api,
+    profile: Profile,
+    genesis: [u8; 32],
+    (number, hash): (u64, Option<[u8; 32]>),
+    offset: u64,
+    t: Duration,
+    tx: tokio::sync::mpsc::Sender<ChainBootstrapPart>,
+) -> Result<(), String> {
+    let at = with_timeout(t, "opening the bootstrap block", api.at_block(number)).await?;
+    let found = at.block_hash().0;
+    if let Some(h) = hash.filter(|h| *h != found) {
+        return Err(format!(
+            "block {number} has hash {} on the chain, but the bootstrap in progress reads block \
+             hash {}; refusing to continue it",
+            hex::encode(found),
+            hex::encode(h)
+        ));
+    }
+    let mut parts = Parts::new(Bytes32(genesis), number, Bytes32(found), offset);
+    let mut index = 0u64;
+    let storage = at.storage();
+    for (pallet, item) in maps(profile) {
+        let name = format!("{pallet}.{item}");
+        let mut entries = with_timeout(
+            t,
+            &format!(
+                "reading the storage map {name} (a chain without it needs chain_bootstrap = \"replay\")"
+            ),
+            storage.iter((*pallet, *item), Vec::<subxt::ext::scale_value::Value>::new()),
+        )
+        .await?;
+        loop {
+            let kv = match tokio::time::timeout(t, entries.next()).await {
+                Err(_) => return Err(format!("reading {name}: no answer within {t:?}")),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(format!("reading {name}: {e}")),
+                Ok(Some(Ok(kv))) => kv,
+            };
+            index += 1;
+            if index <= offset {
+                continue;
+            }
+            let key = kv
+                .key()
+                .ok()
+                .and_then(|k| k.part(0))
+                .and_then(|p| p.decode_as::<[u8; 32]>().ok().flatten());
+            let events = match key {
+                Some(k) => entry_events(pallet, item, k, kv.value()),
+                None => Err(format!(
+                    "key 0x{} does not end in a 32-byte id",
+                    hex::encode(kv.key_bytes())
+                )),
+            };
+            if let Some(part) = parts.push(&name, events) {
+                if tx.send(part).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let _ = tx.send(parts.finish()).await;
+    Ok(())
 }
 
 /// The watcher.
@@ -346,6 +427,12 @@ impl Watcher {
                     ));
                 }
             }
+            if chain.cursor.is_none()
+                && (chain.bootstrap.is_some() || self.settings.bootstrap == Bootstrap::Storage)
+            {
+                self.bootstrap(api, genesis, finalized, &chain).await?;
+                return Ok(true);
+            }
             let (mut number, mut from) = next_position(&chain, self.settings.start_block);
             if number > finalized {
                 return Ok(false);
@@ -435,6 +522,76 @@ impl Watcher {
         }
         Ok(true)
     }
+
+    /// As leader, on a cluster without a cursor: reads the registry maps at the latest
+    /// finalized block (or the block of the bootstrap in progress, skipping the entries it
+    /// already applied) and proposes them as `ChainBootstrap` parts, the last of which sets the
+    /// cursor. Reading runs ahead of proposing by at most two parts. Stops early (`Ok`) when
+    /// leadership is lost.
+    async fn bootstrap(
+        &self,
+        api: &Api,
+        genesis: [u8; 32],
+        finalized: u64,
+        chain: &ChainRecord,
+    ) -> Result<(), String> {
+        let (number, offset, hash) = chain.bootstrap.map_or((finalized, 0, None), |b| {
+            (b.block, b.entries, Some(b.block_hash.0))
+        });
+        tracing::info!(
+            block = number,
+            from_entry = offset,
+            profile = self.settings.profile.as_str(),
+            "bootstrapping the registry from chain storage"
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let reader = tokio::spawn(read_storage(
+            api.clone(),
+            self.settings.profile,
+            genesis,
+            (number, hash),
+            offset,
+            self.settings.rpc_timeout,
+            tx,
+        ));
+        let _abort = AbortOnDrop(reader.abort_handle());
+        while let Some(part) = rx.recv().await {
+            if !self.propose_part(part).await? {
+                return Ok(());
+            }
+        }
+        reader
+            .await
+            .map_err(|e| format!("the storage reader ended: {e}"))?
+    }
+
+    /// Proposes one bootstrap part. `Ok(false)`: this node is no longer the leader.
+    async fn propose_part(&self, part: ChainBootstrapPart) -> Result<bool, String> {
+        if !self.replica.is_leader() {
+            return Ok(false);
+        }
+        let (block, first, entries, last) = (part.block, part.offset, part.entries, part.last);
+        let out = self
+            .replica
+            .write(&Command::ChainBootstrap(part), Lane::Chain)
+            .await
+            .map_err(|e| format!("proposing storage entries {first}.. of block {block}: {e}"))?;
+        match out.reply {
+            Reply::Applied { .. } if last => {
+                tracing::info!(block, entries = first + entries, "registry bootstrapped from chain storage; following events from the next block")
+            }
+            Reply::Applied { .. } => {
+                tracing::debug!(block, first, entries, "storage entries committed")
+            }
+            Reply::Duplicate => {}
+            Reply::Rejected { code, message } => {
+                return Err(format!(
+                    "storage entries {first}.. of block {block} refused by the state machine: {code:?}: {message}"
+                ))
+            }
+        }
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -442,7 +599,7 @@ mod tests {
     use super::*;
     use devchain::actions::{Action, Profile as DevProfile};
     use devchain::runtime::{AttestationProvider, Public, Shapes, H256};
-    use gatekeeper_raft::state::{ChainEvent, Scheme};
+    use gatekeeper_raft::state::{ChainEvent, GatekeeperState, Scheme, WorkerStatus};
 
     async fn chain(shapes: Shapes) -> devchain::DevChain {
         devchain::DevChain::start(devchain::Config {
@@ -461,6 +618,204 @@ mod tests {
 
     fn key(b: u8) -> Bytes32 {
         Bytes32([b; 32])
+    }
+
+    /// The registry of a state, without the block numbers (a bootstrap learns the state, not
+    /// when each part of it happened).
+    fn registry(s: &GatekeeperState) -> String {
+        let workers: Vec<String> = s
+            .workers
+            .values()
+            .map(|w| {
+                let status = match &w.status {
+                    WorkerStatus::Active => "active".to_string(),
+                    WorkerStatus::Slashed { reason, .. } => format!("slashed: {reason}"),
+                    WorkerStatus::Removed { .. } => "removed".into(),
+                    WorkerStatus::Unresponsive { .. } => "unresponsive".into(),
+                };
+                format!(
+                    "{:?} {} {} {status} {:?}",
+                    w.public_key, w.attestation_provider, w.confidence_level, w.clusters
+                )
+            })
+            .collect();
+        let clusters: Vec<String> = s
+            .clusters
+            .values()
+            .map(|c| format!("{:?} {:?}", c.id, c.scheme))
+            .collect();
+        let contracts: Vec<String> = s
+            .contracts
+            .iter()
+            .map(|(k, v)| format!("{k:?}>{v:?}"))
+            .collect();
+        let sessions: Vec<String> = s
+            .sessions
+            .iter()
+            .map(|(k, v)| format!("{k:?}>{v:?}"))
+            .collect();
+        format!("{workers:#?}\n{clusters:?}\n{contracts:?}\n{sessions:?}")
+    }
+
+    /// Applies every block up to `head` through `ChainBlocks`, as a replaying watcher does.
+    async fn replayed(api: &Api, c: &devchain::DevChain, p: Profile, head: u64) -> GatekeeperState {
+        let mut s = GatekeeperState::default();
+        for n in 1..=head {
+            let b = fetch_block(api, p, n).await.unwrap();
+            let blocks = b.ranges(0, c.genesis_hash(), 0);
+            let r = s.apply(&Command::ChainBlocks { blocks });
+            assert!(matches!(r, Reply::Applied { .. }), "block {n}: {r:?}");
+        }
+        s
+    }
+
+    /// Bootstraps from the storage of `head` from entry `offset` on; answers the state and the
+    /// parts.
+    async fn bootstrapped(
+        api: &Api,
+        c: &devchain::DevChain,
+        p: Profile,
+        head: u64,
+        offset: u64,
+        mut s: GatekeeperState,
+    ) -> (GatekeeperState, Vec<ChainBootstrapPart>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let reader = tokio::spawn(read_storage(
+            api.clone(),
+            p,
+            c.genesis_hash(),
+            (head, None),
+            offset,
+            Duration::from_secs(5),
+            tx,
+        ));
+        let mut parts = vec![];
+        while let Some(part) = rx.recv().await {
+            let r = s.apply(&Command::ChainBootstrap(part.clone()));
+            assert!(matches!(r, Reply::Applied { .. }), "{part:?}: {r:?}");
+            parts.push(part);
+        }
+        reader.await.unwrap().unwrap();
+        (s, parts)
+    }
+
+    #[tokio::test]
+    async fn a_bootstrap_from_storage_reaches_the_state_a_replay_reaches_in_both_profiles() {
+        let c = chain(Shapes::Standard).await;
+        let api = connect(&c.url(), Duration::from_secs(5)).await.unwrap();
+        let (w1, w2, w3) = (Public([1; 32]), Public([2; 32]), Public([3; 32]));
+        let cl = H256([9; 32]);
+        for p in [DevProfile::Gatekeeper, DevProfile::Phala] {
+            for w in [w1, w2, w3] {
+                let a = Action::RegisterWorker {
+                    worker: w,
+                    provider: Some(AttestationProvider::Dcap),
+                    confidence_level: 2,
+                };
+                submit(&c, p, a).await;
+            }
+            let slash = Action::SlashWorker {
+                worker: w2,
+                reason: "double signing".into(),
+            };
+            submit(&c, p, slash).await;
+            let cluster = H256([p as u8 + 9; 32]);
+            let create = Action::CreateCluster {
+                cluster,
+                workers: vec![w1, w3],
+            };
+            submit(&c, p, create).await;
+            let remove = Action::RemoveWorkerFromCluster {
+                worker: w3,
+                cluster,
+            };
+            submit(&c, p, remove).await;
+            let contract = Action::InstantiateContract {
+                contract: H256([p as u8 + 0x40; 32]),
+                cluster,
+            };
+            submit(&c, p, contract).await;
+        }
+        let deregister = Action::DeregisterWorker { worker: w3 };
+        submit(&c, DevProfile::Gatekeeper, deregister).await;
+        let _ = cl;
+        let head = api.at_current_block().await.unwrap().block_number();
+        for p in [Profile::Gatekeeper, Profile::Phala] {
+            let want = replayed(&api, &c, p, head).await;
+            let (got, parts) = bootstrapped(&api, &c, p, head, 0, GatekeeperState::default()).await;
+            assert_eq!(registry(&got), registry(&want), "{p:?}");
+            assert!(!got.workers.is_empty());
+            let cursor = got.chain.cursor.unwrap();
+            assert_eq!((cursor.block, cursor.block_complete), (head, true));
+            assert_eq!(cursor.block_hash, want.chain.cursor.unwrap().block_hash);
+            assert_eq!(
+                got.chain.events_ignored, 0,
+                "{:?}",
+                got.chain.recent_ignored
+            );
+            // A new leader resuming after the first two entries reads the rest only.
+            let total: u64 = parts.iter().map(|p| p.entries).sum();
+            let mut half = GatekeeperState::default();
+            let first = bootstrapped(&api, &c, p, head, 0, GatekeeperState::default())
+                .await
+                .1;
+            let mut two = first[0].clone();
+            two.entries = 2;
+            two.events = entry_prefix_events(&first[0], 2);
+            two.undecodable.clear();
+            two.last = false;
+            assert!(matches!(
+                half.apply(&Command::ChainBootstrap(two)),
+                Reply::Applied { .. }
+            ));
+            let (resumed, rest) = bootstrapped(&api, &c, p, head, 2, half).await;
+            assert_eq!(rest[0].offset, 2);
+            assert_eq!(rest.iter().map(|p| p.entries).sum::<u64>(), total - 2);
+            assert_eq!(registry(&resumed), registry(&want), "{p:?} resumed");
+        }
+        // Blocks continue a bootstrapped cluster: one more registration applies on top.
+        let (mut s, _) = bootstrapped(
+            &api,
+            &c,
+            Profile::Gatekeeper,
+            head,
+            0,
+            GatekeeperState::default(),
+        )
+        .await;
+        let n = submit(
+            &c,
+            DevProfile::Gatekeeper,
+            Action::RegisterWorker {
+                worker: Public([4; 32]),
+                provider: None,
+                confidence_level: 1,
+            },
+        )
+        .await;
+        for b in head + 1..=n {
+            let blocks = fetch_block(&api, Profile::Gatekeeper, b)
+                .await
+                .unwrap()
+                .ranges(0, c.genesis_hash(), 0);
+            let r = s.apply(&Command::ChainBlocks { blocks });
+            assert!(matches!(r, Reply::Applied { .. }), "{r:?}");
+        }
+        assert!(s.workers.contains_key(&key(4)));
+        c.stop().await;
+    }
+
+    /// The events of the first `n` entries of a part (each Gatekeeper/Phala worker entry's
+    /// events start with its registration).
+    fn entry_prefix_events(part: &ChainBootstrapPart, n: usize) -> Vec<ChainEvent> {
+        let starts: Vec<usize> = part
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e, ChainEvent::WorkerRegistered { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        part.events[..starts[n]].to_vec()
     }
 
     #[test]

@@ -564,6 +564,11 @@ fn chain_json(c: &pb::ChainStatus) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "last_error": c.last_error,
         "reconnects": c.reconnects,
+        "bootstrap": (c.bootstrap_block != 0).then(|| json!({
+            "block": c.bootstrap_block,
+            "entries": c.bootstrap_entries,
+            "complete": c.bootstrap_complete,
+        })),
     })
 }
 
@@ -673,6 +678,19 @@ fn chain_text(chain: Option<&pb::ChainStatus>) -> Vec<String> {
             ch.events_ignored
         ),
         ];
+    if ch.bootstrap_block != 0 {
+        lines.push(if ch.bootstrap_complete {
+            format!(
+                "  started from the storage of block {} ({} entries)",
+                ch.bootstrap_block, ch.bootstrap_entries
+            )
+        } else {
+            format!(
+                "  BOOTSTRAPPING from the storage of block {}: {} entries applied",
+                ch.bootstrap_block, ch.bootstrap_entries
+            )
+        });
+    }
     if !ch.last_error.is_empty() {
         lines.push(format!("  last error: {}", ch.last_error));
     }
@@ -1495,6 +1513,9 @@ mod tests {
                 cursor_block_complete: true,
                 genesis_hash: vec![0xdd],
                 reconnects: 2,
+                bootstrap_block: 7,
+                bootstrap_entries: 40,
+                bootstrap_complete: true,
             }),
             audit_sequence: 17,
             ..Default::default()
@@ -1544,6 +1565,7 @@ mod tests {
                     ],
                     "last_error": "",
                     "reconnects": 2,
+                    "bootstrap": {"block": 7, "entries": 40, "complete": true},
                 },
                 "checkpoint": null,
             })
@@ -1578,6 +1600,7 @@ mod tests {
                 "  epoch   1  active   threshold 2 master aaaa",
                 "chain: ws://127.0.0.1:9944 (gatekeeper profile), connected",
                 "  finalized 12, cursor 11 (event 3, complete), lag 1 blocks; events applied 5, ignored 1",
+                "  started from the storage of block 7 (40 entries)",
                 "  ignored: block 9 event 2 Foo.Bar: undecodable",
                 "checkpoint: none certified yet",
             ]

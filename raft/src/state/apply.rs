@@ -121,6 +121,7 @@ impl GatekeeperState {
                 reason,
             } => self.apply_abort_rotation(rotation_id, reason)?,
             Command::ChainBlocks { blocks } => return self.apply_chain_blocks(blocks),
+            Command::ChainBootstrap(part) => return self.apply_chain_bootstrap(part),
             Command::Put { key, value } => self.apply_put(key, value)?,
         }
         Ok(true)

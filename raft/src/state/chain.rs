@@ -2,10 +2,10 @@
 //! committed [`ChainCursor`] and applied range by range, and the effect of each chain event on the
 //! state.
 
-use super::commands::{reject, ChainBlock, ChainEvent, RejectCode, Reply};
+use super::commands::{reject, ChainBlock, ChainBootstrapPart, ChainEvent, RejectCode, Reply};
 use super::records::{
-    Bytes32, ChainCursor, ChainRecord, ClusterRecord, IgnoredEvent, RotationOutcome, WorkerRecord,
-    WorkerStatus, RECENT_IGNORED,
+    Bytes32, ChainBootstrapProgress, ChainCursor, ChainRecord, ClusterRecord, IgnoredEvent,
+    RotationOutcome, WorkerRecord, WorkerStatus, RECENT_IGNORED,
 };
 use super::GatekeeperState;
 
@@ -16,6 +16,16 @@ impl GatekeeperState {
         use RejectCode::*;
         if blocks.is_empty() {
             return Err(reject(MalformedCommand, "no chain blocks"));
+        }
+        if let Some(b) = &self.chain.bootstrap {
+            return Err(reject(
+                ChainGap,
+                format!(
+                    "a bootstrap from the storage of block {} is in progress ({} entries applied); \
+                     blocks follow once it ends",
+                    b.block, b.entries
+                ),
+            ));
         }
         // Validate the whole batch against the cursor it would leave, then apply.
         let mut chain = self.chain.clone();
@@ -41,6 +51,52 @@ impl GatekeeperState {
         Ok(true)
     }
 
+    /// Applies one part of a bootstrap from chain storage, in order (`offset`), all or nothing.
+    /// `Ok(false)`: already applied (duplicate); `Err`: rejected, with nothing modified.
+    pub(super) fn apply_chain_bootstrap(&mut self, p: &ChainBootstrapPart) -> Result<bool, Reply> {
+        if !check_chain_bootstrap(&self.chain, p)? {
+            return Ok(false);
+        }
+        let mut ignored: Vec<IgnoredEvent> = p.undecodable.clone();
+        let index = u32::try_from(p.offset).unwrap_or(u32::MAX);
+        for e in &p.events {
+            match self.apply_chain_event(p.block, e, 0, 0) {
+                Ok(()) => self.chain.events_applied += 1,
+                Err(Reply::Rejected { code, message }) => ignored.push(IgnoredEvent {
+                    block: p.block,
+                    index,
+                    name: e.name().to_string(),
+                    reason: format!("{code:?}: {message}"),
+                }),
+                Err(_) => {}
+            }
+        }
+        self.record_ignored(ignored);
+        self.chain.genesis_hash = Some(p.genesis_hash);
+        let entries = self.chain.bootstrap.map_or(0, |b| b.entries) + p.entries;
+        if p.last {
+            self.chain.bootstrap = None;
+            self.chain.bootstrapped = Some(ChainBootstrapProgress {
+                block: p.block,
+                block_hash: p.block_hash,
+                entries,
+            });
+            self.chain.cursor = Some(ChainCursor {
+                block: p.block,
+                block_hash: p.block_hash,
+                event_index: 0,
+                block_complete: true,
+            });
+        } else {
+            self.chain.bootstrap = Some(ChainBootstrapProgress {
+                block: p.block,
+                block_hash: p.block_hash,
+                entries,
+            });
+        }
+        Ok(true)
+    }
+
     /// Applies a checked block range: every event on its own (an event that does not apply to
     /// the state is recorded as ignored, with the reason), then the cursor.
     fn apply_chain_block(&mut self, b: &ChainBlock) {
@@ -62,6 +118,13 @@ impl GatekeeperState {
                 Err(_) => {}
             }
         }
+        self.record_ignored(ignored);
+        self.chain.genesis_hash = Some(b.genesis_hash);
+        self.chain.cursor = Some(cursor_after(b));
+    }
+
+    /// Counts events not applied and keeps the last [`RECENT_IGNORED`] of them.
+    fn record_ignored(&mut self, mut ignored: Vec<IgnoredEvent>) {
         ignored.sort_by_key(|i| i.index);
         self.chain.events_ignored += ignored.len() as u64;
         self.chain.recent_ignored.extend(ignored);
@@ -71,8 +134,6 @@ impl GatekeeperState {
             .len()
             .saturating_sub(RECENT_IGNORED);
         self.chain.recent_ignored.drain(..excess);
-        self.chain.genesis_hash = Some(b.genesis_hash);
-        self.chain.cursor = Some(cursor_after(b));
     }
 
     /// Applies one chain event (validate first, then mutate). `at_ms`/`deadline_ms` start a
@@ -388,6 +449,89 @@ fn check_chain_block(chain: &ChainRecord, b: &ChainBlock) -> Result<bool, Reply>
         ));
     }
     Ok(true)
+}
+
+/// Checks that `p` continues the bootstrap in progress (or starts one on a cluster that has
+/// applied nothing of the chain). `Ok(false)`: already applied (duplicate); `Err`: rejected.
+fn check_chain_bootstrap(chain: &ChainRecord, p: &ChainBootstrapPart) -> Result<bool, Reply> {
+    use RejectCode::*;
+    if let Some(g) = chain.genesis_hash {
+        if g != p.genesis_hash {
+            return Err(reject(
+                ChainMismatch,
+                format!(
+                    "storage of a chain with genesis {:?}; this cluster follows genesis {g:?}",
+                    p.genesis_hash
+                ),
+            ));
+        }
+    }
+    if p.entries == 0 && !p.last {
+        return Err(reject(
+            MalformedCommand,
+            "a bootstrap part without storage entries must end the bootstrap",
+        ));
+    }
+    if let Some(e) = p
+        .events
+        .iter()
+        .find(|e| matches!(e, ChainEvent::MasterKeyRotationRequested { .. }))
+    {
+        return Err(reject(
+            MalformedCommand,
+            format!("{} is not registry state", e.name()),
+        ));
+    }
+    let Some(offset_end) = p.offset.checked_add(p.entries) else {
+        return Err(reject(MalformedCommand, "storage entry count overflows"));
+    };
+    match (chain.cursor, chain.bootstrap) {
+        // The cluster follows events already: a bootstrap at or before its cursor is a late
+        // repeat (a deposed leader's); one past it would skip blocks.
+        (Some(c), _) if p.block <= c.block => Ok(false),
+        (Some(c), _) => Err(reject(
+            ChainGap,
+            format!(
+                "the cluster follows the chain's events from block {}; it does not bootstrap \
+                 again at block {}",
+                c.block, p.block
+            ),
+        )),
+        (None, None) if p.offset == 0 => Ok(true),
+        (None, None) => Err(reject(
+            ChainGap,
+            format!(
+                "no bootstrap is in progress; a part starting at storage entry {} cannot start one",
+                p.offset
+            ),
+        )),
+        (None, Some(b)) => {
+            if (b.block, b.block_hash) != (p.block, p.block_hash) {
+                return Err(reject(
+                    ChainMismatch,
+                    format!(
+                        "a bootstrap from the storage of block {} ({:?}) is in progress, not of \
+                         block {} ({:?})",
+                        b.block, b.block_hash, p.block, p.block_hash
+                    ),
+                ));
+            }
+            if offset_end <= b.entries && !(p.last && offset_end == b.entries && p.entries == 0) {
+                return Ok(false);
+            }
+            if p.offset != b.entries {
+                return Err(reject(
+                    ChainGap,
+                    format!(
+                        "{} storage entries are applied; a part starting at entry {} does not \
+                         continue them",
+                        b.entries, p.offset
+                    ),
+                ));
+            }
+            Ok(true)
+        }
+    }
 }
 
 /// The cursor after applying `b`.

@@ -155,6 +155,29 @@ pub struct ChainBlock {
     pub rotation_deadline_ms: u64,
 }
 
+/// One part of a bootstrap from chain storage: the registry pallets' storage entries
+/// `offset..offset + entries` at `block` (in the profile's fixed order: map by map, each in
+/// storage-key order), as the events that create the same registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainBootstrapPart {
+    /// Hash of the chain's genesis block.
+    pub genesis_hash: Bytes32,
+    /// The finalized block whose storage is read.
+    pub block: u64,
+    /// Its hash.
+    pub block_hash: Bytes32,
+    /// Storage entries covered by earlier parts.
+    pub offset: u64,
+    /// Storage entries this part covers.
+    pub entries: u64,
+    /// What those entries say, as registry events (no rotation requests).
+    pub events: Vec<ChainEvent>,
+    /// Entries that did not decode: recorded, never applied.
+    pub undecodable: Vec<IgnoredEvent>,
+    /// Whether this part ends the bootstrap (the cursor moves to the end of `block`).
+    pub last: bool,
+}
+
 /// Longest canary key, bytes (checked by the admin service and again at apply).
 pub const MAX_CANARY_KEY_BYTES: usize = 256;
 /// Longest canary value, bytes.
@@ -270,6 +293,10 @@ pub enum Command {
         /// The ranges, each continuing the one before (the first continues the cursor).
         blocks: Vec<ChainBlock>,
     },
+    /// A part of the registry read from chain storage at one finalized block: how a cluster
+    /// joining a long chain starts without replaying it from genesis (docs/chain.md §4.1). Parts
+    /// are applied in order; the last one leaves the cursor at the end of that block.
+    ChainBootstrap(ChainBootstrapPart),
     /// A test/benchmark write: sets `key` to `value` in a small opaque map.
     Put {
         /// Key.

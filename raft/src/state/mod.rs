@@ -29,8 +29,8 @@ pub use checkpoint::{
     CHECKPOINT_TAG,
 };
 pub use commands::{
-    decode_command, encode_command, ChainBlock, ChainEvent, Command, IndexedEvent, RejectCode,
-    Reply, COMMAND_VERSION, MAX_CANARY_KEY_BYTES, MAX_CANARY_VALUE_BYTES,
+    decode_command, encode_command, ChainBlock, ChainBootstrapPart, ChainEvent, Command,
+    IndexedEvent, RejectCode, Reply, COMMAND_VERSION, MAX_CANARY_KEY_BYTES, MAX_CANARY_VALUE_BYTES,
 };
 pub use membership::check_membership_change;
 pub use proposal::{
@@ -40,9 +40,9 @@ pub use proposal::{
     OperatorProof, Proof, MAX_OPERATOR_SKEW_MS, PROPOSAL_VERSION,
 };
 pub use records::{
-    Bytes32, ChainCursor, ChainRecord, ClusterRecord, DealingRecord, EpochRecord, EpochStatus,
-    HexBytes, IgnoredEvent, MemberRecord, RotationOutcome, RotationRecord, Scheme, SealedShare,
-    WorkerRecord, WorkerStatus, RECENT_IGNORED,
+    Bytes32, ChainBootstrapProgress, ChainCursor, ChainRecord, ClusterRecord, DealingRecord,
+    EpochRecord, EpochStatus, HexBytes, IgnoredEvent, MemberRecord, RotationOutcome,
+    RotationRecord, Scheme, SealedShare, WorkerRecord, WorkerStatus, RECENT_IGNORED,
 };
 pub use table::{RecordChange, StoredRecord, Table, TableKey};
 

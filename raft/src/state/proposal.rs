@@ -306,7 +306,7 @@ pub const MAX_PROPOSAL_BYTES: usize = 256 << 10;
 /// on every node, and batches too large to replicate).
 pub fn max_proposal_bytes(command: &Command) -> usize {
     match command {
-        Command::ChainBlocks { .. } => MAX_CHAIN_PROPOSAL_BYTES,
+        Command::ChainBlocks { .. } | Command::ChainBootstrap(_) => MAX_CHAIN_PROPOSAL_BYTES,
         _ => MAX_PROPOSAL_BYTES,
     }
 }
@@ -527,6 +527,7 @@ pub fn authorize(state: &GatekeeperState, ctx: &ApplyContext, d: &Decoded) -> Re
             }
         }
         Command::ChainBlocks { .. } => leader("ChainBlocks")?,
+        Command::ChainBootstrap(_) => leader("ChainBootstrap")?,
         Command::DevEvent { .. } => {
             voter("DevEvent")?;
             if state.production {
@@ -691,6 +692,7 @@ pub fn command_name(c: &Command) -> &'static str {
         Command::StartRotation { .. } => "StartRotation",
         Command::AbortRotation { .. } => "AbortRotation",
         Command::ChainBlocks { .. } => "ChainBlocks",
+        Command::ChainBootstrap(_) => "ChainBootstrap",
         Command::Put { .. } => "Put",
         Command::AuthorizeJoin { .. } => "AuthorizeJoin",
         Command::AuthorizeLeave { .. } => "AuthorizeLeave",

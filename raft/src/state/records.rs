@@ -252,6 +252,24 @@ pub struct ChainRecord {
     pub events_ignored: u64,
     /// The most recent ignored events (at most [`RECENT_IGNORED`]).
     pub recent_ignored: Vec<IgnoredEvent>,
+    /// A bootstrap from chain storage in progress (no cursor until it ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<ChainBootstrapProgress>,
+    /// The bootstrap from chain storage the cluster started with, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrapped: Option<ChainBootstrapProgress>,
+}
+
+/// How far a bootstrap from chain storage got: the block whose storage is read and how many of
+/// its storage entries are applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainBootstrapProgress {
+    /// The block.
+    pub block: u64,
+    /// Its hash.
+    pub block_hash: Bytes32,
+    /// Storage entries applied.
+    pub entries: u64,
 }
 
 /// How many ignored chain events the state remembers.

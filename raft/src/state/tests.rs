@@ -964,3 +964,125 @@ fn a_copy_without_registries_keeps_everything_else() {
     expected.clusters.clear();
     assert_eq!(lean, expected);
 }
+
+/// Part `offset..offset + entries` of a bootstrap from the storage of block `n`.
+fn boot(n: u64, offset: u64, entries: u64, events: Vec<ChainEvent>, last: bool) -> Command {
+    Command::ChainBootstrap(ChainBootstrapPart {
+        genesis_hash: hash(0),
+        block: n,
+        block_hash: hash(n),
+        offset,
+        entries,
+        events,
+        undecodable: vec![],
+        last,
+    })
+}
+
+#[test]
+fn a_bootstrap_from_storage_applies_its_parts_in_order_then_blocks_continue_it() {
+    let mut s = genesis();
+    let slash = ChainEvent::WorkerSlashed {
+        worker: b(8),
+        reason: "offline".into(),
+    };
+    // A part that does not start the bootstrap, or a rotation request in one: refused.
+    assert_rejected(
+        &mut s,
+        &boot(100, 2, 2, vec![reg(7)], false),
+        RejectCode::ChainGap,
+    );
+    let rotation = ChainEvent::MasterKeyRotationRequested {
+        rotation_id: "chain:1".into(),
+    };
+    assert_rejected(
+        &mut s,
+        &boot(100, 0, 1, vec![rotation], false),
+        RejectCode::MalformedCommand,
+    );
+    assert_rejected(
+        &mut s,
+        &boot(100, 0, 0, vec![], false),
+        RejectCode::MalformedCommand,
+    );
+
+    assert!(applied(&s.apply(&boot(
+        100,
+        0,
+        2,
+        vec![reg(7), reg(8)],
+        false
+    ))));
+    assert_eq!(s.chain.cursor, None);
+    assert_eq!(s.chain.bootstrap.map(|b| b.entries), Some(2));
+    // Blocks wait for the bootstrap; a part of another block, or one that skips entries, is
+    // refused; a repeat is a duplicate.
+    assert_rejected(&mut s, &block(101, vec![reg(9)]), RejectCode::ChainGap);
+    assert_rejected(
+        &mut s,
+        &boot(99, 2, 1, vec![], false),
+        RejectCode::ChainMismatch,
+    );
+    assert_rejected(
+        &mut s,
+        &boot(100, 3, 1, vec![], false),
+        RejectCode::ChainGap,
+    );
+    let before = s.clone();
+    assert_eq!(
+        s.apply(&boot(100, 0, 2, vec![reg(7), reg(8)], false)),
+        Reply::Duplicate
+    );
+    assert_eq!(s, before);
+
+    assert!(applied(&s.apply(&boot(100, 2, 1, vec![slash], true))));
+    assert_eq!(s.chain.bootstrap, None);
+    assert_eq!(
+        s.chain.bootstrapped.map(|b| (b.block, b.entries)),
+        Some((100, 3))
+    );
+    let c = s.chain.cursor.unwrap();
+    assert_eq!(
+        (c.block, c.block_hash, c.block_complete),
+        (100, hash(100), true)
+    );
+    assert_eq!(s.workers[&b(7)].status, WorkerStatus::Active);
+    assert_eq!(s.workers[&b(7)].registered_at, 100);
+    assert!(matches!(
+        s.workers[&b(8)].status,
+        WorkerStatus::Slashed { block: 100, .. }
+    ));
+    // A deposed leader's late part is a duplicate; a second bootstrap past the cursor would
+    // skip blocks.
+    assert_eq!(s.apply(&boot(100, 2, 1, vec![], true)), Reply::Duplicate);
+    assert_rejected(
+        &mut s,
+        &boot(200, 0, 1, vec![reg(9)], true),
+        RejectCode::ChainGap,
+    );
+    // Blocks continue from the block after the bootstrap's.
+    assert_rejected(&mut s, &block(102, vec![reg(9)]), RejectCode::ChainGap);
+    assert!(applied(&s.apply(&block(101, vec![reg(9)]))));
+    assert!(s.workers.contains_key(&b(9)));
+}
+
+#[test]
+fn a_bootstrap_of_another_chain_is_refused_and_entries_that_do_not_apply_are_recorded() {
+    let mut s = genesis();
+    assert!(applied(&s.apply(&boot(5, 0, 1, vec![reg(7)], false))));
+    let mut other = boot(5, 1, 1, vec![reg(8)], true);
+    if let Command::ChainBootstrap(p) = &mut other {
+        p.genesis_hash = b(0xee);
+    }
+    assert_rejected(&mut s, &other, RejectCode::ChainMismatch);
+    // A cluster of an unknown worker is recorded as ignored; the bootstrap still ends.
+    let cluster = ChainEvent::ClusterCreated {
+        cluster: b(0xc1),
+        workers: vec![b(0x99)],
+        scheme: Scheme::Native,
+    };
+    assert!(applied(&s.apply(&boot(5, 1, 1, vec![cluster], true))));
+    assert_eq!(s.chain.events_ignored, 1);
+    assert_eq!(s.chain.recent_ignored[0].name, "ClusterCreated");
+    assert!(s.chain.cursor.is_some());
+}
