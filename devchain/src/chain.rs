@@ -20,7 +20,7 @@ use crate::runtime::{
     encode_event, runtime_version_bytes, spec_version, DispatchClass, DispatchInfo, Pays, Phase,
     Shapes, SystemEvent, Weight, H256,
 };
-use crate::storage::Registry;
+use crate::storage::{Registry, Undo};
 use anyhow::{bail, Context, Result};
 use parity_scale_codec::{Compact, Encode};
 use serde::{Deserialize, Serialize};
@@ -89,8 +89,8 @@ pub struct Block {
     pub events: Vec<u8>,
     /// The emitted (non-System) events.
     pub emitted: Vec<EmittedEvent>,
-    /// The registry pallets' storage after this block.
-    pub storage: Registry,
+    /// What this block changed in the registry storage (undoes it).
+    undo: Undo,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -115,6 +115,10 @@ pub struct Chain {
     pending: Vec<(serde_json::Value, Vec<u8>)>,
     log: Option<File>,
     dir: Option<PathBuf>,
+    /// The registry storage after the head.
+    storage: Registry,
+    /// The last earlier block's storage rebuilt (a bootstrap reads one block many times).
+    storage_cache: Option<(u32, Registry)>,
 }
 
 fn success(class: DispatchClass) -> SystemEvent {
@@ -154,6 +158,8 @@ impl Chain {
             pending: vec![],
             log: None,
             dir,
+            storage: Registry::default(),
+            storage_cache: None,
         };
         c.push_genesis();
         c
@@ -247,13 +253,14 @@ impl Chain {
                     hex0x(&header.hash())
                 );
             }
-            let storage = self.storage_after(&l.emitted);
+            let (storage, undo) = self.storage_after(&l.emitted);
+            self.storage = storage;
             self.blocks.push(Block {
                 hash: header.hash(),
                 header,
                 events,
                 emitted: l.emitted,
-                storage,
+                undo,
             });
         }
         if complete < data.len() {
@@ -278,17 +285,41 @@ impl Chain {
             header,
             events: vec![0],
             emitted: vec![],
-            storage: Registry::default(),
+            undo: vec![],
         });
     }
 
-    /// The registry storage after a new block that emits `emitted` on top of the head.
-    fn storage_after(&self, emitted: &[EmittedEvent]) -> Registry {
-        let mut storage = self.head().storage.clone();
+    /// The registry storage after a new block that emits `emitted` on top of the head, and
+    /// what undoes it.
+    fn storage_after(&self, emitted: &[EmittedEvent]) -> (Registry, Undo) {
+        let mut storage = self.storage.clone();
         for e in emitted {
             storage.apply(e.block, &e.event);
         }
-        storage
+        let undo = storage.take_journal();
+        (storage, undo)
+    }
+
+    /// The registry storage after block `number` (`None`: no such block).
+    pub fn storage_at(&mut self, number: u32) -> Option<Registry> {
+        let head = self.next_number().checked_sub(1)?;
+        if number > head {
+            return None;
+        }
+        if number == head {
+            return Some(self.storage.clone());
+        }
+        if let Some((n, s)) = &self.storage_cache {
+            if *n == number {
+                return Some(s.clone());
+            }
+        }
+        let mut s = self.storage.clone();
+        for b in self.blocks[number as usize + 1..].iter().rev() {
+            s.undo(&b.undo);
+        }
+        self.storage_cache = Some((number, s.clone()));
+        Some(s)
     }
 
     fn header_for(&self, number: u32, events: &[u8], emitted: &[EmittedEvent]) -> Header {
@@ -367,13 +398,13 @@ impl Chain {
             events.extend(r);
         }
         let header = self.header_for(number, &events, &emitted);
-        let storage = self.storage_after(&emitted);
+        let (storage, undo) = self.storage_after(&emitted);
         let block = Block {
             hash: header.hash(),
             header,
             events,
             emitted,
-            storage,
+            undo,
         };
         if let Some(log) = &mut self.log {
             let line = BlockLine {
@@ -392,6 +423,7 @@ impl Chain {
             }
         }
         self.pending.clear();
+        self.storage = storage;
         self.blocks.push(block);
         Ok(self.blocks.last().expect("just pushed"))
     }
@@ -517,6 +549,35 @@ mod tests {
         assert_eq!(c.emitted(0, 10).len(), 2);
         // Two chains never share a genesis.
         assert_ne!(Chain::new(Shapes::Standard).genesis_hash(), g);
+    }
+
+    #[test]
+    fn every_block_serves_its_own_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::storage::map_key("Gatekeeper", "Workers", &[4; 32]);
+        let state = |c: &mut Chain, n: u32| c.storage_at(n).unwrap().get(&key).cloned();
+        {
+            let mut c = Chain::open(dir.path(), Shapes::Standard).unwrap();
+            let w = hex0x(&[4; 32]);
+            c.queue(json!({"Gatekeeper": {"WorkerRegistered": {"worker": w, "attestation_provider": null, "confidence_level": 1}}})).unwrap();
+            c.produce().unwrap();
+            c.queue(deregister(4)).unwrap();
+            c.produce().unwrap();
+            c.produce().unwrap();
+            let (at0, at1, at2) = (state(&mut c, 0), state(&mut c, 1), state(&mut c, 2));
+            assert_eq!(at0, None);
+            assert!(
+                at1.is_some() && at2.is_some() && at1 != at2,
+                "{at1:?} {at2:?}"
+            );
+            assert_eq!(state(&mut c, 3), at2);
+            assert!(c.storage_at(4).is_none());
+        }
+        // Reopened, the storage is rebuilt from the persisted events.
+        let mut c = Chain::open(dir.path(), Shapes::Standard).unwrap();
+        assert_eq!(state(&mut c, 0), None);
+        assert!(state(&mut c, 1).is_some());
+        assert_ne!(state(&mut c, 1), state(&mut c, 3));
     }
 
     #[test]

@@ -283,7 +283,7 @@ pub(crate) fn module(shared: Arc<Shared>) -> RpcModule<Arc<Shared>> {
                 a.first()
                     .ok_or_else(|| invalid("state_getStorage needs a key"))?,
             )?;
-            let c = s.lock();
+            let mut c = s.lock();
             let b = at(&c, a.get(1))?;
             if key == events_key() {
                 return Ok(json!(hex0x(&b.events)));
@@ -291,7 +291,9 @@ pub(crate) fn module(shared: Arc<Shared>) -> RpcModule<Arc<Shared>> {
             if key == storage_key("System", "Number") {
                 return Ok(json!(hex0x(&b.header.number.0.encode())));
             }
-            Ok(b.storage.get(&key).map_or(Value::Null, |v| json!(hex0x(v))))
+            let n = b.header.number.0;
+            let storage = c.storage_at(n).ok_or_else(|| invalid("no such block"))?;
+            Ok(storage.get(&key).map_or(Value::Null, |v| json!(hex0x(v))))
         }),
     );
     reg(
@@ -311,11 +313,10 @@ pub(crate) fn module(shared: Arc<Shared>) -> RpcModule<Arc<Shared>> {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(parse_hex(v)?),
             };
-            let c = s.lock();
-            let b = at(&c, a.get(3))?;
-            let keys = b
-                .storage
-                .keys_paged(&prefix, count as usize, start.as_deref());
+            let mut c = s.lock();
+            let n = at(&c, a.get(3))?.header.number.0;
+            let storage = c.storage_at(n).ok_or_else(|| invalid("no such block"))?;
+            let keys = storage.keys_paged(&prefix, count as usize, start.as_deref());
             Ok(json!(keys.iter().map(|k| hex0x(k)).collect::<Vec<_>>()))
         }),
     );
@@ -329,16 +330,18 @@ pub(crate) fn module(shared: Arc<Shared>) -> RpcModule<Arc<Shared>> {
                 .iter()
                 .map(parse_hex)
                 .collect::<Result<Vec<_>, _>>()?;
-            let c = s.lock();
+            let mut c = s.lock();
             let b = at(&c, a.get(1))?;
+            let (n, hash) = (b.header.number.0, b.hash);
+            let storage = c.storage_at(n).ok_or_else(|| invalid("no such block"))?;
             let changes: Vec<Value> = keys
                 .iter()
                 .map(|k| {
-                    let v = b.storage.get(k).map_or(Value::Null, |v| json!(hex0x(v)));
+                    let v = storage.get(k).map_or(Value::Null, |v| json!(hex0x(v)));
                     json!([hex0x(k), v])
                 })
                 .collect();
-            Ok(json!([{"block": hex0x(&b.hash), "changes": changes}]))
+            Ok(json!([{"block": hex0x(&hash), "changes": changes}]))
         }),
     );
     reg(

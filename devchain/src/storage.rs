@@ -3,9 +3,10 @@
 //!
 //! The dev chain has no runtime that executes calls, so each block's storage is derived from the
 //! events it emitted: [`Registry::apply`] folds one emitted event into the maps exactly as the
-//! pallet that emits it would have changed them. Every block keeps its own version
-//! ([`imbl::OrdMap`]: a block's copy shares everything unchanged with its parent's), keyed by the
-//! full storage key, so `state_getKeysPaged` walks it in key order like a Substrate node.
+//! pallet that emits it would have changed them. The chain keeps the head's maps, keyed by the
+//! full storage key (so `state_getKeysPaged` walks them in key order like a Substrate node), and
+//! per block the journal of what it changed ([`Undo`]); an earlier block's maps are the head's
+//! with the later journals undone.
 //!
 //! | pallet | map (key → value) |
 //! |---|---|
@@ -205,10 +206,15 @@ pub fn pallet_storage(pallet: &'static str) -> Option<PalletStorageMetadata> {
     })
 }
 
+/// What one block changed: each written or removed key with its value before (in order).
+pub type Undo = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// The registry maps at one block: full storage key → SCALE value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registry {
     map: imbl::OrdMap<Vec<u8>, Vec<u8>>,
+    /// Changes since the journal was last taken.
+    journal: Undo,
 }
 
 impl Registry {
@@ -248,7 +254,30 @@ impl Registry {
     }
 
     fn write<T: Encode>(&mut self, key: Vec<u8>, value: &T) {
-        self.map.insert(key, value.encode());
+        let old = self.map.insert(key.clone(), value.encode());
+        self.journal.push((key, old));
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(old) = self.map.remove(key) {
+            self.journal.push((key.to_vec(), Some(old)));
+        }
+    }
+
+    /// The changes since the last call (what undoes them, in order).
+    pub fn take_journal(&mut self) -> Undo {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Reverts the changes of `undo` (a journal taken after them).
+    pub fn undo(&mut self, undo: &Undo) {
+        for (k, old) in undo.iter().rev() {
+            match old {
+                Some(v) => self.map.insert(k.clone(), v.clone()),
+                None => self.map.remove(k),
+            };
+        }
+        self.journal.clear();
     }
 
     /// Applies one event emitted in `block` (JSON `{"Pallet": {"Variant": {fields}}}`). Events of
@@ -403,7 +432,7 @@ impl Registry {
             PhalaComputationEvent::SessionUnbound { session, worker } => {
                 let k = map_key("PhalaComputation", "WorkerBindings", &worker.0);
                 if self.read::<AccountId32>(&k) == Some(session) {
-                    self.map.remove(&k);
+                    self.remove(&k);
                 }
             }
             PhalaComputationEvent::WorkerStarted { session, .. } => {
@@ -441,9 +470,8 @@ impl Registry {
                 self.write(workers_key(&cluster), &Vec::<Public>::new());
             }
             PhalaPhatContractsEvent::ClusterDestroyed { cluster } => {
-                self.map
-                    .remove(&map_key("PhalaPhatContracts", "Clusters", &cluster.0));
-                self.map.remove(&workers_key(&cluster));
+                self.remove(&map_key("PhalaPhatContracts", "Clusters", &cluster.0));
+                self.remove(&workers_key(&cluster));
             }
             PhalaPhatContractsEvent::WorkerAddedToCluster { worker, cluster } => {
                 let k = workers_key(&cluster);
@@ -516,6 +544,19 @@ mod tests {
         );
         assert_eq!(w2.registered_at, 7);
         assert_eq!(before.len(), 0, "an earlier version is unchanged");
+        // Undoing the journal of the last two events restores the state before them.
+        let mut at5 = r.clone();
+        at5.take_journal();
+        let mut later = r.clone();
+        later.take_journal();
+        later.apply(
+            9,
+            &json!({"Gatekeeper": {"WorkerDeregistered": {"worker": k(1)}}}),
+        );
+        let j = later.take_journal();
+        assert_eq!(j.len(), 1);
+        later.undo(&j);
+        assert_eq!(later, at5);
         // Paging: all three worker keys, in key order, in pages of two.
         let prefix = crate::chain::storage_key("Gatekeeper", "Workers");
         let p1 = r.keys_paged(&prefix, 2, None);

@@ -121,7 +121,7 @@ async fn substrate_methods_answer_as_a_node_does() {
         Decode::decode(&mut &unhex(&v)[..]).unwrap();
     assert_eq!(
         (spec_name.as_str(), spec_version),
-        ("gatekeeper-devchain", 100)
+        ("gatekeeper-devchain", 101)
     );
     let versions: Value = rpc
         .request(

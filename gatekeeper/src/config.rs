@@ -10,8 +10,11 @@
 //!   with its performance multiplier of 5, is 5 s).
 //! * `snapshot_logs_since_last = 5000`: a snapshot every 5000 applied entries keeps restarts and
 //!   new members fast while the state (registry, epochs) stays small.
-//! * `max_in_snapshot_log_to_keep = 1000`: entries kept behind a snapshot so a briefly lagging
-//!   follower catches up from the log instead of a full snapshot.
+//! * `max_in_snapshot_log_to_keep = 100`: entries kept behind a snapshot so a briefly lagging
+//!   follower catches up from the log instead of a full snapshot. Entries can be 1 MiB batches
+//!   (a chain catching up): with 1000 (openraft's default) a node joining after a large chain
+//!   fill was sent 700 MB of log instead of a snapshot and did not catch up within the join
+//!   timeout (registry_bench).
 //! * `max_stale_ms = 5000`: stale reads are refused by a node that has not heard from a leader
 //!   for longer than this (20 heartbeats).
 //! * `max_snapshot_bytes = 256 MiB`: a snapshot is the JSON of the whole state; a state at
@@ -393,7 +396,7 @@ fn d_snapshot() -> u64 {
     5000
 }
 fn d_keep() -> u64 {
-    1000
+    100
 }
 fn d_stale() -> u64 {
     5000

@@ -1497,9 +1497,12 @@ impl RaftServer {
         // What this node already knows decides whether the snapshot is proven (the leader's
         // word is not enough: design.md §10.2.2).
         let anchor = self.sm.read().anchor();
+        let sm = self.sm.clone();
         tokio::task::spawn_blocking(move || {
             let d = snapshot::validate(&meta, &bytes)?;
             snapshot::verify_received(&d, anchor)?;
+            // The state machine installs this state as decoded here.
+            sm.stage_validated(meta, d.applied);
             Ok(bytes)
         })
         .await

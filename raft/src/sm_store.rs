@@ -243,6 +243,10 @@ pub struct SmStore {
     last_persist_ms: Arc<AtomicU64>,
     /// Numbers the incoming snapshot files of this process.
     incoming_seq: Arc<AtomicU64>,
+    /// The state of the snapshot the Raft server received and validated last, handed to
+    /// `install_snapshot` so it is not decoded a second time (a million workers' state is
+    /// gigabytes while decoding: found by registry_bench).
+    validated: Arc<std::sync::Mutex<Option<(SnapshotMeta<NodeId, Node>, Applied)>>>,
     /// Checkpoint every this many log indexes (0: never).
     checkpoint_interval: Arc<AtomicU64>,
     /// Index of the newest snapshot file (0: none).
@@ -257,6 +261,8 @@ pub struct SmStore {
 /// The changed records are written at most this often while applying (it only shortens replay:
 /// the fsynced log and the latest snapshot rebuild everything after it).
 const PERSIST_EVERY_MS: u64 = 200;
+/// Records per sled batch in a full rewrite of the tables.
+const REWRITE_CHUNK: usize = 10_000;
 
 /// Applies a normal entry's bytes: one proposal, or a batch of them ([`crate::batch`]), each
 /// applied on its own in order. The reply: the proposal's, or the framed list of the batch's
@@ -478,6 +484,7 @@ impl SmStore {
             snapshot_dir,
             last_persist_ms: Default::default(),
             incoming_seq: Default::default(),
+            validated: Default::default(),
             checkpoint_interval: Default::default(),
             snapshot_index: Default::default(),
             checkpoints: Arc::new(watch::channel(None).0),
@@ -612,6 +619,12 @@ impl SmStore {
         &self.snapshot_dir
     }
 
+    /// Keeps the state of a received snapshot the Raft server validated, for the
+    /// `install_snapshot` of the same snapshot (replacing any earlier one).
+    pub fn stage_validated(&self, meta: SnapshotMeta<NodeId, Node>, applied: Applied) {
+        *self.validated.lock().unwrap_or_else(|e| e.into_inner()) = Some((meta, applied));
+    }
+
     /// A fresh path for a snapshot being received (`<snapshots>/.incoming-<pid>-<n>`). Removed at
     /// the next open if the transfer never finished.
     pub fn incoming_snapshot_path(&self) -> PathBuf {
@@ -675,20 +688,25 @@ impl SmStore {
     /// [`SmStore::persist_all`], holding the persist lock.
     fn persist_all_locked(&self, _order: std::sync::MutexGuard<'_, ()>) -> Result<(), sled::Error> {
         self.rewrite_all.store(true, Ordering::Relaxed);
+        // A copy of the tables (cheap) taken with the meta record under the lock; encoded and
+        // written outside it, a chunk at a time (a registry of a million workers must not stop
+        // every reader of the state, nor be encoded all at once: found by registry_bench).
         let (tables, meta) = {
             let mut a = self.applied.write().expect("sm lock poisoned");
-            let tables = a.state.all_table_records();
+            let tables = a.state.tables_for_rewrite();
             (tables, encode_meta(&mut a))
         };
         self.db.remove(META_KEY)?;
-        for (tree, (_, records)) in self.trees[1..].iter().zip(tables) {
+        for tree in &self.trees[1..] {
             tree.clear()?;
+        }
+        tables.for_each_chunk(REWRITE_CHUNK, |i, records| {
             let mut b = sled::Batch::default();
             for (k, v) in records {
                 b.insert(k, v);
             }
-            tree.apply_batch(b)?;
-        }
+            self.trees[1 + i].apply_batch(b)
+        })?;
         self.db.insert(META_KEY, meta)?;
         // A format-1 record is now migrated.
         self.db.remove(STATE_KEY)?;
@@ -1172,25 +1190,46 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             ))
         };
         let bytes = snapshot.into_inner();
-        let a = snapshot::validate(meta, &bytes)
-            .map_err(|e| read_err(e.to_string()))?
-            .applied;
+        let staged = self
+            .validated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|(m, _)| m == meta);
+        let a = match staged {
+            Some((_, a)) => a,
+            None => {
+                snapshot::validate(meta, &bytes)
+                    .map_err(|e| read_err(e.to_string()))?
+                    .applied
+            }
+        };
         let data = String::from_utf8(bytes).map_err(|e| read_err(e.to_string()))?;
+        let (size, started) = (data.len(), std::time::Instant::now());
         let this = self.clone();
         let m = meta.clone();
         tokio::task::spawn_blocking(move || this.write_snapshot(&m, data))
             .await
             .map_err(|e| snap_err(io::Error::other(e.to_string())))?
             .map_err(snap_err)?;
+        let written = started.elapsed();
         // No write of the changes of the state replaced may land between the replacement and
         // the rewrite (a meta record of the snapshot over the old tables: found by review).
         self.rewrite_all.store(true, Ordering::Relaxed);
-        *self.applied.write().expect("sm lock poisoned") = a;
+        let old = std::mem::replace(&mut *self.applied.write().expect("sm lock poisoned"), a);
+        drop(old);
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.persist_all())
             .await
             .map_err(|e| sm_err(io::Error::other(e.to_string())))?
             .map_err(sm_err)?;
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |l| l.index),
+            bytes = size,
+            file_ms = written.as_millis() as u64,
+            store_ms = (started.elapsed() - written).as_millis() as u64,
+            "installed a snapshot"
+        );
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use subxt::{OnlineClient, SubstrateConfig};
 use tokio::sync::watch;
 
 /// Most event records in one proposed range (a larger block is split).
-pub const MAX_RECORDS_PER_RANGE: u32 = 256;
+pub const MAX_RECORDS_PER_RANGE: u32 = 2048;
 /// Most blocks in one proposed batch.
 pub const MAX_BLOCKS_PER_BATCH: usize = 64;
 /// Most bytes of one proposed batch (encoded), well under the leader's limit for a
@@ -359,6 +359,9 @@ impl Watcher {
         let tick = Duration::from_millis(250);
         // Whether the last catch-up step stopped with blocks still to apply.
         let mut behind = false;
+        // The last block fetched: a block larger than one proposal is proposed in several
+        // ranges, and fetched and decoded once.
+        let mut last_block: Option<DecodedBlock> = None;
         loop {
             let wait = if behind {
                 Duration::from_millis(1)
@@ -392,7 +395,7 @@ impl Watcher {
             behind = false;
             if let Some(f) = finalized {
                 if self.replica.is_leader() {
-                    behind = self.catch_up(&api, genesis, f).await?;
+                    behind = self.catch_up(&api, genesis, f, &mut last_block).await?;
                     self.view().last_error = None;
                 }
             }
@@ -401,7 +404,13 @@ impl Watcher {
 
     /// As leader: proposes the finalized blocks after the cursor, in batches, at most
     /// [`MAX_BATCHES_PER_STEP`] of them. `Ok(true)`: more blocks are waiting.
-    async fn catch_up(&self, api: &Api, genesis: [u8; 32], finalized: u64) -> Result<bool, String> {
+    async fn catch_up(
+        &self,
+        api: &Api,
+        genesis: [u8; 32],
+        finalized: u64,
+        last_block: &mut Option<DecodedBlock>,
+    ) -> Result<bool, String> {
         let mut last_cursor = None;
         for _ in 0..MAX_BATCHES_PER_STEP {
             if !self.replica.is_leader() {
@@ -443,12 +452,17 @@ impl Watcher {
                 && batch.len() < MAX_BLOCKS_PER_BATCH
                 && records < MAX_RECORDS_PER_RANGE
             {
-                let b = with_timeout(
-                    self.settings.rpc_timeout * 2,
-                    "fetching a block",
-                    fetch_block(api, self.settings.profile, number),
-                )
-                .await?;
+                let b = match last_block.take().filter(|b| b.number == number) {
+                    Some(b) => b,
+                    None => {
+                        with_timeout(
+                            self.settings.rpc_timeout * 2,
+                            "fetching a block",
+                            fetch_block(api, self.settings.profile, number),
+                        )
+                        .await?
+                    }
+                };
                 if let Some(c) = chain.cursor.filter(|c| c.block == number) {
                     if c.block_hash.0 != b.hash {
                         return Err(format!(
@@ -466,7 +480,9 @@ impl Watcher {
                         break;
                     }
                 }
-                if !batch.last().is_some_and(|r| r.complete) {
+                let finished = batch.last().is_some_and(|r| r.complete);
+                *last_block = Some(b);
+                if !finished {
                     break;
                 }
                 number += 1;

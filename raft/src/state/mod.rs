@@ -66,10 +66,13 @@ macro_rules! keyed_tables {
                 vec![$((stringify!($field), self.$field.take_changes())),+]
             }
 
-            /// Every record of the keyed tables, by table name (a full rewrite), and forgets
-            /// the changes.
-            pub fn all_table_records(&mut self) -> Vec<(&'static str, Vec<StoredRecord>)> {
-                vec![$((stringify!($field), self.$field.all_records())),+]
+            /// A copy of the keyed tables for a full rewrite (cheap: persistent maps), and
+            /// forgets their changes.
+            pub fn tables_for_rewrite(&mut self) -> Tables {
+                Tables(GatekeeperState {
+                    $($field: self.$field.take_all(),)+
+                    ..GatekeeperState::default()
+                })
             }
 
             /// Adds a stored record of table `table` (loading the state back).
@@ -99,6 +102,24 @@ macro_rules! keyed_tables {
             pub fn put_tables(&mut self, t: Tables) {
                 let t = t.0;
                 $(self.$field = t.$field;)+
+            }
+        }
+
+        impl Tables {
+            /// Calls `f` with each table's index in [`TABLES`] and its records, encoded, at
+            /// most `chunk` at a time.
+            pub fn for_each_chunk<E>(
+                &self,
+                chunk: usize,
+                mut f: impl FnMut(usize, Vec<StoredRecord>) -> Result<(), E>,
+            ) -> Result<(), E> {
+                let mut i = 0;
+                $(
+                    self.0.$field.for_each_chunk(chunk, |r| f(i, r))?;
+                    i += 1;
+                )+
+                let _ = i;
+                Ok(())
             }
         }
     };

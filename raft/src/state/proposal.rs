@@ -294,8 +294,8 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, String> {
     Ok(d)
 }
 
-/// Largest proposal carrying a `ChainBlocks` command (the watcher proposes at most 256 event
-/// records and 64 blocks at a time, well under it).
+/// Largest proposal carrying a `ChainBlocks` or `ChainBootstrap` command (the watcher proposes
+/// at most 768 KiB of ranges and 512 KiB of bootstrap events at a time, under it).
 pub const MAX_CHAIN_PROPOSAL_BYTES: usize = 1 << 20;
 /// Largest proposal carrying any other command (a member record with DCAP evidence is about
 /// 10 KiB; a dealing for ten members a few KiB).

@@ -213,16 +213,36 @@ impl<K: TableKey, V: Clone> Table<K, V> {
             .collect()
     }
 
-    /// Every record, encoded (a full rewrite), and forgets the changes.
-    pub fn all_records(&mut self) -> Vec<StoredRecord>
+    /// A copy for a full rewrite (cheap: the map is persistent), and forgets the changes.
+    pub fn take_all(&mut self) -> Table<K, V> {
+        self.dirty.clear();
+        Table {
+            map: self.map.clone(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// Calls `f` with every record, encoded, at most `chunk` at a time (a full rewrite of a
+    /// large table without all of it encoded at once).
+    pub fn for_each_chunk<E>(
+        &self,
+        chunk: usize,
+        mut f: impl FnMut(Vec<StoredRecord>) -> Result<(), E>,
+    ) -> Result<(), E>
     where
         V: Serialize,
     {
-        self.dirty.clear();
-        self.map
-            .iter()
-            .map(|(k, v)| (k.to_key_bytes(), encode_value(v)))
-            .collect()
+        let mut out = Vec::with_capacity(chunk.min(self.map.len()));
+        for (k, v) in self.map.iter() {
+            out.push((k.to_key_bytes(), encode_value(v)));
+            if out.len() >= chunk {
+                f(std::mem::take(&mut out))?;
+            }
+        }
+        if !out.is_empty() {
+            f(out)?;
+        }
+        Ok(())
     }
 
     /// Adds a stored record (loading; not marked changed).
@@ -276,11 +296,18 @@ mod tests {
         );
         // Loading the records written gives the same table.
         let mut back: Table<u64, String> = Table::default();
-        for (k, v) in t.all_records() {
-            back.load(&k, &v).unwrap();
-        }
+        let mut chunks = 0;
+        t.take_all()
+            .for_each_chunk(1, |records| {
+                chunks += 1;
+                assert_eq!(records.len(), 1);
+                records.iter().try_for_each(|(k, v)| back.load(k, v))
+            })
+            .unwrap();
+        assert_eq!(chunks, t.len());
         assert_eq!(back, t);
         assert!(!back.has_changes());
+        assert!(!t.has_changes(), "take_all forgets the changes");
     }
 
     #[test]
