@@ -246,7 +246,7 @@ pub struct SmStore {
     /// The state of the snapshot the Raft server received and validated last, handed to
     /// `install_snapshot` so it is not decoded a second time (a million workers' state is
     /// gigabytes while decoding: found by registry_bench).
-    validated: Arc<std::sync::Mutex<Option<(SnapshotMeta<NodeId, Node>, Applied)>>>,
+    validated: Arc<std::sync::Mutex<Option<ValidatedSnapshot>>>,
     /// Checkpoint every this many log indexes (0: never).
     checkpoint_interval: Arc<AtomicU64>,
     /// Index of the newest snapshot file (0: none).
@@ -858,6 +858,9 @@ impl SmStore {
         Ok(())
     }
 }
+
+/// A received snapshot's metadata and the state it decoded to.
+type ValidatedSnapshot = (SnapshotMeta<NodeId, Node>, Applied);
 
 /// Work for the checkpoint thread.
 enum CheckpointJob {
