@@ -210,6 +210,11 @@ fn main() -> Result<()> {
     let (join_rss, join_hwm) = memory_mib(c.pid(new));
     let leader_hwm = memory_mib(c.pid(leader)).1;
     eprintln!("registry_bench: node {new} joined and serving after {join_ms} ms");
+    // What the joining node spent installing (its log says, per snapshot).
+    let log = std::fs::read_to_string(c.stderr_log(new)).unwrap_or_default();
+    for l in log.lines().filter(|l| l.contains("installed a snapshot")) {
+        eprintln!("registry_bench: node {new}: {l}");
+    }
 
     println!(
         "{}",
