@@ -1780,8 +1780,10 @@ impl RaftService for RaftServer {
                     snapshot: Box::new(Cursor::new(data)),
                 },
             )
-            .await
-            .map_err(fatal)?;
+            .await;
+        // A snapshot openraft did not install (an older one) must not stay staged in memory.
+        self.sm.clear_validated();
+        let resp = resp.map_err(fatal)?;
         // Contact only when openraft took it: an old leader's snapshot it refuses (with a proof
         // of an old term) must not make its sender the leader this node follows (found by
         // review).

@@ -630,6 +630,14 @@ impl SmStore {
         *self.validated.lock().unwrap_or_else(|e| e.into_inner()) = Some((meta, applied));
     }
 
+    /// Forgets a staged state openraft did not install (its install takes it).
+    pub fn clear_validated(&self) {
+        self.validated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
     /// A fresh path for a snapshot being received (`<snapshots>/.incoming-<pid>-<n>`). Removed at
     /// the next open if the transfer never finished.
     pub fn incoming_snapshot_path(&self) -> PathBuf {
@@ -703,11 +711,15 @@ impl SmStore {
         // every reader of the state, nor be encoded all at once: found by registry_bench). The
         // flag is cleared with the copy: a snapshot installed meanwhile sets it again, and the
         // next persist rewrites that state (clearing it at the end lost such a request).
+        // The meta record (with the applied index) is not written past a checkpoint still
+        // being written (see `checkpoints_pending`): the tables are, and the next write adds
+        // the meta record with the changes since.
         let (tables, meta) = {
             let mut a = self.applied.write().expect("sm lock poisoned");
             let tables = a.state.tables_for_rewrite();
             self.rewrite_all.store(false, Ordering::Relaxed);
-            (tables, encode_meta(&mut a))
+            let pending = self.checkpoints_pending.load(Ordering::Acquire) > 0;
+            (tables, (!pending).then(|| encode_meta(&mut a)))
         };
         let written = self.rewrite_tables(tables, meta);
         if written.is_err() {
@@ -720,7 +732,7 @@ impl SmStore {
     fn rewrite_tables(
         &self,
         tables: crate::state::Tables,
-        meta: Vec<u8>,
+        meta: Option<Vec<u8>>,
     ) -> Result<(), sled::Error> {
         self.db.remove(META_KEY)?;
         // Dropping a tree frees its pages; clearing one removes its keys one by one (18 s of a
@@ -737,7 +749,9 @@ impl SmStore {
             }
             trees[1 + i].apply_batch(b)
         })?;
-        self.db.insert(META_KEY, meta)?;
+        if let Some(meta) = meta {
+            self.db.insert(META_KEY, meta)?;
+        }
         // A format-1 record is now migrated.
         self.db.remove(STATE_KEY)?;
         self.last_persist_ms.store(now_ms(), Ordering::Relaxed);
@@ -1167,6 +1181,11 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                         || a.log_bytes_since_checkpoint >= CHECKPOINT_LOG_BYTES)
                 {
                     a.log_bytes_since_checkpoint = 0;
+                    if checkpoints.is_empty() {
+                        // Counted under the state lock: a full rewrite that copies this state
+                        // sees the checkpoint pending (found by review).
+                        self.checkpoints_pending.fetch_add(1, Ordering::AcqRel);
+                    }
                     checkpoints.push((snapshot_meta(&a), a.clone()));
                 }
             }
@@ -1179,9 +1198,6 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let certificate = certificate
             .filter(|c| self.promote_requested.fetch_max(c.index, Ordering::Relaxed) < c.index);
         if !checkpoints.is_empty() || certificate.is_some() {
-            if !checkpoints.is_empty() {
-                self.checkpoints_pending.fetch_add(1, Ordering::AcqRel);
-            }
             let job = CheckpointJob::Write {
                 store: Box::new(self.clone()),
                 checkpoints,
@@ -1267,9 +1283,16 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         std::thread::Builder::new()
             .name("gk-sm-rewrite".into())
             .spawn(move || {
+                // Cleared however the rewrite ends (a panic included).
+                struct Done(Arc<std::sync::atomic::AtomicBool>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Release);
+                    }
+                }
+                let _done = Done(this.rewriting.clone());
                 let t = std::time::Instant::now();
                 let r = this.persist_all();
-                this.rewriting.store(false, Ordering::Release);
                 match r {
                     Ok(()) => tracing::info!(index, store_ms = t.elapsed().as_millis() as u64, "stored an installed snapshot's tables"),
                     Err(e) => tracing::error!(index, error = %e, "cannot store an installed snapshot's tables; retried at the next write"),

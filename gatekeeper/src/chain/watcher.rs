@@ -551,9 +551,38 @@ impl Watcher {
         finalized: u64,
         chain: &ChainRecord,
     ) -> Result<(), String> {
-        let (number, offset, hash) = chain.bootstrap.map_or((finalized, 0, None), |b| {
-            (b.block, b.entries, Some(b.block_hash.0))
-        });
+        let Some(b) = chain.bootstrap else {
+            return self
+                .bootstrap_at(api, genesis, (finalized, None), 0, &mut 0)
+                .await;
+        };
+        let mut proposed = 0;
+        let at = (b.block, Some(b.block_hash.0));
+        match self
+            .bootstrap_at(api, genesis, at, b.entries, &mut proposed)
+            .await
+        {
+            // The block's state may be gone from the chain node (pruned): start over at the
+            // latest finalized block rather than never follow the chain (found by review).
+            Err(e) if proposed == 0 && b.block < finalized => {
+                tracing::warn!(block = b.block, error = %e, restart_at = finalized, "cannot continue the bootstrap from chain storage; starting it over at the latest finalized block");
+                self.bootstrap_at(api, genesis, (finalized, None), 0, &mut proposed)
+                    .await
+            }
+            r => r,
+        }
+    }
+
+    /// Reads block `number`'s registry maps from entry `offset` on and proposes them;
+    /// `proposed` counts the parts committed.
+    async fn bootstrap_at(
+        &self,
+        api: &Api,
+        genesis: [u8; 32],
+        (number, hash): (u64, Option<[u8; 32]>),
+        offset: u64,
+        proposed: &mut usize,
+    ) -> Result<(), String> {
         tracing::info!(
             block = number,
             from_entry = offset,
@@ -575,6 +604,7 @@ impl Watcher {
             if !self.propose_part(part).await? {
                 return Ok(());
             }
+            *proposed += 1;
         }
         reader
             .await

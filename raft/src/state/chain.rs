@@ -57,6 +57,14 @@ impl GatekeeperState {
         if !check_chain_bootstrap(&self.chain, p)? {
             return Ok(false);
         }
+        if self.chain.bootstrap.is_some_and(|b| b.block != p.block) {
+            // Starting over at a later block: what the abandoned one applied goes.
+            self.chain.bootstrap = None;
+            self.workers.clear();
+            self.clusters.clear();
+            self.contracts.clear();
+            self.sessions.clear();
+        }
         let mut ignored: Vec<IgnoredEvent> = p.undecodable.clone();
         let index = u32::try_from(p.offset).unwrap_or(u32::MAX);
         for e in &p.events {
@@ -505,6 +513,9 @@ fn check_chain_bootstrap(chain: &ChainRecord, p: &ChainBootstrapPart) -> Result<
                 p.offset
             ),
         )),
+        // The block of the bootstrap in progress may no longer be readable (a chain node prunes
+        // old state): a new bootstrap of a later block starts over (found by review).
+        (None, Some(b)) if p.offset == 0 && p.block > b.block => Ok(true),
         (None, Some(b)) => {
             if (b.block, b.block_hash) != (p.block, p.block_hash) {
                 return Err(reject(

@@ -1018,11 +1018,13 @@ fn a_bootstrap_from_storage_applies_its_parts_in_order_then_blocks_continue_it()
     // Blocks wait for the bootstrap; a part of another block, or one that skips entries, is
     // refused; a repeat is a duplicate.
     assert_rejected(&mut s, &block(101, vec![reg(9)]), RejectCode::ChainGap);
-    assert_rejected(
-        &mut s,
-        &boot(99, 2, 1, vec![], false),
-        RejectCode::ChainMismatch,
-    );
+    for (block, offset) in [(99, 2), (99, 0), (101, 2)] {
+        assert_rejected(
+            &mut s,
+            &boot(block, offset, 1, vec![], false),
+            RejectCode::ChainMismatch,
+        );
+    }
     assert_rejected(
         &mut s,
         &boot(100, 3, 1, vec![], false),
@@ -1064,6 +1066,39 @@ fn a_bootstrap_from_storage_applies_its_parts_in_order_then_blocks_continue_it()
     assert_rejected(&mut s, &block(102, vec![reg(9)]), RejectCode::ChainGap);
     assert!(applied(&s.apply(&block(101, vec![reg(9)]))));
     assert!(s.workers.contains_key(&b(9)));
+}
+
+#[test]
+fn a_bootstrap_whose_block_cannot_be_read_any_more_starts_over_at_a_later_block() {
+    let mut s = genesis();
+    assert!(applied(&s.apply(&boot(
+        100,
+        0,
+        2,
+        vec![reg(7), reg(8)],
+        false
+    ))));
+    // The chain node pruned block 100: the leader starts again at block 300.
+    assert!(applied(&s.apply(&boot(300, 0, 1, vec![reg(9)], false))));
+    assert_eq!(
+        s.chain.bootstrap.map(|b| (b.block, b.entries)),
+        Some((300, 1))
+    );
+    assert!(
+        !s.workers.contains_key(&b(7)),
+        "the abandoned bootstrap's records go"
+    );
+    assert!(applied(&s.apply(&boot(300, 1, 1, vec![reg(8)], true))));
+    assert_eq!(s.workers.len(), 2);
+    assert_eq!(
+        s.chain.bootstrapped.map(|b| (b.block, b.entries)),
+        Some((300, 2))
+    );
+    // A late part of the abandoned bootstrap is a duplicate now (the cursor is past it).
+    assert_eq!(
+        s.apply(&boot(100, 2, 1, vec![reg(7)], true)),
+        Reply::Duplicate
+    );
 }
 
 #[test]
