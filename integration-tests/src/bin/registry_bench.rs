@@ -75,10 +75,19 @@ fn dir_mib(dir: &Path) -> u64 {
     walk(dir) >> 20
 }
 
-/// The i-th filler worker's key (distinct, not a real key pair).
+/// The i-th filler worker's key: distinct and spread like real public keys (in random order:
+/// sequential keys fill the state's B-trees densely and flatter its memory), not a key pair.
 fn filler(i: u64) -> String {
-    let mut k = [0x5au8; 32];
-    k[..8].copy_from_slice(&i.to_be_bytes());
+    // splitmix64, four words of it.
+    let mut x = i.wrapping_mul(4).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut k = [0u8; 32];
+    for w in k.chunks_mut(8) {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        w.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+    }
     format!("0x{}", hex::encode(k))
 }
 
