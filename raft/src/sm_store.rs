@@ -227,9 +227,10 @@ pub struct SmStore {
     persist_lock: Arc<std::sync::Mutex<()>>,
     /// A write failed after its changes were taken: the next one rewrites everything.
     rewrite_all: Arc<std::sync::atomic::AtomicBool>,
-    /// A full rewrite runs in the background (after a snapshot install): apply does not wait
-    /// for it, nor start another.
-    rewriting: Arc<std::sync::atomic::AtomicBool>,
+    /// Full rewrites running or waiting in the background (after snapshot installs): apply
+    /// does not wait for them, nor start another. A count: after two installs in a row, the
+    /// first to end must not let apply rewrite inline while the second waits (found by review).
+    rewriting: Arc<std::sync::atomic::AtomicU32>,
     /// Jobs for the checkpoint thread, which encodes and writes checkpoints and promotes
     /// certified ones, one at a time in apply order, off the apply path. Each job carries a
     /// handle of the store; the thread ends when the last handle is dropped.
@@ -764,7 +765,7 @@ impl SmStore {
         let last = self.last_persist_ms.load(Ordering::Relaxed);
         if now_ms().saturating_sub(last) >= PERSIST_EVERY_MS
             && self.checkpoints_pending.load(Ordering::Acquire) == 0
-            && !self.rewriting.load(Ordering::Acquire)
+            && self.rewriting.load(Ordering::Acquire) == 0
         {
             // A full rewrite in the background (after a snapshot install) holds the lock for
             // seconds: apply goes on, and its changes are written once it is done.
@@ -1279,15 +1280,15 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         // loads this snapshot file and replays the log after it.
         let this = self.clone();
         let index = meta.last_log_id.map_or(0, |l| l.index);
-        self.rewriting.store(true, Ordering::Release);
+        self.rewriting.fetch_add(1, Ordering::AcqRel);
         std::thread::Builder::new()
             .name("gk-sm-rewrite".into())
             .spawn(move || {
                 // Cleared however the rewrite ends (a panic included).
-                struct Done(Arc<std::sync::atomic::AtomicBool>);
+                struct Done(Arc<std::sync::atomic::AtomicU32>);
                 impl Drop for Done {
                     fn drop(&mut self) {
-                        self.0.store(false, Ordering::Release);
+                        self.0.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
                 let _done = Done(this.rewriting.clone());
@@ -1299,7 +1300,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 }
             })
             .map_err(|e| {
-                self.rewriting.store(false, Ordering::Release);
+                self.rewriting.fetch_sub(1, Ordering::AcqRel);
                 sm_err(io::Error::other(e.to_string()))
             })?;
         tracing::info!(
@@ -1987,7 +1988,7 @@ mod tests {
                     .unwrap();
                 // Applying goes on while the tables are written.
                 sm.apply(vec![put(6, "k6")]).await.unwrap();
-                while sm.rewriting.load(Ordering::Acquire) {
+                while sm.rewriting.load(Ordering::Acquire) != 0 {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
                 if interrupted {
