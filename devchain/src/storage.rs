@@ -152,8 +152,7 @@ pub struct PhatContractInfo {
 /// The storage key of `pallet.item[key]` under `Twox64Concat`.
 pub fn map_key(pallet: &str, item: &str, key: &[u8]) -> Vec<u8> {
     [
-        &sp_crypto_hashing::twox_128(pallet.as_bytes())[..],
-        &sp_crypto_hashing::twox_128(item.as_bytes()),
+        &crate::chain::storage_key(pallet, item)[..],
         &sp_crypto_hashing::twox_64(key),
         key,
     ]

@@ -1272,6 +1272,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         // No write of the changes of the state replaced may land between the replacement and
         // the rewrite (a meta record of the snapshot over the old tables: found by review).
         self.rewrite_all.store(true, Ordering::Relaxed);
+        // The replaced state (large) is freed after the lock is released.
         let old = std::mem::replace(&mut *self.applied.write().expect("sm lock poisoned"), a);
         drop(old);
         // The snapshot file is durable: the tables are rewritten in the background (seconds

@@ -329,21 +329,24 @@ impl GatekeeperState {
     }
 }
 
+/// Refuses `what` (a block, storage) of a chain other than the one `chain` follows.
+fn check_genesis(chain: &ChainRecord, genesis: Bytes32, what: &str) -> Result<(), Reply> {
+    match chain.genesis_hash {
+        Some(g) if g != genesis => Err(reject(
+            RejectCode::ChainMismatch,
+            format!(
+                "{what} of a chain with genesis {genesis:?}; this cluster follows genesis {g:?}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks that `b` continues `chain`'s cursor. `Ok(false)`: already applied (duplicate); `Err`:
 /// rejected.
 fn check_chain_block(chain: &ChainRecord, b: &ChainBlock) -> Result<bool, Reply> {
     use RejectCode::*;
-    if let Some(g) = chain.genesis_hash {
-        if g != b.genesis_hash {
-            return Err(reject(
-                ChainMismatch,
-                format!(
-                    "block of a chain with genesis {:?}; this cluster follows genesis {g:?}",
-                    b.genesis_hash
-                ),
-            ));
-        }
-    }
+    check_genesis(chain, b.genesis_hash, "block")?;
     if b.from_index > b.to_index {
         return Err(reject(
             MalformedCommand,
@@ -463,17 +466,7 @@ fn check_chain_block(chain: &ChainRecord, b: &ChainBlock) -> Result<bool, Reply>
 /// applied nothing of the chain). `Ok(false)`: already applied (duplicate); `Err`: rejected.
 fn check_chain_bootstrap(chain: &ChainRecord, p: &ChainBootstrapPart) -> Result<bool, Reply> {
     use RejectCode::*;
-    if let Some(g) = chain.genesis_hash {
-        if g != p.genesis_hash {
-            return Err(reject(
-                ChainMismatch,
-                format!(
-                    "storage of a chain with genesis {:?}; this cluster follows genesis {g:?}",
-                    p.genesis_hash
-                ),
-            ));
-        }
-    }
+    check_genesis(chain, p.genesis_hash, "storage")?;
     if p.entries == 0 && !p.last {
         return Err(reject(
             MalformedCommand,
