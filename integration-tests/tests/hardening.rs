@@ -109,7 +109,7 @@ fn keeps_serving(c: &Cluster, f: u64, leader: u64, below_term: u64, tag: &str) {
 }
 
 /// The snapshot file of node `i` (its single latest one), as JSON: its header (`format`,
-/// `meta`, `sha256`) with the data that follows it as `data` (design.md §10.1).
+/// `meta`) with the data that follows it as `data` (design.md §10.1).
 fn snapshot_file(c: &Cluster, i: u64) -> serde_json::Value {
     let dir = c.data_dir(i).join("snapshots");
     let path = fs::read_dir(&dir)
@@ -124,10 +124,10 @@ fn snapshot_file(c: &Cluster, i: u64) -> serde_json::Value {
         .unwrap_or_else(|| c.fail(&format!("no snapshot file in {}", dir.display())));
     let bytes = fs::read(&path).unwrap();
     let rest = bytes
-        .strip_prefix(b"GKSNAPFILE/3 ".as_slice())
+        .strip_prefix(b"GKSNAPFILE/4 ".as_slice())
         .unwrap_or_else(|| {
             c.fail(&format!(
-                "{} is not a format-3 snapshot file",
+                "{} is not a format-4 snapshot file",
                 path.display()
             ))
         });

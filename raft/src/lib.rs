@@ -31,8 +31,6 @@ pub mod snapshot;
 pub mod state;
 
 use std::fmt;
-// `declare_raft_types!` names the default snapshot type `Cursor<Vec<u8>>` unqualified.
-use std::io::Cursor;
 
 /// Wall-clock time in milliseconds since the Unix epoch (0 if the clock is before 1970). Only the
 /// runtime reads the clock; the state machine never does.
@@ -127,6 +125,9 @@ openraft::declare_raft_types!(
         R = CommandReply,
         NodeId = NodeId,
         Node = Node,
+        // A snapshot's data is a file from its position to its end, streamed, never held in
+        // memory whole (sm_store's snapshot files, network's transfers).
+        SnapshotData = tokio::fs::File,
 );
 
 #[cfg(test)]

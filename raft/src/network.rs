@@ -46,7 +46,7 @@ use openraft::raft::{
 use openraft::{OptionalSend, Raft, Snapshot, SnapshotMeta, StoredMembership, Vote};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::io::{self, Cursor};
+use std::io::{self, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -859,33 +859,45 @@ impl PeerClient {
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let mut client = self.client().map_err(StreamingError::Unreachable)?;
-        let data = snapshot.snapshot.into_inner();
-        if data.len() as u64 > self.config.max_snapshot_bytes {
+        let network_err = |e: io::Error| StreamingError::Network(NetworkError::new(&e));
+        // The data is the file from its position on; it is read chunk by chunk as the stream
+        // is sent, never whole.
+        let mut file = snapshot.snapshot.into_std().await;
+        let start = file.stream_position().map_err(network_err)?;
+        let total = file
+            .metadata()
+            .map_err(network_err)?
+            .len()
+            .saturating_sub(start);
+        if total > self.config.max_snapshot_bytes {
             let e = io::Error::other(format!(
-                "the snapshot is {} bytes, above max_snapshot_bytes ({}): node {} would refuse \
-                 it; raise max_snapshot_bytes on every node",
-                data.len(),
-                self.config.max_snapshot_bytes,
-                self.target
+                "the snapshot is {total} bytes, above max_snapshot_bytes ({}): node {} would \
+                 refuse it; raise max_snapshot_bytes on every node",
+                self.config.max_snapshot_bytes, self.target
             ));
             tracing::error!(error = %e, "cannot send a snapshot");
-            return Err(StreamingError::Network(NetworkError::new(&e)));
+            return Err(network_err(e));
         }
-        let mut chunks = snapshot_chunks(
-            &vote,
-            &snapshot.meta,
-            data,
-            self.config.snapshot_chunk_bytes,
-        );
-        if let Some(h) = chunks.first_mut().and_then(|c| c.header.as_mut()) {
-            h.election = convert::election_to_pb(
+        let header = pb::SnapshotHeader {
+            vote: Some(convert::vote_to_pb(&vote)),
+            meta: Some(convert::snapshot_meta_to_pb(&snapshot.meta)),
+            total_size: total,
+            election: convert::election_to_pb(
                 &self
                     .network
                     .elections
                     .proof(vote.leader_id.term, vote.leader_id.node_id),
-            );
-        }
-        let mut req = Request::new(tokio_stream::iter(chunks));
+            ),
+        };
+        let chunks = file_chunks(
+            file,
+            start,
+            total,
+            header,
+            self.config.snapshot_chunk_bytes,
+            self.target,
+        );
+        let mut req = Request::new(chunks);
         req.set_timeout(option.hard_ttl().max(self.config.snapshot_timeout));
         let target = self.target;
         tokio::select! {
@@ -955,40 +967,48 @@ fn check_decoded(
         })
 }
 
-/// Splits a snapshot into stream chunks: the first carries the header; the last has `done`.
-pub fn snapshot_chunks(
-    vote: &Vote<NodeId>,
-    meta: &SnapshotMeta<NodeId, Node>,
-    data: Vec<u8>,
+/// Streams `total` bytes of `file` from `start` as snapshot chunks (the first carries
+/// `header`, the last has `done`), read on a blocking thread one chunk ahead of the sender. A
+/// read error ends the stream early, which the receiver refuses as incomplete.
+fn file_chunks(
+    mut file: std::fs::File,
+    start: u64,
+    total: u64,
+    header: pb::SnapshotHeader,
     chunk: usize,
-) -> Vec<pb::SnapshotChunk> {
-    let total = data.len();
-    let header = Some(pb::SnapshotHeader {
-        vote: Some(convert::vote_to_pb(vote)),
-        meta: Some(convert::snapshot_meta_to_pb(meta)),
-        total_size: total as u64,
-        election: Vec::new(),
+    target: NodeId,
+) -> tokio_stream::wrappers::ReceiverStream<pb::SnapshotChunk> {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let chunk = chunk.max(1);
+    tokio::task::spawn_blocking(move || {
+        let mut header = Some(header);
+        let mut offset: u64 = 0;
+        if let Err(e) = file.seek(SeekFrom::Start(start)) {
+            tracing::error!(peer = target, error = %e, "cannot read the snapshot to send");
+            return;
+        }
+        loop {
+            let want = (total - offset).min(chunk as u64) as usize;
+            let mut data = vec![0u8; want];
+            if let Err(e) = file.read_exact(&mut data) {
+                tracing::error!(peer = target, error = %e, "cannot read the snapshot to send");
+                return;
+            }
+            let done = offset + want as u64 == total;
+            let c = pb::SnapshotChunk {
+                header: header.take(),
+                offset,
+                data,
+                done,
+            };
+            if tx.blocking_send(c).is_err() || done {
+                return;
+            }
+            offset += want as u64;
+        }
     });
-    if total == 0 {
-        return vec![pb::SnapshotChunk {
-            header,
-            offset: 0,
-            data: vec![],
-            done: true,
-        }];
-    }
-    let mut out = Vec::with_capacity(total.div_ceil(chunk));
-    let mut header = header;
-    for (i, part) in data.chunks(chunk.max(1)).enumerate() {
-        let offset = i * chunk.max(1);
-        out.push(pb::SnapshotChunk {
-            header: header.take(),
-            offset: offset as u64,
-            data: part.to_vec(),
-            done: offset + part.len() == total,
-        });
-    }
-    out
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// One Raft RPC as the admission hook sees it.
@@ -1435,7 +1455,7 @@ impl RaftServer {
         stream: &mut Streaming<pb::SnapshotChunk>,
         total: u64,
         meta: &SnapshotMeta<NodeId, Node>,
-    ) -> Result<Vec<u8>, Status> {
+    ) -> Result<tokio::fs::File, Status> {
         let staged = Staged(self.sm.incoming_snapshot_path());
         let io_err = |e: io::Error| {
             Status::unavailable(format!(
@@ -1444,6 +1464,7 @@ impl RaftServer {
             ))
         };
         let mut file = tokio::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(crate::private_fs::FILE_MODE)
@@ -1490,24 +1511,33 @@ impl RaftServer {
         }
         check.finish().map_err(bad_snapshot)?;
         file.flush().await.map_err(io_err)?;
-        drop(file);
-        let bytes = tokio::fs::read(&staged.0).await.map_err(io_err)?;
+        let mut file = file.into_std().await;
+        // The open file keeps the data; its name goes now (refused or not).
         drop(staged);
         let meta = meta.clone();
         // What this node already knows decides whether the snapshot is proven (the leader's
         // word is not enough: design.md §10.2.2).
         let anchor = self.sm.read().anchor();
         let sm = self.sm.clone();
-        tokio::task::spawn_blocking(move || {
-            let d = snapshot::validate(&meta, &bytes)?;
+        let file = tokio::task::spawn_blocking(move || {
+            let read = |e: io::Error| SnapshotDataError::Read(e.to_string());
+            file.seek(SeekFrom::Start(0)).map_err(read)?;
+            // Decoded from the file as it is read: the data is never in memory whole.
+            let d = snapshot::validate_from(
+                &meta,
+                io::BufReader::with_capacity(1 << 20, &mut file),
+                total,
+            )?;
             snapshot::verify_received(&d, anchor)?;
             // The state machine installs this state as decoded here.
             sm.stage_validated(meta, d.applied);
-            Ok(bytes)
+            file.seek(SeekFrom::Start(0)).map_err(read)?;
+            Ok(file)
         })
         .await
         .map_err(|e| Status::internal(format!("snapshot validation task failed: {e}")))?
-        .map_err(bad_snapshot)
+        .map_err(bad_snapshot)?;
+        Ok(tokio::fs::File::from_std(file))
     }
 }
 
@@ -1777,7 +1807,7 @@ impl RaftService for RaftServer {
                 vote,
                 Snapshot {
                     meta,
-                    snapshot: Box::new(Cursor::new(data)),
+                    snapshot: Box::new(data),
                 },
             )
             .await;
@@ -1936,21 +1966,43 @@ mod tests {
         assert_eq!(entries_within(&[], budget), 0);
     }
 
-    #[test]
-    fn chunks_cover_the_data_exactly_once() {
-        let meta = SnapshotMeta::default();
-        let vote = Vote::new_committed(1, 1);
-        let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
-        let chunks = snapshot_chunks(&vote, &meta, data.clone(), 1000);
+    #[tokio::test]
+    async fn file_chunks_cover_the_data_after_the_start_exactly_once() {
+        use tokio_stream::StreamExt;
+        let header = |total| pb::SnapshotHeader {
+            total_size: total,
+            ..Default::default()
+        };
+        let mut file = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..2600u32).map(|i| i as u8).collect();
+        io::Write::write_all(&mut file, &data).unwrap();
+        // The data starts at byte 100 (a snapshot file's header line precedes it).
+        let chunks: Vec<_> =
+            file_chunks(file.try_clone().unwrap(), 100, 2500, header(2500), 1000, 2)
+                .collect()
+                .await;
         assert_eq!(chunks.len(), 3);
         assert!(chunks[0].header.is_some());
         assert!(chunks[1..].iter().all(|c| c.header.is_none()));
-        assert!(chunks[2].done && !chunks[1].done);
+        assert!(chunks[2].done && !chunks[1].done && !chunks[0].done);
+        assert_eq!(
+            chunks.iter().map(|c| c.offset).collect::<Vec<_>>(),
+            [0, 1000, 2000]
+        );
         let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.clone()).collect();
-        assert_eq!(joined, data);
-        let empty = snapshot_chunks(&vote, &meta, vec![], 1000);
+        assert_eq!(joined, data[100..]);
+        // No data: one chunk, header and done.
+        let empty: Vec<_> = file_chunks(file.try_clone().unwrap(), 2600, 0, header(0), 1000, 2)
+            .collect()
+            .await;
         assert_eq!(empty.len(), 1);
         assert!(empty[0].done && empty[0].header.is_some());
+        // A file shorter than announced ends the stream early, without `done` (the receiver
+        // refuses it as incomplete).
+        let short: Vec<_> = file_chunks(file, 2000, 1500, header(1500), 1000, 2)
+            .collect()
+            .await;
+        assert!(short.iter().all(|c| !c.done), "{}", short.len());
     }
 
     fn append(prev: Option<u64>, last: Option<u64>) -> AppendEntriesRequest<TypeConfig> {

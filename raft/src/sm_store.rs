@@ -28,7 +28,10 @@
 //! * Snapshots are files `<data_dir>/snapshots/snapshot-<index>.json`: written to a temp file,
 //!   fsynced, renamed, and the directory fsynced, before openraft is told the snapshot exists (so
 //!   the log is purged only behind a durable snapshot). Their data is in the snapshot format of
-//!   [`crate::snapshot`] (header, length, SHA-256, JSON), decoded by [`snapshot::decode`] only.
+//!   [`crate::snapshot`] (header, length, SHA-256, JSON), decoded by [`snapshot::decode_from`]
+//!   only. Snapshot data is streamed between files and the network, never held whole in memory:
+//!   checkpoints are encoded straight into their files, and openraft's snapshot data is a file
+//!   (its data from the file's position to its end).
 //! * Snapshots being received from a leader are streamed to `<data_dir>/snapshots/.incoming-*`
 //!   files ([`SmStore::incoming_snapshot_path`]); leftovers of an interrupted transfer are
 //!   removed at open.
@@ -48,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::Transactional;
 use std::fs;
-use std::io::{self, Cursor, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -67,14 +70,22 @@ const FORMAT: u32 = 2;
 const SLED_CACHE_BYTES: u64 = 32 << 20;
 /// Prefix of the tables' sled trees.
 const TABLE_TREE_PREFIX: &str = "table/";
-/// Format of snapshot and checkpoint files: 3 = [`SNAPSHOT_FILE_MAGIC`], a JSON header line
-/// (`format`, `meta`, `sha256`), then the data as is; 2 (read only) = one JSON object with the
-/// data as a JSON string (escaping and unescaping a large state cost seconds of CPU per
-/// checkpoint); 1 (read only) = the same with the bare JSON of [`Applied`] as data (files written
-/// before the snapshot format existed).
-const SNAPSHOT_FILE_FORMAT: u32 = 3;
-/// Starts a snapshot or checkpoint file of format 3 (older files start with `{`).
-const SNAPSHOT_FILE_MAGIC: &[u8] = b"GKSNAPFILE/3 ";
+/// Format of snapshot and checkpoint files: 4 = [`SNAPSHOT_FILE_MAGIC`], a JSON header line
+/// (`format`, `meta`), then the data as is, streamed in and out (the body's SHA-256 in the
+/// data's own header covers it; the certificate is signed); 3 (read only) = the same with the
+/// SHA-256 of the data in the header line, which had to be known before the data was written;
+/// 2 (read only) = one JSON object with the data as a JSON string (escaping and unescaping a
+/// large state cost seconds of CPU per checkpoint); 1 (read only) = the same with the bare JSON
+/// of [`Applied`] as data (files written before the snapshot format existed). Files of formats
+/// 1 and 2 are rewritten in format 4 when first read.
+const SNAPSHOT_FILE_FORMAT: u32 = 4;
+/// Starts a snapshot or checkpoint file of format 4 (older files start with `{`).
+const SNAPSHOT_FILE_MAGIC: &[u8] = b"GKSNAPFILE/4 ";
+/// Starts a snapshot or checkpoint file of format 3 (read only).
+const SNAPSHOT_FILE_MAGIC_3: &[u8] = b"GKSNAPFILE/3 ";
+/// Longest header line of a snapshot file (its metadata: the membership and the members'
+/// addresses).
+const MAX_FILE_HEADER_BYTES: u64 = 1 << 20;
 /// Prefix of snapshot files being received.
 const INCOMING_PREFIX: &str = ".incoming-";
 /// Prefix of checkpoint files (the state at a checkpoint index, waiting for its certificate).
@@ -189,29 +200,152 @@ struct SnapshotFile {
     sha256: String,
 }
 
-/// The header line of a format-3 snapshot file.
+/// The header line of a snapshot file of format 4 (or 3, which also has `sha256`).
 #[derive(Serialize, Deserialize)]
 struct SnapshotFileHeader {
     format: u32,
     meta: SnapshotMeta<NodeId, Node>,
-    sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
 }
 
-/// The start of a snapshot or checkpoint file of format 3 (magic and header line); the data
+/// The start of a snapshot or checkpoint file of format 4 (magic and header line); the data
 /// follows as is.
-fn snapshot_file_head(meta: &SnapshotMeta<NodeId, Node>, data: &str) -> io::Result<Vec<u8>> {
+fn snapshot_file_head(meta: &SnapshotMeta<NodeId, Node>) -> io::Result<Vec<u8>> {
     let mut head = SNAPSHOT_FILE_MAGIC.to_vec();
     serde_json::to_writer(
         &mut head,
         &SnapshotFileHeader {
             format: SNAPSHOT_FILE_FORMAT,
             meta: meta.clone(),
-            sha256: hex::encode(Sha256::digest(data.as_bytes())),
+            sha256: None,
         },
     )
     .map_err(io::Error::other)?;
     head.push(b'\n');
     Ok(head)
+}
+
+/// A snapshot or checkpoint file opened for its data: `file` is at the data's first byte and
+/// the data runs to the end of the file (`len` bytes). Never read into memory whole.
+struct OpenSnapshot {
+    meta: SnapshotMeta<NodeId, Node>,
+    file: fs::File,
+    len: u64,
+}
+
+impl OpenSnapshot {
+    /// The data's header line (its body digest), leaving the file where it was.
+    fn data_header(&mut self) -> io::Result<snapshot::Header> {
+        let at = self.file.stream_position()?;
+        let h = snapshot::read_header(&mut io::BufReader::new(&mut self.file))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+        self.file.seek(SeekFrom::Start(at))?;
+        h
+    }
+
+    /// Decodes the data and checks it against the metadata ([`snapshot::validate_from`]).
+    fn validate(&mut self) -> Result<snapshot::SnapshotData, snapshot::SnapshotDataError> {
+        snapshot::validate_from(
+            &self.meta,
+            io::BufReader::with_capacity(1 << 20, &mut self.file),
+            self.len,
+        )
+    }
+}
+
+/// Opens a snapshot or checkpoint file at its data. A file of format 3 has its data checked
+/// against the checksum in its header (read once); one of formats 1 or 2 (the data inside a
+/// JSON object) is rewritten in format 4 first.
+fn open_snapshot_file(path: &Path) -> io::Result<OpenSnapshot> {
+    let bad = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {what}", path.display()),
+        )
+    };
+    let mut file = fs::File::open(path)?;
+    let total = file.metadata()?.len();
+    let mut line = Vec::new();
+    io::BufReader::new(&mut file)
+        .take(MAX_FILE_HEADER_BYTES)
+        .read_until(b'\n', &mut line)?;
+    let format = if line.starts_with(SNAPSHOT_FILE_MAGIC) {
+        SNAPSHOT_FILE_FORMAT
+    } else if line.starts_with(SNAPSHOT_FILE_MAGIC_3) {
+        3
+    } else {
+        // Formats 1 and 2: one JSON object, read whole once and rewritten.
+        let (meta, data) = read_legacy_snapshot_file(path)?;
+        let head = snapshot_file_head(&meta)?;
+        write_file_atomic(path, |f| {
+            f.write_all(&head)?;
+            f.write_all(data.as_bytes())
+        })?;
+        tracing::info!(path = %path.display(), "rewrote a snapshot file in format 4");
+        return open_snapshot_file(path);
+    };
+    if line.last() != Some(&b'\n') {
+        return Err(bad("no end of the header line".into()));
+    }
+    let h: SnapshotFileHeader =
+        serde_json::from_slice(&line[SNAPSHOT_FILE_MAGIC.len()..line.len() - 1])
+            .map_err(|e| bad(format!("header: {e}")))?;
+    if h.format != format {
+        return Err(bad(format!(
+            "header of format {} in a format-{format} file",
+            h.format
+        )));
+    }
+    let start = line.len() as u64;
+    file.seek(SeekFrom::Start(start))?;
+    if format == 3 {
+        let sum = h.sha256.unwrap_or_default();
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        if hex::encode(hasher.finalize()) != sum {
+            return Err(bad("checksum mismatch".into()));
+        }
+        file.seek(SeekFrom::Start(start))?;
+    }
+    Ok(OpenSnapshot {
+        meta: h.meta,
+        file,
+        len: total - start,
+    })
+}
+
+/// A snapshot file of format 1 or 2 (one JSON object), as metadata and data in the snapshot
+/// format.
+fn read_legacy_snapshot_file(path: &Path) -> io::Result<(SnapshotMeta<NodeId, Node>, String)> {
+    let bad = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {what}", path.display()),
+        )
+    };
+    let f: SnapshotFile =
+        serde_json::from_slice(&fs::read(path)?).map_err(|e| bad(e.to_string()))?;
+    if hex::encode(Sha256::digest(f.data.as_bytes())) != f.sha256 {
+        return Err(bad("checksum mismatch".into()));
+    }
+    match f.format {
+        2 => Ok((f.meta, f.data)),
+        1 => {
+            // Written before the snapshot format: the data is the bare JSON of the state.
+            let a: Applied =
+                serde_json::from_str(&f.data).map_err(|e| bad(format!("snapshot data: {e}")))?;
+            Ok((f.meta, snapshot::encode(&a, None)))
+        }
+        other => Err(bad(format!("unknown snapshot file format {other}"))),
+    }
 }
 
 /// The state machine store. Cheap to clone; clones share state.
@@ -326,6 +460,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// [`write_atomic`] of the concatenation of `parts`.
 fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    write_file_atomic(path, |f| {
+        let mut w = io::BufWriter::with_capacity(1 << 20, f);
+        for part in parts {
+            w.write_all(part)?;
+        }
+        w.flush()
+    })
+}
+
+/// Writes a file atomically with what `write` writes into it: temp file (mode `0600`), fsync,
+/// rename, fsync of the directory. If `write` fails the temp file is removed and `path` is
+/// untouched.
+fn write_file_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
@@ -336,12 +486,14 @@ fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    {
-        let mut f = io::BufWriter::with_capacity(1 << 20, private_fs::create_new_file(&tmp)?);
-        for part in parts {
-            f.write_all(part)?;
-        }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    let written = (|| {
+        let mut f = private_fs::create_new_file(&tmp)?;
+        write(&mut f)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     fs::rename(&tmp, path)?;
     fs::File::open(dir)?.sync_all()
@@ -431,16 +583,22 @@ impl SmStore {
             );
         }
         // sled may lag (no fsync); the latest snapshot may be newer: start from the newer one.
-        if let Some(snap) = store
-            .read_latest_snapshot()
+        if let Some(mut snap) = store
+            .open_latest_snapshot()
             .map_err(|e| corrupt(format!("snapshot: {e}")))?
         {
             let current = store.read().last_applied;
             if snap.meta.last_log_id > current || no_meta {
-                let d = snapshot::validate(&snap.meta, snap.data.as_bytes())
+                let d = snap
+                    .validate()
                     .map_err(|e| corrupt(format!("latest snapshot: {e}")))?;
                 *store.applied.write().expect("sm lock") = d.applied;
                 store.persist_all().map_err(|e| corrupt(e.to_string()))?;
+            } else {
+                // Not loaded, still checked: a damaged snapshot is found at start, not when a
+                // follower needs it.
+                snapshot::check_from(&mut snap.file, snap.len)
+                    .map_err(|e| corrupt(format!("latest snapshot: {e}")))?;
             }
             let index = snap.meta.last_log_id.map_or(0, |l| l.index);
             store.snapshot_index.store(index, Ordering::Relaxed);
@@ -463,11 +621,11 @@ impl SmStore {
             .map_err(io(&store.snapshot_dir))?
             .pop()
         {
-            match store.read_snapshot_file(&path) {
-                Ok(f) => {
-                    if let Ok(d) = snapshot::body_digest(f.data.as_bytes()) {
-                        store.checkpoints.send_replace(Some((index, d)));
-                    }
+            match open_snapshot_file(&path).and_then(|mut f| f.data_header()) {
+                Ok(h) => {
+                    store
+                        .checkpoints
+                        .send_replace(Some((index, Bytes32(h.sha256))));
                 }
                 Err(e) => tracing::warn!(error = %e, "ignoring a damaged checkpoint file"),
             }
@@ -550,15 +708,21 @@ impl SmStore {
         Ok(out)
     }
 
-    /// Writes the state at a checkpoint index (keeping the newest few) and announces it.
-    fn write_checkpoint(&self, meta: &SnapshotMeta<NodeId, Node>, data: String) -> io::Result<()> {
+    /// Writes the state at a checkpoint index (keeping the newest few) and announces it. The
+    /// state is encoded straight into the file ([`snapshot::encode_to`]), never into memory.
+    fn write_checkpoint(&self, meta: &SnapshotMeta<NodeId, Node>, a: &Applied) -> io::Result<()> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
         if index <= self.snapshot_index.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let digest = snapshot::body_digest(data.as_bytes()).map_err(io::Error::other)?;
-        let head = snapshot_file_head(meta, &data)?;
-        write_atomic_parts(&self.checkpoint_path(index), &[&head, data.as_bytes()])?;
+        let head = snapshot_file_head(meta)?;
+        let mut digest = None;
+        write_file_atomic(&self.checkpoint_path(index), |f| {
+            f.write_all(&head)?;
+            digest = Some(snapshot::encode_to(a, f)?);
+            Ok(())
+        })?;
+        let digest = digest.expect("written above");
         let files = self.checkpoint_files()?;
         for (_, p) in files
             .iter()
@@ -584,8 +748,8 @@ impl SmStore {
             );
             return Ok(false);
         }
-        let f = self.read_snapshot_file(&path)?;
-        let digest = snapshot::body_digest(f.data.as_bytes()).map_err(io::Error::other)?;
+        let mut f = open_snapshot_file(&path)?;
+        let digest = Bytes32(f.data_header()?.sha256);
         if digest != cert.digest {
             tracing::error!(
                 index = cert.index,
@@ -594,8 +758,19 @@ impl SmStore {
             );
             return Ok(false);
         }
-        let data = snapshot::with_certificate(&f.data, cert).map_err(io::Error::other)?;
-        self.write_snapshot(&f.meta, data)?;
+        // Copied with the certificate in a stream; the body's checksum is checked on the way
+        // (a damaged checkpoint file is not made the snapshot).
+        let meta = f.meta.clone();
+        self.write_snapshot(&meta, |out| {
+            let mut w = io::BufWriter::with_capacity(1 << 20, out);
+            snapshot::copy_with_certificate(
+                &mut io::BufReader::with_capacity(1 << 20, &mut f.file),
+                &mut w,
+                cert,
+            )
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            w.flush()
+        })?;
         tracing::info!(
             index = cert.index,
             signers = cert.signatures.len(),
@@ -791,10 +966,11 @@ impl SmStore {
         self.snapshot_dir.join(format!("snapshot-{index:020}.json"))
     }
 
-    /// The newest snapshot file. The checkpoint thread may write a newer one and remove this
-    /// one meanwhile (openraft builds and sends snapshots concurrently): a file gone before it
-    /// was read is looked for again (a vanished file stopped Raft: found by test).
-    fn read_latest_snapshot(&self) -> io::Result<Option<SnapshotFile>> {
+    /// The newest snapshot file, opened at its data. The checkpoint thread may write a newer
+    /// one and remove this one meanwhile (openraft builds and sends snapshots concurrently): a
+    /// file gone before it was opened is looked for again (a vanished file stopped Raft: found
+    /// by test); once open, its data stays readable even if it is removed.
+    fn open_latest_snapshot(&self) -> io::Result<Option<OpenSnapshot>> {
         let mut tries = 0;
         loop {
             let mut names: Vec<PathBuf> = fs::read_dir(&self.snapshot_dir)?
@@ -809,65 +985,39 @@ impl SmStore {
             let Some(path) = names.pop() else {
                 return Ok(None);
             };
-            match self.read_snapshot_file(&path) {
+            match open_snapshot_file(&path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 8 => tries += 1,
                 other => return other.map(Some),
             }
         }
     }
 
-    fn read_snapshot_file(&self, path: &Path) -> io::Result<SnapshotFile> {
-        let mut bytes = fs::read(path)?;
-        let bad = |what: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {what}", path.display()),
-            )
+    /// The newest snapshot as openraft takes it (to send it): its data is the file from its
+    /// position on, checked first (header, lengths, SHA-256, read once without decoding), so a
+    /// damaged file is reported here rather than sent.
+    fn latest_snapshot(&self) -> io::Result<Option<Snapshot<TypeConfig>>> {
+        let Some(mut o) = self.open_latest_snapshot()? else {
+            return Ok(None);
         };
-        let mut f: SnapshotFile = if bytes.starts_with(SNAPSHOT_FILE_MAGIC) {
-            let end = bytes
-                .iter()
-                .position(|&b| b == b'\n')
-                .ok_or_else(|| bad("no end of the header line".into()))?;
-            let h: SnapshotFileHeader =
-                serde_json::from_slice(&bytes[SNAPSHOT_FILE_MAGIC.len()..end])
-                    .map_err(|e| bad(format!("header: {e}")))?;
-            if h.format != SNAPSHOT_FILE_FORMAT {
-                return Err(bad(format!(
-                    "header of format {} in a format-3 file",
-                    h.format
-                )));
-            }
-            bytes.drain(..=end);
-            SnapshotFile {
-                format: h.format,
-                meta: h.meta,
-                data: String::from_utf8(bytes).map_err(|_| bad("data is not UTF-8".into()))?,
-                sha256: h.sha256,
-            }
-        } else {
-            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?
-        };
-        if hex::encode(Sha256::digest(f.data.as_bytes())) != f.sha256 {
-            return Err(bad("checksum mismatch".into()));
-        }
-        match f.format {
-            SNAPSHOT_FILE_FORMAT | 2 => {}
-            1 => {
-                // Written before the snapshot format: the data is the bare JSON of the state.
-                let a: Applied = serde_json::from_str(&f.data)
-                    .map_err(|e| bad(format!("snapshot data: {e}")))?;
-                f.data = snapshot::encode(&a, None);
-                f.format = SNAPSHOT_FILE_FORMAT;
-            }
-            other => return Err(bad(format!("unknown snapshot file format {other}"))),
-        }
-        Ok(f)
+        let start = o.file.stream_position()?;
+        snapshot::check_from(&mut o.file, o.len)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        o.file.seek(SeekFrom::Start(start))?;
+        Ok(Some(Snapshot {
+            meta: o.meta,
+            snapshot: Box::new(tokio::fs::File::from_std(o.file)),
+        }))
     }
 
-    fn write_snapshot(&self, meta: &SnapshotMeta<NodeId, Node>, data: String) -> io::Result<()> {
+    /// Writes a snapshot file (the data is what `data` writes) unless a newer one exists, then
+    /// removes older snapshots and the checkpoints it covers.
+    fn write_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        data: impl FnOnce(&mut fs::File) -> io::Result<()>,
+    ) -> io::Result<()> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
-        let head = snapshot_file_head(meta, &data)?;
+        let head = snapshot_file_head(meta)?;
         let path = self.snapshot_path(index);
         // One writer at a time: an installed snapshot and a promoted checkpoint (the checkpoint
         // thread) may land together, at the same index even.
@@ -892,7 +1042,10 @@ impl SmStore {
         if snapshots()?.iter().any(|p| *p > path) {
             return Ok(());
         }
-        write_atomic_parts(&path, &[&head, data.as_bytes()])?;
+        write_file_atomic(&path, |f| {
+            f.write_all(&head)?;
+            data(f)
+        })?;
         // Keep only the newest snapshot (it is durable now).
         for p in snapshots()? {
             if p < path {
@@ -942,8 +1095,7 @@ fn spawn_checkpoint_thread() -> std::sync::mpsc::Sender<CheckpointJob> {
                         // snapshot: the log is kept until a later one is): reported, not fatal.
                         let pending = !checkpoints.is_empty();
                         for (meta, a) in checkpoints {
-                            if let Err(e) = store.write_checkpoint(&meta, snapshot::encode(&a, None))
-                            {
+                            if let Err(e) = store.write_checkpoint(&meta, &a) {
                                 tracing::error!(error = %e, "writing a checkpoint failed");
                             }
                         }
@@ -1100,24 +1252,25 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
     /// the moment without a certificate, which no peer installs: openraft's storage conformance
     /// suite runs that way.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let this = self.clone();
         if self.checkpoint_interval.load(Ordering::Relaxed) == 0 {
-            let (meta, data) = {
-                let a = self.read();
-                (snapshot_meta(&a), snapshot::encode(&a, None))
-            };
-            let this = self.clone();
-            let (m, d) = (meta.clone(), data.clone());
-            tokio::task::spawn_blocking(move || this.write_snapshot(&m, d))
-                .await
-                .map_err(|e| snap_err(io::Error::other(e.to_string())))?
-                .map_err(snap_err)?;
+            let a = self.read().clone();
+            let meta = snapshot_meta(&a);
+            let m = meta.clone();
+            let f = tokio::task::spawn_blocking(move || {
+                this.write_snapshot(&m, |f| snapshot::encode_to(&a, f).map(|_| ()))?;
+                let path = this.snapshot_path(m.last_log_id.map_or(0, |l| l.index));
+                open_snapshot_file(&path)
+            })
+            .await
+            .map_err(|e| snap_err(io::Error::other(e.to_string())))?
+            .map_err(snap_err)?;
             return Ok(Snapshot {
                 meta,
-                snapshot: Box::new(Cursor::new(data.into_bytes())),
+                snapshot: Box::new(tokio::fs::File::from_std(f.file)),
             });
         }
-        let this = self.clone();
-        let f = tokio::task::spawn_blocking(move || this.read_latest_snapshot())
+        tokio::task::spawn_blocking(move || this.latest_snapshot())
             .await
             .map_err(|e| snap_err(io::Error::other(e.to_string())))?
             .map_err(snap_err)?
@@ -1125,11 +1278,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
                 snap_err(io::Error::other(
                     "no certified checkpoint to make a snapshot of",
                 ))
-            })?;
-        Ok(Snapshot {
-            meta: f.meta,
-            snapshot: Box::new(Cursor::new(f.data.into_bytes())),
-        })
+            })
     }
 }
 
@@ -1226,49 +1375,92 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         self.clone()
     }
 
+    /// An anonymous file in the snapshot directory (created and unlinked at once). The
+    /// RaftService server does not use it: it stages received snapshots itself.
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let path = self.incoming_snapshot_path();
+        let open = || -> io::Result<fs::File> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(private_fs::FILE_MODE)
+                .open(&path)?;
+            fs::remove_file(&path)?;
+            Ok(f)
+        };
+        let f = open().map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
         // The RaftService server ran the same validation before openraft saw this snapshot; a
         // failure here is a bug or a snapshot from elsewhere, and stops Raft as storage errors do.
-        let read_err = |e: String| {
+        let signature = meta.signature();
+        let read_err = move |e: String| {
             StorageError::from(StorageIOError::read_snapshot(
-                Some(meta.signature()),
+                Some(signature),
                 &io::Error::new(io::ErrorKind::InvalidData, e),
             ))
         };
-        let bytes = snapshot.into_inner();
+        // The data is the file from its position on, streamed: decoded if the server did not
+        // stage it, then copied into the snapshot file.
+        let mut file = snapshot.into_std().await;
         let staged = self
             .validated
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .filter(|(m, _)| m == meta);
-        let a = match staged {
-            Some((_, a)) => a,
-            None => {
-                snapshot::validate(meta, &bytes)
-                    .map_err(|e| read_err(e.to_string()))?
-                    .applied
-            }
-        };
-        let data = String::from_utf8(bytes).map_err(|e| read_err(e.to_string()))?;
-        let (size, started) = (data.len(), std::time::Instant::now());
+            .filter(|(m, _)| m == meta)
+            .map(|(_, a)| a);
         let this = self.clone();
         let m = meta.clone();
-        tokio::task::spawn_blocking(move || this.write_snapshot(&m, data))
-            .await
-            .map_err(|e| snap_err(io::Error::other(e.to_string())))?
-            .map_err(snap_err)?;
-        let written = started.elapsed();
+        let (a, size, written) = tokio::task::spawn_blocking(move || {
+            let start = file.stream_position().map_err(|e| Box::new(snap_err(e)))?;
+            let len = file
+                .metadata()
+                .map_err(|e| Box::new(snap_err(e)))?
+                .len()
+                .saturating_sub(start);
+            let a = match staged {
+                Some(a) => a,
+                None => {
+                    let a = snapshot::validate_from(
+                        &m,
+                        io::BufReader::with_capacity(1 << 20, &mut file),
+                        len,
+                    )
+                    .map_err(|e| Box::new(read_err(e.to_string())))?
+                    .applied;
+                    file.seek(SeekFrom::Start(start))
+                        .map_err(|e| Box::new(snap_err(e)))?;
+                    a
+                }
+            };
+            let started = std::time::Instant::now();
+            this.write_snapshot(&m, |out| {
+                let copied = io::copy(&mut (&mut file).take(len), out)?;
+                if copied != len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("snapshot data ended at {copied} of {len} bytes"),
+                    ));
+                }
+                Ok(())
+            })
+            .map_err(|e| Box::new(snap_err(e)))?;
+            Ok::<_, Box<StorageError<NodeId>>>((a, len, started.elapsed()))
+        })
+        .await
+        .map_err(|e| snap_err(io::Error::other(e.to_string())))?
+        .map_err(|e| *e)?;
         // No write of the changes of the state replaced may land between the replacement and
         // the rewrite (a meta record of the snapshot over the old tables: found by review).
         self.rewrite_all.store(true, Ordering::Relaxed);
@@ -1316,13 +1508,11 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let f = self
-            .read_latest_snapshot()
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?;
-        Ok(f.map(|f| Snapshot {
-            meta: f.meta,
-            snapshot: Box::new(Cursor::new(f.data.into_bytes())),
-        }))
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.latest_snapshot())
+            .await
+            .map_err(|e| snap_err(io::Error::other(e.to_string())))?
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))
     }
 }
 
@@ -1423,15 +1613,16 @@ mod tests {
     /// Makes the current state a certified snapshot, as a checkpoint there signed by the only
     /// voter would (without moving the applied index).
     async fn certify_now(sm: &mut SmStore) -> Snapshot<TypeConfig> {
-        let (meta, data) = {
-            let a = sm.read();
-            (snapshot_meta(&a), snapshot::encode(&a, None))
-        };
+        let a = sm.read().clone();
+        let meta = snapshot_meta(&a);
         let index = meta.last_log_id.unwrap().index;
-        let digest = snapshot::body_digest(data.as_bytes()).unwrap();
+        // The digest of the body as encoded in memory: the streamed checkpoint file must
+        // hold the same body.
+        let digest = snapshot::body_digest(snapshot::encode(&a, None).as_bytes()).unwrap();
         // Checkpoints on (at indexes these tests never reach): build returns certified ones.
         sm.set_checkpoint_interval(1_000_000);
-        sm.write_checkpoint(&meta, data).unwrap();
+        sm.write_checkpoint(&meta, &a).unwrap();
+        assert_eq!(*sm.subscribe_checkpoints().borrow(), Some((index, digest)));
         let v = vote(index, digest);
         let cert = CheckpointCertificate {
             index,
@@ -1444,6 +1635,22 @@ mod tests {
     }
 
     /// The bytes of a normal entry.
+    /// A snapshot's data: its file from its position on.
+    async fn data_of(s: &mut Snapshot<TypeConfig>) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        s.snapshot.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    /// Snapshot data as openraft hands it over: a file at its first byte.
+    fn data_file(data: &[u8]) -> Box<tokio::fs::File> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(data).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        Box::new(tokio::fs::File::from_std(f))
+    }
+
     fn bytes_of(e: Entry<TypeConfig>) -> Vec<u8> {
         match e.payload {
             EntryPayload::Normal(c) => c.0,
@@ -1575,9 +1782,10 @@ mod tests {
         sm.checkpoints_written().await;
         assert!(certified.has_changed().unwrap());
         assert_eq!(*certified.borrow_and_update(), 3);
-        let s = sm.build_snapshot().await.unwrap();
+        let mut s = sm.build_snapshot().await.unwrap();
         assert_eq!(s.meta.last_log_id.unwrap().index, 3);
-        let d = snapshot::validate(&s.meta, s.snapshot.get_ref()).unwrap();
+        let data = data_of(&mut s).await;
+        let d = snapshot::validate(&s.meta, &data).unwrap();
         assert_eq!(d.digest, digest);
         assert_eq!(
             d.applied.state.kv.len(),
@@ -1821,16 +2029,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_late_build_never_replaces_a_newer_snapshot() {
-        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
         let mut sm = store_with_writes(dir.path(), 3).await;
         let mut old = certify_now(&mut sm).await;
         sm.apply(vec![put(4, "k4")]).await.unwrap();
         let new = certify_now(&mut sm).await;
         // The build at index 3 finishes only now (it ran concurrently with an install at 4).
-        let mut data = String::new();
-        old.snapshot.read_to_string(&mut data).unwrap();
-        sm.write_snapshot(&old.meta, data).unwrap();
+        let data = data_of(&mut old).await;
+        sm.write_snapshot(&old.meta, |f| f.write_all(&data))
+            .unwrap();
         let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
             .unwrap()
             .flatten()
@@ -1873,8 +2080,8 @@ mod tests {
     async fn snapshots_carry_the_snapshot_format_and_store_files_are_private() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = store_with_writes(dir.path(), 3).await;
-        let s = certify_now(&mut sm).await;
-        let data = s.snapshot.into_inner();
+        let mut s = certify_now(&mut sm).await;
+        let data = data_of(&mut s).await;
         assert!(data.starts_with(b"GKSNAP/2 "));
         let d = snapshot::validate(&s.meta, &data).unwrap();
         snapshot::verify_received(&d, sm.read().anchor()).unwrap();
@@ -1896,15 +2103,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = {
             let mut sm = store_with_writes(dir.path(), 4).await;
-            let s = certify_now(&mut sm).await;
+            let mut s = certify_now(&mut sm).await;
             let path = dir
                 .path()
                 .join(format!("snapshots/snapshot-{:020}.json", 4));
             let file = std::fs::read(&path).unwrap();
-            // Format 3: magic, header line, then the data byte for byte (not escaped).
+            // Format 4: magic, header line, then the data byte for byte (not escaped).
             assert!(file.starts_with(SNAPSHOT_FILE_MAGIC));
-            let data = s.snapshot.into_inner();
-            assert!(file.ends_with(&data));
+            let data = data_of(&mut s).await;
+            assert_eq!(file[file.len() - data.len()..], data);
+            assert_eq!(file[..file.len() - data.len()].last(), Some(&b'\n'));
             assert!(
                 !String::from_utf8_lossy(&file).contains("\\\""),
                 "no escaped quotes"
@@ -1921,28 +2129,51 @@ mod tests {
             s.meta
         };
         let mut sm = open_when_released(dir.path()).unwrap();
-        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(cur.meta, meta);
-        let a = snapshot::validate(&cur.meta, cur.snapshot.get_ref())
-            .unwrap()
-            .applied;
+        let data = data_of(&mut cur).await;
+        let a = snapshot::validate(&cur.meta, &data).unwrap().applied;
         assert_eq!(a.state.kv.len(), 4);
-        // A damaged format-3 file is refused, not half read.
         let path = dir
             .path()
             .join(format!("snapshots/snapshot-{:020}.json", 4));
+        // Read once, it was rewritten in format 4.
+        assert!(std::fs::read(&path)
+            .unwrap()
+            .starts_with(SNAPSHOT_FILE_MAGIC));
+        // Format 3 (the data's checksum in the header line) loads, and is checked.
+        let header = |sum: &[u8]| {
+            let mut f = SNAPSHOT_FILE_MAGIC_3.to_vec();
+            serde_json::to_writer(
+                &mut f,
+                &serde_json::json!({"format": 3, "meta": meta, "sha256": hex::encode(sum)}),
+            )
+            .unwrap();
+            f.push(b'\n');
+            f
+        };
+        std::fs::write(
+            &path,
+            [header(&Sha256::digest(&data)), data.clone()].concat(),
+        )
+        .unwrap();
+        let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(data_of(&mut cur).await, data);
+        std::fs::write(&path, [header(&[7; 32]), data.clone()].concat()).unwrap();
+        assert!(sm.get_current_snapshot().await.is_err());
+        // A damaged header is refused, not half read.
         let mut bad = SNAPSHOT_FILE_MAGIC.to_vec();
-        bad.extend_from_slice(b"{\"format\":3}");
+        bad.extend_from_slice(b"{\"format\":4}");
         std::fs::write(&path, bad).unwrap();
-        assert!(sm.read_latest_snapshot().is_err());
+        assert!(sm.open_latest_snapshot().is_err());
     }
 
     #[tokio::test]
     async fn a_bad_snapshot_is_refused_by_install_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut leader = store_with_writes(dir.path(), 5).await;
-        let good = certify_now(&mut leader).await;
-        let good_data = good.snapshot.into_inner();
+        let mut good = certify_now(&mut leader).await;
+        let good_data = data_of(&mut good).await;
 
         let other = tempfile::tempdir().unwrap();
         let mut sm = store_with_writes(other.path(), 2).await;
@@ -1960,7 +2191,7 @@ mod tests {
             (&good.meta, bare_json),
         ] {
             let e = sm
-                .install_snapshot(meta, Box::new(Cursor::new(data)))
+                .install_snapshot(meta, data_file(&data))
                 .await
                 .unwrap_err();
             assert!(e.to_string().contains("snapshot"), "{e}");
@@ -1968,7 +2199,7 @@ mod tests {
             assert_eq!(sm.read().state, before.state);
             assert!(sm.get_current_snapshot().await.unwrap().is_none());
         }
-        sm.install_snapshot(&good.meta, Box::new(Cursor::new(good_data)))
+        sm.install_snapshot(&good.meta, data_file(&good_data))
             .await
             .unwrap();
         assert_eq!(sm.read().state.kv.len(), 5);
@@ -1978,13 +2209,13 @@ mod tests {
     async fn an_installed_snapshot_is_stored_in_the_background_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut leader = store_with_writes(dir.path(), 5).await;
-        let good = certify_now(&mut leader).await;
-        let data = good.snapshot.into_inner();
+        let mut good = certify_now(&mut leader).await;
+        let data = data_of(&mut good).await;
         for interrupted in [false, true] {
             let other = tempfile::tempdir().unwrap();
             {
                 let mut sm = store_with_writes(other.path(), 2).await;
-                sm.install_snapshot(&good.meta, Box::new(Cursor::new(data.clone())))
+                sm.install_snapshot(&good.meta, data_file(&data))
                     .await
                     .unwrap();
                 // Applying goes on while the tables are written.
@@ -2044,10 +2275,9 @@ mod tests {
         let mut sm = open_when_released(dir.path()).unwrap();
         assert!(!incoming.exists(), "unfinished transfer removed at open");
         assert_eq!(sm.read().last_applied, meta.last_log_id);
-        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
-        let a = snapshot::validate(&cur.meta, cur.snapshot.get_ref())
-            .unwrap()
-            .applied;
+        let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        let data = data_of(&mut cur).await;
+        let a = snapshot::validate(&cur.meta, &data).unwrap().applied;
         assert_eq!(a.state.kv.len(), 4);
         let p = sm.incoming_snapshot_path();
         assert!(p.starts_with(dir.path().join("snapshots")));

@@ -12,17 +12,20 @@
 //! against the members the receiving node knows ([`crate::state::verify_certificate`]). Version
 //! 1 (no certificate field) is still read from this node's own files.
 //!
-//! One decoder, [`decode`], reads it everywhere: the RaftService server validating a received
-//! snapshot before openraft sees it, the state machine installing it, and the store loading its
-//! latest snapshot at start. [`StreamCheck`] checks the same header, length and checksum
-//! incrementally while the bytes arrive, so a stream that is not a snapshot is refused at its
-//! first chunk and a damaged one before it is ever read into memory.
+//! One decoder, [`decode_from`], reads it everywhere, from a reader as the bytes come (the data
+//! is never held whole in memory): the RaftService server validating a received snapshot before
+//! openraft sees it, the state machine installing it, and the store loading its latest snapshot
+//! at start. [`StreamCheck`] checks the same header, length and checksum incrementally while the
+//! bytes arrive, so a stream that is not a snapshot is refused at its first chunk and a damaged
+//! one before it is decoded. [`encode_to`] writes the format into a file without building it in
+//! memory (the header line has fixed-width lengths and is filled in after the body).
 
 use crate::sm_store::Applied;
 use crate::state::{verify_certificate, Anchor, Bytes32, CheckpointCertificate};
 use crate::{Node, NodeId};
 use openraft::SnapshotMeta;
 use sha2::{Digest, Sha256};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 
 /// The header's magic, up to and including the `/` before the version.
 pub const MAGIC: &[u8] = b"GKSNAP/";
@@ -77,6 +80,9 @@ pub enum SnapshotDataError {
     /// The certificate is missing, malformed, or does not prove the state (design.md §10.2.2).
     #[error("snapshot is not certified by a majority of the voters this node knows: {0}")]
     Uncertified(String),
+    /// The data could not be read (from a file this node staged or stores).
+    #[error("snapshot data cannot be read: {0}")]
+    Read(String),
 }
 
 /// A parsed header line.
@@ -122,21 +128,34 @@ pub fn body_digest(data: &[u8]) -> Result<Bytes32, SnapshotDataError> {
     parse_header(data).map(|h| Bytes32(h.sha256))
 }
 
-/// The same snapshot with `certificate` in place of the one it had (if any).
+/// The same snapshot with `certificate` in place of the one it had (if any)
+/// ([`copy_with_certificate`] in memory).
 pub fn with_certificate(
     data: &str,
     certificate: &CheckpointCertificate,
 ) -> Result<String, SnapshotDataError> {
-    let h = parse_header(data.as_bytes())?;
-    let end = h.header_len as u64 + h.body_len;
-    let body = usize::try_from(end)
-        .ok()
-        .and_then(|end| data.get(h.header_len..end))
-        .ok_or(SnapshotDataError::Length {
-            declared: h.body_len,
-            actual: (data.len() - h.header_len) as u64,
-        })?;
-    Ok(frame(body, Some(certificate)))
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    copy_with_certificate(&mut data.as_bytes(), &mut out, certificate)?;
+    Ok(String::from_utf8(out).expect("the header is ASCII and the rest was UTF-8"))
+}
+
+/// Checks `len` bytes of snapshot data read from `r` without decoding them: the header, the
+/// lengths and the body's SHA-256 ([`StreamCheck`] over the data as it is read). Returns the
+/// header.
+pub fn check_from<R: Read>(mut r: R, len: u64) -> Result<Header, SnapshotDataError> {
+    let mut check = StreamCheck::new(len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).map_err(read_error)?;
+        if n == 0 {
+            break;
+        }
+        // More data than the header declares is refused by the check itself.
+        check.update(&buf[..n])?;
+    }
+    let header = check.header.clone();
+    check.finish()?;
+    Ok(header.expect("finish refuses data without a header"))
 }
 
 /// Decoded snapshot data.
@@ -228,27 +247,59 @@ fn check_magic(prefix: &[u8]) -> Result<(), SnapshotDataError> {
 
 /// Decodes snapshot data into the state: header (magic, version), exact length, SHA-256, the
 /// full JSON decode, then the certificate's JSON (not its signatures: see
-/// [`crate::state::verify_certificate`]). The only decoder of snapshot data.
+/// [`crate::state::verify_certificate`]). [`decode_from`] of bytes in memory.
 pub fn decode(bytes: &[u8]) -> Result<SnapshotData, SnapshotDataError> {
-    let h = parse_header(bytes)?;
-    let rest = &bytes[h.header_len..];
+    decode_from(bytes, bytes.len() as u64)
+}
+
+/// The only decoder of snapshot data: decodes the `len` bytes `r` yields as they are read, so the
+/// data is never held whole in memory (a million workers' snapshot is hundreds of MB). The body's
+/// SHA-256 is computed as it is read and checked once it ends (a damaged body whose JSON also
+/// fails reports the checksum).
+pub fn decode_from<R: BufRead>(mut r: R, len: u64) -> Result<SnapshotData, SnapshotDataError> {
+    let h = read_header(&mut r)?;
     let declared = h.body_len.saturating_add(h.cert_len);
-    if rest.len() as u64 != declared {
+    let rest = len.saturating_sub(h.header_len as u64);
+    if rest != declared {
         return Err(SnapshotDataError::Length {
             declared,
-            actual: rest.len() as u64,
+            actual: rest,
         });
     }
-    let (body, cert) = rest.split_at(h.body_len as usize);
-    if Sha256::digest(body).as_slice() != h.sha256 {
+    let mut body = HashingReader::new((&mut r).take(h.body_len));
+    let decoded: Result<Applied, _> =
+        serde_json::from_reader(io::BufReader::with_capacity(1 << 16, &mut body));
+    // What the decoder did not read (after an error) still counts for the checksum.
+    io::copy(&mut body, &mut io::sink()).map_err(read_error)?;
+    let (digest, seen) = body.finish();
+    if seen != h.body_len {
+        return Err(SnapshotDataError::Length {
+            declared,
+            actual: seen,
+        });
+    }
+    if digest != h.sha256 {
         return Err(SnapshotDataError::Checksum);
     }
-    let applied =
-        serde_json::from_slice(body).map_err(|e| SnapshotDataError::Decode(e.to_string()))?;
+    let applied = decoded.map_err(|e| match e.io_error_kind() {
+        Some(_) => read_error(e.into()),
+        None => SnapshotDataError::Decode(e.to_string()),
+    })?;
+    let mut cert = Vec::with_capacity(h.cert_len as usize);
+    (&mut r)
+        .take(h.cert_len)
+        .read_to_end(&mut cert)
+        .map_err(read_error)?;
+    if cert.len() as u64 != h.cert_len {
+        return Err(SnapshotDataError::Length {
+            declared,
+            actual: h.body_len + cert.len() as u64,
+        });
+    }
     let certificate = if cert.is_empty() {
         None
     } else {
-        Some(serde_json::from_slice(cert).map_err(|e| {
+        Some(serde_json::from_slice(&cert).map_err(|e| {
             SnapshotDataError::Uncertified(format!("the certificate does not decode: {e}"))
         })?)
     };
@@ -259,13 +310,165 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotData, SnapshotDataError> {
     })
 }
 
+fn read_error(e: io::Error) -> SnapshotDataError {
+    SnapshotDataError::Read(e.to_string())
+}
+
+/// Reads and parses the header line at the start of `r` (at most [`MAX_HEADER_BYTES`]),
+/// leaving `r` at the body.
+pub fn read_header<R: BufRead>(r: &mut R) -> Result<Header, SnapshotDataError> {
+    let mut line = Vec::with_capacity(MAX_HEADER_BYTES);
+    r.take(MAX_HEADER_BYTES as u64)
+        .read_until(b'\n', &mut line)
+        .map_err(read_error)?;
+    check_magic(&line)?;
+    if line.len() < MAGIC.len() {
+        return Err(SnapshotDataError::BadHeader(
+            "the data ended inside the header line".into(),
+        ));
+    }
+    parse_header(&line)
+}
+
+/// Length of the header line [`encode_to`] writes: lengths as 20 zero-padded digits, so the
+/// line can be written before the body and filled in after it.
+pub const FIXED_HEADER_BYTES: usize = MAGIC.len() + 2 + 64 + 1 + 20 + 1 + 20 + 1;
+
+/// A header line of [`FIXED_HEADER_BYTES`].
+fn fixed_header(sha256: &[u8; 32], body_len: u64, cert_len: u64) -> String {
+    let line = format!(
+        "GKSNAP/{VERSION} {} {body_len:020} {cert_len:020}\n",
+        hex::encode(sha256)
+    );
+    debug_assert_eq!(line.len(), FIXED_HEADER_BYTES);
+    line
+}
+
+/// Writes `applied` in the snapshot format (no certificate) at `w`'s position, the body streamed
+/// through SHA-256, so the state is never encoded into memory whole. The header line is
+/// written first as a placeholder and filled in once the body's length and digest are known;
+/// `w` is left at the end of the body. Returns the body digest (what a checkpoint signs). The
+/// body is the same bytes [`encode`] makes.
+pub fn encode_to<W: Write + Seek>(applied: &Applied, w: &mut W) -> io::Result<Bytes32> {
+    let start = w.stream_position()?;
+    w.write_all(&[b' '; FIXED_HEADER_BYTES])?;
+    let mut body = io::BufWriter::with_capacity(1 << 20, HashingWriter::new(&mut *w));
+    serde_json::to_writer(&mut body, applied).map_err(io::Error::other)?;
+    let (digest, len) = body.into_inner().map_err(|e| e.into_error())?.finish();
+    w.seek(SeekFrom::Start(start))?;
+    w.write_all(fixed_header(&digest, len, 0).as_bytes())?;
+    w.seek(SeekFrom::Start(start + FIXED_HEADER_BYTES as u64 + len))?;
+    Ok(Bytes32(digest))
+}
+
+/// Copies snapshot data from `r` (positioned at its header) to `w` with `certificate` in place
+/// of the one it had, streaming the body and checking its SHA-256 as it passes (a damaged file
+/// is not made into a snapshot). Returns the body digest.
+pub fn copy_with_certificate<R: BufRead, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    certificate: &CheckpointCertificate,
+) -> Result<Bytes32, SnapshotDataError> {
+    let h = read_header(r)?;
+    let cert = serde_json::to_vec(certificate).expect("certificates serialize");
+    w.write_all(fixed_header(&h.sha256, h.body_len, cert.len() as u64).as_bytes())
+        .map_err(read_error)?;
+    let mut body = HashingWriter::new(&mut *w);
+    let copied = io::copy(&mut r.take(h.body_len), &mut body).map_err(read_error)?;
+    let (digest, _) = body.finish();
+    if copied != h.body_len {
+        return Err(SnapshotDataError::Length {
+            declared: h.body_len,
+            actual: copied,
+        });
+    }
+    if digest != h.sha256 {
+        return Err(SnapshotDataError::Checksum);
+    }
+    w.write_all(&cert).map_err(read_error)?;
+    Ok(Bytes32(digest))
+}
+
+/// Hashes and counts what passes through to the writer.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    fn finish(self) -> ([u8; 32], u64) {
+        (self.hasher.finalize().into(), self.len)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hashes and counts what is read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    fn finish(self) -> ([u8; 32], u64) {
+        (self.hasher.finalize().into(), self.len)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
 /// [`decode`]s snapshot data and checks that the state it holds is the one `meta` describes: the
 /// same last applied log id and the same membership (a leader builds both from one state).
 pub fn validate(
     meta: &SnapshotMeta<NodeId, Node>,
     bytes: &[u8],
 ) -> Result<SnapshotData, SnapshotDataError> {
-    let d = decode(bytes)?;
+    validate_from(meta, bytes, bytes.len() as u64)
+}
+
+/// [`validate`] of data read from `r` as it is decoded ([`decode_from`]).
+pub fn validate_from<R: BufRead>(
+    meta: &SnapshotMeta<NodeId, Node>,
+    r: R,
+    len: u64,
+) -> Result<SnapshotData, SnapshotDataError> {
+    let d = decode_from(r, len)?;
     let a = &d.applied;
     if a.last_applied != meta.last_log_id {
         return Err(SnapshotDataError::Inconsistent(format!(
