@@ -1580,6 +1580,11 @@ fn refused(e: Refused) -> Status {
 
 /// INVALID_ARGUMENT for snapshot data that is not a valid snapshot.
 fn bad_snapshot(e: SnapshotDataError) -> Status {
+    if let SnapshotDataError::Read(_) | SnapshotDataError::Write(_) = e {
+        // This node's disk, not the peer's data.
+        tracing::error!(error = %e, "cannot check a received snapshot");
+        return Status::unavailable(format!("cannot check the snapshot: {e}"));
+    }
     tracing::warn!(reason = %e, "refused a snapshot from a peer");
     Status::invalid_argument(format!("snapshot refused: {e}"))
 }

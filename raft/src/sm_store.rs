@@ -274,6 +274,8 @@ fn open_snapshot_file(path: &Path) -> io::Result<OpenSnapshot> {
         SNAPSHOT_FILE_FORMAT
     } else if line.starts_with(SNAPSHOT_FILE_MAGIC_3) {
         3
+    } else if line.first() != Some(&b'{') {
+        return Err(bad("not a snapshot file (no GKSNAPFILE magic)".into()));
     } else {
         // Formats 1 and 2: one JSON object, read whole once and rewritten.
         let (meta, data) = read_legacy_snapshot_file(path)?;
@@ -390,6 +392,9 @@ pub struct SmStore {
     checkpoint_interval: Arc<AtomicU64>,
     /// Index of the newest snapshot file (0: none).
     snapshot_index: Arc<AtomicU64>,
+    /// Index of the newest snapshot file known whole: written by this process (its data
+    /// checked or made on the way) or checked at open. Sending it again does not re-read it.
+    verified_snapshot: Arc<AtomicU64>,
     /// The newest checkpoint this node wrote: (index, body digest), for its signature.
     checkpoints: Arc<watch::Sender<Option<(u64, Bytes32)>>>,
     /// Index of the newest certified snapshot made from a checkpoint (openraft is told to take
@@ -602,6 +607,7 @@ impl SmStore {
             }
             let index = snap.meta.last_log_id.map_or(0, |l| l.index);
             store.snapshot_index.store(index, Ordering::Relaxed);
+            store.verified_snapshot.store(index, Ordering::Relaxed);
             store.certified.send_replace(index);
         } else if no_meta {
             return Err(corrupt(
@@ -612,16 +618,28 @@ impl SmStore {
         // checkpoint still waiting for its signatures.
         let cert = store.read().state.checkpoint.clone();
         if let Some(cert) = cert {
-            store
-                .promote(&cert)
-                .map_err(|e| corrupt(format!("checkpoint: {e}")))?;
+            match store.promote(&cert) {
+                Ok(_) => {}
+                // A damaged checkpoint file is not this node's state: it is dropped, and the log
+                // is kept until a later checkpoint is certified.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    tracing::error!(index = cert.index, error = %e, "dropping a damaged checkpoint file");
+                    let _ = fs::remove_file(store.checkpoint_path(cert.index));
+                }
+                Err(e) => return Err(corrupt(format!("checkpoint: {e}"))),
+            }
         }
         if let Some((index, path)) = store
             .checkpoint_files()
             .map_err(io(&store.snapshot_dir))?
             .pop()
         {
-            match open_snapshot_file(&path).and_then(|mut f| f.data_header()) {
+            // Checked whole before this node signs it.
+            let checked = open_snapshot_file(&path).and_then(|mut f| {
+                snapshot::check_from(&mut f.file, f.len)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+            });
+            match checked {
                 Ok(h) => {
                     store
                         .checkpoints
@@ -651,6 +669,7 @@ impl SmStore {
             validated: Default::default(),
             checkpoint_interval: Default::default(),
             snapshot_index: Default::default(),
+            verified_snapshot: Default::default(),
             checkpoints: Arc::new(watch::channel(None).0),
             certified: Arc::new(watch::channel(0).0),
         }
@@ -993,16 +1012,21 @@ impl SmStore {
     }
 
     /// The newest snapshot as openraft takes it (to send it): its data is the file from its
-    /// position on, checked first (header, lengths, SHA-256, read once without decoding), so a
-    /// damaged file is reported here rather than sent.
+    /// position on, checked first unless known whole (header, lengths, SHA-256, certificate;
+    /// read once without decoding the state), so a damaged file is reported here rather than
+    /// sent.
     fn latest_snapshot(&self) -> io::Result<Option<Snapshot<TypeConfig>>> {
         let Some(mut o) = self.open_latest_snapshot()? else {
             return Ok(None);
         };
-        let start = o.file.stream_position()?;
-        snapshot::check_from(&mut o.file, o.len)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        o.file.seek(SeekFrom::Start(start))?;
+        let index = o.meta.last_log_id.map_or(0, |l| l.index);
+        if index != self.verified_snapshot.load(Ordering::Relaxed) {
+            let start = o.file.stream_position()?;
+            snapshot::check_from(&mut o.file, o.len)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            o.file.seek(SeekFrom::Start(start))?;
+            self.verified_snapshot.fetch_max(index, Ordering::Relaxed);
+        }
         Ok(Some(Snapshot {
             meta: o.meta,
             snapshot: Box::new(tokio::fs::File::from_std(o.file)),
@@ -1053,6 +1077,7 @@ impl SmStore {
             }
         }
         self.snapshot_index.fetch_max(index, Ordering::Relaxed);
+        self.verified_snapshot.fetch_max(index, Ordering::Relaxed);
         self.forget_checkpoints(index);
         self.certified.send_if_modified(|c| {
             let newer = index > *c;
@@ -1255,18 +1280,23 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
         let this = self.clone();
         if self.checkpoint_interval.load(Ordering::Relaxed) == 0 {
             let a = self.read().clone();
-            let meta = snapshot_meta(&a);
-            let m = meta.clone();
+            let m = snapshot_meta(&a);
             let f = tokio::task::spawn_blocking(move || {
                 this.write_snapshot(&m, |f| snapshot::encode_to(&a, f).map(|_| ()))?;
                 let path = this.snapshot_path(m.last_log_id.map_or(0, |l| l.index));
-                open_snapshot_file(&path)
+                match open_snapshot_file(&path) {
+                    // Not written: a newer snapshot was installed meanwhile; that one is it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => this
+                        .open_latest_snapshot()?
+                        .ok_or_else(|| io::Error::other("the snapshot written is gone")),
+                    other => other,
+                }
             })
             .await
             .map_err(|e| snap_err(io::Error::other(e.to_string())))?
             .map_err(snap_err)?;
             return Ok(Snapshot {
-                meta,
+                meta: f.meta,
                 snapshot: Box::new(tokio::fs::File::from_std(f.file)),
             });
         }
@@ -2064,11 +2094,16 @@ mod tests {
         assert_eq!(files, vec![format!("snapshot-{:020}.json", 4)]);
         let cur = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(cur.meta.last_log_id, s2.meta.last_log_id);
-        // A corrupted snapshot file is detected, not loaded.
+        // A snapshot file damaged after it was written is detected, not sent or loaded: by a
+        // store that has not checked it yet, and at open.
         let p = dir.path().join("snapshots").join(&files[0]);
         let text = std::fs::read_to_string(&p).unwrap().replace("k4", "kX");
         std::fs::write(&p, text).unwrap();
+        sm.verified_snapshot.store(0, Ordering::Relaxed);
         assert!(sm.get_current_snapshot().await.is_err());
+        drop(sm);
+        let e = open_when_released(dir.path()).err().expect("refused");
+        assert!(e.to_string().contains("checksum"), "{e}");
     }
 
     fn mode(p: &Path) -> u32 {

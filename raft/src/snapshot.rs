@@ -80,9 +80,13 @@ pub enum SnapshotDataError {
     /// The certificate is missing, malformed, or does not prove the state (design.md §10.2.2).
     #[error("snapshot is not certified by a majority of the voters this node knows: {0}")]
     Uncertified(String),
-    /// The data could not be read (from a file this node staged or stores).
+    /// The data could not be read (from a file this node staged or stores): this node's
+    /// failure, not the data's.
     #[error("snapshot data cannot be read: {0}")]
     Read(String),
+    /// The data could not be written (this node's disk).
+    #[error("snapshot data cannot be written: {0}")]
+    Write(String),
 }
 
 /// A parsed header line.
@@ -139,12 +143,14 @@ pub fn with_certificate(
     Ok(String::from_utf8(out).expect("the header is ASCII and the rest was UTF-8"))
 }
 
-/// Checks `len` bytes of snapshot data read from `r` without decoding them: the header, the
-/// lengths and the body's SHA-256 ([`StreamCheck`] over the data as it is read). Returns the
-/// header.
+/// Checks `len` bytes of snapshot data read from `r` without decoding the state: the header,
+/// the lengths, the body's SHA-256 ([`StreamCheck`] over the data as it is read) and the
+/// certificate's JSON (no checksum covers it). Returns the header.
 pub fn check_from<R: Read>(mut r: R, len: u64) -> Result<Header, SnapshotDataError> {
     let mut check = StreamCheck::new(len);
     let mut buf = vec![0u8; 1 << 20];
+    let mut seen: u64 = 0;
+    let mut cert = Vec::new();
     loop {
         let n = r.read(&mut buf).map_err(read_error)?;
         if n == 0 {
@@ -152,9 +158,21 @@ pub fn check_from<R: Read>(mut r: R, len: u64) -> Result<Header, SnapshotDataErr
         }
         // More data than the header declares is refused by the check itself.
         check.update(&buf[..n])?;
+        if let Some(h) = &check.header {
+            // The certificate is the data after the body.
+            let cert_start = h.header_len as u64 + h.body_len;
+            let from = cert_start.saturating_sub(seen).min(n as u64) as usize;
+            cert.extend_from_slice(&buf[from..n]);
+        }
+        seen += n as u64;
     }
     let header = check.header.clone();
     check.finish()?;
+    if !cert.is_empty() {
+        serde_json::from_slice::<CheckpointCertificate>(&cert).map_err(|e| {
+            SnapshotDataError::Uncertified(format!("the certificate does not decode: {e}"))
+        })?;
+    }
     Ok(header.expect("finish refuses data without a header"))
 }
 
@@ -274,7 +292,7 @@ pub fn decode_from<R: BufRead>(mut r: R, len: u64) -> Result<SnapshotData, Snaps
     let (digest, seen) = body.finish();
     if seen != h.body_len {
         return Err(SnapshotDataError::Length {
-            declared,
+            declared: h.body_len,
             actual: seen,
         });
     }
@@ -371,10 +389,22 @@ pub fn copy_with_certificate<R: BufRead, W: Write>(
 ) -> Result<Bytes32, SnapshotDataError> {
     let h = read_header(r)?;
     let cert = serde_json::to_vec(certificate).expect("certificates serialize");
+    let write_error = |e: io::Error| SnapshotDataError::Write(e.to_string());
     w.write_all(fixed_header(&h.sha256, h.body_len, cert.len() as u64).as_bytes())
-        .map_err(read_error)?;
+        .map_err(write_error)?;
     let mut body = HashingWriter::new(&mut *w);
-    let copied = io::copy(&mut r.take(h.body_len), &mut body).map_err(read_error)?;
+    // io::copy does not say which side failed: read and write separately.
+    let mut from = r.take(h.body_len);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut copied: u64 = 0;
+    loop {
+        let n = from.read(&mut buf).map_err(read_error)?;
+        if n == 0 {
+            break;
+        }
+        body.write_all(&buf[..n]).map_err(write_error)?;
+        copied += n as u64;
+    }
     let (digest, _) = body.finish();
     if copied != h.body_len {
         return Err(SnapshotDataError::Length {
@@ -385,7 +415,7 @@ pub fn copy_with_certificate<R: BufRead, W: Write>(
     if digest != h.sha256 {
         return Err(SnapshotDataError::Checksum);
     }
-    w.write_all(&cert).map_err(read_error)?;
+    w.write_all(&cert).map_err(write_error)?;
     Ok(Bytes32(digest))
 }
 
@@ -724,6 +754,29 @@ mod tests {
             body.len()
         );
         assert_eq!(decode(v1.as_bytes()).unwrap().applied.state, a.state);
+        // Encoded straight into a file after other bytes: a fixed-width header filled in after
+        // the body, the same body and digest, the writer left at the end of the body.
+        let mut file = io::Cursor::new(b"prefix".to_vec());
+        file.seek(SeekFrom::End(0)).unwrap();
+        let digest = encode_to(&a, &mut file).unwrap();
+        assert_eq!(digest, back.digest);
+        let written = file.into_inner();
+        let streamed = &written[6..];
+        assert_eq!(streamed[..FIXED_HEADER_BYTES].last(), Some(&b'\n'));
+        assert_eq!(
+            &streamed[FIXED_HEADER_BYTES..],
+            &data.as_bytes()[data.find('\n').unwrap() + 1..]
+        );
+        let d = decode_from(
+            io::BufReader::with_capacity(7, streamed),
+            streamed.len() as u64,
+        )
+        .unwrap();
+        assert_eq!((d.applied.state, d.digest), (a.state.clone(), back.digest));
+        // A certificate copied in: what with_certificate makes, decodable.
+        let mut out = Vec::new();
+        copy_with_certificate(&mut &streamed[..], &mut out, &cert).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), certified);
     }
 
     #[test]
@@ -808,6 +861,16 @@ mod tests {
             decode(junk.as_bytes()).unwrap_err(),
             SnapshotDataError::Uncertified(m) if m.contains("does not decode")
         ));
+        // The check without decoding the state reads the certificate too (no checksum covers
+        // it), and passes whole data.
+        assert!(matches!(
+            check_from(junk.as_bytes(), junk.len() as u64).unwrap_err(),
+            SnapshotDataError::Uncertified(m) if m.contains("does not decode")
+        ));
+        assert_eq!(
+            check_from(data.as_slice(), total).unwrap().body_len,
+            body.len() as u64
+        );
         let huge = format!("GKSNAP/2 {sum} {} 99999999\n{body}", body.len());
         assert!(matches!(
             decode(huge.as_bytes()).unwrap_err(),
