@@ -284,7 +284,7 @@ pub fn decode_from<R: BufRead>(mut r: R, len: u64) -> Result<SnapshotData, Snaps
             actual: rest,
         });
     }
-    let mut body = HashingReader::new((&mut r).take(h.body_len));
+    let mut body = Hashing::new((&mut r).take(h.body_len));
     let decoded: Result<Applied, _> =
         serde_json::from_reader(io::BufReader::with_capacity(1 << 16, &mut body));
     // What the decoder did not read (after an error) still counts for the checksum.
@@ -370,7 +370,7 @@ fn fixed_header(sha256: &[u8; 32], body_len: u64, cert_len: u64) -> String {
 pub fn encode_to<W: Write + Seek>(applied: &Applied, w: &mut W) -> io::Result<Bytes32> {
     let start = w.stream_position()?;
     w.write_all(&[b' '; FIXED_HEADER_BYTES])?;
-    let mut body = io::BufWriter::with_capacity(1 << 20, HashingWriter::new(&mut *w));
+    let mut body = io::BufWriter::with_capacity(1 << 20, Hashing::new(&mut *w));
     serde_json::to_writer(&mut body, applied).map_err(io::Error::other)?;
     let (digest, len) = body.into_inner().map_err(|e| e.into_error())?.finish();
     w.seek(SeekFrom::Start(start))?;
@@ -392,7 +392,7 @@ pub fn copy_with_certificate<R: BufRead, W: Write>(
     let write_error = |e: io::Error| SnapshotDataError::Write(e.to_string());
     w.write_all(fixed_header(&h.sha256, h.body_len, cert.len() as u64).as_bytes())
         .map_err(write_error)?;
-    let mut body = HashingWriter::new(&mut *w);
+    let mut body = Hashing::new(&mut *w);
     // io::copy does not say which side failed: read and write separately.
     let mut from = r.take(h.body_len);
     let mut buf = vec![0u8; 1 << 16];
@@ -419,15 +419,15 @@ pub fn copy_with_certificate<R: BufRead, W: Write>(
     Ok(Bytes32(digest))
 }
 
-/// Hashes and counts what passes through to the writer.
-struct HashingWriter<W> {
-    inner: W,
+/// Hashes and counts the bytes written or read through it.
+struct Hashing<T> {
+    inner: T,
     hasher: Sha256,
     len: u64,
 }
 
-impl<W> HashingWriter<W> {
-    fn new(inner: W) -> Self {
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
@@ -440,7 +440,7 @@ impl<W> HashingWriter<W> {
     }
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
@@ -453,28 +453,7 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Hashes and counts what is read through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<R> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
-    }
-
-    fn finish(self) -> ([u8; 32], u64) {
-        (self.hasher.finalize().into(), self.len)
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
