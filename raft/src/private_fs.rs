@@ -26,9 +26,10 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
         .create(path)
 }
 
-/// Creates a new file with mode `0600`, failing if it exists.
+/// Creates a new file with mode `0600` for reading and writing, failing if it exists.
 pub fn create_new_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(FILE_MODE)

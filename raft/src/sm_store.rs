@@ -238,8 +238,16 @@ impl OpenSnapshot {
     /// The data's header line (its body digest), leaving the file where it was.
     fn data_header(&mut self) -> io::Result<snapshot::Header> {
         let at = self.file.stream_position()?;
-        let h = snapshot::read_header(&mut io::BufReader::new(&mut self.file))
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+        let h = snapshot::read_header(&mut io::BufReader::new(&mut self.file)).map_err(damaged);
+        self.file.seek(SeekFrom::Start(at))?;
+        h
+    }
+
+    /// Checks the data whole without decoding the state ([`snapshot::check_from`]), leaving
+    /// the file where it was.
+    fn check(&mut self) -> io::Result<snapshot::Header> {
+        let at = self.file.stream_position()?;
+        let h = snapshot::check_from(&mut self.file, self.len).map_err(damaged);
         self.file.seek(SeekFrom::Start(at))?;
         h
     }
@@ -251,6 +259,17 @@ impl OpenSnapshot {
             io::BufReader::with_capacity(1 << 20, &mut self.file),
             self.len,
         )
+    }
+}
+
+/// A snapshot file's data that does not check is `InvalidData` (a damaged file); failing to
+/// read or write it is not.
+fn damaged(e: snapshot::SnapshotDataError) -> io::Error {
+    match e {
+        snapshot::SnapshotDataError::Read(m) | snapshot::SnapshotDataError::Write(m) => {
+            io::Error::other(m)
+        }
+        e => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
     }
 }
 
@@ -282,7 +301,7 @@ fn open_snapshot_file(path: &Path) -> io::Result<OpenSnapshot> {
         let head = snapshot_file_head(&meta)?;
         write_file_atomic(path, |f| {
             f.write_all(&head)?;
-            f.write_all(data.as_bytes())
+            f.write_all(&data)
         })?;
         tracing::info!(path = %path.display(), "rewrote a snapshot file in format 4");
         return open_snapshot_file(path);
@@ -304,14 +323,7 @@ fn open_snapshot_file(path: &Path) -> io::Result<OpenSnapshot> {
     if format == 3 {
         let sum = h.sha256.unwrap_or_default();
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        io::copy(&mut file, &mut hasher)?;
         if hex::encode(hasher.finalize()) != sum {
             return Err(bad("checksum mismatch".into()));
         }
@@ -326,7 +338,7 @@ fn open_snapshot_file(path: &Path) -> io::Result<OpenSnapshot> {
 
 /// A snapshot file of format 1 or 2 (one JSON object), as metadata and data in the snapshot
 /// format.
-fn read_legacy_snapshot_file(path: &Path) -> io::Result<(SnapshotMeta<NodeId, Node>, String)> {
+fn read_legacy_snapshot_file(path: &Path) -> io::Result<(SnapshotMeta<NodeId, Node>, Vec<u8>)> {
     let bad = |what: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -339,12 +351,12 @@ fn read_legacy_snapshot_file(path: &Path) -> io::Result<(SnapshotMeta<NodeId, No
         return Err(bad("checksum mismatch".into()));
     }
     match f.format {
-        2 => Ok((f.meta, f.data)),
+        2 => Ok((f.meta, f.data.into_bytes())),
         1 => {
             // Written before the snapshot format: the data is the bare JSON of the state.
             let a: Applied =
                 serde_json::from_str(&f.data).map_err(|e| bad(format!("snapshot data: {e}")))?;
-            Ok((f.meta, snapshot::encode(&a, None)))
+            Ok((f.meta, snapshot::encode(&a)))
         }
         other => Err(bad(format!("unknown snapshot file format {other}"))),
     }
@@ -602,7 +614,7 @@ impl SmStore {
             } else {
                 // Not loaded, still checked: a damaged snapshot is found at start, not when a
                 // follower needs it.
-                snapshot::check_from(&mut snap.file, snap.len)
+                snap.check()
                     .map_err(|e| corrupt(format!("latest snapshot: {e}")))?;
             }
             let index = snap.meta.last_log_id.map_or(0, |l| l.index);
@@ -635,10 +647,7 @@ impl SmStore {
             .pop()
         {
             // Checked whole before this node signs it.
-            let checked = open_snapshot_file(&path).and_then(|mut f| {
-                snapshot::check_from(&mut f.file, f.len)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-            });
+            let checked = open_snapshot_file(&path).and_then(|mut f| f.check());
             match checked {
                 Ok(h) => {
                     store
@@ -787,7 +796,7 @@ impl SmStore {
                 &mut w,
                 cert,
             )
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            .map_err(damaged)?;
             w.flush()
         })?;
         tracing::info!(
@@ -1021,10 +1030,7 @@ impl SmStore {
         };
         let index = o.meta.last_log_id.map_or(0, |l| l.index);
         if index != self.verified_snapshot.load(Ordering::Relaxed) {
-            let start = o.file.stream_position()?;
-            snapshot::check_from(&mut o.file, o.len)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            o.file.seek(SeekFrom::Start(start))?;
+            o.check()?;
             self.verified_snapshot.fetch_max(index, Ordering::Relaxed);
         }
         Ok(Some(Snapshot {
@@ -1412,13 +1418,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
         let path = self.incoming_snapshot_path();
         let open = || -> io::Result<fs::File> {
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(private_fs::FILE_MODE)
-                .open(&path)?;
+            let f = private_fs::create_new_file(&path)?;
             fs::remove_file(&path)?;
             Ok(f)
         };
@@ -1648,7 +1648,7 @@ mod tests {
         let index = meta.last_log_id.unwrap().index;
         // The digest of the body as encoded in memory: the streamed checkpoint file must
         // hold the same body.
-        let digest = snapshot::body_digest(snapshot::encode(&a, None).as_bytes()).unwrap();
+        let digest = snapshot::body_digest(&snapshot::encode(&a)).unwrap();
         // Checkpoints on (at indexes these tests never reach): build returns certified ones.
         sm.set_checkpoint_interval(1_000_000);
         sm.write_checkpoint(&meta, &a).unwrap();

@@ -102,28 +102,13 @@ pub struct Header {
     pub header_len: usize,
 }
 
-/// Encodes `applied` in the snapshot format, with `certificate` if given. The result is ASCII
-/// header + JSON, so valid UTF-8. Every node encodes the same state into the same body (the
-/// state holds only ordered maps), so the body digests of nodes at one index agree.
-pub fn encode(applied: &Applied, certificate: Option<&CheckpointCertificate>) -> String {
-    let body = serde_json::to_string(applied).expect("the state serializes");
-    frame(&body, certificate)
-}
-
-fn frame(body: &str, certificate: Option<&CheckpointCertificate>) -> String {
-    let cert = certificate
-        .map(|c| serde_json::to_string(c).expect("certificates serialize"))
-        .unwrap_or_default();
-    let sum = hex::encode(Sha256::digest(body.as_bytes()));
-    let mut out = String::with_capacity(body.len() + cert.len() + MAX_HEADER_BYTES);
-    out.push_str(&format!(
-        "GKSNAP/{VERSION} {sum} {} {}\n",
-        body.len(),
-        cert.len()
-    ));
-    out.push_str(body);
-    out.push_str(&cert);
-    out
+/// Encodes `applied` in the snapshot format (no certificate) in memory: [`encode_to`] into a
+/// buffer. Every node encodes the same state into the same body (the state holds only ordered
+/// maps), so the body digests of nodes at one index agree.
+pub fn encode(applied: &Applied) -> Vec<u8> {
+    let mut out = io::Cursor::new(Vec::new());
+    encode_to(applied, &mut out).expect("the state serializes into memory");
+    out.into_inner()
 }
 
 /// The SHA-256 of the body of encoded snapshot `data` (read from its header; [`decode`] checks
@@ -135,12 +120,12 @@ pub fn body_digest(data: &[u8]) -> Result<Bytes32, SnapshotDataError> {
 /// The same snapshot with `certificate` in place of the one it had (if any)
 /// ([`copy_with_certificate`] in memory).
 pub fn with_certificate(
-    data: &str,
+    mut data: &[u8],
     certificate: &CheckpointCertificate,
-) -> Result<String, SnapshotDataError> {
+) -> Result<Vec<u8>, SnapshotDataError> {
     let mut out = Vec::with_capacity(data.len() + 1024);
-    copy_with_certificate(&mut data.as_bytes(), &mut out, certificate)?;
-    Ok(String::from_utf8(out).expect("the header is ASCII and the rest was UTF-8"))
+    copy_with_certificate(&mut data, &mut out, certificate)?;
+    Ok(out)
 }
 
 /// Checks `len` bytes of snapshot data read from `r` without decoding the state: the header,
@@ -168,12 +153,34 @@ pub fn check_from<R: Read>(mut r: R, len: u64) -> Result<Header, SnapshotDataErr
     }
     let header = check.header.clone();
     check.finish()?;
-    if !cert.is_empty() {
-        serde_json::from_slice::<CheckpointCertificate>(&cert).map_err(|e| {
-            SnapshotDataError::Uncertified(format!("the certificate does not decode: {e}"))
-        })?;
-    }
+    decode_certificate(&cert)?;
     Ok(header.expect("finish refuses data without a header"))
+}
+
+/// The certificate after a snapshot's body (none if empty). Only its JSON: the signatures are
+/// checked by [`crate::state::verify_certificate`].
+fn decode_certificate(cert: &[u8]) -> Result<Option<CheckpointCertificate>, SnapshotDataError> {
+    if cert.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(cert).map(Some).map_err(|e| {
+        SnapshotDataError::Uncertified(format!("the certificate does not decode: {e}"))
+    })
+}
+
+/// Checks a body once it was read whole: `seen` bytes (of `h.body_len` declared) with SHA-256
+/// `digest`.
+fn check_body(h: &Header, digest: [u8; 32], seen: u64) -> Result<(), SnapshotDataError> {
+    if seen != h.body_len {
+        return Err(SnapshotDataError::Length {
+            declared: h.body_len,
+            actual: seen,
+        });
+    }
+    if digest != h.sha256 {
+        return Err(SnapshotDataError::Checksum);
+    }
+    Ok(())
 }
 
 /// Decoded snapshot data.
@@ -290,15 +297,7 @@ pub fn decode_from<R: BufRead>(mut r: R, len: u64) -> Result<SnapshotData, Snaps
     // What the decoder did not read (after an error) still counts for the checksum.
     io::copy(&mut body, &mut io::sink()).map_err(read_error)?;
     let (digest, seen) = body.finish();
-    if seen != h.body_len {
-        return Err(SnapshotDataError::Length {
-            declared: h.body_len,
-            actual: seen,
-        });
-    }
-    if digest != h.sha256 {
-        return Err(SnapshotDataError::Checksum);
-    }
+    check_body(&h, digest, seen)?;
     let applied = decoded.map_err(|e| match e.io_error_kind() {
         Some(_) => read_error(e.into()),
         None => SnapshotDataError::Decode(e.to_string()),
@@ -314,17 +313,10 @@ pub fn decode_from<R: BufRead>(mut r: R, len: u64) -> Result<SnapshotData, Snaps
             actual: h.body_len + cert.len() as u64,
         });
     }
-    let certificate = if cert.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_slice(&cert).map_err(|e| {
-            SnapshotDataError::Uncertified(format!("the certificate does not decode: {e}"))
-        })?)
-    };
     Ok(SnapshotData {
         applied,
         digest: Bytes32(h.sha256),
-        certificate,
+        certificate: decode_certificate(&cert)?,
     })
 }
 
@@ -365,8 +357,7 @@ fn fixed_header(sha256: &[u8; 32], body_len: u64, cert_len: u64) -> String {
 /// Writes `applied` in the snapshot format (no certificate) at `w`'s position, the body streamed
 /// through SHA-256, so the state is never encoded into memory whole. The header line is
 /// written first as a placeholder and filled in once the body's length and digest are known;
-/// `w` is left at the end of the body. Returns the body digest (what a checkpoint signs). The
-/// body is the same bytes [`encode`] makes.
+/// `w` is left at the end of the body. Returns the body digest (what a checkpoint signs).
 pub fn encode_to<W: Write + Seek>(applied: &Applied, w: &mut W) -> io::Result<Bytes32> {
     let start = w.stream_position()?;
     w.write_all(&[b' '; FIXED_HEADER_BYTES])?;
@@ -396,25 +387,15 @@ pub fn copy_with_certificate<R: BufRead, W: Write>(
     // io::copy does not say which side failed: read and write separately.
     let mut from = r.take(h.body_len);
     let mut buf = vec![0u8; 1 << 16];
-    let mut copied: u64 = 0;
     loop {
         let n = from.read(&mut buf).map_err(read_error)?;
         if n == 0 {
             break;
         }
         body.write_all(&buf[..n]).map_err(write_error)?;
-        copied += n as u64;
     }
-    let (digest, _) = body.finish();
-    if copied != h.body_len {
-        return Err(SnapshotDataError::Length {
-            declared: h.body_len,
-            actual: copied,
-        });
-    }
-    if digest != h.sha256 {
-        return Err(SnapshotDataError::Checksum);
-    }
+    let (digest, copied) = body.finish();
+    check_body(&h, digest, copied)?;
     w.write_all(&cert).map_err(write_error)?;
     Ok(Bytes32(digest))
 }
@@ -647,13 +628,10 @@ mod tests {
             Bytes32(b)
         };
         let size = |st: &GatekeeperState| {
-            encode(
-                &Applied {
-                    state: st.clone(),
-                    ..Default::default()
-                },
-                None,
-            )
+            encode(&Applied {
+                state: st.clone(),
+                ..Default::default()
+            })
             .len() as f64
         };
         let empty = size(&GatekeeperState::default());
@@ -696,14 +674,18 @@ mod tests {
     #[test]
     fn encoded_state_decodes_and_streams() {
         let a = applied();
-        let data = encode(&a, None);
-        assert!(data.starts_with("GKSNAP/2 "));
-        let back = decode(data.as_bytes()).unwrap();
+        let data = encode(&a);
+        assert!(data.starts_with(b"GKSNAP/2 "));
+        // The body is the state's JSON, its digest that JSON's SHA-256.
+        let json = serde_json::to_vec(&a).unwrap();
+        assert_eq!(&data[FIXED_HEADER_BYTES..], &json[..]);
+        let back = decode(&data).unwrap();
+        assert_eq!(back.digest.0, <[u8; 32]>::from(Sha256::digest(&json)));
         assert_eq!(back.applied.state, a.state);
         assert_eq!(back.applied.last_applied, a.last_applied);
         assert_eq!(back.certificate, None);
         for chunk in [1, 7, 95, 96, 1000, data.len()] {
-            stream(data.as_bytes(), data.len() as u64, chunk).unwrap();
+            stream(&data, data.len() as u64, chunk).unwrap();
         }
         // With a certificate: same body digest, the certificate decodes, framing streams.
         let cert = crate::state::CheckpointCertificate {
@@ -715,12 +697,12 @@ mod tests {
             voters: [1].into(),
         };
         let certified = with_certificate(&data, &cert).unwrap();
-        let d = decode(certified.as_bytes()).unwrap();
+        let d = decode(&certified).unwrap();
         assert_eq!(d.digest, back.digest);
         assert_eq!(d.certificate.as_ref(), Some(&cert));
-        assert_eq!(body_digest(certified.as_bytes()).unwrap(), back.digest);
+        assert_eq!(body_digest(&certified).unwrap(), back.digest);
         for chunk in [1, 7, 116, 1000, certified.len()] {
-            stream(certified.as_bytes(), certified.len() as u64, chunk).unwrap();
+            stream(&certified, certified.len() as u64, chunk).unwrap();
         }
         // Replacing the certificate keeps the body.
         let again = with_certificate(&certified, &cert).unwrap();
@@ -742,10 +724,7 @@ mod tests {
         let written = file.into_inner();
         let streamed = &written[6..];
         assert_eq!(streamed[..FIXED_HEADER_BYTES].last(), Some(&b'\n'));
-        assert_eq!(
-            &streamed[FIXED_HEADER_BYTES..],
-            &data.as_bytes()[data.find('\n').unwrap() + 1..]
-        );
+        assert_eq!(&streamed[FIXED_HEADER_BYTES..], &json[..]);
         let d = decode_from(
             io::BufReader::with_capacity(7, streamed),
             streamed.len() as u64,
@@ -755,7 +734,7 @@ mod tests {
         // A certificate copied in: what with_certificate makes, decodable.
         let mut out = Vec::new();
         copy_with_certificate(&mut &streamed[..], &mut out, &cert).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), certified);
+        assert_eq!(out, certified);
     }
 
     #[test]
@@ -776,7 +755,7 @@ mod tests {
             None,
             openraft::Membership::new(vec![[1, 2, 3].into()], None),
         );
-        let plain = decode(encode(&a, None).as_bytes()).unwrap();
+        let plain = decode(&encode(&a)).unwrap();
         let e = verify_received(&plain, a.anchor()).unwrap_err();
         assert!(e.to_string().contains("carries no certificate"), "{e}");
         let sign = |n: u8| {
@@ -790,9 +769,8 @@ mod tests {
             signatures: signers.iter().map(|&n| sign(n)).collect(),
             voters: Default::default(),
         };
-        let with = |c: &CheckpointCertificate| {
-            decode(with_certificate(&encode(&a, None), c).unwrap().as_bytes()).unwrap()
-        };
+        let with =
+            |c: &CheckpointCertificate| decode(&with_certificate(&encode(&a), c).unwrap()).unwrap();
         assert_eq!(verify_received(&with(&cert(&[1, 3])), a.anchor()), Ok(2));
         assert!(verify_received(&with(&cert(&[2])), a.anchor()).is_err());
         // A node with no state checks against the snapshot's own members (trust on first use);
@@ -809,7 +787,7 @@ mod tests {
 
     #[test]
     fn every_damage_is_refused_with_its_reason() {
-        let data = encode(&applied(), None).into_bytes();
+        let data = encode(&applied());
         let total = data.len() as u64;
         let hl = data.iter().position(|&b| b == b'\n').unwrap() + 1;
 
@@ -938,22 +916,22 @@ mod tests {
         }
         // A valid snapshot whose metadata describes another state.
         let a = applied();
-        let data = encode(&a, None);
+        let data = encode(&a);
         let meta = |last| SnapshotMeta {
             last_log_id: last,
             last_membership: a.last_membership.clone(),
             snapshot_id: "s".into(),
         };
-        validate(&meta(a.last_applied), data.as_bytes()).unwrap();
+        validate(&meta(a.last_applied), &data).unwrap();
         let other = Some(LogId::new(CommittedLeaderId::new(2, 1), 10));
         assert!(matches!(
-            validate(&meta(other), data.as_bytes()).unwrap_err(),
+            validate(&meta(other), &data).unwrap_err(),
             SnapshotDataError::Inconsistent(m) if m.contains("last applied")
         ));
         let mut m = meta(a.last_applied);
         m.last_membership = openraft::StoredMembership::new(other, Default::default());
         assert!(matches!(
-            validate(&m, data.as_bytes()).unwrap_err(),
+            validate(&m, &data).unwrap_err(),
             SnapshotDataError::Inconsistent(m) if m.contains("membership")
         ));
         // Empty data.
