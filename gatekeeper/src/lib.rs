@@ -20,7 +20,8 @@
 //! | [`operator`] | **what an operator may ask**: the checks behind AdminService (init, join, leave, rotate, dev events, canaries, fault hooks) | no |
 //! | [`chain`] | the chain watcher (subxt) and how its view is reported | yes |
 //! | [`service`] | thin tonic adapters for Key, Peer and Admin services: decode, call a core, map the error | yes |
-//! | [`metrics`] | `/metrics` | yes |
+//! | [`health`] | **whether this node can serve keys**: `readiness` over facts read from the replica and enclave; what gRPC health, `/readyz` and `gatekeeper health` report | reads state only |
+//! | [`metrics`] | `/metrics`, `/livez`, `/readyz` | yes |
 //! | [`node`] | wiring: enclave, replica, listeners, keeper, watcher, shutdown | yes |
 //! | [`cli`] | the `admin`, `miner`, `keygen`, `certs` and `devnet` subcommands | yes |
 //!
@@ -31,7 +32,7 @@
 //! **No import cycles.** No top-level module imports another that imports it back, directly or
 //! through a third module. The order, from the bottom: `error`, `clock`, `keyfile`; the leaves
 //! `replay`, `attestation`, `enclave`, `tls`, `chain`; `config` (which names chain settings);
-//! `epochs`; the decisions `admission`, `issuance`, `peer`, `keeper`, `operator`; then `service`, `metrics`,
+//! `epochs`, `health`; the decisions `admission`, `issuance`, `peer`, `keeper`, `operator`; then `service`, `metrics`,
 //! `node`, `cli`. A unit test (`tests::no_cycles`) reads the sources and keeps this true. Inside a
 //! module directory, children import their siblings, never the parent's re-exports (e.g.
 //! `keeper/runtime.rs` imports `keeper/plan.rs`).
@@ -48,6 +49,7 @@ pub mod config;
 pub mod enclave;
 pub mod epochs;
 pub mod error;
+pub mod health;
 pub mod issuance;
 pub mod keeper;
 pub mod keyfile;

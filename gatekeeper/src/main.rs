@@ -30,6 +30,7 @@ fn main() {
         Command::Miner { command } => {
             runtime().and_then(|rt| rt.block_on(cli::miner::run(command)))
         }
+        Command::Health(args) => runtime().and_then(|rt| rt.block_on(cli::health::run(args))),
         Command::Devnet(args) => runtime().and_then(|rt| rt.block_on(cli::devnet::run(args))),
         Command::Admin {
             endpoint,

@@ -1,5 +1,7 @@
 //! `/metrics`: Prometheus text exposition (format 0.0.4) over plain HTTP/1, on
-//! `metrics_listen` when configured.
+//! `metrics_listen` when configured; beside it `/livez` (200 whenever the process answers) and
+//! `/readyz` (200 when ready, else 503 with the reasons: [`crate::health`]), for probes that
+//! cannot speak TLS (Kubernetes' gRPC probes cannot).
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
@@ -175,16 +177,31 @@ async fn handle(
     m: Arc<Metrics>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let resp = if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+    let text = |status: StatusCode, body: String| {
         Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from(body)))
+    };
+    let resp = match (req.method() == hyper::Method::GET, req.uri().path()) {
+        (true, "/metrics") => Response::builder()
             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(m.render())))
-    } else {
-        Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(
-                b"only GET /metrics is served here\n",
-            )))
+            .body(Full::new(Bytes::from(m.render()))),
+        // Liveness: the process answers. Never seal, quorum or disk state (health.rs).
+        (true, "/livez") => text(StatusCode::OK, "ok\n".into()),
+        (true, "/readyz") => {
+            let r = crate::health::readiness(&crate::health::facts(&m.replica, m.enclave.as_ref()));
+            let status = if r.is_ready() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(status, format!("{}\n", r.describe()))
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "served here: GET /metrics, /livez, /readyz\n".into(),
+        ),
     };
     Ok(resp.expect("static response parts are valid"))
 }

@@ -131,6 +131,12 @@ impl Cluster {
         &self.node(i).raft_addr
     }
 
+    /// Node `i`'s metrics listener (`/metrics`, `/livez`, `/readyz`), when the cluster has them
+    /// ([`Opts::metrics`]).
+    pub fn metrics_addr(&self, i: u64) -> Option<&str> {
+        self.node(i).metrics_addr.as_deref()
+    }
+
     /// The node's admin listener address (host:port).
     pub fn admin_addr(&self, i: u64) -> &str {
         &self.node(i).admin_addr

@@ -49,6 +49,7 @@ pub use cluster::{Cluster, Opts};
 pub use devchain::{DevChainOpts, DevChainProc};
 pub use gatekeeper_proto::v1 as pb;
 pub use processes::{
-    devchain_bin, gatekeeper_bin, run_admin, run_command, tail_lines, AdminOutput,
+    client_example_bin, devchain_bin, gatekeeper_bin, run_admin, run_command, tail_lines,
+    AdminOutput,
 };
-pub use util::{env_or, http_get, ADMIN_TIMEOUT, JOIN_TIMEOUT, POLL, WAIT};
+pub use util::{env_or, http_get, http_status, ADMIN_TIMEOUT, JOIN_TIMEOUT, POLL, WAIT};

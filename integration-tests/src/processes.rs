@@ -44,7 +44,26 @@ pub fn devchain_bin() -> Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!(e))
 }
 
+/// Path of the miner SDK's example program `name` (`client/examples/<name>.rs`), built once per
+/// test process like [`gatekeeper_bin`].
+pub fn client_example_bin(name: &str) -> Result<PathBuf> {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return Ok(p.clone());
+    }
+    let p = locate_and_build_target("gatekeeper-client", "--example", name)?;
+    built.push((name.to_string(), p.clone()));
+    Ok(p)
+}
+
 fn locate_and_build(package: &str, bin_name: &str) -> Result<PathBuf> {
+    locate_and_build_target(package, "--bin", bin_name)
+}
+
+/// Finds (and, under cargo or when missing, builds) binary `name` of `package`; `kind` is
+/// `--bin` or `--example`.
+fn locate_and_build_target(package: &str, kind: &str, bin_name: &str) -> Result<PathBuf> {
     // Test binaries live in target/<profile>/deps/<test-binary>; binaries of this package (the
     // benchmarks) in target/<profile>/<bin>. Either way the gatekeeper binary is
     // target/<profile>/gatekeeper.
@@ -59,12 +78,16 @@ fn locate_and_build(package: &str, bin_name: &str) -> Result<PathBuf> {
             .context("test binary is not under target/<profile>/deps")?
             .to_path_buf();
     }
-    let bin = profile_dir.join(bin_name);
+    let bin = if kind == "--example" {
+        profile_dir.join("examples").join(bin_name)
+    } else {
+        profile_dir.join(bin_name)
+    };
     let under_cargo = std::env::var_os("CARGO").is_some();
     if under_cargo || !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", package, "--bin", bin_name]);
+        cmd.args(["build", "-p", package, kind, bin_name]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

@@ -35,6 +35,14 @@ pub(crate) fn toml_str(s: &str) -> String {
 
 /// A plain HTTP/1.1 GET; the body of a 200 answer.
 pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    match http_status(addr, path)? {
+        (200, body) => Ok(body),
+        (code, body) => Err(format!("GET {path} from {addr}: HTTP {code}: {body}")),
+    }
+}
+
+/// `GET path` from `addr` over plain HTTP/1.1: the status code and the body, whatever the code.
+pub fn http_status(addr: &str, path: &str) -> Result<(u16, String), String> {
     use std::net::TcpStream;
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -50,8 +58,10 @@ pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
     let (head, body) = buf
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("not an HTTP answer: {buf:?}"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("GET {path} from {addr}: {head}"));
-    }
-    Ok(body.to_string())
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_string()))
 }

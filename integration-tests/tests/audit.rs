@@ -4,7 +4,7 @@
 //! HMACs; with `audit_required`, a line that cannot be written fails the request (AUDIT_FAILED)
 //! and nothing is delivered; SIGHUP re-opens the file and the chain continues.
 
-use gatekeeper_client::MinerClient;
+use gatekeeper_client::{MinerClient, RetryPolicy};
 use gatekeeper_integration_tests::{error_code as code_of, run_command, Cluster, Opts, WAIT};
 use gatekeeper_proto::v1 as pb;
 use keyring::sign::KeyTarget;
@@ -58,7 +58,8 @@ fn calls_deliveries_and_refusals_are_chained_verifiable_and_fail_closed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let fetch = |worker: &Sr25519Keypair| {
         rt.block_on(async {
-            let mut m = MinerClient::new(vec![c.api_addr(1).to_string()], worker.clone())
+            let m = MinerClient::new(vec![c.api_addr(1).to_string()], worker.clone())
+                .with_retry(RetryPolicy::once())
                 .with_tls_ca_file(c.ca_file().unwrap())
                 .unwrap();
             m.fetch(KeyTarget::Worker, None)

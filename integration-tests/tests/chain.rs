@@ -3,7 +3,7 @@
 //! contracts are emitted on the chain (through the dev chain's CLI, a real JSON-RPC client) and
 //! observed through the nodes' KeyService (the miner SDK) and `admin status`.
 
-use gatekeeper_client::{ClientError, FetchedKey, MinerClient};
+use gatekeeper_client::{ClientError, FetchedKey, MinerClient, RetryPolicy};
 use gatekeeper_integration_tests::{Cluster, DevChainOpts, DevChainProc, Opts, Status};
 use keyring::sign::KeyTarget;
 use keyring::{ClusterId, ContractId, Sr25519Keypair};
@@ -126,7 +126,8 @@ fn fetch(
     epoch: Option<u64>,
 ) -> Result<FetchedKey, ClientError> {
     rt().block_on(async {
-        let mut m = MinerClient::new(vec![net.c.api_addr(i).to_string()], w.clone())
+        let m = MinerClient::new(vec![net.c.api_addr(i).to_string()], w.clone())
+            .with_retry(RetryPolicy::once())
             .with_tls_ca_file(net.c.ca_file().unwrap())
             .unwrap();
         m.fetch(target, epoch).await
@@ -139,7 +140,9 @@ fn pk(k: &FetchedKey) -> [u8; 32] {
 
 fn refused(r: Result<FetchedKey, ClientError>, code: tonic::Code, words: &str) {
     match r {
-        Err(ClientError::Refused { code: c, message }) => {
+        Err(ClientError::Refused {
+            code: c, message, ..
+        }) => {
             assert_eq!(c, code, "{message}");
             assert!(message.contains(words), "{message:?} lacks {words:?}");
         }

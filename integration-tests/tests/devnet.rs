@@ -2,7 +2,7 @@
 //! the dev chain and three node processes, runs the demo, and stops everything.
 
 use gatekeeper_integration_tests::{
-    gatekeeper_bin, http_get, run_admin, run_command, ClientCerts, Target,
+    client_example_bin, gatekeeper_bin, http_get, run_admin, run_command, ClientCerts, Target,
 };
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -154,6 +154,94 @@ fn devnet_runs_until_ctrl_c_then_stops_every_child() {
         metrics.contains("gatekeeper_chain_connected 1"),
         "{metrics}"
     );
+    // A worker's program: the miner SDK's example, given only the demo worker's key file, the
+    // miners' CA bundle and the nodes' API addresses, fetches the keys the demo fetched (two
+    // targets at once, over TLS, verified end to end).
+    let summary_key = |label: &str| -> String {
+        let line = seen
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} line:\n{seen}"));
+        line.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let contract = seen
+        .lines()
+        .find_map(|l| l.split("(contract ").nth(1))
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no contract id:\n{seen}"))
+        .to_string();
+    let apis: Vec<String> = (1..=3)
+        .map(|i| format!("127.0.0.1:{}", base + 20 + i))
+        .collect();
+    let worker_file = dir.join("demo-worker.json");
+    let bundle = certs.join("miner-bundle.pem");
+    let mut args: Vec<String> = apis
+        .iter()
+        .flat_map(|a| ["--endpoint".to_string(), a.clone()])
+        .collect();
+    args.extend([
+        "--worker-key".into(),
+        worker_file.display().to_string(),
+        "--ca".into(),
+        bundle.display().to_string(),
+        "worker".into(),
+        format!("contract:{contract}"),
+    ]);
+    let example = client_example_bin("fetch_keys").unwrap();
+    let out = run_command(
+        &example,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "{}", out.describe());
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert_eq!(
+        lines[0]["public_key"],
+        summary_key("worker key"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        lines[1]["public_key"],
+        summary_key("contract key"),
+        "{}",
+        out.stdout
+    );
+    for l in &lines {
+        assert!(apis.iter().any(|a| l["endpoint"] == *a), "{l}");
+        assert!(l["elapsed_ms"].as_u64().is_some(), "{l}");
+    }
+    // The miner CLI says which endpoint answered and how long it took.
+    let out = run_command(
+        &bin,
+        &[
+            "miner",
+            "fetch-key",
+            "--endpoint",
+            &apis[1],
+            "--worker-key-file",
+            worker_file.to_str().unwrap(),
+            "--ca",
+            bundle.to_str().unwrap(),
+            "--kind",
+            "worker",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "{}", out.describe());
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["endpoint"], apis[1], "{v}");
+    assert_eq!(v["public_key"], summary_key("worker key"), "{v}");
+    assert!(
+        v["elapsed_ms"].as_u64().is_some() && v.get("seed").is_none(),
+        "{v}"
+    );
+
     // Without a client certificate, or in plaintext, the admin listener refuses.
     if let Some(t) = admin.tls.as_mut() {
         t.identity = None;

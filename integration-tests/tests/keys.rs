@@ -2,7 +2,7 @@
 //! after restarts, re-dealing on membership change, rotation and retirement, every refusal code,
 //! and a byte scan of data dirs and logs for secrets.
 
-use gatekeeper_client::MinerClient;
+use gatekeeper_client::{MinerClient, RetryPolicy};
 use gatekeeper_integration_tests::{Cluster, Opts};
 use gatekeeper_proto::v1 as pb;
 use gatekeeper_proto::v1::key_service_client::KeyServiceClient;
@@ -92,7 +92,8 @@ fn setup_worker(c: &Cluster) -> Sr25519Keypair {
 /// Fetches (worker key, contract key) public keys from node `i` alone.
 fn keys_from(c: &Cluster, i: u64, w: &Sr25519Keypair, epoch: Option<u64>) -> ([u8; 32], [u8; 32]) {
     rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone())
+        let m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone())
+            .with_retry(RetryPolicy::once())
             .with_tls_ca_file(c.ca_file().unwrap())
             .unwrap();
         let wk = m
@@ -138,10 +139,89 @@ fn genesis_then_every_node_serves_the_same_keys_and_full_restart_unseals_unatten
     }
 }
 
+/// `gatekeeper health` against node `i`'s key listener (gRPC health over TLS) and its metrics
+/// listener (`/readyz`, or `/livez` when `live`): whether it exited 0, and what it printed.
+fn health(c: &Cluster, i: u64, http: Option<bool>) -> (bool, String) {
+    let bin = gatekeeper_integration_tests::gatekeeper_bin().unwrap();
+    let ca = c.ca_file().unwrap();
+    let metrics = c.metrics_addr(i).unwrap().to_string();
+    let mut args = vec!["health".to_string()];
+    match http {
+        None => args.extend([
+            "--endpoint".into(),
+            c.api_addr(i).into(),
+            "--ca".into(),
+            ca.display().to_string(),
+        ]),
+        Some(live) => {
+            args.extend(["--http".into(), metrics]);
+            if live {
+                args.push("--live".into());
+            }
+        }
+    }
+    let out = gatekeeper_integration_tests::run_command(
+        &bin,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        Duration::from_secs(30),
+    );
+    (out.success(), format!("{}{}", out.stdout, out.stderr))
+}
+
+/// The services node `i`'s key listener lists through gRPC server reflection.
+fn reflected_services(c: &Cluster, i: u64) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    rt().block_on(async {
+        let ch = c.key_target(i).channel().unwrap();
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new(ch)
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        match stream.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+}
+
 #[test]
 fn with_fewer_than_t_nodes_a_restarted_node_stays_sealed_and_says_so() {
-    let mut c = Cluster::start(3, Opts::default());
+    let mut c = Cluster::start(
+        3,
+        Opts {
+            metrics: true,
+            ..Opts::default()
+        },
+    );
     wait_unsealed(&c, &[1, 2, 3], 1);
+    // Unsealed: ready by every means (gRPC health follows within its 500 ms refresh), and
+    // grpcurl-style reflection lists the services.
+    for i in [1, 2, 3] {
+        c.wait_for(
+            &format!("node {i} to report SERVING"),
+            WAIT,
+            || match health(&c, i, None) {
+                (true, out) if out.contains("SERVING") => Ok(()),
+                (_, out) => Err(out),
+            },
+        );
+        let (ok, out) = health(&c, i, Some(false));
+        assert!(ok && out.contains("ready"), "node {i}: {out}");
+    }
+    let services = reflected_services(&c, 1);
+    for s in ["gatekeeper.v1.KeyService", "grpc.health.v1.Health"] {
+        assert!(services.iter().any(|x| x == s), "{s} not in {services:?}");
+    }
     let w = setup_worker(&c);
     for i in [1, 2, 3] {
         c.stop(i);
@@ -159,19 +239,41 @@ fn with_fewer_than_t_nodes_a_restarted_node_stays_sealed_and_says_so() {
     // It refuses keys with FAILED_PRECONDITION (read mode here is linearizable: with no quorum
     // the read itself is UNAVAILABLE first; either way, no key).
     let err = rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone())
+        let m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone())
+            .with_retry(RetryPolicy::once())
             .with_tls_ca_file(c.ca_file().unwrap())
             .unwrap();
         m.fetch(KeyTarget::Worker, None).await.unwrap_err()
     });
-    let text = err.to_string();
+    // The node answered and refused (it is up: not merely unreachable).
     assert!(
-        text.contains("sealed") || text.contains("Unavailable") || text.contains("no endpoint"),
-        "{text}"
+        matches!(
+            err.error_code(),
+            Some("NODE_SEALED" | "NO_LEADER" | "TIMEOUT")
+        ),
+        "{err}"
     );
-    // A second node comes back: both unseal.
+    // Not ready (gRPC health NOT_SERVING, /readyz 503 with the reason), but alive: nothing that
+    // restarts it on a failed liveness probe would help it unseal.
+    let (ok, out) = health(&c, 1, None);
+    assert!(!ok && out.contains("NOT_SERVING"), "{out}");
+    let (code, body) =
+        gatekeeper_integration_tests::http_status(c.metrics_addr(1).unwrap(), "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("sealed for epoch"), "{body}");
+    let (ok, out) = health(&c, 1, Some(false));
+    assert!(!ok && out.contains("not ready"), "{out}");
+    let (ok, out) = health(&c, 1, Some(true));
+    assert!(ok, "{out}");
+    // A second node comes back: both unseal, and report ready again.
     c.restart(2);
     wait_unsealed(&c, &[1, 2], 1);
+    c.wait_for("node 1 to report ready", WAIT, || {
+        match health(&c, 1, None) {
+            (true, _) => Ok(()),
+            (false, out) => Err(out),
+        }
+    });
 }
 
 #[test]
@@ -239,7 +341,8 @@ fn rotation_gives_new_keys_old_epoch_until_retired() {
     let out = c.admin(1, &["retire", "--min-epoch", "1"]);
     assert!(out.success(), "{}", out.describe());
     let err = rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(2).to_string()], w.clone())
+        let m = MinerClient::new(vec![c.api_addr(2).to_string()], w.clone())
+            .with_retry(RetryPolicy::once())
             .with_tls_ca_file(c.ca_file().unwrap())
             .unwrap();
         m.fetch(KeyTarget::Worker, Some(0)).await.unwrap_err()
@@ -487,7 +590,8 @@ fn no_delivered_secret_appears_in_clear_in_any_data_dir_or_log() {
     wait_unsealed(&c, &[1, 2, 3], 1);
     let w = setup_worker(&c);
     let secrets: Vec<[u8; 32]> = rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone())
+        let m = MinerClient::new(vec![c.api_addr(1).to_string()], w.clone())
+            .with_retry(RetryPolicy::once())
             .with_tls_ca_file(c.ca_file().unwrap())
             .unwrap();
         let a = m.fetch(KeyTarget::Worker, None).await.unwrap();
@@ -692,17 +796,26 @@ fn a_removed_node_keeps_its_old_share_but_stays_sealed_and_serves_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let err = rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(n4).to_string()], w.clone())
+        let m = MinerClient::new(vec![c.api_addr(n4).to_string()], w.clone())
+            .with_retry(RetryPolicy::once())
             .with_tls_ca_file(c.ca_file().unwrap())
             .unwrap();
         m.fetch(KeyTarget::Worker, None).await.unwrap_err()
     });
-    let text = err.to_string();
+    // The removed node runs and answers, but refuses.
     assert!(
-        text.contains("sealed")
-            || text.contains("no endpoint reachable")
-            || text.contains("NotFound"),
-        "a removed node must not serve keys: {text}"
+        matches!(
+            err.error_code(),
+            Some(
+                "NODE_SEALED"
+                    | "NO_LEADER"
+                    | "STALE_READ"
+                    | "TIMEOUT"
+                    | "EPOCH_NOT_FOUND"
+                    | "WORKER_NOT_REGISTERED"
+            )
+        ),
+        "a removed node must not serve keys: {err}"
     );
 }
 
@@ -749,7 +862,8 @@ fn key_requests_are_served_through_a_leader_change_and_refused_once_no_quorum_fo
     c.kill9(other);
     std::thread::sleep(max_stale + Duration::from_millis(1500));
     let r = rt().block_on(async {
-        let mut m = MinerClient::new(vec![c.api_addr(last).to_string()], w.clone())
+        let m = MinerClient::new(vec![c.api_addr(last).to_string()], w.clone())
+            .with_retry(RetryPolicy::once())
             .with_tls_ca_file(c.ca_file().unwrap())
             .unwrap();
         m.fetch(KeyTarget::Worker, None).await
@@ -757,11 +871,8 @@ fn key_requests_are_served_through_a_leader_change_and_refused_once_no_quorum_fo
     let Err(e) = r else {
         panic!("served without a quorum past max_stale");
     };
-    let text = e.to_string();
     assert!(
-        text.contains("NO_LEADER")
-            || text.contains("no reachable leader")
-            || text.contains("timed out"),
-        "{text}"
+        matches!(e.error_code(), Some("NO_LEADER" | "STALE_READ" | "TIMEOUT")),
+        "{e}"
     );
 }

@@ -94,7 +94,8 @@ pub mod subject {
 }
 
 impl EnvelopeContext {
-    fn info(&self) -> Vec<u8> {
+    /// The HPKE `info` of this context (published so other implementations can check theirs).
+    pub fn info(&self) -> Vec<u8> {
         Canonical::new("gatekeeper/v1/hpke-info")
             .bytes(self.purpose.label().as_bytes())
             .bytes(self.gatekeeper_id.as_bytes())
@@ -103,7 +104,8 @@ impl EnvelopeContext {
             .finish()
     }
 
-    fn aad(&self) -> Vec<u8> {
+    /// The AEAD associated data of this context.
+    pub fn aad(&self) -> Vec<u8> {
         Canonical::new("gatekeeper/v1/hpke-aad")
             .bytes(self.purpose.label().as_bytes())
             .bytes(self.gatekeeper_id.as_bytes())

@@ -1,8 +1,8 @@
 //! sr25519 signatures over canonical messages, one signing context per message kind.
 //!
 //! Each message kind has its own schnorrkel signing context *and* its own canonical-encoding
-//! domain, so a signature made for one kind never verifies as another (docs/api.md, "Signed
-//! request encoding").
+//! domain, so a signature made for one kind never verifies as another (docs/api.md, "Writing
+//! a client", lists every context and layout).
 
 use crate::encoding::Canonical;
 use crate::envelope::Envelope;

@@ -360,6 +360,11 @@ fn summary_lines(s: &Summary) -> Vec<String> {
     l
 }
 
+/// The demo worker's key file (`gatekeeper keygen` format) in the devnet's folder.
+pub fn demo_worker_file(dir: &Path) -> PathBuf {
+    dir.join("demo-worker.json")
+}
+
 /// The "Try:" part of [`summary_lines`].
 fn try_lines(s: &Summary) -> Vec<String> {
     let first_admin = s
@@ -378,6 +383,17 @@ fn try_lines(s: &Summary) -> Vec<String> {
             c.operator_key().display()
         ),
         format!("  gatekeeper admin --endpoint {first_admin} status"),
+        format!(
+            "  gatekeeper miner fetch-key {} --worker-key-file {} --ca {} --kind contract --id {}",
+            s.nodes
+                .iter()
+                .map(|n| format!("--endpoint {}", n.api))
+                .collect::<Vec<_>>()
+                .join(" "),
+            demo_worker_file(&s.dir).display(),
+            c.miner_bundle().display(),
+            hex::encode(DEMO_CONTRACT)
+        ),
         format!(
             "  gatekeeper-devchain emit --url {} slash-worker --worker {} --reason demo",
             s.chain_url,
@@ -514,6 +530,9 @@ async fn demo(
     let apis = start_nodes(args, dir, &chain.url(), nodes).await?;
     let genesis = init_cluster(nodes, &apis).await?;
     let worker = register_demo_worker(&chain, nodes, &apis, genesis.leader).await?;
+    // The demo worker's key, for trying the miner CLI or the SDK's example against the devnet.
+    gatekeeper_client::write_key_file(demo_worker_file(dir), &worker, true)
+        .with_context(|| format!("cannot write {}", demo_worker_file(dir).display()))?;
     let keys: Vec<String> = nodes.iter().map(|n| n.info.api.clone()).collect();
     let bundle = certs(dir, args.nodes).miner_bundle();
     let (worker_key, contract_key) = fetch_demo_keys(&keys, &bundle, &worker).await?;
@@ -739,7 +758,7 @@ async fn fetch_demo_keys(
     worker: &Sr25519Keypair,
 ) -> Result<(DemoKey, DemoKey)> {
     let step = Step::start("Demo miner fetching its worker key and a contract key over TLS");
-    let mut miner = MinerClient::new(apis.to_vec(), worker.clone()).with_tls_ca_file(ca_bundle)?;
+    let miner = MinerClient::new(apis.to_vec(), worker.clone()).with_tls_ca_file(ca_bundle)?;
     let wk = miner
         .fetch(KeyTarget::Worker, None)
         .await
@@ -951,6 +970,9 @@ mod tests {
                 "Try:".into(),
                 "  export GATEKEEPER_ADMIN_CA=/d/certs/ca.pem GATEKEEPER_ADMIN_CERT=/d/certs/operator.pem GATEKEEPER_ADMIN_KEY=/d/certs/operator.key".into(),
                 "  gatekeeper admin --endpoint 127.0.0.1:9985 status".into(),
+                format!(
+                    "  gatekeeper miner fetch-key --endpoint 127.0.0.1:9965 --endpoint 127.0.0.1:9966 --worker-key-file /d/demo-worker.json --ca /d/certs/miner-bundle.pem --kind contract --id {contract}"
+                ),
                 format!(
                     "  gatekeeper-devchain emit --url ws://127.0.0.1:9944 slash-worker --worker {w} --reason demo"
                 ),

@@ -4,6 +4,7 @@
 //! * [`miner`] — a worker's key fetching through the client SDK.
 //! * [`devnet`] — a local network: dev chain, nodes, a demo worker and miner (README.md).
 //! * [`keygen`] — make an sr25519 key file.
+//! * [`health`] — is a node ready (or alive)? Exit code 0/1.
 //! * [`certs`] — make TLS certificates: a CA, node and operator certificates, the miners' CA
 //!   bundle, a whole development cluster's set.
 //! * `audit verify` — check an audit log's hash chain ([`crate::audit::verify`]).
@@ -11,6 +12,7 @@
 pub mod admin;
 pub mod certs;
 pub mod devnet;
+pub mod health;
 pub mod keygen;
 pub mod miner;
 pub mod sign;
@@ -55,6 +57,10 @@ pub enum Command {
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
+    /// Check a node's health: ready (unsealed, can serve keys) over grpc.health.v1 on the key
+    /// listener (--endpoint) or /readyz on the metrics listener (--http; --live asks /livez).
+    /// Exit code 0 when healthy, 1 otherwise; one JSON line.
+    Health(health::HealthArgs),
     /// A worker's commands (key fetching through the client SDK).
     Miner {
         /// The miner command.

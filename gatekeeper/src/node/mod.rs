@@ -490,6 +490,17 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             ),
             wait(stop_rx.clone()),
         );
+    // Readiness on the key listener (grpc.health.v1), kept current by a task; reflection on the
+    // key and admin listeners, so grpcurl needs no .proto files.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(gatekeeper_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the gRPC reflection service")
+    };
+    let (api_reflection, admin_reflection) = (reflection()?, reflection()?);
     // Key listener: KeyService for workers (server TLS).
     let api_limits = ListenLimits::from_config(
         &config,
@@ -513,6 +524,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             KeyServiceServer::new(keys)
                 .max_decoding_message_size(crate::service::MAX_KEY_REQUEST_BYTES * 2),
         )
+        .add_service(health_service)
+        .add_service(api_reflection)
         .serve_with_incoming_shutdown(
             api_limits.incoming_tls(
                 api_listener,
@@ -540,6 +553,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 .max_encoding_message_size(max_msg),
             crate::service::admin::operator_interceptor(tls.is_some()),
         ))
+        .add_service(admin_reflection)
         .serve_with_incoming_shutdown(
             admin_limits.incoming_tls(
                 admin_listener,
@@ -554,6 +568,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let api_task = tokio::spawn(api_server);
     let admin_task = tokio::spawn(admin_server);
     let keeper_task = tokio::spawn(keeper.run(stop_rx_keeper.clone()));
+    let health_task = tokio::spawn(crate::health::report(
+        health_reporter,
+        replica.clone(),
+        enclave.clone(),
+        Duration::from_millis(500),
+        stop_rx_keeper.clone(),
+    ));
     let metrics_task = metrics_listener.map(|l| {
         let m = crate::metrics::Metrics {
             replica: replica.clone(),
@@ -582,6 +603,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     // In-flight RPCs finish; bounded so a stuck peer cannot hold shutdown forever.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let _ = keeper_task.await;
+        let _ = health_task.await;
         if let Some(w) = watcher_task {
             let _ = w.await;
         }

@@ -34,7 +34,7 @@
 use anyhow::{bail, Context, Result};
 use devchain::actions::{Action, Profile};
 use devchain::runtime::Public;
-use gatekeeper_client::MinerClient;
+use gatekeeper_client::{MinerClient, RetryPolicy};
 use gatekeeper_integration_tests::{env_or, Cluster, Opts};
 use keyring::sign::KeyTarget;
 use keyring::Sr25519Keypair;
@@ -103,7 +103,8 @@ fn wait_serving(c: &Cluster, rt: &tokio::runtime::Runtime, i: u64, block: u64, w
                 return Err(format!("cursor {:?}", ch.cursor));
             }
             rt.block_on(async {
-                let mut m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone())
+                let m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone())
+                    .with_retry(RetryPolicy::once())
                     .with_tls_ca_file(c.ca_file().ok_or("no CA")?)
                     .map_err(|e| e.to_string())?;
                 m.fetch(KeyTarget::Worker, None)
