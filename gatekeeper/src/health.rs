@@ -110,6 +110,27 @@ pub fn readiness(f: &Facts) -> Readiness {
     }
 }
 
+/// [`readiness`] for a probe that asked to count a node of a cluster not initialised yet as
+/// ready (`/readyz?uninitialized=ok`): an orchestrator that waits for ready pods before it runs
+/// the initialisation (`helm install --wait` before the post-install Job) would otherwise wait
+/// forever. Every other reason still makes the node not ready.
+pub fn readiness_uninitialized_ok(f: &Facts) -> Readiness {
+    match readiness(f) {
+        Readiness::NotReady(why) => {
+            let rest: Vec<NotReady> = why
+                .into_iter()
+                .filter(|r| *r != NotReady::NotInitialized)
+                .collect();
+            if rest.is_empty() {
+                Readiness::Ready
+            } else {
+                Readiness::NotReady(rest)
+            }
+        }
+        ready => ready,
+    }
+}
+
 /// Reads the facts from the running node (the state is read under its lock: a node whose state
 /// cannot be read does not answer at all).
 pub fn facts(replica: &Replica, enclave: &dyn Enclave) -> Facts {
@@ -228,5 +249,22 @@ mod tests {
             "not ready: raft stopped on this node; sealed for epochs 1, 2"
         );
         assert!(!Facts::default().eq(&ready()) && !readiness(&Facts::default()).is_ready());
+        // A probe may count "not initialised" as ready, and nothing else.
+        let uninit = Facts {
+            raft_running: true,
+            ..Facts::default()
+        };
+        assert_eq!(readiness_uninitialized_ok(&uninit), Readiness::Ready);
+        assert_eq!(
+            readiness_uninitialized_ok(&Facts {
+                sealed_epochs: vec![1],
+                ..ready()
+            }),
+            Readiness::NotReady(vec![NotReady::Sealed(vec![1])])
+        );
+        assert_eq!(
+            readiness_uninitialized_ok(&Facts::default()),
+            Readiness::NotReady(vec![NotReady::RaftStopped])
+        );
     }
 }

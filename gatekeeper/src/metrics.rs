@@ -1,7 +1,8 @@
 //! `/metrics`: Prometheus text exposition (format 0.0.4) over plain HTTP/1, on
 //! `metrics_listen` when configured; beside it `/livez` (200 whenever the process answers) and
-//! `/readyz` (200 when ready, else 503 with the reasons: [`crate::health`]), for probes that
-//! cannot speak TLS (Kubernetes' gRPC probes cannot).
+//! `/readyz` (200 when ready, else 503 with the reasons: [`crate::health`];
+//! `/readyz?uninitialized=ok` also counts a node of a cluster not initialised yet as ready), for
+//! probes that cannot speak TLS (Kubernetes' gRPC probes cannot).
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
@@ -190,7 +191,12 @@ async fn handle(
         // Liveness: the process answers. Never seal, quorum or disk state (health.rs).
         (true, "/livez") => text(StatusCode::OK, "ok\n".into()),
         (true, "/readyz") => {
-            let r = crate::health::readiness(&crate::health::facts(&m.replica, m.enclave.as_ref()));
+            let facts = crate::health::facts(&m.replica, m.enclave.as_ref());
+            let r = if req.uri().query() == Some("uninitialized=ok") {
+                crate::health::readiness_uninitialized_ok(&facts)
+            } else {
+                crate::health::readiness(&facts)
+            };
             let status = if r.is_ready() {
                 StatusCode::OK
             } else {

@@ -261,6 +261,13 @@ fn with_fewer_than_t_nodes_a_restarted_node_stays_sealed_and_says_so() {
         gatekeeper_integration_tests::http_status(c.metrics_addr(1).unwrap(), "/readyz").unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("sealed for epoch"), "{body}");
+    // The probe that tolerates a cluster not initialised yet does not tolerate a sealed node.
+    let (code, body) = gatekeeper_integration_tests::http_status(
+        c.metrics_addr(1).unwrap(),
+        "/readyz?uninitialized=ok",
+    )
+    .unwrap();
+    assert_eq!(code, 503, "{body}");
     let (ok, out) = health(&c, 1, Some(false));
     assert!(!ok && out.contains("not ready"), "{out}");
     let (ok, out) = health(&c, 1, Some(true));
