@@ -418,6 +418,9 @@ fn killing_the_leader_while_events_flow_loses_and_repeats_no_event() {
         emitter.join().expect("the emitter finished")
     });
     net.wait_applied(&ALL, last);
+    // The killed leader came back and unsealed from its peers before its keys are asked for
+    // (a node still unsealing answers NODE_SEALED, which is not what this test checks).
+    net.wait_unsealed(&ALL, 1);
 
     // Compare with the chain's full event list: every event applied exactly once, on every node.
     let events = net.chain.events();

@@ -202,6 +202,88 @@ async fn track_leadership(raft: Raft<TypeConfig>, led: LeaderContact) {
     }
 }
 
+/// Whether a follower should stand for election now, instead of waiting for openraft's timer.
+///
+/// openraft makes a follower that knows a leader wait `leader_lease + election_timeout` since it
+/// last heard from it (the lease is `election_timeout_max`, the timeout drawn from
+/// `[min, max)`), so after a leader dies nobody stands for `max + min` to `2 × max`; the
+/// survivors' leases (what makes them refuse a candidate) expired at `max`. Standing once this
+/// node's own view of the lease expired (`lease_ms` since the last contact) plus `jitter_ms`
+/// (drawn per attempt, so two survivors rarely split the vote) brings the election to
+/// `max + jitter`. Only a voter that follows a leader it has heard from stands this way (never a
+/// node that never had a leader, a learner, a candidate — openraft retries those — or a leader),
+/// at most once per `cooldown_ms`.
+pub(crate) fn should_stand(
+    state: ServerState,
+    voter: bool,
+    contact_ms: Option<u64>,
+    lease_ms: u64,
+    jitter_ms: u64,
+    since_last_stand_ms: Option<u64>,
+    cooldown_ms: u64,
+) -> bool {
+    state == ServerState::Follower
+        && voter
+        && contact_ms.is_some_and(|age| age >= lease_ms.saturating_add(jitter_ms))
+        && since_last_stand_ms.is_none_or(|s| s >= cooldown_ms)
+}
+
+/// Stands for election when [`should_stand`] says so, checked every 50 ms until Raft stops.
+async fn stand_when_lease_expires(raft: Raft<TypeConfig>, contact: LeaderContact, id: NodeId) {
+    let mut metrics = raft.metrics();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let (min, lease) = (
+        raft.config().election_timeout_min,
+        raft.config().election_timeout_max,
+    );
+    let draw = |salt: u64| {
+        // Jitter in [0, min/2): enough apart to avoid a split vote on a LAN, small beside the
+        // timeout. Drawn from the clock and the node id (no randomness dependency needed).
+        let x = crate::now_ms()
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(id.wrapping_mul(1442695040888963407) ^ salt);
+        (x >> 33) % (min / 2).max(1)
+    };
+    let mut jitter = draw(0);
+    let mut last: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = raft_stopped(&mut metrics) => return,
+        }
+        let (state, voter) = {
+            let m = metrics.borrow();
+            (
+                m.state,
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id),
+            )
+        };
+        let since = last.map(|t| t.elapsed().as_millis() as u64);
+        if should_stand(
+            state,
+            voter,
+            contact.millis_since(),
+            lease,
+            jitter,
+            since,
+            lease,
+        ) {
+            tracing::info!(
+                silent_ms = contact.millis_since().unwrap_or_default(),
+                "no word from the leader past its lease: standing for election"
+            );
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+            last = Some(std::time::Instant::now());
+            jitter = draw(jitter + 1);
+        }
+    }
+}
+
 /// Whether these metrics show a leader a quorum acknowledged within `quiet_ms`.
 pub(crate) fn leads_with_quorum(m: &openraft::RaftMetrics<NodeId, Node>, quiet_ms: u64) -> bool {
     m.state == ServerState::Leader && m.millis_since_quorum_ack.is_some_and(|ms| ms < quiet_ms)
@@ -456,6 +538,11 @@ impl Replica {
         };
         tokio::spawn(replica.clone().sign_checkpoints());
         tokio::spawn(track_leadership(replica.raft.clone(), replica.led.clone()));
+        tokio::spawn(stand_when_lease_expires(
+            replica.raft.clone(),
+            replica.contact.clone(),
+            replica.node_id,
+        ));
         tokio::spawn(take_certified_snapshots(
             replica.raft.clone(),
             replica.sm.subscribe_certified(),
@@ -1059,5 +1146,40 @@ fn map_write_err<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> ReplicaError 
             detail: api.to_string(),
         },
         RaftError::Fatal(f) => ReplicaError::Raft(f.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod stand_tests {
+    use super::should_stand;
+    use openraft::ServerState::{Candidate, Follower, Leader, Learner};
+
+    #[test]
+    fn a_follower_stands_once_the_lease_it_saw_expired_plus_its_jitter() {
+        // lease 2000 ms, jitter 300 ms, cooldown 2000 ms.
+        let s = |state, voter, contact, since| {
+            should_stand(state, voter, contact, 2000, 300, since, 2000)
+        };
+        assert!(
+            !s(Follower, true, Some(2299), None),
+            "lease + jitter not over yet"
+        );
+        assert!(s(Follower, true, Some(2300), None));
+        assert!(
+            !s(Follower, true, None, None),
+            "never had a leader: openraft's timer"
+        );
+        assert!(!s(Follower, false, Some(9000), None), "not a voter");
+        assert!(!s(Learner, false, Some(9000), None));
+        assert!(
+            !s(Candidate, true, Some(9000), None),
+            "openraft retries candidates"
+        );
+        assert!(!s(Leader, true, Some(9000), None));
+        assert!(
+            !s(Follower, true, Some(9000), Some(1999)),
+            "stood too recently"
+        );
+        assert!(s(Follower, true, Some(9000), Some(2000)));
     }
 }
