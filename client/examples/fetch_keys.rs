@@ -27,7 +27,7 @@ struct Args {
 }
 
 fn id32(s: &str) -> Result<[u8; 32], String> {
-    hex::decode(s)
+    hex::decode(s.strip_prefix("0x").unwrap_or(s))
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| format!("{s:?} is not 64 hex characters"))

@@ -55,3 +55,30 @@ fn help_lists_the_commands() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("keygen"));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `gatekeeper certs dev-cluster` prints a line per file it wrote; the reader (`true`) is gone
+    // before the first one. The command must still succeed, without a panic on stderr (println!
+    // would panic with "failed printing to stdout: Broken pipe").
+    let bin = gatekeeper_bin().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            &format!(
+                "{} certs dev-cluster --out {} --nodes 3 | true",
+                bin.display(),
+                dir.path().join("certs").display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The certificates were still written.
+    assert!(dir.path().join("certs/ca.pem").exists());
+}

@@ -346,7 +346,9 @@ type Client = AdminServiceClient<tonic::transport::Channel>;
 // Operator input → requests (pure).
 
 fn hexid(s: &str) -> Result<Vec<u8>> {
-    let b = hex::decode(s).with_context(|| format!("{s:?} is not hex"))?;
+    // `0x`-prefixed (as the dev chain and Substrate tools print ids) or bare.
+    let b = hex::decode(s.strip_prefix("0x").unwrap_or(s))
+        .with_context(|| format!("{s:?} is not hex"))?;
     if b.len() != 32 {
         bail!("{s:?} must be 32 bytes (64 hex characters)");
     }
@@ -375,7 +377,9 @@ fn parse_members(members: &[String]) -> Result<Vec<pb::InitMember>> {
 
 /// The text of an `--import-master-file`: 128 hex characters (surrounding whitespace ignored).
 fn parse_master_secret(text: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
-    let secret = zeroize::Zeroizing::new(hex::decode(text.trim()).ok()?);
+    let text = text.trim();
+    let secret =
+        zeroize::Zeroizing::new(hex::decode(text.strip_prefix("0x").unwrap_or(text)).ok()?);
     (secret.len() == 64).then_some(secret)
 }
 
@@ -607,11 +611,12 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
 fn status_text(s: &pb::StatusResponse) -> Vec<String> {
     let mut lines = vec![
         format!(
-            "node {} ({}), term {}, leader {:?}",
+            "node {} ({}), term {}, leader {}",
             s.node_id,
             role_name(s.role),
             s.term,
             s.leader_id
+                .map_or_else(|| "unknown".to_string(), |l| l.to_string())
         ),
         format!(
             "log index {}, applied {}, audit sequence {}",
@@ -766,7 +771,7 @@ fn fault_json(r: &pb::SetFaultResponse) -> serde_json::Value {
 
 fn print_lines(lines: &[String]) {
     for l in lines {
-        println!("{l}");
+        outln!("{l}");
     }
 }
 
@@ -881,7 +886,7 @@ async fn run_command(
                 }
                 r => r,
             };
-            println!("{}", join_json(&r.map_err(status_error)?.into_inner()));
+            outln!("{}", join_json(&r.map_err(status_error)?.into_inner()));
             Ok(())
         }
         AdminCommand::Leave { node_id } => {
@@ -902,7 +907,7 @@ async fn run_command(
                 }
                 r => r,
             };
-            println!("{}", leave_json(&r.map_err(status_error)?.into_inner()));
+            outln!("{}", leave_json(&r.map_err(status_error)?.into_inner()));
             Ok(())
         }
         AdminCommand::Status { json } => status(&mut c, json).await,
@@ -948,7 +953,7 @@ async fn init(
         ..Default::default()
     };
     let r = c.init(req).await.map_err(status_error)?.into_inner();
-    println!("{}", init_json(&r));
+    outln!("{}", init_json(&r));
     Ok(())
 }
 
@@ -1024,7 +1029,7 @@ async fn status(c: &mut Client, as_json: bool) -> Result<()> {
     let req = pb::StatusRequest {};
     let s = c.status(req).await.map_err(status_error)?.into_inner();
     if as_json {
-        println!("{}", status_json(&s));
+        outln!("{}", status_json(&s));
     } else {
         print_lines(&status_text(&s));
     }
@@ -1035,7 +1040,7 @@ async fn members(c: &mut Client, as_json: bool) -> Result<()> {
     let req = pb::MembersRequest {};
     let r = c.members(req).await.map_err(status_error)?.into_inner();
     if as_json {
-        println!("{}", members_response_json(&r));
+        outln!("{}", members_response_json(&r));
     } else {
         print_lines(&members_text(&r));
     }
@@ -1068,7 +1073,7 @@ async fn put(
         Err(s) => return Err(status_error(s)),
     }
     .into_inner();
-    println!("{}", put_json(&r));
+    outln!("{}", put_json(&r));
     Ok(())
 }
 
@@ -1078,7 +1083,7 @@ async fn get(c: &mut Client, key: String, consistency: &str) -> Result<()> {
         consistency: parse_consistency(consistency)? as i32,
     };
     let r = c.read_canary(req).await.map_err(status_error)?.into_inner();
-    println!("{}", get_json(&r));
+    outln!("{}", get_json(&r));
     Ok(())
 }
 
@@ -1144,7 +1149,7 @@ async fn rotate(
     );
     req.authorization = authorize(c, signer, &command).await?;
     let r = c.rotate(req).await.map_err(status_error)?.into_inner();
-    println!("{}", rotate_json(&r));
+    outln!("{}", rotate_json(&r));
     Ok(())
 }
 
@@ -1190,7 +1195,7 @@ async fn operators(
     }
     .map_err(status_error)?
     .into_inner();
-    println!(
+    outln!(
         "{}",
         json!({"log_index": r.log_index, "operators": r.operators})
     );
@@ -1204,7 +1209,7 @@ async fn retire(c: &mut Client, signer: Option<&OperatorSigner>, min_epoch: u64)
         authorization,
     };
     let r = c.retire(req).await.map_err(status_error)?.into_inner();
-    println!("{}", retire_json(&r));
+    outln!("{}", retire_json(&r));
     Ok(())
 }
 
@@ -1220,7 +1225,7 @@ async fn dev(c: &mut Client, signer: Option<&OperatorSigner>, event: DevEvent) -
         .await
         .map_err(status_error)?
         .into_inner();
-    println!("{}", dev_json(&r));
+    outln!("{}", dev_json(&r));
     Ok(())
 }
 
@@ -1229,13 +1234,29 @@ async fn fault(c: &mut Client, isolate: bool, heal: bool) -> Result<()> {
         isolate: parse_fault(isolate, heal)?,
     };
     let r = c.set_fault(req).await.map_err(status_error)?.into_inner();
-    println!("{}", fault_json(&r));
+    outln!("{}", fault_json(&r));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_take_hex_with_or_without_0x() {
+        let bare = "11".repeat(32);
+        assert_eq!(hexid(&bare).unwrap(), vec![0x11; 32]);
+        assert_eq!(hexid(&format!("0x{bare}")).unwrap(), vec![0x11; 32]);
+        assert!(hexid("0x1234").is_err());
+        assert!(hexid("zz").is_err());
+        let secret = "ab".repeat(64);
+        assert_eq!(
+            parse_master_secret(&format!(" 0x{secret}\n"))
+                .unwrap()
+                .len(),
+            64
+        );
+    }
 
     #[test]
     fn the_cli_follows_only_reachable_leader_addresses() {
@@ -1592,7 +1613,7 @@ mod tests {
         assert_eq!(
             status_text(&sample_status()),
             [
-                "node 1 (leader), term 4, leader Some(1)",
+                "node 1 (leader), term 4, leader 1",
                 "log index 20, applied 19, audit sequence 17",
                 "     1  voter    raft=127.0.0.1:7001 api=127.0.0.1:8001",
                 "    12  learner  raft=127.0.0.1:7012 api=127.0.0.1:8012",
@@ -1640,7 +1661,7 @@ mod tests {
         assert_eq!(
             status_text(&s),
             [
-                "node 2 (follower), term 0, leader None",
+                "node 2 (follower), term 0, leader unknown",
                 "log index 0, applied 0, audit sequence 0",
                 "seal: unsealing 1/3",
                 "chain: none configured",

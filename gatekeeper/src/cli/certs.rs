@@ -158,7 +158,7 @@ pub fn run(command: CertsCommand) -> Result<()> {
         } => dev_cluster(&out, nodes, &hosts, force)?.written,
     };
     for w in written {
-        println!("wrote {}: {}", w.path.display(), w.what);
+        outln!("wrote {}: {}", w.path.display(), w.what);
     }
     Ok(())
 }

@@ -161,7 +161,7 @@ impl Step {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        println!(
+        outln!(
             "✓ {} — {detail} ({:.1}s)",
             self.title,
             self.started.elapsed().as_secs_f64()
@@ -172,7 +172,7 @@ impl Step {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        println!("✗ {}", self.title);
+        outln!("✗ {}", self.title);
     }
 }
 
@@ -498,11 +498,11 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     let outcome = match result {
         Ok(chain) => {
             if args.exit_after_demo {
-                println!("--exit-after-demo: stopping");
+                outln!("--exit-after-demo: stopping");
             } else {
-                println!("\nRunning. Press Ctrl-C to stop every node and the chain.");
+                outln!("\nRunning. Press Ctrl-C to stop every node and the chain.");
                 crate::node::shutdown_signal().await;
-                println!("\nStopping…");
+                outln!("\nStopping…");
             }
             stop_nodes(&mut nodes).await;
             chain.stop().await;
@@ -514,7 +514,7 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
         }
     };
     if outcome.is_ok() {
-        println!("Stopped. Logs and data remain in {}", dir.display());
+        outln!("Stopped. Logs and data remain in {}", dir.display());
     }
     outcome
 }
@@ -546,7 +546,7 @@ async fn demo(
         contract_key,
     };
     for line in summary_lines(&summary) {
-        println!("{line}");
+        outln!("{line}");
     }
     Ok(chain)
 }

@@ -59,7 +59,7 @@ pub async fn run(args: HealthArgs) -> Result<()> {
         }
         (None, None) => bail!("pass --endpoint (gRPC health) or --http (/readyz)"),
     };
-    println!(
+    outln!(
         "{}",
         json!({"target": target, "healthy": healthy, "detail": detail})
     );

@@ -19,6 +19,6 @@ pub fn run(out: &Path, force: bool) -> Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot write {}", out.display())),
     }
-    println!("{}", hex::encode(key.public_key().as_bytes()));
+    outln!("{}", hex::encode(key.public_key().as_bytes()));
     Ok(())
 }

@@ -53,10 +53,10 @@ fn id32(id: &Option<String>) -> Result<[u8; 32]> {
     let s = id
         .as_deref()
         .context("--id is required for cluster and contract keys")?;
-    hex::decode(s)
+    hex::decode(s.strip_prefix("0x").unwrap_or(s))
         .ok()
         .and_then(|b| b.try_into().ok())
-        .context("--id must be 64 hex characters")
+        .context("--id must be 64 hex characters (a 0x prefix is allowed)")
 }
 
 /// Runs a miner command.
@@ -111,7 +111,7 @@ pub async fn run(cmd: MinerCommand) -> Result<()> {
             if show_secret {
                 out["seed"] = json!(hex::encode(k.keypair.seed()));
             }
-            println!("{out}");
+            outln!("{out}");
         }
     }
     Ok(())

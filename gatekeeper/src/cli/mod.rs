@@ -8,6 +8,31 @@
 //! * [`certs`] — make TLS certificates: a CA, node and operator certificates, the miners' CA
 //!   bundle, a whole development cluster's set.
 //! * `audit verify` — check an audit log's hash chain ([`crate::audit::verify`]).
+//!
+//! Command output goes through [`out`] (`outln!`): a closed stdout (`admin status | head`) ends
+//! the command quietly instead of panicking as `println!` does.
+
+/// `println!` for command output, through [`out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line of a command's output to stdout. When the reader went away (a closed pipe)
+/// the process exits 0 at once: the reader has what it wanted. Any other write error exits 1
+/// with a message on stderr.
+pub fn out(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|_| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 pub mod admin;
 pub mod certs;
@@ -119,7 +144,7 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
                             .and_then(|l| serde_json::from_slice::<crate::audit::Line>(l).ok())
                     })
                     .map(|l| l.seq);
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"file": file, "lines": n, "first_seq": first, "chain": "ok"})
                 );
