@@ -500,7 +500,91 @@ fn env_value(raw: &str) -> toml::Value {
     }
 }
 
+/// `GATEKEEPER_*` variables the tools read (the operator and miner CLI, the dev chain, the
+/// image and test scripts). A node ignores them; every other `GATEKEEPER_*` variable must name a
+/// node setting ([`check_env_names`]).
+pub const TOOL_VARIABLES: &[&str] = &[
+    "GATEKEEPER_ENDPOINT",
+    "GATEKEEPER_ADMIN_CA",
+    "GATEKEEPER_ADMIN_CERT",
+    "GATEKEEPER_ADMIN_KEY",
+    "GATEKEEPER_ADMIN_SERVER_NAME",
+    "GATEKEEPER_ADMIN_PLAINTEXT",
+    "GATEKEEPER_MINER_CA",
+    "GATEKEEPER_DEVCHAIN_URL",
+    "GATEKEEPER_IMAGE",
+    "GATEKEEPER_IMAGE_PROFILE",
+    "GATEKEEPER_BASE_IMAGE",
+    "GATEKEEPER_SKIP_IMAGE_BUILD",
+    "GATEKEEPER_WRITE_VECTORS",
+    "GATEKEEPER_TEST_BIN",
+    "GATEKEEPER_TEST_DEVCHAIN_BIN",
+];
+
+/// Refuses `GATEKEEPER_*` variable names that are neither a node setting (`GATEKEEPER_` + the
+/// key in upper case) nor a tool's ([`TOOL_VARIABLES`]): a typo in the environment is refused as
+/// a typo in the TOML file is, instead of silently leaving the default in place. The message
+/// names each unknown variable and, when one is close, the setting it probably meant.
+pub fn check_env_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut unknown: Vec<String> = Vec::new();
+    for name in names {
+        let Some(key) = name.strip_prefix("GATEKEEPER_") else {
+            continue;
+        };
+        let known = KEYS.iter().any(|k| k.to_uppercase() == key);
+        if known || TOOL_VARIABLES.contains(&name) {
+            continue;
+        }
+        let lower = key.to_lowercase();
+        let near = KEYS
+            .iter()
+            .filter(|k| {
+                k.starts_with(&lower) || lower.starts_with(*k) || edit_distance(k, &lower) <= 2
+            })
+            .map(|k| format!("GATEKEEPER_{}", k.to_uppercase()))
+            .next();
+        unknown.push(match near {
+            Some(n) => format!("{name} (did you mean {n}?)"),
+            None => name.to_string(),
+        });
+    }
+    if !unknown.is_empty() {
+        bail!(
+            "unknown environment variable{}: {} — not a node setting (docs/operations.md, \
+             \"Settings\") nor one of the tools' own variables",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Levenshtein distance (for suggestions; settings are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 impl NodeConfig {
+    /// [`NodeConfig::load`] from this process's environment, after refusing unknown
+    /// `GATEKEEPER_*` variables ([`check_env_names`]).
+    pub fn load_from_process(path: Option<&Path>) -> Result<NodeConfig> {
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        check_env_names(names.iter().map(String::as_str))?;
+        NodeConfig::load(path, |k| std::env::var(k).ok())
+    }
+
     /// Loads `path` (if given), applies `GATEKEEPER_*` overrides from `env`, and validates.
     pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<NodeConfig> {
         let mut table = match path {
@@ -881,6 +965,48 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn unknown_gatekeeper_variables_are_refused_and_the_near_setting_named() {
+        check_env_names([
+            "PATH",
+            "GATEKEEPER_NODE_ID",
+            "GATEKEEPER_ELECTION_TIMEOUT_MIN_MS",
+            "GATEKEEPER_ADMIN_CA",
+            "GATEKEEPER_MINER_CA",
+        ])
+        .unwrap();
+        // Every setting's variable is known.
+        let all: Vec<String> = KEYS
+            .iter()
+            .map(|k| format!("GATEKEEPER_{}", k.to_uppercase()))
+            .collect();
+        check_env_names(all.iter().map(String::as_str)).unwrap();
+        let e = check_env_names(["GATEKEEPER_ELECTION_TIMEOUT_MIN"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("GATEKEEPER_ELECTION_TIMEOUT_MIN (did you mean GATEKEEPER_ELECTION_TIMEOUT_MIN_MS?)"),
+            "{e}"
+        );
+        let e = check_env_names([
+            "GATEKEEPER_NODEID",
+            "GATEKEEPER_node_id",
+            "GATEKEEPER_XYZZY",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("GATEKEEPER_NODEID (did you mean GATEKEEPER_NODE_ID?)"),
+            "{e}"
+        );
+        assert!(e.contains("GATEKEEPER_node_id"), "{e}");
+        assert!(
+            e.contains("GATEKEEPER_XYZZY") && !e.contains("GATEKEEPER_XYZZY (did"),
+            "{e}"
+        );
+        assert_eq!(edit_distance("node_id", "nodeid"), 1);
     }
 
     #[test]

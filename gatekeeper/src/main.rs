@@ -21,12 +21,11 @@ fn main() {
         Command::Keygen { out, force } => cli::keygen::run(&out, force),
         Command::Certs { command } => cli::certs::run(command),
         Command::Audit { command } => cli::audit(command),
-        Command::Node { config } => {
-            config::NodeConfig::load(config.as_deref(), |k| std::env::var(k).ok()).and_then(|c| {
+        Command::Node { config } => config::NodeConfig::load_from_process(config.as_deref())
+            .and_then(|c| {
                 node::init_logging(c.log_format);
                 runtime()?.block_on(node::run(c))
-            })
-        }
+            }),
         Command::Miner { command } => {
             runtime().and_then(|rt| rt.block_on(cli::miner::run(command)))
         }

@@ -82,3 +82,21 @@ fn output_into_a_closed_pipe_ends_quietly() {
     // The certificates were still written.
     assert!(dir.path().join("certs/ca.pem").exists());
 }
+
+#[test]
+fn a_node_refuses_a_mistyped_gatekeeper_variable() {
+    // The same typo in TOML is refused; so is it in the environment, naming the setting meant.
+    let bin = gatekeeper_bin().unwrap();
+    let out = Command::new(&bin)
+        .arg("node")
+        .env("GATEKEEPER_NODE_ID", "1")
+        .env("GATEKEEPER_DATA_DIRR", "/tmp/nowhere")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("GATEKEEPER_DATA_DIRR (did you mean GATEKEEPER_DATA_DIR?)"),
+        "{stderr}"
+    );
+}
