@@ -559,6 +559,28 @@ pub fn check_env_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(
     Ok(())
 }
 
+/// What changed between the addresses this node advertises now and those its membership entry
+/// holds (`member`: raft, api; `None` when it is not a member): one line per address that
+/// differs. The membership is what peers and clients dial, and a restart with a new
+/// `raft_advertise` or `api_advertise` does not change it: it takes a `leave` and a `join`.
+pub fn advertised_drift(raft: &str, api: &str, member: Option<(&str, &str)>) -> Vec<String> {
+    let Some((m_raft, m_api)) = member else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if raft != m_raft {
+        out.push(format!(
+            "this node advertises Raft address {raft} but the membership holds {m_raft} (peers dial that)"
+        ));
+    }
+    if api != m_api {
+        out.push(format!(
+            "this node advertises API address {api} but the membership holds {m_api} (clients are told that)"
+        ));
+    }
+    out
+}
+
 /// Levenshtein distance (for suggestions; settings are short).
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -965,6 +987,22 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn a_changed_advertised_address_is_reported_against_the_membership() {
+        assert!(advertised_drift("a:1", "a:2", Some(("a:1", "a:2"))).is_empty());
+        assert!(advertised_drift("a:1", "a:2", None).is_empty());
+        let d = advertised_drift("b:1", "a:2", Some(("a:1", "a:2")));
+        assert_eq!(d.len(), 1);
+        assert!(
+            d[0].contains("Raft address b:1") && d[0].contains("holds a:1"),
+            "{d:?}"
+        );
+        assert_eq!(
+            advertised_drift("b:1", "b:2", Some(("a:1", "a:2"))).len(),
+            2
+        );
     }
 
     #[test]

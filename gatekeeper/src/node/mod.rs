@@ -328,6 +328,25 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     })
     .await
     .with_context(|| format!("node {} cannot start", config.node_id))?;
+    // A changed advertised address does not change the membership peers and clients use.
+    {
+        let me = replica
+            .status()
+            .members
+            .into_iter()
+            .find(|m| m.id == config.node_id);
+        for drift in crate::config::advertised_drift(
+            &config.raft_address(),
+            &config.api_address(),
+            me.as_ref()
+                .map(|m| (m.raft_address.as_str(), m.api_address.as_str())),
+        ) {
+            tracing::warn!(
+                node_id = config.node_id,
+                "{drift}: run `admin leave` and `admin join` with the new address to change it"
+            );
+        }
+    }
     replica.set_signer(Arc::new(crate::enclave::CommandSigner::new(
         config.node_id,
         enclave.clone(),
