@@ -55,7 +55,6 @@ leader() {
   done
   return 1
 }
-unsealed() { status_json "$1" | grep -Eq '"seal_status": ?"unsealed"'; }
 exited() { [ "$(docker inspect --format '{{.State.Status}}' "$(cid "$1")")" = exited ]; }
 fetch() {
   tool gatekeeper miner fetch-key "$@" --worker-key-file /data/worker.json --kind worker \

@@ -19,7 +19,7 @@ use gatekeeper_proto::v1 as pb;
 use hpke::{Deserializable, Kem, Serializable};
 use keyring::derive::{self, Scheme};
 use keyring::envelope::{self, subject, Envelope, EnvelopeContext, Purpose};
-use keyring::sign::{report_data, KeyResponse, KeyTarget};
+use keyring::sign::{report_data, KeyRequest, KeyResponse, KeyTarget};
 use keyring::{
     ClusterId, ContractId, GatekeeperId, MasterSecret, Signature, Sr25519Keypair, Sr25519PublicKey,
     X25519SecretKey,
@@ -143,8 +143,9 @@ fn unhex(v: &Value) -> Vec<u8> {
     hex::decode(v.as_str().expect("a hex string")).expect("hex")
 }
 
-/// Everything about one case; `frozen` supplies the randomized parts (None: make them).
-fn build(case: &Case, frozen: Option<Randomized>) -> (Value, pb::KeyResponse) {
+/// Everything about one case; `frozen` supplies the randomized parts (None: make them). Also
+/// returns the response message and the request as signed.
+fn build(case: &Case, frozen: Option<Randomized>) -> (Value, pb::KeyResponse, KeyRequest) {
     let master = MasterSecret::from_seed(&MASTER_SEED);
     let worker = Sr25519Keypair::from_seed(&WORKER_SEED);
     let recipient = X25519SecretKey::from_bytes(&RECIPIENT_SECRET).unwrap();
@@ -300,7 +301,7 @@ fn build(case: &Case, frozen: Option<Randomized>) -> (Value, pb::KeyResponse) {
             "protobuf": h(&response.encode_to_vec()),
         },
     });
-    (v, response)
+    (v, response, signed.request)
 }
 
 /// A change to a response that verification must catch.
@@ -413,31 +414,13 @@ fn the_wire_format_is_frozen() {
         )
         .unwrap_or_else(|_| panic!("{}: response signature", case.name));
         // Every other byte is recomputed from the inputs.
-        let (again, response) = build(case, Some(randomized));
+        // The request is rebuilt from the inputs and the frozen evidence.
+        let (again, response, request) = build(case, Some(randomized));
         assert_eq!(&again, f, "{}: recomputed bytes differ", case.name);
         // The frozen response, decoded from its protobuf bytes, passes the SDK's checks and
         // yields the derived key.
         let decoded = pb::KeyResponse::decode(&unhex(&f["response"]["protobuf"])[..]).unwrap();
         assert_eq!(decoded, response);
-        let request = sign_request(
-            &worker,
-            &recipient.public_key(),
-            RequestInputs {
-                target: case.target,
-                gatekeeper_id: GatekeeperId(GATEKEEPER_ID),
-                epoch: case.requested,
-                nonce: case.nonce,
-                timestamp_ms: TIMESTAMP_MS,
-                attestation: f["request"]["attestation"]
-                    .get("evidence")
-                    .map(|e| pb::Attestation {
-                        kind: pb::AttestationKind::Dev as i32,
-                        evidence: unhex(e),
-                        collateral: vec![],
-                    }),
-            },
-        )
-        .request;
         let signer = signing_key_for(&info, decoded.epoch).unwrap();
         let VerifiedKey { keypair, epoch, .. } =
             verify_response(&request, &recipient, &signer, &decoded).unwrap();
