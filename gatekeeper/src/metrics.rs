@@ -1,181 +1,714 @@
-//! `/metrics`: Prometheus text exposition (format 0.0.4) over plain HTTP/1, on
-//! `metrics_listen` when configured; beside it `/livez` (200 whenever the process answers) and
-//! `/readyz` (200 when ready, else 503 with the reasons: [`crate::health`];
+//! `/metrics`: the node's Prometheus metrics (OpenMetrics text, `prometheus-client`) over plain
+//! HTTP/1, on `metrics_listen` when configured; beside it `/livez` (200 whenever the process
+//! answers) and `/readyz` (200 when ready, else 503 with the reasons: [`crate::health`];
 //! `/readyz?uninitialized=ok` also counts a node of a cluster not initialised yet as ready), for
 //! probes that cannot speak TLS (Kubernetes' gRPC probes cannot).
 //!
-//! | metric | type | meaning |
-//! |---|---|---|
-//! | `gatekeeper_raft_term` | gauge | current Raft term |
-//! | `gatekeeper_raft_is_leader` | gauge | 1 on the leader |
-//! | `gatekeeper_raft_last_applied_index` | gauge | last applied log index |
-//! | `gatekeeper_audit_sequence` | gauge | audit sequence of the applied state |
-//! | `gatekeeper_unsealed` | gauge | 1 when every active epoch's master is in enclave memory |
-//! | `gatekeeper_chain_connected` | gauge | 1 while the watcher has a session with the chain node |
-//! | `gatekeeper_chain_stalled` | gauge | 1 when no new finalized block came within `chain_stall_ms` |
-//! | `gatekeeper_chain_finalized_block` | gauge | latest finalized block seen |
-//! | `gatekeeper_chain_cursor_block` | gauge | block of the committed cursor |
-//! | `gatekeeper_chain_lag_blocks` | gauge | finalized blocks not yet fully applied |
-//! | `gatekeeper_chain_last_finalized_age_seconds` | gauge | time since the finalized head advanced |
-//! | `gatekeeper_chain_events_applied_total` | counter | chain events applied (cluster-wide, replicated) |
-//! | `gatekeeper_chain_events_ignored_total` | counter | chain events not applied (undecodable or not applicable) |
-//! | `gatekeeper_chain_reconnects_total` | counter | this node's watcher reconnections |
-//! | `gatekeeper_chain_blocks_proposed_total` | counter | finalized blocks this node committed as leader |
+//! Every node serves its own view and never forwards: scrape every pod. Names follow the
+//! Prometheus conventions (base units, `_total` counters); labels hold only low-cardinality values
+//! (a method of the API, a status code, an error code of the catalog, a member's id), never a
+//! worker key, contract id or anything else a client chooses. The catalog with meanings is in
+//! docs/operations.md "Metrics".
 //!
-//! The chain metrics are present only when a chain is configured. The telemetry issue moves
-//! these onto OpenTelemetry; the names stay.
+//! Instruments updated where the work happens (the RPC layer [`RpcMetricsLayer`], the key service,
+//! and the replica's [`gatekeeper_raft::telemetry`]) are registered once; the rest is read at each
+//! scrape from the replica, the enclave and the chain watcher ([`NodeCollector`]). Values marked
+//! "leader only" are absent on other nodes (only the leader knows its followers' progress).
 
 use crate::chain::{ChainSettings, ChainView};
 use crate::enclave::Enclave;
 use bytes::Bytes;
 use gatekeeper_raft::replica::Replica;
+use gatekeeper_raft::state::EpochStatus;
+use gatekeeper_raft::telemetry::{raft_failure_tolerance, unseal_failure_tolerance};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use std::fmt::Write as _;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tokio::net::TcpListener;
 
-/// What `/metrics` reads.
+/// Bucket bounds of the RPC duration histogram (seconds): OpenTelemetry's recommendation for
+/// `rpc.server.call.duration`, from 5 ms to 10 s, with 1 and 2.5 ms added below (a key request
+/// served from a follower's state takes about a millisecond).
+const RPC_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 10.0,
+];
+
+fn rpc_histogram() -> Histogram {
+    Histogram::new(RPC_BUCKETS)
+}
+
+/// The method label of a request outside the API (an unknown path), as OpenTelemetry names it.
+pub const OTHER_METHOD: &str = "_OTHER";
+
+/// Labels of `gatekeeper_rpc_server_call_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// `gatekeeper.v1.KeyService/GetWorkerKey`, or [`OTHER_METHOD`].
+    pub method: String,
+    /// The gRPC status code's name (`OK`, `PERMISSION_DENIED`, …).
+    pub code: &'static str,
+}
+
+/// Labels of `gatekeeper_key_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// `worker`, `cluster` or `contract`.
+    pub kind: &'static str,
+    /// `delivered` or `refused`.
+    pub result: &'static str,
+    /// The refusal's stable error code (docs/api.md), `none` for a delivery.
+    pub reason: &'static str,
+}
+
+/// The node's own instruments (the replica's are in [`gatekeeper_raft::telemetry`]). Cheap to
+/// clone: every handle shares the same instruments.
+#[derive(Clone, Debug)]
+pub struct Instruments {
+    /// Duration of each RPC this node served, by method and status code.
+    pub rpc_duration: Family<RpcLabels, Histogram>,
+    /// Key requests answered, by kind, result and refusal reason.
+    pub key_requests: Family<KeyLabels, Counter>,
+    /// The API's method paths (`/package.Service/Method`): anything else is [`OTHER_METHOD`].
+    known_methods: Arc<HashSet<String>>,
+}
+
+impl Default for Instruments {
+    fn default() -> Self {
+        Self {
+            rpc_duration: Family::new_with_constructor(rpc_histogram),
+            key_requests: Family::default(),
+            known_methods: Arc::new(known_methods()),
+        }
+    }
+}
+
+impl Instruments {
+    /// Counts one answered key request.
+    pub fn key_request(&self, kind: &'static str, refusal: Option<&'static str>) {
+        self.key_requests
+            .get_or_create(&KeyLabels {
+                kind,
+                result: if refusal.is_some() {
+                    "refused"
+                } else {
+                    "delivered"
+                },
+                reason: refusal.unwrap_or("none"),
+            })
+            .inc();
+    }
+
+    /// The method label of a request path: the path without its leading `/` when it names a
+    /// method of the API, else [`OTHER_METHOD`] (a client must not be able to add label values).
+    pub fn method_label(&self, path: &str) -> String {
+        if self.known_methods.contains(path) {
+            path.trim_start_matches('/').to_string()
+        } else {
+            OTHER_METHOD.to_string()
+        }
+    }
+}
+
+/// Every `/package.Service/Method` path of the services the node serves, read from their
+/// descriptor sets (the API's, gRPC health's and gRPC reflection's).
+fn known_methods() -> HashSet<String> {
+    use prost::Message;
+    let sets = [
+        gatekeeper_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    ];
+    let mut out = HashSet::new();
+    for bytes in sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else {
+            continue;
+        };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name = service.name.unwrap_or_default();
+                for method in service.method {
+                    out.insert(format!(
+                        "/{package}.{service_name}/{}",
+                        method.name.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The canonical name of a gRPC status code (`grpc-status` value), as in the gRPC spec.
+pub fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// A tower layer that times each RPC into `gatekeeper_rpc_server_call_duration_seconds`. The code
+/// is the response's `grpc-status` header; a response without one is `OK` (tonic sends an
+/// error of a unary call as a trailers-only response, so the header is there; a stream's
+/// final status travels in its trailers, which this layer does not wait for: a stream is timed
+/// to its response headers).
+#[derive(Clone, Debug)]
+pub struct RpcMetricsLayer(pub Instruments);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetricsService {
+            inner,
+            instruments: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`RpcMetricsLayer`] wraps.
+#[derive(Clone, Debug)]
+pub struct RpcMetricsService<S> {
+    inner: S,
+    instruments: Instruments,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RpcMetricsService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let method = self.instruments.method_label(req.uri().path());
+        let started = std::time::Instant::now();
+        let instruments = self.instruments.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await;
+            let code = match &resp {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or("OK", grpc_code_name),
+                // The connection failed under the request (no response at all).
+                Err(_) => "UNAVAILABLE",
+            };
+            instruments
+                .rpc_duration
+                .get_or_create(&RpcLabels { method, code })
+                .observe(started.elapsed().as_secs_f64());
+            resp
+        })
+    }
+}
+
+/// What the scrape-time metrics read.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct NodeCollector {
     /// The replica.
     pub replica: Replica,
     /// The enclave (whether it holds every active epoch's master).
     pub enclave: Arc<dyn Enclave>,
     /// The chain watcher's settings and view, when a chain is configured.
     pub chain: Option<(ChainSettings, Arc<Mutex<ChainView>>)>,
+    /// `gatekeeper_build_info` labels: mode and enclave kind.
+    pub mode: &'static str,
+    /// Enclave kind (`software`, …).
+    pub enclave_kind: String,
 }
 
-/// One metric: name, type, help text, value.
-type Sample = (&'static str, &'static str, &'static str, f64);
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCollector")
+            .field("node_id", &self.replica.node_id)
+            .finish_non_exhaustive()
+    }
+}
 
-impl Metrics {
-    /// The samples, in exposition order.
-    fn samples(&self) -> Vec<Sample> {
+/// One scrape-time value.
+enum Value {
+    Gauge(f64),
+    Counter(f64),
+}
+
+/// Writes one unlabelled metric.
+fn put(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: Value,
+) -> Result<(), std::fmt::Error> {
+    match v {
+        Value::Gauge(x) => {
+            let g = ConstGauge::new(x);
+            g.encode(enc.encode_descriptor(name, help, unit, g.metric_type())?)
+        }
+        Value::Counter(x) => {
+            let c = ConstCounter::new(x);
+            c.encode(enc.encode_descriptor(name, help, unit, c.metric_type())?)
+        }
+    }
+}
+
+/// The leader's view of its followers, read at a scrape.
+pub struct LeaderView {
+    /// Log entries each follower is behind (by member id).
+    pub lag: Vec<(u64, u64)>,
+    /// Voters that are up in the leader's eyes (itself and those that answered within the
+    /// maximum election timeout).
+    pub healthy_voters: BTreeSet<u64>,
+    /// All voters.
+    pub voters: BTreeSet<u64>,
+    /// Seconds since a quorum last acknowledged the leader.
+    pub quorum_ack_age: Option<f64>,
+}
+
+/// The leader's view (`None` on other nodes).
+pub fn leader_view(replica: &Replica) -> Option<LeaderView> {
+    let m = replica.raft.metrics().borrow().clone();
+    if m.state != openraft::ServerState::Leader {
+        return None;
+    }
+    let last = m.last_log_index.unwrap_or(0);
+    let lag = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != replica.node_id)
+                .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
+                .collect()
+        })
+        .unwrap_or_default();
+    let window = std::time::Duration::from_millis(replica.raft.config().election_timeout_max);
+    let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+    let telemetry = replica.telemetry();
+    let healthy_voters = voters
+        .iter()
+        .copied()
+        .filter(|id| {
+            *id == replica.node_id
+                || telemetry
+                    .since_peer_answered(*id)
+                    .is_some_and(|a| a <= window)
+        })
+        .collect();
+    Some(LeaderView {
+        lag,
+        healthy_voters,
+        voters,
+        quorum_ack_age: m.millis_since_quorum_ack.map(|ms| ms as f64 / 1000.0),
+    })
+}
+
+impl NodeCollector {
+    fn encode_all(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use Value::{Counter as C, Gauge as G};
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        {
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("mode", self.mode.to_string()),
+                ("enclave", self.enclave_kind.clone()),
+            ];
+            let g = ConstGauge::new(1i64);
+            let mut d = enc.encode_descriptor(
+                "build_info",
+                "Always 1; the labels name the build and how the node runs.",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(d.encode_family(&labels)?)?;
+        }
         let s = self.replica.status();
-        let (active, chain_record) = {
+        let (active, current_epoch, rotating, chain_record, newest_dealing) = {
             let applied = self.replica.sm.read();
+            let st = &applied.state;
+            let newest = st
+                .epochs
+                .values()
+                .filter(|e| e.status == EpochStatus::Active)
+                .max_by_key(|e| e.epoch)
+                .map(|e| {
+                    let holders: BTreeSet<u64> =
+                        e.dealing.shares.iter().map(|sh| sh.node_id).collect();
+                    (holders, e.threshold)
+                });
             (
-                crate::epochs::active_epochs(&applied.state),
-                applied.state.chain.clone(),
+                crate::epochs::active_epochs(st),
+                st.current_epoch(),
+                st.rotation.as_ref().is_some_and(|r| {
+                    r.outcome == gatekeeper_raft::state::RotationOutcome::InProgress
+                }),
+                st.chain.clone(),
+                newest,
             )
         };
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let mut out: Vec<Sample> = vec![
-            (
-                "gatekeeper_raft_term",
-                "gauge",
-                "Current Raft term.",
-                s.term as f64,
-            ),
-            (
-                "gatekeeper_raft_is_leader",
-                "gauge",
-                "1 on the Raft leader.",
-                flag(s.role == "leader"),
-            ),
-            (
-                "gatekeeper_raft_last_applied_index",
-                "gauge",
-                "Last applied Raft log index.",
-                s.last_applied.unwrap_or(0) as f64,
-            ),
-            (
-                "gatekeeper_audit_sequence",
-                "gauge",
-                "Audit sequence of the applied state.",
-                s.audit_sequence as f64,
-            ),
-            (
-                "gatekeeper_unsealed",
-                "gauge",
-                "1 when every active epoch's master secret is in enclave memory.",
-                flag(crate::epochs::holds_every(self.enclave.as_ref(), &active)),
-            ),
-        ];
+        put(
+            enc,
+            "raft_term",
+            "Current Raft term.",
+            None,
+            G(s.term as f64),
+        )?;
+        put(
+            enc,
+            "raft_is_leader",
+            "1 on the Raft leader.",
+            None,
+            G(flag(s.role == "leader")),
+        )?;
+        put(
+            enc,
+            "raft_has_leader",
+            "1 when this node knows a leader.",
+            None,
+            G(flag(s.leader_id.is_some())),
+        )?;
+        put(
+            enc,
+            "raft_last_log_index",
+            "Last index in this node's Raft log.",
+            None,
+            G(s.last_log_index.unwrap_or(0) as f64),
+        )?;
+        put(
+            enc,
+            "raft_last_applied_index",
+            "Last Raft log index applied to the state.",
+            None,
+            G(s.last_applied.unwrap_or(0) as f64),
+        )?;
+        if let Some(ms) = self
+            .replica
+            .leader_contact_ms()
+            .filter(|_| s.role != "leader")
+        {
+            put(
+                enc,
+                "raft_leader_contact_age",
+                "Seconds since this node last heard from a leader (not on the leader).",
+                Some(&Unit::Seconds),
+                G(ms as f64 / 1000.0),
+            )?;
+        }
+        let flush = self.replica.log_flush_metrics();
+        put(
+            enc,
+            "raft_log_fsyncs",
+            "fsyncs of the Raft log.",
+            None,
+            C(flush.sync_batch_count as f64),
+        )?;
+        put(
+            enc,
+            "raft_log_fsync_duration",
+            "Total time spent in fsyncs of the Raft log.",
+            Some(&Unit::Seconds),
+            C(flush.sync_us as f64 / 1e6),
+        )?;
+        put(
+            enc,
+            "raft_log_fsync_max",
+            "Longest fsync of the Raft log since the node started.",
+            Some(&Unit::Seconds),
+            G(flush.sync_max_us as f64 / 1e6),
+        )?;
+        put(
+            enc,
+            "raft_log_flush_batches",
+            "Write batches of the Raft log's flush worker.",
+            None,
+            C(flush.batch_count as f64),
+        )?;
+        put(
+            enc,
+            "raft_log_flush_requests",
+            "Write requests the Raft log's flush worker took (several share a batch).",
+            None,
+            C(flush.write_request_count as f64),
+        )?;
+        put(
+            enc,
+            "raft_log_written",
+            "Bytes written to the Raft log.",
+            Some(&Unit::Bytes),
+            C(flush.write_bytes as f64),
+        )?;
+        put(
+            enc,
+            "raft_log_batch_requests_max",
+            "Most write requests in one flush batch since the node started.",
+            None,
+            G(flush.batch_size_max as f64),
+        )?;
+        if let Some(view) = leader_view(&self.replica) {
+            if let Some(age) = view.quorum_ack_age {
+                put(
+                    enc,
+                    "raft_quorum_ack_age",
+                    "Seconds since a quorum last acknowledged this leader (leader only).",
+                    Some(&Unit::Seconds),
+                    G(age),
+                )?;
+            }
+            put(
+                enc,
+                "raft_failure_tolerance",
+                "Voters that may still fail before the cluster loses its quorum: voters that \
+                 answered within the maximum election timeout minus a majority (leader only).",
+                None,
+                G(raft_failure_tolerance(view.voters.len(), view.healthy_voters.len()) as f64),
+            )?;
+            if let Some((holders, threshold)) = &newest_dealing {
+                let up = holders.intersection(&view.healthy_voters).count();
+                put(
+                    enc,
+                    "unseal_failure_tolerance",
+                    "Share holders of the newest active epoch that may still fail before a \
+                     restarted member can no longer rebuild its master key: holders up minus \
+                     the threshold (leader only).",
+                    None,
+                    G(unseal_failure_tolerance(up, *threshold) as f64),
+                )?;
+            }
+            let g = ConstGauge::new(0i64);
+            let mut d = enc.encode_descriptor(
+                "raft_follower_lag_entries",
+                "Log entries each follower is behind the leader (leader only).",
+                None,
+                g.metric_type(),
+            )?;
+            for (id, lag) in &view.lag {
+                let labels = [("member", id.to_string())];
+                ConstGauge::new(*lag as i64).encode(d.encode_family(&labels)?)?;
+            }
+        }
+        put(
+            enc,
+            "audit_sequence",
+            "Audit sequence of the applied state.",
+            None,
+            G(s.audit_sequence as f64),
+        )?;
+        put(
+            enc,
+            "unsealed",
+            "1 when every active epoch's master secret is in enclave memory.",
+            None,
+            G(flag(crate::epochs::holds_every(
+                self.enclave.as_ref(),
+                &active,
+            ))),
+        )?;
+        if let Some(epoch) = current_epoch {
+            put(
+                enc,
+                "epoch_current",
+                "The newest active epoch (absent: none yet).",
+                None,
+                G(epoch as f64),
+            )?;
+        }
+        put(
+            enc,
+            "rotation_in_progress",
+            "1 while a rotation deals its new epoch.",
+            None,
+            G(flag(rotating)),
+        )?;
         if let Some((settings, view)) = &self.chain {
             let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let c = crate::chain::status(settings, &view, &chain_record);
-            out.extend([
-                (
-                    "gatekeeper_chain_connected",
-                    "gauge",
-                    "1 while the chain watcher has a session with the chain node.",
-                    flag(c.connected),
-                ),
-                (
-                    "gatekeeper_chain_stalled",
-                    "gauge",
-                    "1 when no new finalized block came within chain_stall_ms.",
-                    flag(c.stalled),
-                ),
-                (
-                    "gatekeeper_chain_finalized_block",
-                    "gauge",
-                    "Latest finalized block seen.",
-                    c.finalized as f64,
-                ),
-                (
-                    "gatekeeper_chain_cursor_block",
-                    "gauge",
-                    "Block of the committed chain cursor.",
-                    c.cursor_block as f64,
-                ),
-                (
-                    "gatekeeper_chain_lag_blocks",
-                    "gauge",
-                    "Finalized blocks not yet fully applied.",
-                    c.lag_blocks as f64,
-                ),
-                (
-                    "gatekeeper_chain_last_finalized_age_seconds",
-                    "gauge",
-                    "Seconds since the finalized head advanced.",
-                    c.last_finalized_age_ms as f64 / 1000.0,
-                ),
-                (
-                    "gatekeeper_chain_events_applied_total",
-                    "counter",
-                    "Chain events applied to the replicated state.",
-                    c.events_applied as f64,
-                ),
-                (
-                    "gatekeeper_chain_events_ignored_total",
-                    "counter",
-                    "Chain events not applied (undecodable or not applicable).",
-                    c.events_ignored as f64,
-                ),
-                (
-                    "gatekeeper_chain_reconnects_total",
-                    "counter",
-                    "Chain watcher reconnections on this node.",
-                    c.reconnects as f64,
-                ),
-                (
-                    "gatekeeper_chain_blocks_proposed_total",
-                    "counter",
-                    "Finalized blocks this node committed as leader.",
-                    view.blocks_proposed as f64,
-                ),
-            ]);
+            put(
+                enc,
+                "chain_connected",
+                "1 while the chain watcher has a session with the chain node.",
+                None,
+                G(flag(c.connected)),
+            )?;
+            put(
+                enc,
+                "chain_stalled",
+                "1 when no new finalized block came within chain_stall_ms.",
+                None,
+                G(flag(c.stalled)),
+            )?;
+            put(
+                enc,
+                "chain_finalized_block",
+                "Latest finalized block seen.",
+                None,
+                G(c.finalized as f64),
+            )?;
+            put(
+                enc,
+                "chain_cursor_block",
+                "Block of the committed chain cursor.",
+                None,
+                G(c.cursor_block as f64),
+            )?;
+            put(
+                enc,
+                "chain_lag_blocks",
+                "Finalized blocks not yet fully applied.",
+                None,
+                G(c.lag_blocks as f64),
+            )?;
+            put(
+                enc,
+                "chain_last_finalized_age",
+                "Seconds since the finalized head advanced.",
+                Some(&Unit::Seconds),
+                G(c.last_finalized_age_ms as f64 / 1000.0),
+            )?;
+            put(
+                enc,
+                "chain_events_applied",
+                "Chain events applied to the replicated state (the same on every node: use max, \
+                 not sum).",
+                None,
+                C(c.events_applied as f64),
+            )?;
+            put(
+                enc,
+                "chain_events_ignored",
+                "Chain events not applied (undecodable or not applicable; replicated).",
+                None,
+                C(c.events_ignored as f64),
+            )?;
+            put(
+                enc,
+                "chain_reconnects",
+                "Chain watcher reconnections on this node.",
+                None,
+                C(c.reconnects as f64),
+            )?;
+            put(
+                enc,
+                "chain_blocks_proposed",
+                "Finalized blocks this node committed as leader.",
+                None,
+                C(view.blocks_proposed as f64),
+            )?;
         }
-        out
-    }
-
-    /// The exposition text.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        for (name, kind, help, value) in self.samples() {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} {kind}");
-            let _ = writeln!(o, "{name} {value}");
-        }
-        o
+        Ok(())
     }
 }
 
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_all(&mut encoder)
+    }
+}
+
+/// The registry `/metrics` encodes: the node's and the replica's instruments under the
+/// `gatekeeper` prefix, and the scrape-time collector.
+pub fn registry(instruments: &Instruments, collector: NodeCollector) -> Registry {
+    let mut r = Registry::with_prefix("gatekeeper");
+    let raft = collector.replica.telemetry().clone();
+    r.register_with_unit(
+        "rpc_server_call_duration",
+        "Duration of RPCs this node served, by method and gRPC status code",
+        Unit::Seconds,
+        instruments.rpc_duration.clone(),
+    );
+    r.register(
+        "key_requests",
+        "Key requests answered, by kind, result (delivered or refused) and refusal reason \
+         (a stable error code)",
+        instruments.key_requests.clone(),
+    );
+    r.register_with_unit(
+        "raft_log_append_duration",
+        "Time from handing entries to the Raft log until they are durable (fsync included)",
+        Unit::Seconds,
+        raft.log_append_duration,
+    );
+    r.register_with_unit(
+        "raft_apply_duration",
+        "Duration of one apply call of the state machine (one or more entries)",
+        Unit::Seconds,
+        raft.apply_duration,
+    );
+    r.register(
+        "raft_apply_batch_entries",
+        "Entries in one apply call of the state machine",
+        raft.apply_batch_entries,
+    );
+    r.register(
+        "raft_proposals",
+        "Writes submitted through this node, by result: committed, refused (committed, and the \
+         state machine refused it) or failed (not committed: no leader, timeout)",
+        raft.proposals,
+    );
+    r.register(
+        "raft_leader_changes",
+        "Times the leader this node knows of changed (including to none)",
+        raft.leader_changes,
+    );
+    r.register_collector(Box::new(collector));
+    r
+}
+
+/// The exposition text of `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut o = String::new();
+    // Writing to a String cannot fail; a collector's own error would only cut the text short.
+    let _ = prometheus_client::encoding::text::encode(&mut o, registry);
+    o
+}
+
+/// What `/metrics`, `/livez` and `/readyz` read.
+pub struct Endpoint {
+    /// The metrics.
+    pub registry: Registry,
+    /// The replica (readiness).
+    pub replica: Replica,
+    /// The enclave (readiness).
+    pub enclave: Arc<dyn Enclave>,
+}
+
 async fn handle(
-    m: Arc<Metrics>,
+    m: Arc<Endpoint>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let text = |status: StatusCode, body: String| {
@@ -186,8 +719,11 @@ async fn handle(
     };
     let resp = match (req.method() == hyper::Method::GET, req.uri().path()) {
         (true, "/metrics") => Response::builder()
-            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(m.render()))),
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(render(&m.registry)))),
         // Liveness: the process answers. Never seal, quorum or disk state (health.rs).
         (true, "/livez") => text(StatusCode::OK, "ok\n".into()),
         (true, "/readyz") => {
@@ -219,14 +755,14 @@ const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis
 /// limits to each accepted connection (`None`: over the cap, the connection is closed).
 pub async fn serve<C, A>(
     listener: TcpListener,
-    metrics: Metrics,
+    endpoint: Endpoint,
     admit: A,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where
     A: Fn(tokio::net::TcpStream) -> Option<C>,
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let m = Arc::new(metrics);
+    let m = Arc::new(endpoint);
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|v| *v) => return,
@@ -251,5 +787,98 @@ pub async fn serve<C, A>(
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_apis_methods_become_label_values() {
+        let i = Instruments::default();
+        assert_eq!(
+            i.method_label("/gatekeeper.v1.KeyService/GetWorkerKey"),
+            "gatekeeper.v1.KeyService/GetWorkerKey"
+        );
+        assert_eq!(
+            i.method_label("/gatekeeper.raft.v1.RaftService/AppendEntries"),
+            "gatekeeper.raft.v1.RaftService/AppendEntries"
+        );
+        assert_eq!(
+            i.method_label("/grpc.health.v1.Health/Check"),
+            "grpc.health.v1.Health/Check"
+        );
+        assert_eq!(
+            i.method_label("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        );
+        for other in [
+            "/gatekeeper.v1.KeyService/NoSuchMethod",
+            "/attacker-chosen/9f8e7d",
+            "/",
+            "",
+        ] {
+            assert_eq!(i.method_label(other), OTHER_METHOD, "{other}");
+        }
+    }
+
+    #[test]
+    fn grpc_codes_have_their_canonical_names() {
+        assert_eq!(grpc_code_name(0), "OK");
+        assert_eq!(grpc_code_name(7), "PERMISSION_DENIED");
+        assert_eq!(grpc_code_name(14), "UNAVAILABLE");
+        assert_eq!(grpc_code_name(16), "UNAUTHENTICATED");
+        assert_eq!(grpc_code_name(99), "UNKNOWN");
+        assert_eq!(grpc_code_name(-1), "UNKNOWN");
+    }
+
+    #[test]
+    fn key_requests_are_counted_by_kind_result_and_reason() {
+        let i = Instruments::default();
+        i.key_request("worker", None);
+        i.key_request("worker", Some("WORKER_SLASHED"));
+        i.key_request("worker", Some("WORKER_SLASHED"));
+        let mut r = Registry::with_prefix("gatekeeper");
+        r.register("key_requests", "help", i.key_requests.clone());
+        let text = render(&r);
+        assert!(
+            text.contains(
+                "gatekeeper_key_requests_total{kind=\"worker\",result=\"delivered\",reason=\"none\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "gatekeeper_key_requests_total{kind=\"worker\",result=\"refused\",reason=\"WORKER_SLASHED\"} 2"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rpc_durations_render_as_a_histogram_in_seconds() {
+        let i = Instruments::default();
+        i.rpc_duration
+            .get_or_create(&RpcLabels {
+                method: "gatekeeper.v1.KeyService/GetWorkerKey".into(),
+                code: "OK",
+            })
+            .observe(0.003);
+        let mut r = Registry::with_prefix("gatekeeper");
+        r.register_with_unit(
+            "rpc_server_call_duration",
+            "help",
+            Unit::Seconds,
+            i.rpc_duration,
+        );
+        let text = render(&r);
+        assert!(text.contains("# TYPE gatekeeper_rpc_server_call_duration_seconds histogram"));
+        assert!(text.contains(
+            "gatekeeper_rpc_server_call_duration_seconds_bucket{le=\"0.005\",method=\"gatekeeper.v1.KeyService/GetWorkerKey\",code=\"OK\"} 1"
+        ), "{text}");
+        assert!(text.contains(
+            "gatekeeper_rpc_server_call_duration_seconds_bucket{le=\"0.0025\",method=\"gatekeeper.v1.KeyService/GetWorkerKey\",code=\"OK\"} 0"
+        ), "{text}");
     }
 }

@@ -11,6 +11,8 @@
 //! * [`private_fs`] — data-dir directories `0700`, files `0600`.
 //! * [`replica`] — a running replica: writes forwarded to the leader, linearizable and stale
 //!   reads, membership changes, status.
+//! * [`telemetry`] — the replica's Prometheus instruments (apply, log flush, proposals,
+//!   leader changes, peers' answers).
 //! * the openraft type configuration ([`TypeConfig`]).
 
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod replica;
 pub mod sm_store;
 pub mod snapshot;
 pub mod state;
+pub mod telemetry;
 
 use std::fmt;
 

@@ -13,6 +13,9 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, EntryPayload, LogId, OptionalSend, StorageError, StorageIOError, Vote};
 use raft_log::api::raft_log_writer::RaftLogWriter;
 use raft_log::{Config, RaftLog};
+
+/// raft-log's flush worker statistics.
+pub use raft_log::FlushMetrics;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -84,8 +87,13 @@ impl PartialOrd for WalVote {
 
 /// Where the flush worker reports an fsync.
 pub enum FlushCallback {
-    /// openraft waiting for an append to become durable.
-    Append(LogFlushed<TypeConfig>),
+    /// openraft waiting for an append to become durable; when the append was handed over, and
+    /// the histogram that times it.
+    Append(
+        LogFlushed<TypeConfig>,
+        std::time::Instant,
+        Option<prometheus_client::metrics::histogram::Histogram>,
+    ),
     /// Our own wait (vote, truncate, purge).
     Wait(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
@@ -93,7 +101,12 @@ pub enum FlushCallback {
 impl raft_log::Callback for FlushCallback {
     fn send(self, res: io::Result<()>) {
         match self {
-            FlushCallback::Append(cb) => cb.log_io_completed(res),
+            FlushCallback::Append(cb, started, timer) => {
+                if let Some(h) = timer {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
+                cb.log_io_completed(res)
+            }
             FlushCallback::Wait(tx) => {
                 let _ = tx.send(res);
             }
@@ -131,6 +144,8 @@ pub type StoredLogIds = (Option<LogId<NodeId>>, BTreeMap<u64, LogId<NodeId>>);
 #[derive(Clone)]
 pub struct LogStore {
     wal: Arc<Mutex<RaftLog<WalTypes>>>,
+    /// Times appends until they are durable ([`LogStore::timed_by`]).
+    append_duration: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 fn io_err(e: io::Error) -> StorageError<NodeId> {
@@ -164,7 +179,19 @@ impl LogStore {
         let wal = RaftLog::<WalTypes>::open(Arc::new(config))?;
         Ok(Self {
             wal: Arc::new(Mutex::new(wal)),
+            append_duration: None,
         })
+    }
+
+    /// Times each append, from the call until the flush worker reports it durable, in `h`.
+    pub fn timed_by(mut self, h: prometheus_client::metrics::histogram::Histogram) -> Self {
+        self.append_duration = Some(h);
+        self
+    }
+
+    /// raft-log's flush worker statistics (batches, fsyncs and their total time).
+    pub fn flush_metrics(&self) -> FlushMetrics {
+        self.lock().stat().flush_metrics
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RaftLog<WalTypes>> {
@@ -291,6 +318,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut wal = self.lock();
         // Entries at or below the purge point are already covered by it (openraft purges up to
         // the state machine's last_applied at startup); the WAL refuses to go back, so skip them.
@@ -303,8 +331,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         )
         .map_err(io_err)?;
         // Durable only when the flush worker has fsynced; openraft waits for the callback.
-        wal.flush(true, Some(FlushCallback::Append(callback)))
-            .map_err(io_err)
+        wal.flush(
+            true,
+            Some(FlushCallback::Append(
+                callback,
+                started,
+                self.append_duration.clone(),
+            )),
+        )
+        .map_err(io_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -241,6 +241,8 @@ pub struct Network {
     stood_again: Arc<Mutex<Option<(std::time::Instant, u32)>>>,
     /// A vote this node gave outside openraft: it does not stand in that term or below.
     pledge: Pledge,
+    /// Where peers' answers are recorded (failure tolerance in `/metrics`).
+    telemetry: crate::telemetry::RaftTelemetry,
 }
 
 impl Network {
@@ -256,7 +258,14 @@ impl Network {
             snapshot_failures: Default::default(),
             stood_again: Default::default(),
             pledge: Pledge::in_memory(),
+            telemetry: Default::default(),
         }
+    }
+
+    /// Records peers' answers in `telemetry` (shared with the replica).
+    pub fn with_telemetry(mut self, telemetry: crate::telemetry::RaftTelemetry) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Shares the node's vote pledge ([`crate::pledge`]) with the server half.
@@ -709,6 +718,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .map_err(|s| status_to_rpc(self.target, s))?;
         let resp = convert::append_resp_from_pb(resp.into_inner()).map_err(bad_reply)?;
         checks::check_append_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
+        self.network.telemetry.peer_answered(self.target);
         if let AppendEntriesResponse::HigherVote(newer) = &resp {
             return self
                 .network

@@ -335,6 +335,101 @@ impl RoundError {
 }
 
 /// Resolves once Raft has stopped (its metrics channel closed or it reports shutdown).
+/// What changed between two views of Raft that an operator should read in the log (INFO):
+/// this node became leader, follows another, lost its leader; the membership changed. Pure.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RaftEvent {
+    /// This node leads (in `term`).
+    BecameLeader { term: u64 },
+    /// This node follows `leader` (in `term`).
+    Following { leader: NodeId, term: u64 },
+    /// No leader is known any more (an election runs; `previous` led before).
+    LeaderLost { previous: NodeId, term: u64 },
+    /// A new membership was appended at `index`.
+    Membership {
+        index: u64,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    },
+}
+
+/// The events between `before` and `after` (see [`RaftEvent`]).
+pub(crate) fn raft_events(
+    node_id: NodeId,
+    before: &openraft::RaftMetrics<NodeId, Node>,
+    after: &openraft::RaftMetrics<NodeId, Node>,
+) -> Vec<RaftEvent> {
+    let mut out = Vec::new();
+    if before.current_leader != after.current_leader {
+        let term = after.current_term;
+        out.push(match (after.current_leader, before.current_leader) {
+            (Some(id), _) if id == node_id => RaftEvent::BecameLeader { term },
+            (Some(leader), _) => RaftEvent::Following { leader, term },
+            (None, Some(previous)) => RaftEvent::LeaderLost { previous, term },
+            (None, None) => unreachable!("the leader changed"),
+        });
+    }
+    if before.membership_config.log_id() != after.membership_config.log_id() {
+        let m = after.membership_config.membership();
+        let voters: Vec<NodeId> = m.voter_ids().collect();
+        let learners: Vec<NodeId> = m.learner_ids().collect();
+        out.push(RaftEvent::Membership {
+            index: after.membership_config.log_id().map_or(0, |l| l.index),
+            voters,
+            learners,
+        });
+    }
+    out
+}
+
+/// Logs leadership and membership changes at INFO ([`raft_events`]) and counts leader changes,
+/// until Raft stops.
+async fn observe_raft(
+    raft: Raft<TypeConfig>,
+    node_id: NodeId,
+    telemetry: crate::telemetry::RaftTelemetry,
+) {
+    let mut rx = raft.metrics();
+    let mut before = rx.borrow_and_update().clone();
+    while rx.changed().await.is_ok() {
+        let after = rx.borrow_and_update().clone();
+        if after.state == ServerState::Shutdown {
+            return;
+        }
+        for event in raft_events(node_id, &before, &after) {
+            match event {
+                RaftEvent::BecameLeader { term } => {
+                    telemetry.leader_changes.inc();
+                    tracing::info!(term, "became leader");
+                }
+                RaftEvent::Following { leader, term } => {
+                    telemetry.leader_changes.inc();
+                    tracing::info!(leader, term, "following a new leader");
+                }
+                RaftEvent::LeaderLost { previous, term } => {
+                    telemetry.leader_changes.inc();
+                    tracing::info!(previous, term, "leader lost; an election is running");
+                }
+                RaftEvent::Membership {
+                    index,
+                    voters,
+                    learners,
+                } => {
+                    let in_it = voters.contains(&node_id) || learners.contains(&node_id);
+                    tracing::info!(
+                        index,
+                        ?voters,
+                        ?learners,
+                        this_node_is_member = in_it,
+                        "membership changed"
+                    );
+                }
+            }
+        }
+        before = after;
+    }
+}
+
 async fn raft_stopped(
     metrics: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Node>>,
 ) {
@@ -486,10 +581,13 @@ impl Replica {
             sm.set_checkpoint_interval(n);
         }
         raft_settings.snapshot_policy = openraft::SnapshotPolicy::Never;
-        let log = LogStore::open(&log_dir).map_err(|source| ReplicaError::Log {
-            path: log_dir.clone(),
-            source,
-        })?;
+        let telemetry = sm.telemetry().clone();
+        let log = LogStore::open(&log_dir)
+            .map_err(|source| ReplicaError::Log {
+                path: log_dir.clone(),
+                source,
+            })?
+            .timed_by(telemetry.log_append_duration.clone());
         let pledge_path = config.data_dir.join("vote-pledge");
         let pledge = Pledge::open(&pledge_path).map_err(|source| ReplicaError::Log {
             path: pledge_path,
@@ -506,7 +604,8 @@ impl Replica {
         let led = LeaderContact::default();
         let network = Network::new(faults.clone(), config.network.clone())
             .with_elections(elections.clone())
-            .with_pledge(pledge.clone());
+            .with_pledge(pledge.clone())
+            .with_telemetry(telemetry.clone());
         let raft = Raft::new(
             config.node_id,
             raft_config,
@@ -538,6 +637,11 @@ impl Replica {
         };
         tokio::spawn(replica.clone().sign_checkpoints());
         tokio::spawn(track_leadership(replica.raft.clone(), replica.led.clone()));
+        tokio::spawn(observe_raft(
+            replica.raft.clone(),
+            replica.node_id,
+            replica.sm.telemetry().clone(),
+        ));
         tokio::spawn(stand_when_lease_expires(
             replica.raft.clone(),
             replica.contact.clone(),
@@ -746,7 +850,27 @@ impl Replica {
     }
 
     /// Waits for a queued proposal's outcome; forwards it to the leader when this node is not.
+    /// Counts the result (`gatekeeper_raft_proposals_total`).
     async fn complete(
+        &self,
+        receipt: crate::batch::Receipt,
+        bytes: Vec<u8>,
+    ) -> Result<WriteOutcome, ReplicaError> {
+        use crate::telemetry::ProposalResult;
+        let outcome = self.settle_or_forward(receipt, bytes).await;
+        self.sm.telemetry().proposal(match &outcome {
+            Ok(WriteOutcome {
+                reply: Reply::Rejected { .. },
+                ..
+            })
+            | Err(ReplicaError::Refused { .. }) => ProposalResult::Refused,
+            Ok(_) => ProposalResult::Committed,
+            Err(_) => ProposalResult::Failed,
+        });
+        outcome
+    }
+
+    async fn settle_or_forward(
         &self,
         receipt: crate::batch::Receipt,
         bytes: Vec<u8>,
@@ -1126,6 +1250,21 @@ impl Replica {
         }
     }
 
+    /// Milliseconds since this node last heard from a leader (`None`: never).
+    pub fn leader_contact_ms(&self) -> Option<u64> {
+        self.contact.millis_since()
+    }
+
+    /// The replica's instruments ([`crate::telemetry`]).
+    pub fn telemetry(&self) -> &crate::telemetry::RaftTelemetry {
+        self.sm.telemetry()
+    }
+
+    /// The log's flush worker statistics (fsyncs, batches).
+    pub fn log_flush_metrics(&self) -> crate::log_store::FlushMetrics {
+        self.log.flush_metrics()
+    }
+
     /// Stops Raft and flushes storage.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
@@ -1181,5 +1320,75 @@ mod stand_tests {
             "stood too recently"
         );
         assert!(s(Follower, true, Some(9000), Some(2000)));
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::{raft_events, RaftEvent};
+    use crate::{Node, NodeId};
+    use openraft::{CommittedLeaderId, LogId, Membership, RaftMetrics, StoredMembership};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    fn view(
+        leader: Option<NodeId>,
+        term: u64,
+        membership_at: Option<u64>,
+    ) -> RaftMetrics<NodeId, Node> {
+        let mut m = RaftMetrics::new_initial(1);
+        m.current_leader = leader;
+        m.current_term = term;
+        if let Some(index) = membership_at {
+            let nodes: BTreeMap<NodeId, Node> = [
+                (1, Node::default()),
+                (2, Node::default()),
+                (3, Node::default()),
+            ]
+            .into();
+            let membership = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
+            m.membership_config = Arc::new(StoredMembership::new(
+                Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+                membership,
+            ));
+        }
+        m
+    }
+
+    #[test]
+    fn leadership_changes_are_named_from_this_nodes_point_of_view() {
+        assert_eq!(
+            raft_events(1, &view(None, 1, None), &view(Some(1), 2, None)),
+            vec![RaftEvent::BecameLeader { term: 2 }]
+        );
+        assert_eq!(
+            raft_events(1, &view(Some(1), 2, None), &view(Some(3), 3, None)),
+            vec![RaftEvent::Following { leader: 3, term: 3 }]
+        );
+        assert_eq!(
+            raft_events(1, &view(Some(3), 3, None), &view(None, 4, None)),
+            vec![RaftEvent::LeaderLost {
+                previous: 3,
+                term: 4
+            }]
+        );
+        assert!(
+            raft_events(1, &view(Some(3), 3, None), &view(Some(3), 3, None)).is_empty(),
+            "nothing changed: nothing to say"
+        );
+    }
+
+    #[test]
+    fn a_new_membership_is_reported_with_its_voters_and_learners() {
+        let events = raft_events(1, &view(Some(1), 2, Some(5)), &view(Some(1), 2, Some(9)));
+        assert_eq!(
+            events,
+            vec![RaftEvent::Membership {
+                index: 9,
+                voters: vec![1, 2],
+                learners: vec![3],
+            }]
+        );
+        assert!(raft_events(1, &view(Some(1), 2, Some(9)), &view(Some(1), 2, Some(9))).is_empty());
     }
 }

@@ -394,6 +394,8 @@ pub struct SmStore {
     snapshot_dir: PathBuf,
     /// When the changes were last written (ms since the Unix epoch).
     last_persist_ms: Arc<AtomicU64>,
+    /// The replica's instruments (apply duration and batch size are observed here).
+    telemetry: crate::telemetry::RaftTelemetry,
     /// Numbers the incoming snapshot files of this process.
     incoming_seq: Arc<AtomicU64>,
     /// The state of the snapshot the Raft server received and validated last, handed to
@@ -674,6 +676,7 @@ impl SmStore {
             snapshot_writer: Default::default(),
             snapshot_dir,
             last_persist_ms: Default::default(),
+            telemetry: Default::default(),
             incoming_seq: Default::default(),
             validated: Default::default(),
             checkpoint_interval: Default::default(),
@@ -690,6 +693,11 @@ impl SmStore {
         if self.checkpoint_jobs.send(CheckpointJob::Done(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// The replica's instruments, shared by every handle of this store.
+    pub fn telemetry(&self) -> &crate::telemetry::RaftTelemetry {
+        &self.telemetry
     }
 
     /// Checkpoints every `interval` log indexes (0: never). Snapshots are made only from
@@ -1333,6 +1341,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut replies = Vec::new();
         let interval = self.checkpoint_interval.load(Ordering::Relaxed);
         let mut checkpoints = Vec::new();
@@ -1404,6 +1413,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             }
         }
         self.persist_if_due().map_err(sm_err)?;
+        self.telemetry
+            .apply_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.telemetry
+            .apply_batch_entries
+            .observe(replies.len() as f64);
         Ok(replies)
     }
 

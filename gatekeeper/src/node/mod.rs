@@ -473,6 +473,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     if let Some(a) = &audit {
         spawn_audit_reopener(a.clone())?;
     }
+    let instruments = crate::metrics::Instruments::default();
     let keys = KeyServer {
         replica: replica.clone(),
         enclave: enclave.clone(),
@@ -485,6 +486,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         nonces: nonces.clone(),
         stale_reads: config.key_read_mode == "stale",
         audit: audit.clone(),
+        instruments: instruments.clone(),
     };
     // Cluster listener: RaftService and PeerService, for members only.
     let raft_limits = ListenLimits::from_config(
@@ -494,6 +496,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     );
     let raft_server = raft_limits
         .server()
+        .layer(crate::metrics::RpcMetricsLayer(instruments.clone()))
         .layer(crate::service::layer::ErrorCodeLayer)
         .add_service(raft_svc)
         .add_service(
@@ -532,6 +535,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .server()
         .initial_connection_window_size(listen::KEY_CONNECTION_WINDOW)
         .initial_stream_window_size(listen::KEY_STREAM_WINDOW)
+        .layer(crate::metrics::RpcMetricsLayer(instruments.clone()))
         .layer(crate::service::layer::ErrorCodeLayer)
         .layer(crate::service::source_limit::SourceLimitLayer::new(
             config.api_max_requests_per_source,
@@ -562,6 +566,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     );
     let admin_server = admin_limits
         .server()
+        .layer(crate::metrics::RpcMetricsLayer(instruments.clone()))
         .layer(tower::util::option_layer(
             audit.clone().map(crate::audit::AuditLayer),
         ))
@@ -595,10 +600,20 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         stop_rx_keeper.clone(),
     ));
     let metrics_task = metrics_listener.map(|l| {
-        let m = crate::metrics::Metrics {
+        let collector = crate::metrics::NodeCollector {
             replica: replica.clone(),
             enclave: enclave.clone(),
             chain,
+            mode: match config.mode {
+                Mode::Production => "production",
+                Mode::Development => "development",
+            },
+            enclave_kind: config.enclave.clone(),
+        };
+        let m = crate::metrics::Endpoint {
+            registry: crate::metrics::registry(&instruments, collector),
+            replica: replica.clone(),
+            enclave: enclave.clone(),
         };
         let table = ConnTable::for_listener(
             "metrics",

@@ -36,6 +36,8 @@ pub struct KeyServer {
     pub stale_reads: bool,
     /// The audit log, when configured: every delivery and refusal is a line.
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// Where deliveries and refusals are counted (`gatekeeper_key_requests_total`).
+    pub instruments: crate::metrics::Instruments,
 }
 
 impl KeyServer {
@@ -134,8 +136,9 @@ impl KeyServer {
 }
 
 impl KeyServer {
-    /// Records the outcome of a key request in the audit log (when there is one) and answers
-    /// it. A delivery whose line cannot be written is not delivered when the log is required.
+    /// Counts the outcome of a key request, records it in the audit log (when there is one)
+    /// and answers it. A delivery whose line cannot be written is not delivered when the log is
+    /// required.
     fn audited(
         &self,
         method: &str,
@@ -143,6 +146,18 @@ impl KeyServer {
         worker: Option<Vec<u8>>,
         result: ApiResult<pb::KeyResponse>,
     ) -> Result<Response<pb::KeyResponse>, Status> {
+        let kind = match method.rsplit('/').next() {
+            Some("GetClusterKey") => "cluster",
+            Some("GetContractKey") => "contract",
+            _ => "worker",
+        };
+        self.instruments.key_request(
+            kind,
+            result
+                .as_ref()
+                .err()
+                .map(|e| e.code().map_or("INTERNAL", |c| c.as_str())),
+        );
         let Some(a) = &self.audit else {
             return Ok(Response::new(result?));
         };

@@ -1,0 +1,277 @@
+//! What an operator observes, against real `gatekeeper` processes: `/metrics` scraped from live
+//! nodes (names, types, labels, histograms that move, failure tolerance as members go down).
+
+use gatekeeper_client::{MinerClient, RetryPolicy};
+use gatekeeper_integration_tests::{Cluster, Opts};
+use keyring::sign::KeyTarget;
+use keyring::Sr25519Keypair;
+use rand_core::OsRng;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(45);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One scrape, parsed: declared types by family name, and samples (name with labels → value).
+struct Scrape {
+    text: String,
+    types: BTreeMap<String, String>,
+    samples: BTreeMap<String, f64>,
+}
+
+impl Scrape {
+    fn of(c: &Cluster, i: u64) -> Result<Scrape, String> {
+        let text = c.metrics(i)?;
+        let mut types = BTreeMap::new();
+        let mut samples = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').ok_or(line)?;
+                types.insert(name.to_string(), kind.to_string());
+            } else if !line.starts_with('#') && !line.is_empty() {
+                let (series, value) = line.rsplit_once(' ').ok_or(line)?;
+                let v: f64 = value.parse().map_err(|e| format!("{line}: {e}"))?;
+                samples.insert(series.to_string(), v);
+            }
+        }
+        Ok(Scrape {
+            text,
+            types,
+            samples,
+        })
+    }
+
+    /// The value of an exact series (`name{labels}` as exposed), 0 when absent.
+    fn get(&self, series: &str) -> f64 {
+        self.samples.get(series).copied().unwrap_or(0.0)
+    }
+
+    fn has(&self, series: &str) -> bool {
+        self.samples.contains_key(series)
+    }
+}
+
+/// Fetches a worker key from node `i` alone; `Err` carries the refusal.
+fn worker_key(c: &Cluster, i: u64, w: &Sr25519Keypair) -> Result<(), String> {
+    rt().block_on(async {
+        let m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone())
+            .with_retry(RetryPolicy::once())
+            .with_tls_ca_file(c.ca_file().unwrap())
+            .map_err(|e| e.to_string())?;
+        m.fetch(KeyTarget::Worker, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn a_live_node_exports_the_documented_metrics_and_its_histograms_move() {
+    let c = Cluster::start(
+        3,
+        Opts {
+            metrics: true,
+            ..Opts::default()
+        },
+    );
+    let (w, _) = c.dev_worker(&[1, 2, 3], WAIT);
+    let leader = c.leader();
+    let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    let before = Scrape::of(&c, leader).unwrap();
+
+    // Work that every histogram and counter below must see: writes, a delivery, a refusal.
+    for n in 0..5 {
+        c.put_ok(leader, &format!("metrics-{n}"), "v");
+    }
+    worker_key(&c, leader, &w).unwrap();
+    let stranger = Sr25519Keypair::generate(&mut OsRng);
+    let refused = worker_key(&c, leader, &stranger).unwrap_err();
+    assert!(refused.contains("WORKER_NOT_REGISTERED"), "{refused}");
+    let after = Scrape::of(&c, leader).unwrap();
+
+    // The names and types the runbook and the dashboard use.
+    let expected = [
+        ("gatekeeper_build_info", "gauge"),
+        ("gatekeeper_rpc_server_call_duration_seconds", "histogram"),
+        ("gatekeeper_key_requests", "counter"),
+        ("gatekeeper_raft_log_append_duration_seconds", "histogram"),
+        ("gatekeeper_raft_apply_duration_seconds", "histogram"),
+        ("gatekeeper_raft_apply_batch_entries", "histogram"),
+        ("gatekeeper_raft_proposals", "counter"),
+        ("gatekeeper_raft_leader_changes", "counter"),
+        ("gatekeeper_raft_term", "gauge"),
+        ("gatekeeper_raft_is_leader", "gauge"),
+        ("gatekeeper_raft_has_leader", "gauge"),
+        ("gatekeeper_raft_last_log_index", "gauge"),
+        ("gatekeeper_raft_last_applied_index", "gauge"),
+        ("gatekeeper_raft_log_fsyncs", "counter"),
+        ("gatekeeper_raft_log_fsync_duration_seconds", "counter"),
+        ("gatekeeper_raft_log_fsync_max_seconds", "gauge"),
+        ("gatekeeper_raft_log_flush_batches", "counter"),
+        ("gatekeeper_raft_log_flush_requests", "counter"),
+        ("gatekeeper_raft_log_written_bytes", "counter"),
+        ("gatekeeper_raft_log_batch_requests_max", "gauge"),
+        ("gatekeeper_raft_quorum_ack_age_seconds", "gauge"),
+        ("gatekeeper_raft_failure_tolerance", "gauge"),
+        ("gatekeeper_unseal_failure_tolerance", "gauge"),
+        ("gatekeeper_raft_follower_lag_entries", "gauge"),
+        ("gatekeeper_audit_sequence", "gauge"),
+        ("gatekeeper_unsealed", "gauge"),
+        ("gatekeeper_epoch_current", "gauge"),
+        ("gatekeeper_rotation_in_progress", "gauge"),
+    ];
+    for (name, kind) in expected {
+        assert_eq!(
+            after.types.get(name).map(String::as_str),
+            Some(kind),
+            "{name} should be a {kind}:\n{}",
+            after.text
+        );
+    }
+    assert!(
+        after.text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+    assert!(
+        after.text.contains(
+            "gatekeeper_build_info{version=\"0.1.0\",mode=\"development\",enclave=\"software\"} 1"
+        ),
+        "{}",
+        after.text
+    );
+
+    // The histograms and counters moved with the work done.
+    let moved = |series: &str| after.get(series) - before.get(series);
+    assert!(
+        moved("gatekeeper_rpc_server_call_duration_seconds_count{method=\"gatekeeper.v1.KeyService/GetWorkerKey\",code=\"OK\"}") >= 1.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        moved("gatekeeper_rpc_server_call_duration_seconds_count{method=\"gatekeeper.v1.KeyService/GetWorkerKey\",code=\"NOT_FOUND\"}") >= 1.0
+            || moved("gatekeeper_rpc_server_call_duration_seconds_count{method=\"gatekeeper.v1.KeyService/GetWorkerKey\",code=\"PERMISSION_DENIED\"}") >= 1.0,
+        "a refusal is timed under its own code:\n{}",
+        after.text
+    );
+    assert!(moved("gatekeeper_rpc_server_call_duration_seconds_count{method=\"gatekeeper.v1.AdminService/WriteCanary\",code=\"OK\"}") >= 5.0, "{}", after.text);
+    assert!(
+        moved(
+            "gatekeeper_key_requests_total{kind=\"worker\",result=\"delivered\",reason=\"none\"}"
+        ) >= 1.0,
+        "{}",
+        after.text
+    );
+    assert!(moved("gatekeeper_key_requests_total{kind=\"worker\",result=\"refused\",reason=\"WORKER_NOT_REGISTERED\"}") >= 1.0, "{}", after.text);
+    assert!(
+        moved("gatekeeper_raft_proposals_total{result=\"committed\"}") >= 5.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        moved("gatekeeper_raft_apply_duration_seconds_count") >= 1.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        moved("gatekeeper_raft_apply_duration_seconds_sum") > 0.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        moved("gatekeeper_raft_log_append_duration_seconds_count") >= 1.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        moved("gatekeeper_raft_log_fsyncs_total") >= 1.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        moved("gatekeeper_raft_log_flush_requests_total") >= 1.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        after.get("gatekeeper_raft_apply_duration_seconds_bucket{le=\"+Inf\"}")
+            >= after.get("gatekeeper_raft_apply_duration_seconds_count")
+    );
+
+    // The leader's view: all three voters up, every share holder up (t = 2 of 3).
+    assert_eq!(after.get("gatekeeper_raft_is_leader"), 1.0);
+    assert_eq!(after.get("gatekeeper_raft_has_leader"), 1.0);
+    assert_eq!(
+        after.get("gatekeeper_raft_failure_tolerance"),
+        1.0,
+        "{}",
+        after.text
+    );
+    assert_eq!(
+        after.get("gatekeeper_unseal_failure_tolerance"),
+        1.0,
+        "{}",
+        after.text
+    );
+    assert_eq!(after.get("gatekeeper_unsealed"), 1.0);
+    assert!(after.has("gatekeeper_epoch_current"), "genesis is epoch 0");
+    assert_eq!(after.get("gatekeeper_epoch_current"), 0.0);
+    for i in [1, 2, 3].into_iter().filter(|i| *i != leader) {
+        assert!(
+            after.has(&format!(
+                "gatekeeper_raft_follower_lag_entries{{member=\"{i}\"}}"
+            )),
+            "{}",
+            after.text
+        );
+    }
+    // No label value a client chose: every method label is an API method.
+    for series in after.samples.keys() {
+        if let Some(rest) = series.split("method=\"").nth(1) {
+            let method = rest.split('"').next().unwrap();
+            assert!(
+                method == "_OTHER"
+                    || method.starts_with("gatekeeper.")
+                    || method.starts_with("grpc."),
+                "{series}"
+            );
+        }
+    }
+
+    // A follower: knows the leader, says how long since it heard from it, and has no
+    // leader-only values.
+    let f = Scrape::of(&c, follower).unwrap();
+    assert_eq!(f.get("gatekeeper_raft_is_leader"), 0.0);
+    assert_eq!(f.get("gatekeeper_raft_has_leader"), 1.0);
+    assert!(
+        f.has("gatekeeper_raft_leader_contact_age_seconds"),
+        "{}",
+        f.text
+    );
+    assert!(!f.has("gatekeeper_raft_failure_tolerance"), "{}", f.text);
+    assert!(
+        f.get("gatekeeper_raft_leader_changes_total") >= 1.0,
+        "{}",
+        f.text
+    );
+
+    // One follower down: the leader's failure tolerance falls to 0 for both quorum and unsealing.
+    c.kill9(follower);
+    c.wait_for("the leader to count the dead follower out", WAIT, || {
+        let s = Scrape::of(&c, leader)?;
+        let t = (
+            s.get("gatekeeper_raft_failure_tolerance"),
+            s.get("gatekeeper_unseal_failure_tolerance"),
+        );
+        if t == (0.0, 0.0) {
+            Ok(())
+        } else {
+            Err(format!("tolerance (raft, unseal) = {t:?}"))
+        }
+    });
+}

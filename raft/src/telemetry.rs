@@ -1,0 +1,173 @@
+//! What the replica measures about itself, as Prometheus instruments (`prometheus-client`).
+//!
+//! The instruments live here, where the work happens (the log's flush callback, the state
+//! machine's apply, the write path, the Raft transport); the node registers them in its
+//! `/metrics` registry next to its own (`gatekeeper::metrics`). Every handle is a cheap clone of
+//! a shared instrument. Labels carry only low-cardinality values (a result name, a node id),
+//! never anything a client chooses.
+
+use crate::NodeId;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bucket bounds (seconds) for durations of local work: 100 µs to ~3 s.
+pub fn local_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.5, 12)
+}
+
+/// Bucket bounds for the number of entries in one apply call: 1 to 4096.
+fn batch_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 7)
+}
+
+/// How a proposal (a write submitted through this node) ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ProposalResult {
+    /// Committed and applied; the state machine accepted it.
+    Committed,
+    /// Committed, and the state machine refused it (a stable error code, nothing changed).
+    Refused,
+    /// Not committed: no leader, the leader unreachable, or the deadline passed.
+    Failed,
+}
+
+impl ProposalResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProposalResult::Committed => "committed",
+            ProposalResult::Refused => "refused",
+            ProposalResult::Failed => "failed",
+        }
+    }
+}
+
+/// The label set of `gatekeeper_raft_proposals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProposalLabels {
+    /// `committed`, `refused` or `failed`.
+    pub result: &'static str,
+}
+
+/// The replica's instruments.
+#[derive(Clone, Debug)]
+pub struct RaftTelemetry {
+    /// Seconds from handing entries to the log until the flush worker reports them durable
+    /// (fsync included): one observation per append call.
+    pub log_append_duration: Histogram,
+    /// Seconds one apply call of the state machine took.
+    pub apply_duration: Histogram,
+    /// Entries in one apply call.
+    pub apply_batch_entries: Histogram,
+    /// Proposals submitted through this node, by result.
+    pub proposals: Family<ProposalLabels, Counter>,
+    /// Times the leader this node knows of changed (including to "none").
+    pub leader_changes: Counter,
+    /// When each peer last answered a Raft message from this node.
+    peer_answers: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl Default for RaftTelemetry {
+    fn default() -> Self {
+        Self {
+            log_append_duration: Histogram::new(local_buckets()),
+            apply_duration: Histogram::new(local_buckets()),
+            apply_batch_entries: Histogram::new(batch_buckets()),
+            proposals: Family::default(),
+            leader_changes: Counter::default(),
+            peer_answers: Arc::default(),
+        }
+    }
+}
+
+impl RaftTelemetry {
+    /// Counts one proposal's result.
+    pub fn proposal(&self, result: ProposalResult) {
+        self.proposals
+            .get_or_create(&ProposalLabels {
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    /// Records that `peer` answered a Raft message (any well-formed answer: it is alive and
+    /// reachable).
+    pub fn peer_answered(&self, peer: NodeId) {
+        self.peer_answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, Instant::now());
+    }
+
+    /// Time since `peer` last answered, if it ever did.
+    pub fn since_peer_answered(&self, peer: NodeId) -> Option<Duration> {
+        self.peer_answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .map(Instant::elapsed)
+    }
+}
+
+/// How many more voters may fail before the cluster loses its quorum: `healthy − quorum`, where
+/// `quorum` is a majority of `voters` and `healthy` the voters counted as up (negative: quorum
+/// already lost). Pure; the leader counts itself and every voter that answered within the
+/// election timeout.
+pub fn raft_failure_tolerance(voters: usize, healthy: usize) -> i64 {
+    let quorum = voters / 2 + 1;
+    healthy as i64 - quorum as i64
+}
+
+/// How many more share holders may fail before a restarted member can no longer gather the
+/// `threshold` shares it needs to rebuild an epoch's master key: `holders_up − threshold`.
+pub fn unseal_failure_tolerance(holders_up: usize, threshold: u8) -> i64 {
+    holders_up as i64 - i64::from(threshold)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_failure_tolerance_is_healthy_voters_above_a_majority() {
+        assert_eq!(raft_failure_tolerance(3, 3), 1);
+        assert_eq!(raft_failure_tolerance(3, 2), 0);
+        assert_eq!(raft_failure_tolerance(3, 1), -1);
+        assert_eq!(raft_failure_tolerance(5, 5), 2);
+        assert_eq!(raft_failure_tolerance(4, 4), 1);
+        assert_eq!(raft_failure_tolerance(1, 1), 0);
+    }
+
+    #[test]
+    fn unseal_failure_tolerance_is_holders_above_the_threshold() {
+        assert_eq!(unseal_failure_tolerance(3, 2), 1);
+        assert_eq!(unseal_failure_tolerance(2, 2), 0);
+        assert_eq!(unseal_failure_tolerance(1, 2), -1);
+    }
+
+    #[test]
+    fn proposals_are_counted_by_result() {
+        let t = RaftTelemetry::default();
+        t.proposal(ProposalResult::Committed);
+        t.proposal(ProposalResult::Committed);
+        t.proposal(ProposalResult::Failed);
+        let get = |r: &'static str| {
+            t.proposals
+                .get_or_create(&ProposalLabels { result: r })
+                .get()
+        };
+        assert_eq!((get("committed"), get("refused"), get("failed")), (2, 0, 1));
+    }
+
+    #[test]
+    fn a_peer_that_never_answered_has_no_age() {
+        let t = RaftTelemetry::default();
+        assert!(t.since_peer_answered(2).is_none());
+        t.peer_answered(2);
+        assert!(t.since_peer_answered(2).unwrap() < Duration::from_secs(5));
+    }
+}
