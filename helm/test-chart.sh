@@ -6,6 +6,7 @@
 #             network (the pods' DNS names as aliases): the cluster must form, unseal and serve a
 #             key. Needs the image (deploy/build-image.sh; GATEKEEPER_IMAGE, default
 #             gatekeeper:compose-test as .ci/run builds it).
+# promtool checks the alerts (with their unit tests, helm/alerts-test.yaml) and the dashboard.
 # Helm itself comes from PyPI (helm-python-sdk bundles Helm's Go SDK), the schemas from
 # kubernetes-validate; both go into a venv this script makes under target/.
 #
@@ -17,4 +18,20 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import helm_python, k
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet 'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' 'pyyaml>=6,<7'
 fi
+# promtool (checks the alerts and the dashboard's queries, runs the alerts' unit tests
+# helm/alerts-test.yaml): from Debian's prometheus package, unpacked under target/, not installed
+# (installing it would start a Prometheus server).
+promtool=target/promtool/promtool
+if [ ! -x "$promtool" ]; then
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download -q prometheus >/dev/null 2>&1) || {
+    echo "cannot download Debian's prometheus package (for promtool); run apt-get update?" >&2
+    exit 1
+  }
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p target/promtool
+  cp "$tmp/x/usr/bin/promtool" "$promtool"
+  rm -rf "$tmp"
+fi
+export PROMTOOL="$PWD/$promtool"
 exec "$venv/bin/python" helm/test_chart.py "${1:-all}"

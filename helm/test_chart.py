@@ -15,7 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+
+import re
 
 import helm_python as helm
 import kubernetes_validate
@@ -45,7 +48,8 @@ VALUE_SETS = {
         "settings": {"max_snapshot_bytes": 536870912, "election_timeout_min_ms": 1500,
                      "election_timeout_max_ms": 3000},
         "tls": {"mode": "certManager"},
-        "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                       "grafanaDashboard": {"enabled": True}},
         "affinity": {"zoneSpread": True},
         "apiService": {"type": "LoadBalancer"},
     }),
@@ -142,7 +146,7 @@ def check_invariants(name, values, docs):
             assert not all(labels.get(k) == v for k, v in selector.items()), (name, d["metadata"]["name"])
             psc = (d["spec"]["template"]["spec"] if d["kind"] == "Job" else d["spec"])["securityContext"]
             assert psc["seccompProfile"]["type"] == "RuntimeDefault", name
-    cm = by_kind(docs, "ConfigMap")[0]["data"]
+    cm = [c for c in by_kind(docs, "ConfigMap") if "GATEKEEPER_DATA_DIR" in c["data"]][0]["data"]
     assert cm["GATEKEEPER_DATA_DIR"] == "/data/node", name
     for k, v in values.get("settings", {}).items():
         assert cm[f"GATEKEEPER_{k.upper()}"] == str(v), (name, k, cm[f"GATEKEEPER_{k.upper()}"])
@@ -158,6 +162,58 @@ def check_invariants(name, values, docs):
                    for i, x in enumerate(certs)), name
     else:
         assert not certs, name
+
+
+PROMTOOL = os.environ.get("PROMTOOL", str(CHART.parent.parent / "target/promtool/promtool"))
+ALERT_TESTS = CHART.parent / "alerts-test.yaml"
+
+
+def monitoring_exprs(docs):
+    """The PromQL of the rendered alerts and of the dashboard's panels (Grafana's variables
+    replaced by values PromQL accepts)."""
+    rules = [r for d in by_kind(docs, "PrometheusRule") for g in d["spec"]["groups"] for r in g["rules"]]
+    panels = []
+    for cm in by_kind(docs, "ConfigMap", "-dashboard"):
+        dash = json.loads(cm["data"]["gatekeeper.json"])
+        for p in dash["panels"]:
+            for t in p.get("targets", []):
+                e = t["expr"].replace("$__rate_interval", "5m").replace("$namespace", NS)
+                panels.append((p["title"], e.replace("$service", f"{RELEASE}-gatekeeper-peers")))
+    return rules, panels
+
+
+def series_family(name):
+    """A sample name with a histogram's suffix folded away."""
+    return re.sub(r"_(bucket|sum|count)$", "", name)
+
+
+def metric_names(exprs):
+    """Gatekeeper metrics named in PromQL expressions (see `series_family`)."""
+    return {series_family(m) for e in exprs for m in re.findall(r"\b(gatekeeper_[a-z_]+)", e)}
+
+
+def check_monitoring(docs):
+    """promtool checks the alerts' and the dashboard's PromQL and runs the alerts' unit tests;
+    every alert has a test. Returns the metric names they use."""
+    rules, panels = monitoring_exprs(docs)
+    assert rules and panels, "the monitoring value set renders rules and a dashboard"
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        rule_doc = by_kind(docs, "PrometheusRule")[0]
+        (d / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_doc["spec"]["groups"]}))
+        shutil.copy(ALERT_TESTS, d / "alerts-test.yaml")
+        # The dashboard's queries, as recording rules: promtool parses every one.
+        (d / "dashboard.yaml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": [
+            {"record": f"dashboard:panel_{i}", "expr": e} for i, (_, e) in enumerate(panels)]}]}))
+        out = sh(PROMTOOL, "check", "rules", str(d / "rules.yaml"), str(d / "dashboard.yaml"), check=False)
+        assert out.returncode == 0, f"promtool check rules:\n{out.stdout}{out.stderr}"
+        out = sh(PROMTOOL, "test", "rules", str(d / "alerts-test.yaml"), check=False)
+        assert out.returncode == 0, f"promtool test rules:\n{out.stdout}{out.stderr}"
+    tested = set(re.findall(r"alertname: (\w+)", ALERT_TESTS.read_text()))
+    alerts = {r["alert"] for r in rules}
+    assert alerts <= tested, f"alerts without a test in {ALERT_TESTS.name}: {sorted(alerts - tested)}"
+    print(f"monitoring: {len(alerts)} alerts pass their promtool tests; {len(panels)} dashboard queries parse")
+    return metric_names([r["expr"] for r in rules] + [e for _, e in panels])
 
 
 def test_render():
@@ -178,6 +234,8 @@ def test_render():
             except kubernetes_validate.ValidationError as e:
                 raise AssertionError(f"{name}: {path}: {doc['kind']} {doc['metadata']['name']}: {e.message} at {list(e.path)}")
         check_invariants(name, values, docs)
+        if by_kind(docs, "PrometheusRule"):
+            check_monitoring(docs)
         assert "helm test" in notes, name
         print(f"render {name}: {len(docs)} manifests valid for Kubernetes {K8S} ({json.dumps(kinds, sort_keys=True)})")
     for name, (values, phrase) in BAD_VALUES.items():
@@ -218,6 +276,29 @@ def container_env(c, configmaps, pod_name):
         else:
             raise AssertionError(f"unsupported env source {e}")
     return env
+
+
+def check_scraped_metrics(n, containers, port):
+    """Every metric the alerts and the dashboard use is exported by the running pods (the leader
+    exports the leader-only ones); the chain's, which need a chain, are in the documented list."""
+    docs, _ = render(VALUE_SETS["five-nodes-cert-manager-monitoring"])
+    rules, panels = monitoring_exprs(docs)
+    used = metric_names([r["expr"] for r in rules] + [e for _, e in panels])
+    scraped = set()
+    for name in containers:
+        ip = sh("docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                name).stdout.strip()
+        with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        scraped |= {series_family(re.split(r"[{ ]", l, 1)[0]) for l in text.splitlines()
+                    if l and not l.startswith("#")}
+    documented = (CHART.parent.parent / "docs/operations.md").read_text()
+    # The chain's row of the Metrics table lists its metrics' names without the prefix.
+    missing = {m for m in used - scraped
+               if not (m.startswith("gatekeeper_chain_") and f"`{m.removeprefix('gatekeeper_chain_')}`" in documented)}
+    assert not missing, f"alerts or dashboard use metrics no pod exports: {sorted(missing)}"
+    print(f"run: the {len(used)} metrics the alerts and dashboard use are exported by the pods "
+          f"({len(used - scraped)} chain metrics need a chain)")
 
 
 def test_run(image):
@@ -327,6 +408,8 @@ def test_run(image):
                  "--ca /operator/ca.crt --kind worker", timeout=180).stdout
         assert json.loads(out.strip().splitlines()[-1])["public_key"] == key, out
         print("run: a restarted pod unsealed from its peers and served the same key")
+        check_scraped_metrics(n, [f"{net}-{sts['metadata']['name']}-{i}" for i in range(n)],
+                              int(c["ports"][[p["name"] for p in c["ports"]].index("metrics")]["containerPort"]))
     finally:
         for name in names:
             sh("docker", "rm", "-f", name, check=False)
