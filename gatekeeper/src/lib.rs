@@ -22,6 +22,7 @@
 //! | [`service`] | thin tonic adapters for Key, Peer and Admin services: decode, call a core, map the error | yes |
 //! | [`health`] | **whether this node can serve keys**: `readiness` over facts read from the replica and enclave; what gRPC health, `/readyz` and `gatekeeper health` report | reads state only |
 //! | [`metrics`] | `/metrics`, `/livez`, `/readyz` | yes |
+//! | [`logs`] | INFO lines for state changes (epochs, rotations, members); openraft's repeats held back | logs only |
 //! | [`node`] | wiring: enclave, replica, listeners, keeper, watcher, shutdown | yes |
 //! | [`cli`] | the `admin`, `miner`, `keygen`, `certs` and `devnet` subcommands | yes |
 //!
@@ -53,6 +54,7 @@ pub mod health;
 pub mod issuance;
 pub mod keeper;
 pub mod keyfile;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod operator;

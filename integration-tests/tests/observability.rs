@@ -275,3 +275,75 @@ fn a_live_node_exports_the_documented_metrics_and_its_histograms_move() {
         }
     });
 }
+
+/// Node `i`'s log lines (stderr, text format) that contain `needle`.
+fn log_lines(c: &Cluster, i: u64, needle: &str) -> Vec<String> {
+    std::fs::read_to_string(c.stderr_log(i))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_operator_reads_leadership_membership_epochs_and_rotations_in_every_nodes_log() {
+    let c = Cluster::start(3, Opts::default());
+    let _ = c.dev_worker(&[1, 2, 3], WAIT);
+    let leader = c.leader();
+    let out = c.admin(
+        leader,
+        &["rotate", "--rotation-id", "r-logs", "--reason", "test"],
+    );
+    assert!(out.success(), "{}", out.describe());
+    c.wait_for("every node to log the completed rotation", WAIT, || {
+        let missing: Vec<u64> = [1, 2, 3]
+            .into_iter()
+            .filter(|i| log_lines(&c, *i, "rotation completed").is_empty())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not yet on {missing:?}"))
+        }
+    });
+    // The dealer holds each master from dealing; the others unseal it from their shares.
+    let unsealed = [1, 2, 3]
+        .into_iter()
+        .filter(|i| !log_lines(&c, *i, "epoch unsealed").is_empty())
+        .count();
+    assert!(
+        unsealed >= 2,
+        "only {unsealed} nodes logged 'epoch unsealed'"
+    );
+    for i in [1, 2, 3] {
+        let has = |needle: &str| {
+            assert!(
+                !log_lines(&c, i, needle).is_empty(),
+                "node {i} never logged {needle:?}:\n{}",
+                c.log_tail(i, 60)
+            )
+        };
+        has(if i == leader {
+            "became leader"
+        } else {
+            "following a new leader"
+        });
+        has("membership changed");
+        has("member registered");
+        has("epoch active epoch=0");
+        has("epoch active epoch=1");
+        has("rotation dealing a new epoch rotation=r-logs epoch=1");
+        has("rotation completed rotation=r-logs epoch=1");
+        // Normal operation is quiet: no errors, and openraft's election chatter is held back
+        // to its first line per kind.
+        let errors = log_lines(&c, i, " ERROR ");
+        assert!(errors.is_empty(), "node {i} logged errors: {errors:#?}");
+        let warns = log_lines(&c, i, " WARN ");
+        assert!(
+            warns.len() <= 5,
+            "node {i} logged {} warnings: {warns:#?}",
+            warns.len()
+        );
+    }
+}

@@ -112,19 +112,33 @@ fn tighten(dir: &Path) -> Result<()> {
 /// (raft-log logs every cache update at `info`: megabytes an hour under load).
 pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,raft_log=warn";
 
+/// The log deduplication of this process ([`crate::logs::LogDedup`]), once [`init_logging`]
+/// set it up; [`run`] starts its reporting task.
+static LOG_DEDUP: std::sync::OnceLock<crate::logs::LogDedup> = std::sync::OnceLock::new();
+
 /// Sets up `tracing` to stderr in the configured format (`RUST_LOG` filters; default
-/// [`DEFAULT_LOG_FILTER`]).
+/// [`DEFAULT_LOG_FILTER`]); repeated openraft and raft-log lines are held back and counted
+/// ([`crate::logs`]).
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let dedup = LOG_DEDUP.get_or_init(Default::default).clone();
+    let dedup = dedup.filter();
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => b.json().try_init(),
-        LogFormat::Text => b.try_init(),
+    let layer = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    // The level filter applies to everything (a global filter); the deduplication only to the
+    // log output (a per-layer filter), so other layers (traces) see every event.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer.with_filter(dedup))
+        .try_init();
 }
 
 /// Waits for SIGTERM or SIGINT (Ctrl-C).
@@ -592,6 +606,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let api_task = tokio::spawn(api_server);
     let admin_task = tokio::spawn(admin_server);
     let keeper_task = tokio::spawn(keeper.run(stop_rx_keeper.clone()));
+    if let Some(d) = LOG_DEDUP.get() {
+        tokio::spawn(d.clone().report());
+    }
+    tokio::spawn(crate::logs::log_state_events(
+        replica.clone(),
+        stop_rx_keeper.clone(),
+    ));
     let health_task = tokio::spawn(crate::health::report(
         health_reporter,
         replica.clone(),
