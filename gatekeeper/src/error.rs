@@ -138,6 +138,8 @@ catalog! {
     /// policy, in time: it was not made a voter (the message says whether removing it as a
     /// learner succeeded).
     LearnerNotReady = "LEARNER_NOT_READY" => FailedPrecondition,
+    /// A backup was asked of a node with no snapshot yet (no checkpoint certified so far).
+    NoSnapshot = "NO_SNAPSHOT" => FailedPrecondition,
 
     // --- Cluster operations ---
     /// The cluster is already initialised.

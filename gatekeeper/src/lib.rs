@@ -21,6 +21,7 @@
 //! | [`chain`] | the chain watcher (subxt) and how its view is reported | yes |
 //! | [`service`] | thin tonic adapters for Key, Peer and Admin services: decode, call a core, map the error | yes |
 //! | [`health`] | **whether this node can serve keys**: `readiness` over facts read from the replica and enclave; what gRPC health, `/readyz` and `gatekeeper health` report | reads state only |
+//! | [`backup`] | the backup file: manifest, checks of the snapshot bytes | reads/writes the given streams |
 //! | [`metrics`] | `/metrics`, `/livez`, `/readyz` | yes |
 //! | [`logs`] | INFO lines for state changes (epochs, rotations, members); openraft's repeats held back | logs only |
 //! | [`node`] | wiring: enclave, replica, listeners, keeper, watcher, shutdown | yes |
@@ -43,6 +44,7 @@
 pub mod admission;
 pub mod attestation;
 pub mod audit;
+pub mod backup;
 pub mod chain;
 pub mod cli;
 pub mod clock;

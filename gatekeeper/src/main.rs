@@ -21,6 +21,10 @@ fn main() {
         Command::Keygen { out, force } => cli::keygen::run(&out, force),
         Command::Certs { command } => cli::certs::run(command),
         Command::Audit { command } => cli::audit(command),
+        Command::Snapshot { command } => cli::snapshot(command),
+        Command::Restore { config, from } => {
+            runtime().and_then(|rt| rt.block_on(cli::restore(&config, &from)))
+        }
         Command::Node { config } => config::NodeConfig::load_from_process(config.as_deref())
             .and_then(|c| {
                 node::init_logging(c.log_format);

@@ -1250,6 +1250,42 @@ impl Replica {
         }
     }
 
+    /// Makes a fresh data dir start from a backup's snapshot file ([`SmStore::restore`]), offline:
+    /// the state store and snapshot are written, and the log holds only a vote for this node in
+    /// the snapshot's term, so the restored cluster's first election is in a later term than
+    /// every entry the snapshot covers (a leader of an earlier term would append entries that
+    /// sort before the snapshot's). Refuses a data dir with a log or a state store.
+    pub async fn restore_data_dir(
+        node_id: NodeId,
+        data_dir: &std::path::Path,
+        snapshot_file: &std::path::Path,
+    ) -> Result<openraft::SnapshotMeta<NodeId, Node>, ReplicaError> {
+        use openraft::storage::RaftLogStorage;
+        let log_dir = data_dir.join("log");
+        if log_dir.exists() {
+            return Err(ReplicaError::Log {
+                path: log_dir,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the data dir already holds a Raft log; restore only into a fresh data dir",
+                ),
+            });
+        }
+        let meta = SmStore::restore(data_dir, snapshot_file)?;
+        let term = meta.last_log_id.map_or(0, |l| l.leader_id.term);
+        let mut log = LogStore::open(&log_dir).map_err(|source| ReplicaError::Log {
+            path: log_dir.clone(),
+            source,
+        })?;
+        log.save_vote(&openraft::Vote::new(term, node_id))
+            .await
+            .map_err(|e| ReplicaError::Log {
+                path: log_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        Ok(meta)
+    }
+
     /// Milliseconds since this node last heard from a leader (`None`: never).
     pub fn leader_contact_ms(&self) -> Option<u64> {
         self.contact.millis_since()

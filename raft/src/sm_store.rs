@@ -123,6 +123,9 @@ pub enum SmOpenError {
     },
 }
 
+/// A snapshot file opened at its first byte: its metadata, the file, its length.
+pub type WholeSnapshotFile = (SnapshotMeta<NodeId, Node>, fs::File, u64);
+
 /// Applied state plus the Raft bookkeeping that goes with it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Applied {
@@ -685,6 +688,83 @@ impl SmStore {
             checkpoints: Arc::new(watch::channel(None).0),
             certified: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// The newest snapshot file, whole (its header line and data), checked first: what a backup
+    /// holds ([`SmStore::restore`] reads it back). `None`: no snapshot yet (none certified).
+    pub fn latest_snapshot_file(&self) -> io::Result<Option<WholeSnapshotFile>> {
+        let Some(mut o) = self.open_latest_snapshot()? else {
+            return Ok(None);
+        };
+        o.check()?;
+        let mut file = o.file;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Some((o.meta, file, len)))
+    }
+
+    /// Reads a snapshot file offline (a backup's payload): its metadata and its state, decoded
+    /// and checked against the metadata, the body digest and the certificate's shape.
+    pub fn read_snapshot_file(
+        path: &Path,
+    ) -> io::Result<(SnapshotMeta<NodeId, Node>, snapshot::SnapshotData)> {
+        let mut o = open_snapshot_file(path)?;
+        let d = o.validate().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        Ok((o.meta, d))
+    }
+
+    /// Makes a fresh data dir start from a snapshot file (a backup's payload): the state store
+    /// is created, the snapshot written as this node's latest snapshot, and the state loaded
+    /// from it and persisted. Refuses a data dir that already holds a state store. The Raft log
+    /// is not touched (the caller writes the vote).
+    pub fn restore(
+        data_dir: &Path,
+        snapshot_file: &Path,
+    ) -> Result<SnapshotMeta<NodeId, Node>, SmOpenError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SmOpenError::Io { path, source }
+        };
+        for existing in ["sm.id", "sm"] {
+            let p = data_dir.join(existing);
+            if p.exists() {
+                return Err(SmOpenError::Io {
+                    path: p,
+                    source: io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "the data dir already holds a state store; restore only into a fresh data dir",
+                    ),
+                });
+            }
+        }
+        let mut o = open_snapshot_file(snapshot_file).map_err(io(snapshot_file))?;
+        let start = o.file.stream_position().map_err(io(snapshot_file))?;
+        let d = o.validate().map_err(|e| SmOpenError::Corrupt {
+            path: snapshot_file.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let store = SmStore::open(data_dir)?;
+        let mut src = o.file;
+        src.seek(SeekFrom::Start(start))
+            .map_err(io(snapshot_file))?;
+        store
+            .write_snapshot(&o.meta, |f| io::copy(&mut src, f).map(|_| ()))
+            .map_err(io(&store.snapshot_dir))?;
+        let index = o.meta.last_log_id.map_or(0, |l| l.index);
+        *store.applied.write().expect("sm lock poisoned") = d.applied;
+        let corrupt = |e: String| SmOpenError::Corrupt {
+            path: data_dir.join("sm"),
+            reason: e,
+        };
+        store.persist_all().map_err(|e| corrupt(e.to_string()))?;
+        store.db.flush().map_err(|e| corrupt(e.to_string()))?;
+        store.snapshot_index.store(index, Ordering::Relaxed);
+        Ok(o.meta)
     }
 
     /// Waits until the checkpoints and snapshots of the entries applied so far are written.

@@ -249,9 +249,29 @@ pub enum AdminCommand {
         #[command(subcommand)]
         change: OperatorChange,
     },
+    /// Backups: `snapshot save FILE` writes this node's newest certified snapshot with its
+    /// manifest (read it with `gatekeeper snapshot inspect`, restore with `gatekeeper restore`).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
 }
 
 /// Changes to the registered operators.
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Stream the node's newest snapshot into FILE (written whole, then renamed; mode 0600),
+    /// checking its size and SHA-256 against the manifest. Prints the manifest's summary.
+    Save {
+        /// The backup file to write (refused if it exists, unless --force).
+        file: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Operator changes.
 #[derive(Subcommand, Debug)]
 pub enum OperatorChange {
     /// Register the operator whose certificate is --cert-file (its common name and P-256 key).
@@ -932,7 +952,71 @@ async fn run_command(
             operators(&mut c, operator_signer(tls)?.as_ref(), change).await
         }
         AdminCommand::Fault { isolate, heal } => fault(&mut c, isolate, heal).await,
+        AdminCommand::Snapshot {
+            command: SnapshotCommand::Save { file, force },
+        } => snapshot_save(&mut c, &file, force).await,
     }
+}
+
+/// `snapshot save`: the stream goes to a temporary file beside FILE, checked against the
+/// manifest, then renamed over FILE.
+async fn snapshot_save(c: &mut Client, file: &Path, force: bool) -> Result<()> {
+    use std::io::Write;
+    if file.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", file.display());
+    }
+    let mut stream = c
+        .save_snapshot(pb::SaveSnapshotRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .map_err(status_error)?
+        .context("the node ended the backup stream before its manifest")?;
+    let manifest: crate::backup::Manifest = serde_json::from_str(&first.manifest_json)
+        .context("the node sent a manifest that does not parse")?;
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".gatekeeper-backup-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    crate::backup::write_manifest(tmp.as_file_mut(), &manifest)?;
+    let header_len = tmp.as_file().metadata()?.len();
+    tmp.as_file_mut().write_all(&first.data)?;
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        tmp.as_file_mut().write_all(&chunk.data)?;
+    }
+    tmp.as_file_mut().flush()?;
+    // Read back what was written: size and SHA-256 against the manifest.
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = tmp.reopen()?;
+        f.seek(SeekFrom::Start(header_len))?;
+        crate::backup::copy_snapshot(&manifest, &mut f, &mut std::io::sink())
+            .context("the backup received does not match its manifest; nothing was written")?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    outln!(
+        "{}",
+        json!({
+            "file": file,
+            "gatekeeper_id": manifest.gatekeeper_id,
+            "index": manifest.index,
+            "term": manifest.term,
+            "snapshot_bytes": manifest.snapshot_bytes,
+            "snapshot_sha256": manifest.snapshot_sha256,
+            "source_node": manifest.source_node,
+            "members": manifest.members.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
 }
 
 /// `init`: reads and seals the master secret to import (if any), then initialises the cluster.

@@ -102,6 +102,23 @@ pub enum Command {
         #[command(subcommand)]
         command: certs::CertsCommand,
     },
+    /// Backup files (written by `admin snapshot save`), read offline.
+    Snapshot {
+        /// The snapshot command.
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+    /// Restore a node's fresh data dir from a backup, offline (the node is stopped; its data
+    /// dir holds no log or state, its enclave directory may stay). Do this for every member of
+    /// the cluster being restored, then start them: docs/operations.md "Backup and restore".
+    Restore {
+        /// The node's configuration (its node_id and data_dir are used).
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Audit log tools.
     Audit {
         /// The audit command.
@@ -118,6 +135,128 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Backup file tools.
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Check a backup file whole (manifest, size, SHA-256, the snapshot's own checksums and
+    /// state) and print what it holds as one JSON object. Exit code 1 if it is damaged.
+    Inspect {
+        /// The backup file.
+        file: PathBuf,
+    },
+}
+
+/// Copies a backup's snapshot bytes into a temporary file under `dir`, checked against the
+/// manifest.
+fn unpack_backup(
+    file: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<(crate::backup::Manifest, tempfile::NamedTempFile)> {
+    use anyhow::Context;
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut r = std::io::BufReader::new(f);
+    let m = crate::backup::read_manifest(&mut r).with_context(|| file.display().to_string())?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".gatekeeper-restore-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    crate::backup::copy_snapshot(&m, &mut r, tmp.as_file_mut())
+        .with_context(|| file.display().to_string())?;
+    Ok((m, tmp))
+}
+
+/// Runs a snapshot command.
+pub fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
+    match command {
+        SnapshotCommand::Inspect { file } => {
+            let (m, tmp) = unpack_backup(&file, &std::env::temp_dir())?;
+            let (meta, data) = gatekeeper_raft::sm_store::SmStore::read_snapshot_file(tmp.path())
+                .map_err(|e| {
+                anyhow::anyhow!("{}: the snapshot is damaged: {e}", file.display())
+            })?;
+            let index = meta.last_log_id.map_or(0, |l| l.index);
+            if index != m.index {
+                anyhow::bail!(
+                    "{}: the snapshot covers index {index}, the manifest says {}",
+                    file.display(),
+                    m.index
+                );
+            }
+            let st = &data.applied.state;
+            let membership = meta.last_membership.membership();
+            let voters = membership.voter_ids().collect();
+            let nodes: Vec<_> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+            let (members, epochs) = crate::backup::describe(st, &voters, &nodes);
+            outln!(
+                "{}",
+                serde_json::json!({
+                    "file": file,
+                    "check": "ok",
+                    "gatekeeper_id": m.gatekeeper_id,
+                    "source_node": m.source_node,
+                    "created_at_ms": m.created_at_ms,
+                    "index": index,
+                    "term": meta.last_log_id.map_or(0, |l| l.leader_id.term),
+                    "snapshot_bytes": m.snapshot_bytes,
+                    "snapshot_sha256": m.snapshot_sha256,
+                    "certified_by": data.certificate.as_ref().map(|c| c.signatures.keys().copied().collect::<Vec<_>>()),
+                    "members": members,
+                    "epochs": epochs,
+                    "workers": st.workers.len(),
+                    "clusters": st.clusters.len(),
+                    "contracts": st.contracts.len(),
+                    "operators": st.operators.keys().collect::<Vec<_>>(),
+                    "chain_cursor_block": st.chain.cursor.as_ref().map(|c| c.block),
+                })
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `gatekeeper restore`: a fresh data dir from a backup.
+pub async fn restore(config: &std::path::Path, from: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let c = crate::config::NodeConfig::load_from_process(Some(config))?;
+    let data_dir = &c.data_dir;
+    gatekeeper_raft::private_fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let (m, tmp) = unpack_backup(from, data_dir)?;
+    let meta = gatekeeper_raft::replica::Replica::restore_data_dir(c.node_id, data_dir, tmp.path())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("restoring {} from {}", data_dir.display(), from.display()))?;
+    drop(tmp);
+    let member = m.members.iter().find(|x| x.node_id == c.node_id);
+    let holders: Vec<u64> = m
+        .epochs
+        .iter()
+        .filter(|e| e.status == "active")
+        .flat_map(|e| e.share_holders.iter().copied())
+        .collect();
+    outln!(
+        "{}",
+        serde_json::json!({
+            "restored": data_dir,
+            "node_id": c.node_id,
+            "index": meta.last_log_id.map_or(0, |l| l.index),
+            "term": meta.last_log_id.map_or(0, |l| l.leader_id.term),
+            "member": member.is_some(),
+            "share_holder": holders.contains(&c.node_id),
+            "enclave_public_key": member.map(|x| x.enclave_public_key.clone()),
+            "next": "start this node with the same enclave directory as before; restore and start every member listed in the manifest",
+        })
+    );
+    if member.is_none() {
+        eprintln!(
+            "warning: node {} is not a member in this backup (members: {:?}); it will not be part of the restored cluster",
+            c.node_id,
+            m.members.iter().map(|x| x.node_id).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
 }
 
 /// Audit log tools.

@@ -691,6 +691,101 @@ impl AdminService for AdminServer {
             .await
     }
 
+    type SaveSnapshotStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::SaveSnapshotChunk, Status>>;
+
+    async fn save_snapshot(
+        &self,
+        _request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let sm = self.replica.sm.clone();
+        let source = self.replica.node_id;
+        let read_err = |e: std::io::Error| {
+            ApiError::new(ErrorCode::Internal, format!("reading the snapshot: {e}"))
+        };
+        // The snapshot is hashed whole first (its manifest names the SHA-256), then sent.
+        let (meta, file, len, sha) = tokio::task::spawn_blocking(move || {
+            use sha2::Digest;
+            use std::io::{Read, Seek};
+            let Some((meta, mut file, len)) = sm.latest_snapshot_file()? else {
+                return Ok(None);
+            };
+            let mut h = sha2::Sha256::new();
+            std::io::copy(&mut (&mut file).take(len), &mut h)?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            Ok::<_, std::io::Error>(Some((meta, file, len, hex::encode(h.finalize()))))
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(read_err)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NoSnapshot,
+                "this node has no snapshot yet (no checkpoint certified so far)",
+            )
+        })?;
+        let manifest = {
+            let applied = self.replica.sm.read();
+            let m = meta.last_membership.membership();
+            let voters = m.voter_ids().collect();
+            let nodes: Vec<(u64, Node)> = m.nodes().map(|(id, n)| (*id, n.clone())).collect();
+            let (members, epochs) = crate::backup::describe(&applied.state, &voters, &nodes);
+            crate::backup::Manifest {
+                format: 1,
+                gatekeeper_id: applied
+                    .state
+                    .gatekeeper_id
+                    .map(|g| hex::encode(g.0))
+                    .unwrap_or_default(),
+                source_node: source,
+                created_at_ms: clock::now_ms(),
+                index: meta.last_log_id.map_or(0, |l| l.index),
+                term: meta.last_log_id.map_or(0, |l| l.leader_id.term),
+                snapshot_bytes: len,
+                snapshot_sha256: sha,
+                members,
+                epochs,
+            }
+        };
+        let manifest_json = serde_json::to_string(&manifest)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        tracing::info!(
+            index = manifest.index,
+            bytes = len,
+            "streaming the newest snapshot to an operator (backup)"
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = file.take(len);
+            let mut first = Some(manifest_json);
+            loop {
+                let mut data = vec![0u8; 1 << 20];
+                let n = match file.read(&mut data) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(read_err(e).into()));
+                        return;
+                    }
+                };
+                data.truncate(n);
+                if n == 0 && first.is_none() {
+                    return;
+                }
+                let chunk = pb::SaveSnapshotChunk {
+                    manifest_json: first.take().unwrap_or_default(),
+                    data,
+                };
+                if tx.blocking_send(Ok(chunk)).is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn rotate(
         &self,
         request: Request<pb::RotateRequest>,
