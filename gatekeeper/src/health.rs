@@ -187,6 +187,150 @@ pub async fn report(
     }
 }
 
+/// One member as `admin health --cluster` and `admin status --all` see it: its own answer to
+/// `Status`, or that it could not be asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberHealth {
+    /// Member id.
+    pub id: u64,
+    /// A voter (voters hold the shares once dealing to the member set is done).
+    pub voter: bool,
+    /// Its answer; `None`: unreachable (the reason is in `error`).
+    pub view: Option<MemberAnswer>,
+    /// Why it could not be asked.
+    pub error: Option<String>,
+}
+
+/// What a member said about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberAnswer {
+    /// `leader`, `follower`, `candidate`, `learner`, `uninitialized`.
+    pub role: String,
+    /// The leader it knows.
+    pub leader: Option<u64>,
+    /// Its term.
+    pub term: u64,
+    /// Its last applied index.
+    pub applied: u64,
+    /// It holds every active epoch's master.
+    pub unsealed: bool,
+}
+
+/// The cluster's health from every member's own view. Pure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterHealth {
+    /// The leader a majority of the voters that answered agree on.
+    pub leader: Option<u64>,
+    /// Voters.
+    pub voters: usize,
+    /// Voters that answered, follow (or are) that leader.
+    pub healthy_voters: usize,
+    /// `healthy_voters − majority`: voters that may still fail before the quorum is lost.
+    pub raft_failure_tolerance: i64,
+    /// Unsealed voters that answered.
+    pub unsealed_voters: usize,
+    /// The shares needed (the newest active epoch's threshold).
+    pub threshold: u8,
+    /// `unsealed_voters − threshold`: share holders that may still fail before a restarted
+    /// member can no longer unseal.
+    pub unseal_failure_tolerance: i64,
+    /// What is wrong, one line per finding.
+    pub problems: Vec<String>,
+}
+
+impl ClusterHealth {
+    /// 0: healthy; 1: degraded (serving, something is wrong); 2: not serving (no quorum, or no
+    /// unsealed voter).
+    pub fn exit_code(&self) -> i32 {
+        if self.raft_failure_tolerance < 0 || self.unsealed_voters == 0 {
+            2
+        } else if !self.problems.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Judges the cluster from the members' answers; `threshold` is the newest active epoch's.
+pub fn cluster_health(members: &[MemberHealth], threshold: u8) -> ClusterHealth {
+    let voters: Vec<&MemberHealth> = members.iter().filter(|m| m.voter).collect();
+    let majority = voters.len() / 2 + 1;
+    let mut votes: std::collections::BTreeMap<u64, usize> = Default::default();
+    for v in voters.iter().filter_map(|m| m.view.as_ref()) {
+        if let Some(l) = v.leader {
+            *votes.entry(l).or_default() += 1;
+        }
+    }
+    let leader = votes.iter().find(|(_, n)| **n >= majority).map(|(l, _)| *l);
+    let mut problems = Vec::new();
+    for m in members {
+        match (&m.view, &m.error) {
+            (None, e) => problems.push(format!(
+                "member {} did not answer: {}",
+                m.id,
+                e.as_deref().unwrap_or("no admin address registered")
+            )),
+            (Some(v), _) => {
+                if v.leader.is_none() {
+                    problems.push(format!("member {} knows no leader ({})", m.id, v.role));
+                } else if leader.is_some() && v.leader != leader {
+                    problems.push(format!(
+                        "member {} follows {} while the majority follows {}",
+                        m.id,
+                        v.leader.unwrap_or_default(),
+                        leader.unwrap_or_default()
+                    ));
+                }
+                if !v.unsealed {
+                    problems.push(format!("member {} is sealed", m.id));
+                }
+                if v.role == "learner" && m.voter {
+                    problems.push(format!(
+                        "member {} is a voter that sees itself as a learner",
+                        m.id
+                    ));
+                }
+            }
+        }
+    }
+    if leader.is_none() {
+        problems.insert(0, "no leader that a majority of the voters agree on".into());
+    }
+    let healthy = voters
+        .iter()
+        .filter(|m| {
+            m.view
+                .as_ref()
+                .is_some_and(|v| leader.is_some() && v.leader == leader)
+        })
+        .count();
+    let unsealed = voters
+        .iter()
+        .filter(|m| m.view.as_ref().is_some_and(|v| v.unsealed))
+        .count();
+    let raft_failure_tolerance = healthy as i64 - majority as i64;
+    let unseal_failure_tolerance = unsealed as i64 - i64::from(threshold);
+    if raft_failure_tolerance == 0 {
+        problems.push("one more lost voter and the cluster loses its quorum".into());
+    }
+    if unseal_failure_tolerance < 1 && threshold > 0 {
+        problems.push(format!(
+            "{unsealed} unsealed voter(s) for a threshold of {threshold}: one more loss and a restarted member cannot unseal"
+        ));
+    }
+    ClusterHealth {
+        leader,
+        voters: voters.len(),
+        healthy_voters: healthy,
+        raft_failure_tolerance,
+        unsealed_voters: unsealed,
+        threshold,
+        unseal_failure_tolerance,
+        problems,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +410,150 @@ mod tests {
             readiness_uninitialized_ok(&Facts::default()),
             Readiness::NotReady(vec![NotReady::RaftStopped])
         );
+    }
+
+    fn member(id: u64, leader: Option<u64>, unsealed: bool) -> MemberHealth {
+        MemberHealth {
+            id,
+            voter: true,
+            view: Some(MemberAnswer {
+                role: if leader == Some(id) {
+                    "leader"
+                } else {
+                    "follower"
+                }
+                .into(),
+                leader,
+                term: 3,
+                applied: 10,
+                unsealed,
+            }),
+            error: None,
+        }
+    }
+
+    fn down(id: u64) -> MemberHealth {
+        MemberHealth {
+            id,
+            voter: true,
+            view: None,
+            error: Some("connection refused".into()),
+        }
+    }
+
+    #[test]
+    fn a_whole_cluster_is_healthy_with_one_failure_of_each_kind_to_spare() {
+        let h = cluster_health(
+            &[
+                member(1, Some(1), true),
+                member(2, Some(1), true),
+                member(3, Some(1), true),
+            ],
+            2,
+        );
+        assert_eq!(h.leader, Some(1));
+        assert_eq!(
+            (h.raft_failure_tolerance, h.unseal_failure_tolerance),
+            (1, 1)
+        );
+        assert!(h.problems.is_empty(), "{:?}", h.problems);
+        assert_eq!(h.exit_code(), 0);
+    }
+
+    #[test]
+    fn one_member_down_is_degraded_and_says_which_and_why() {
+        let h = cluster_health(
+            &[member(1, Some(1), true), member(2, Some(1), true), down(3)],
+            2,
+        );
+        assert_eq!(
+            (h.raft_failure_tolerance, h.unseal_failure_tolerance),
+            (0, 0)
+        );
+        assert_eq!(h.exit_code(), 1);
+        assert!(
+            h.problems[0].contains("member 3 did not answer: connection refused"),
+            "{:?}",
+            h.problems
+        );
+        assert!(h.problems.iter().any(|p| p.contains("loses its quorum")));
+    }
+
+    #[test]
+    fn a_sealed_member_and_a_disagreeing_one_are_reported() {
+        let h = cluster_health(
+            &[
+                member(1, Some(1), true),
+                member(2, None, false),
+                member(3, Some(3), true),
+            ],
+            2,
+        );
+        assert_eq!(h.leader, None, "1 and 3 each have one vote of three");
+        assert_eq!(h.exit_code(), 2, "no agreed leader: no quorum");
+        let h = cluster_health(
+            &[
+                member(1, Some(1), true),
+                member(2, Some(1), false),
+                member(3, Some(1), true),
+                member(4, Some(1), true),
+                member(5, Some(5), true),
+            ],
+            3,
+        );
+        assert_eq!(h.leader, Some(1));
+        assert!(
+            h.problems.iter().any(|p| p == "member 2 is sealed"),
+            "{:?}",
+            h.problems
+        );
+        assert!(
+            h.problems
+                .iter()
+                .any(|p| p == "member 5 follows 5 while the majority follows 1"),
+            "{:?}",
+            h.problems
+        );
+        assert_eq!((h.healthy_voters, h.unsealed_voters), (4, 4));
+        assert_eq!(h.exit_code(), 1);
+    }
+
+    #[test]
+    fn no_quorum_or_no_unsealed_voter_is_down() {
+        let h = cluster_health(&[member(1, None, true), down(2), down(3)], 2);
+        assert_eq!(h.leader, None);
+        assert_eq!(h.exit_code(), 2);
+        assert_eq!(
+            h.problems[0],
+            "no leader that a majority of the voters agree on"
+        );
+        let h = cluster_health(
+            &[
+                member(1, Some(1), false),
+                member(2, Some(1), false),
+                member(3, Some(1), false),
+            ],
+            2,
+        );
+        assert_eq!(h.exit_code(), 2, "nobody can serve keys");
+        let learner = MemberHealth {
+            voter: false,
+            ..down(4)
+        };
+        let h = cluster_health(
+            &[
+                member(1, Some(1), true),
+                member(2, Some(1), true),
+                member(3, Some(1), true),
+                learner,
+            ],
+            2,
+        );
+        assert_eq!(
+            (h.voters, h.raft_failure_tolerance),
+            (3, 1),
+            "learners do not count"
+        );
+        assert_eq!(h.exit_code(), 1, "but an unreachable learner is reported");
     }
 }

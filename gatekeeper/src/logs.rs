@@ -152,6 +152,8 @@ pub async fn log_state_events(replica: Replica, mut stop: tokio::sync::watch::Re
 pub struct Dedup<K> {
     window: Duration,
     seen: HashMap<K, (Instant, u64)>,
+    /// Repeats of windows that ended in `admit` before `drain` saw them.
+    ended: Vec<(K, u64)>,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Dedup<K> {
@@ -160,6 +162,7 @@ impl<K: std::hash::Hash + Eq + Clone> Dedup<K> {
         Dedup {
             window,
             seen: HashMap::new(),
+            ended: Vec::new(),
         }
     }
 
@@ -172,9 +175,12 @@ impl<K: std::hash::Hash + Eq + Clone> Dedup<K> {
                 false
             }
             _ => {
-                // A new window; repeats of the old one were handed out by `drain`, or are
-                // dropped with it (drain runs at least once per window).
-                self.seen.insert(key.clone(), (now, 0));
+                // A new window; the old one's repeats wait for `drain`.
+                if let Some((_, repeats)) = self.seen.insert(key.clone(), (now, 0)) {
+                    if repeats > 0 {
+                        self.ended.push((key.clone(), repeats));
+                    }
+                }
                 true
             }
         }
@@ -183,7 +189,7 @@ impl<K: std::hash::Hash + Eq + Clone> Dedup<K> {
     /// The keys with repeats whose window ended by `now`, with their counts; forgets them.
     pub fn drain(&mut self, now: Instant) -> Vec<(K, u64)> {
         let window = self.window;
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.ended);
         self.seen.retain(|k, (since, repeats)| {
             if now.duration_since(*since) < window {
                 return true;
@@ -228,7 +234,10 @@ impl LogDedup {
     /// Whether an event with this metadata is written (always, for other targets than
     /// [`deduplicated_target`]s; spans always).
     pub fn admit(&self, meta: &tracing::Metadata<'_>) -> bool {
-        if !meta.is_event() || !deduplicated_target(meta.target()) {
+        if !meta.is_event()
+            || !deduplicated_target(meta.target())
+            || *meta.level() == tracing::Level::ERROR
+        {
             return true;
         }
         let key = meta.callsite();
@@ -426,6 +435,16 @@ mod tests {
         );
         assert_eq!(d.drain(t0 + Duration::from_secs(31)), vec![("a", 2)]);
         assert!(d.admit(&"a", t0 + Duration::from_secs(32)), "a new window");
+        assert!(!d.admit(&"a", t0 + Duration::from_secs(33)));
+        assert!(
+            d.admit(&"a", t0 + Duration::from_secs(70)),
+            "ended before a drain"
+        );
+        assert_eq!(
+            d.drain(t0 + Duration::from_secs(71)),
+            vec![("a", 1)],
+            "the repeats of a window replaced in admit are still reported"
+        );
     }
 
     #[test]
@@ -457,6 +476,7 @@ mod tests {
                 tracing::warn!(target: "openraft::core", n, "a message will be ignored");
                 tracing::info!(target: "openraft::core", n, "chatter below the level");
                 tracing::info!(n, "ours");
+                tracing::error!(target: "openraft::core", n, "a fatal storage error");
             }
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
@@ -467,6 +487,11 @@ mod tests {
         );
         assert_eq!(text.matches("chatter").count(), 0, "{text}");
         assert_eq!(text.matches("ours").count(), 3, "{text}");
+        assert_eq!(
+            text.matches("a fatal storage error").count(),
+            3,
+            "errors always pass"
+        );
         let held = dedup
             .0
             .lock()

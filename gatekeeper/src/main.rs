@@ -50,6 +50,12 @@ fn main() {
         }),
     };
     if let Err(e) = result {
+        if let Some(x) = e.downcast_ref::<cli::ExitWith>() {
+            if !x.message.is_empty() {
+                eprintln!("{}", x.message);
+            }
+            std::process::exit(x.code);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

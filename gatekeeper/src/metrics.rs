@@ -297,6 +297,9 @@ pub struct LeaderView {
     pub healthy_voters: BTreeSet<u64>,
     /// All voters.
     pub voters: BTreeSet<u64>,
+    /// Members that are up in the leader's eyes, voters or not (itself and those that answered
+    /// within the maximum election timeout).
+    pub up: BTreeSet<u64>,
     /// Seconds since a quorum last acknowledged the leader.
     pub quorum_ack_age: Option<f64>,
 }
@@ -321,9 +324,11 @@ pub fn leader_view(replica: &Replica) -> Option<LeaderView> {
     let window = std::time::Duration::from_millis(replica.raft.config().election_timeout_max);
     let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
     let telemetry = replica.telemetry();
-    let healthy_voters = voters
-        .iter()
-        .copied()
+    let up: BTreeSet<u64> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
         .filter(|id| {
             *id == replica.node_id
                 || telemetry
@@ -331,10 +336,12 @@ pub fn leader_view(replica: &Replica) -> Option<LeaderView> {
                     .is_some_and(|a| a <= window)
         })
         .collect();
+    let healthy_voters = voters.intersection(&up).copied().collect();
     Some(LeaderView {
         lag,
         healthy_voters,
         voters,
+        up,
         quorum_ack_age: m.millis_since_quorum_ack.map(|ms| ms as f64 / 1000.0),
     })
 }
@@ -359,19 +366,20 @@ impl NodeCollector {
             g.encode(d.encode_family(&labels)?)?;
         }
         let s = self.replica.status();
-        let (active, current_epoch, rotating, chain_record, newest_dealing) = {
+        let (active, current_epoch, rotating, chain_record, dealings) = {
             let applied = self.replica.sm.read();
             let st = &applied.state;
-            let newest = st
+            // Every active epoch's share holders and threshold: a member unseals only with all.
+            let dealings: Vec<(BTreeSet<u64>, u8)> = st
                 .epochs
                 .values()
                 .filter(|e| e.status == EpochStatus::Active)
-                .max_by_key(|e| e.epoch)
                 .map(|e| {
                     let holders: BTreeSet<u64> =
                         e.dealing.shares.iter().map(|sh| sh.node_id).collect();
                     (holders, e.threshold)
-                });
+                })
+                .collect();
             (
                 crate::epochs::active_epochs(st),
                 st.current_epoch(),
@@ -379,7 +387,7 @@ impl NodeCollector {
                     r.outcome == gatekeeper_raft::state::RotationOutcome::InProgress
                 }),
                 st.chain.clone(),
-                newest,
+                dealings,
             )
         };
         put(
@@ -498,16 +506,21 @@ impl NodeCollector {
                 None,
                 G(raft_failure_tolerance(view.voters.len(), view.healthy_voters.len()) as f64),
             )?;
-            if let Some((holders, threshold)) = &newest_dealing {
-                let up = holders.intersection(&view.healthy_voters).count();
+            let tolerance = dealings
+                .iter()
+                .map(|(holders, threshold)| {
+                    unseal_failure_tolerance(holders.intersection(&view.up).count(), *threshold)
+                })
+                .min();
+            if let Some(tolerance) = tolerance {
                 put(
                     enc,
                     "unseal_failure_tolerance",
-                    "Share holders of the newest active epoch that may still fail before a \
-                     restarted member can no longer rebuild its master key: holders up minus \
-                     the threshold (leader only).",
+                    "Share holders that may still fail before a restarted member can no longer \
+                     rebuild every active epoch's master key: holders up minus the threshold, \
+                     the least over the active epochs (leader only).",
                     None,
-                    G(unseal_failure_tolerance(up, *threshold) as f64),
+                    G(tolerance as f64),
                 )?;
             }
             let g = ConstGauge::new(0i64);

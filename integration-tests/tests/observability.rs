@@ -264,6 +264,14 @@ fn a_live_node_exports_the_documented_metrics_and_its_histograms_move() {
     c.kill9(follower);
     c.wait_for("the leader to count the dead follower out", WAIT, || {
         let s = Scrape::of(&c, leader)?;
+        for name in [
+            "gatekeeper_raft_failure_tolerance",
+            "gatekeeper_unseal_failure_tolerance",
+        ] {
+            if !s.has(name) {
+                return Err(format!("{name} is missing"));
+            }
+        }
         let t = (
             s.get("gatekeeper_raft_failure_tolerance"),
             s.get("gatekeeper_unseal_failure_tolerance"),
@@ -346,4 +354,75 @@ fn an_operator_reads_leadership_membership_epochs_and_rotations_in_every_nodes_l
             warns.len()
         );
     }
+}
+
+#[test]
+fn admin_health_and_status_all_ask_every_member_and_report_the_failure_tolerance() {
+    let c = Cluster::start(3, Opts::default());
+    let _ = c.dev_worker(&[1, 2, 3], WAIT);
+    let code = |out: &gatekeeper_integration_tests::AdminOutput| out.status.and_then(|s| s.code());
+    let health = c.admin(1, &["health", "--cluster", "--json"]);
+    assert_eq!(code(&health), Some(0), "{}", health.describe());
+    let h: serde_json::Value = serde_json::from_str(health.stdout.trim()).unwrap();
+    assert_eq!(h["status"], "healthy", "{h}");
+    assert_eq!(
+        (
+            h["raft_failure_tolerance"].as_i64(),
+            h["unseal_failure_tolerance"].as_i64()
+        ),
+        (Some(1), Some(1)),
+        "{h}"
+    );
+    let single = c.admin(2, &["health"]);
+    assert_eq!(code(&single), Some(0), "{}", single.describe());
+    assert!(
+        single.stdout.contains("node 2: healthy"),
+        "{}",
+        single.describe()
+    );
+
+    let all = c.admin(3, &["status", "--all", "--json"]);
+    assert!(all.success(), "{}", all.describe());
+    let v: serde_json::Value = serde_json::from_str(all.stdout.trim()).unwrap();
+    let leader = c.leader();
+    assert_eq!(v["agreed_leader"], leader, "{v}");
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{v}");
+    for m in members {
+        assert_eq!(m["reachable"], true, "{v}");
+        assert_eq!(m["leader"], leader, "{v}");
+        assert_eq!(m["unsealed"], true, "{v}");
+    }
+    let text = c.admin(3, &["status", "--all"]);
+    assert!(
+        text.stdout
+            .contains("every member agrees on the leader and is unsealed"),
+        "{}",
+        text.describe()
+    );
+
+    // One follower gone: degraded (exit 1), it says which member and that the margin is gone.
+    let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    let asked = [1, 2, 3].into_iter().find(|i| *i != follower).unwrap();
+    c.kill9(follower);
+    let health = c.admin(asked, &["health", "--cluster", "--json"]);
+    assert_eq!(code(&health), Some(1), "{}", health.describe());
+    let h: serde_json::Value = serde_json::from_str(health.stdout.trim()).unwrap();
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["raft_failure_tolerance"], 0, "{h}");
+    assert!(
+        h["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("member {follower} did not answer")),
+        "{h}"
+    );
+    let all = c.admin(asked, &["status", "--all"]);
+    assert!(all.success(), "{}", all.describe());
+    assert!(
+        all.stdout
+            .contains(&format!("{follower:<6} yes    unreachable")),
+        "{}",
+        all.describe()
+    );
 }

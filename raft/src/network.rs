@@ -775,6 +775,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let grant = resp.grant.clone();
         let mut resp = convert::vote_resp_from_pb(resp).map_err(bad_reply)?;
         checks::check_vote_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
+        self.network.telemetry.peer_answered(self.target);
         // A grant is for the vote asked, nothing else: openraft takes a "grant" of another vote
         // as a refusal and adopts that vote (a member answered a leader standing again with a
         // granted newer vote of its own: found by review).
@@ -847,6 +848,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         match &result {
             Ok(_) => {
                 map.remove(&self.target);
+                self.network.telemetry.peer_answered(self.target);
             }
             Err(StreamingError::Closed(_)) => {}
             Err(_) => *map.entry(self.target).or_insert(0) += 1,

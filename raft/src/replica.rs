@@ -334,7 +334,6 @@ impl RoundError {
     }
 }
 
-/// Resolves once Raft has stopped (its metrics channel closed or it reports shutdown).
 /// What changed between two views of Raft that an operator should read in the log (INFO):
 /// this node became leader, follows another, lost its leader; the membership changed. Pure.
 #[derive(Debug, PartialEq, Eq)]
@@ -430,6 +429,7 @@ async fn observe_raft(
     }
 }
 
+/// Resolves once Raft has stopped (its metrics channel closed or it reports shutdown).
 async fn raft_stopped(
     metrics: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Node>>,
 ) {
@@ -525,8 +525,11 @@ impl Replica {
         json: &str,
         operator: &state::OperatorProof,
     ) -> Result<WriteOutcome, ReplicaError> {
-        self.write_signing(|| self.propose_json(json, Lane::Admin, Some(operator)))
-            .await
+        let r = self
+            .write_signing(|| self.propose_json(json, Lane::Admin, Some(operator)))
+            .await;
+        self.count_proposal(&r);
+        r
     }
 
     /// Commits what `propose` signs, signing it again with a new sequence (up to 3 more times)
@@ -832,13 +835,34 @@ impl Replica {
         command: &state::Command,
         lane: Lane,
     ) -> Result<WriteOutcome, ReplicaError> {
-        self.write_signing(|| self.propose(command, lane)).await
+        let r = self.write_signing(|| self.propose(command, lane)).await;
+        self.count_proposal(&r);
+        r
     }
 
     /// Commits a signed proposal (see [`Replica::write`]).
     pub async fn write_proposal(&self, bytes: Vec<u8>) -> Result<WriteOutcome, ReplicaError> {
-        let receipt = self.submit(&bytes)?;
-        self.complete(receipt, bytes).await
+        let r = match self.submit(&bytes) {
+            Ok(receipt) => self.complete(receipt, bytes).await,
+            Err(e) => Err(e),
+        };
+        self.count_proposal(&r);
+        r
+    }
+
+    /// Counts one write's result (`gatekeeper_raft_proposals_total`): `refused` whether the
+    /// leader's gate or the state machine refused it (nothing changed either way).
+    fn count_proposal(&self, r: &Result<WriteOutcome, ReplicaError>) {
+        use crate::telemetry::ProposalResult;
+        self.sm.telemetry().proposal(match r {
+            Ok(WriteOutcome {
+                reply: Reply::Rejected { .. },
+                ..
+            })
+            | Err(ReplicaError::Refused { .. }) => ProposalResult::Refused,
+            Ok(_) => ProposalResult::Committed,
+            Err(_) => ProposalResult::Failed,
+        });
     }
 
     /// Checks a proposal (as the leader) and queues it for the log ([`crate::batch`]).
@@ -850,27 +874,7 @@ impl Replica {
     }
 
     /// Waits for a queued proposal's outcome; forwards it to the leader when this node is not.
-    /// Counts the result (`gatekeeper_raft_proposals_total`).
     async fn complete(
-        &self,
-        receipt: crate::batch::Receipt,
-        bytes: Vec<u8>,
-    ) -> Result<WriteOutcome, ReplicaError> {
-        use crate::telemetry::ProposalResult;
-        let outcome = self.settle_or_forward(receipt, bytes).await;
-        self.sm.telemetry().proposal(match &outcome {
-            Ok(WriteOutcome {
-                reply: Reply::Rejected { .. },
-                ..
-            })
-            | Err(ReplicaError::Refused { .. }) => ProposalResult::Refused,
-            Ok(_) => ProposalResult::Committed,
-            Err(_) => ProposalResult::Failed,
-        });
-        outcome
-    }
-
-    async fn settle_or_forward(
         &self,
         receipt: crate::batch::Receipt,
         bytes: Vec<u8>,
@@ -1259,19 +1263,38 @@ impl Replica {
         node_id: NodeId,
         data_dir: &std::path::Path,
         snapshot_file: &std::path::Path,
-    ) -> Result<openraft::SnapshotMeta<NodeId, Node>, ReplicaError> {
+    ) -> Result<(openraft::SnapshotMeta<NodeId, Node>, Applied), ReplicaError> {
+        let log_dir = data_dir.join("log");
+        for existing in [log_dir.clone(), data_dir.join("vote-pledge")] {
+            if existing.exists() {
+                return Err(ReplicaError::Log {
+                    path: existing,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "the data dir already holds Raft state; restore only into a fresh data dir (empty it, keeping only the enclave directory)",
+                    ),
+                });
+            }
+        }
+        let r = Self::restore_fresh(node_id, data_dir, snapshot_file).await;
+        if r.is_err() {
+            // The data dir was fresh: remove what this restore wrote, so it can run again.
+            for dir in ["log", "sm", "snapshots"] {
+                let _ = std::fs::remove_dir_all(data_dir.join(dir));
+            }
+            let _ = std::fs::remove_file(data_dir.join("sm.id"));
+        }
+        r
+    }
+
+    async fn restore_fresh(
+        node_id: NodeId,
+        data_dir: &std::path::Path,
+        snapshot_file: &std::path::Path,
+    ) -> Result<(openraft::SnapshotMeta<NodeId, Node>, Applied), ReplicaError> {
         use openraft::storage::RaftLogStorage;
         let log_dir = data_dir.join("log");
-        if log_dir.exists() {
-            return Err(ReplicaError::Log {
-                path: log_dir,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the data dir already holds a Raft log; restore only into a fresh data dir",
-                ),
-            });
-        }
-        let meta = SmStore::restore(data_dir, snapshot_file)?;
+        let (meta, applied) = SmStore::restore(data_dir, snapshot_file)?;
         let term = meta.last_log_id.map_or(0, |l| l.leader_id.term);
         let mut log = LogStore::open(&log_dir).map_err(|source| ReplicaError::Log {
             path: log_dir.clone(),
@@ -1283,7 +1306,7 @@ impl Replica {
                 path: log_dir.clone(),
                 source: std::io::Error::other(e.to_string()),
             })?;
-        Ok(meta)
+        Ok((meta, applied))
     }
 
     /// Milliseconds since this node last heard from a leader (`None`: never).

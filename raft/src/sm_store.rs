@@ -725,11 +725,23 @@ impl SmStore {
     pub fn restore(
         data_dir: &Path,
         snapshot_file: &Path,
-    ) -> Result<SnapshotMeta<NodeId, Node>, SmOpenError> {
+    ) -> Result<(SnapshotMeta<NodeId, Node>, Applied), SmOpenError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SmOpenError::Io { path, source }
         };
+        let leftover_snapshots = fs::read_dir(data_dir.join("snapshots"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if leftover_snapshots {
+            return Err(SmOpenError::Io {
+                path: data_dir.join("snapshots"),
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "the data dir holds snapshot files; restore only into a fresh data dir (empty it, keeping only the enclave directory)",
+                ),
+            });
+        }
         for existing in ["sm.id", "sm"] {
             let p = data_dir.join(existing);
             if p.exists() {
@@ -756,6 +768,13 @@ impl SmStore {
             .write_snapshot(&o.meta, |f| io::copy(&mut src, f).map(|_| ()))
             .map_err(io(&store.snapshot_dir))?;
         let index = o.meta.last_log_id.map_or(0, |l| l.index);
+        if !store.snapshot_path(index).exists() {
+            return Err(SmOpenError::Io {
+                path: store.snapshot_path(index),
+                source: io::Error::other("the restored snapshot file was not written"),
+            });
+        }
+        let restored = d.applied.clone();
         *store.applied.write().expect("sm lock poisoned") = d.applied;
         let corrupt = |e: String| SmOpenError::Corrupt {
             path: data_dir.join("sm"),
@@ -764,7 +783,7 @@ impl SmStore {
         store.persist_all().map_err(|e| corrupt(e.to_string()))?;
         store.db.flush().map_err(|e| corrupt(e.to_string()))?;
         store.snapshot_index.store(index, Ordering::Relaxed);
-        Ok(o.meta)
+        Ok((o.meta, restored))
     }
 
     /// Waits until the checkpoints and snapshots of the entries applied so far are written.

@@ -30,7 +30,8 @@ fn batch_buckets() -> impl Iterator<Item = f64> {
 pub enum ProposalResult {
     /// Committed and applied; the state machine accepted it.
     Committed,
-    /// Committed, and the state machine refused it (a stable error code, nothing changed).
+    /// Refused, by the leader's gate before the log or by the state machine once committed (a
+    /// stable error code; nothing changed either way).
     Refused,
     /// Not committed: no leader, the leader unreachable, or the deadline passed.
     Failed,

@@ -190,6 +190,21 @@ pub enum AdminCommand {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Ask every member (at the admin address it registered) and print one row each, with
+        /// what they disagree on.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Health: this node alone (exit 0 when it follows a leader and is unsealed, else 1), or with
+    /// --cluster every member, with the Raft and unseal failure tolerance (exit 0 healthy, 1
+    /// degraded: serving but something is wrong, 2 not serving: no quorum or no unsealed voter).
+    Health {
+        /// Ask every member.
+        #[arg(long)]
+        cluster: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// List the members.
     Members {
@@ -930,7 +945,97 @@ async fn run_command(
             outln!("{}", leave_json(&r.map_err(status_error)?.into_inner()));
             Ok(())
         }
-        AdminCommand::Status { json } => status(&mut c, json).await,
+        AdminCommand::Status { json, all: false } => status(&mut c, json).await,
+        AdminCommand::Status { json, all: true } => {
+            let (entry, members) = ask_members(&mut c, tls, timeout).await?;
+            let h = crate::health::cluster_health(&members, newest_threshold(&entry));
+            if json {
+                outln!("{}", all_members_json(&entry, &members, &h));
+            } else {
+                print_lines(&all_members_text(&members, &h));
+            }
+            Ok(())
+        }
+        AdminCommand::Health {
+            cluster: false,
+            json,
+        } => {
+            let s = c
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let a = answer(&s);
+            let mut problems = Vec::new();
+            if a.leader.is_none() {
+                problems.push(format!("knows no leader ({})", a.role));
+            }
+            if !a.unsealed {
+                problems.push(seal_text(&s.seal));
+            }
+            let v = json!({"node_id": s.node_id, "healthy": problems.is_empty(), "role": a.role,
+                "leader": a.leader, "seal_status": seal_text(&s.seal), "problems": problems});
+            if json {
+                outln!("{v}");
+            } else {
+                outln!(
+                    "node {}: {}",
+                    s.node_id,
+                    if problems.is_empty() {
+                        "healthy".to_string()
+                    } else {
+                        problems.join("; ")
+                    }
+                );
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(crate::cli::ExitWith::code(1).into())
+            }
+        }
+        AdminCommand::Health {
+            cluster: true,
+            json,
+        } => {
+            let (entry, members) = ask_members(&mut c, tls, timeout).await?;
+            let h = crate::health::cluster_health(&members, newest_threshold(&entry));
+            let verdict = ["healthy", "degraded", "down"][h.exit_code() as usize];
+            if json {
+                outln!(
+                    "{}",
+                    json!({
+                        "status": verdict,
+                        "leader": h.leader,
+                        "voters": h.voters,
+                        "healthy_voters": h.healthy_voters,
+                        "raft_failure_tolerance": h.raft_failure_tolerance,
+                        "unsealed_voters": h.unsealed_voters,
+                        "threshold": h.threshold,
+                        "unseal_failure_tolerance": h.unseal_failure_tolerance,
+                        "problems": h.problems,
+                    })
+                );
+            } else {
+                outln!(
+                    "cluster {verdict}: leader {}, {}/{} voters healthy (failure tolerance {}), {} unsealed for a threshold of {} (unseal failure tolerance {})",
+                    h.leader.map_or("none".to_string(), |l| l.to_string()),
+                    h.healthy_voters,
+                    h.voters,
+                    h.raft_failure_tolerance,
+                    h.unsealed_voters,
+                    h.threshold,
+                    h.unseal_failure_tolerance
+                );
+                for p in &h.problems {
+                    outln!("  - {p}");
+                }
+            }
+            match h.exit_code() {
+                0 => Ok(()),
+                code => Err(crate::cli::ExitWith::code(code).into()),
+            }
+        }
         AdminCommand::Members { json } => members(&mut c, json).await,
         AdminCommand::Put { key, value } => {
             put(&mut c, operator_signer(tls)?.as_ref(), key, value).await
@@ -1001,8 +1106,14 @@ async fn snapshot_save(c: &mut Client, file: &Path, force: bool) -> Result<()> {
             .context("the backup received does not match its manifest; nothing was written")?;
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(file)
-        .with_context(|| format!("cannot write {}", file.display()))?;
+    if force {
+        tmp.persist(file)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+    } else {
+        tmp.persist_noclobber(file).with_context(|| {
+            format!("cannot write {} (it exists? pass --force)", file.display())
+        })?;
+    }
     outln!(
         "{}",
         json!({
@@ -1107,6 +1218,141 @@ async fn follow_leader(
     let mut tls = tls.clone();
     tls.server_name = None;
     connect(&addr, &tls, timeout).await
+}
+
+/// What a member's `Status` answer says about its health.
+fn answer(s: &pb::StatusResponse) -> crate::health::MemberAnswer {
+    crate::health::MemberAnswer {
+        role: role_name(s.role).to_string(),
+        leader: s.leader_id,
+        term: s.term,
+        applied: s.last_applied,
+        unsealed: s
+            .seal
+            .as_ref()
+            .is_some_and(|x| x.state == pb::SealState::Unsealed as i32),
+    }
+}
+
+/// The threshold of the newest active epoch in `s` (0 when none).
+fn newest_threshold(s: &pb::StatusResponse) -> u8 {
+    s.epochs
+        .iter()
+        .filter(|e| e.status == pb::EpochStatus::Active as i32)
+        .max_by_key(|e| e.epoch)
+        .map_or(0, |e| e.threshold.min(255) as u8)
+}
+
+/// Asks the node behind `c` for the members, then every member (at its registered admin
+/// address, concurrently, each within `timeout` or 5 s) for its own status.
+async fn ask_members(
+    c: &mut Client,
+    tls: &AdminTls,
+    timeout: Duration,
+) -> Result<(pb::StatusResponse, Vec<crate::health::MemberHealth>)> {
+    let entry = c
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let per_member = timeout.min(Duration::from_secs(5));
+    let asks = entry.members.iter().map(|m| {
+        let entry = &entry;
+        async move {
+            let result: Result<pb::StatusResponse, String> = if m.node_id == entry.node_id {
+                Ok(entry.clone())
+            } else if m.admin_address.is_empty() {
+                Err("no admin address registered".into())
+            } else {
+                let mut tls = tls.clone();
+                tls.server_name = None;
+                match connect(&m.admin_address, &tls, per_member).await {
+                    Err(e) => Err(format!("{}: {e:#}", m.admin_address)),
+                    Ok(mut mc) => mc
+                        .status(pb::StatusRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| format!("{}: {}", m.admin_address, s.message())),
+                }
+            };
+            crate::health::MemberHealth {
+                id: m.node_id,
+                voter: m.voter,
+                view: result.as_ref().ok().map(answer),
+                error: result.err(),
+            }
+        }
+    });
+    let members = futures::future::join_all(asks).await;
+    Ok((entry, members))
+}
+
+fn all_members_json(
+    entry: &pb::StatusResponse,
+    members: &[crate::health::MemberHealth],
+    h: &crate::health::ClusterHealth,
+) -> serde_json::Value {
+    let addr = |id: u64| {
+        entry
+            .members
+            .iter()
+            .find(|m| m.node_id == id)
+            .map(|m| m.admin_address.clone())
+            .unwrap_or_default()
+    };
+    json!({
+        "asked": entry.node_id,
+        "agreed_leader": h.leader,
+        "members": members.iter().map(|m| json!({
+            "node_id": m.id,
+            "voter": m.voter,
+            "admin_address": addr(m.id),
+            "reachable": m.view.is_some(),
+            "role": m.view.as_ref().map(|v| v.role.clone()),
+            "leader": m.view.as_ref().and_then(|v| v.leader),
+            "term": m.view.as_ref().map(|v| v.term),
+            "applied": m.view.as_ref().map(|v| v.applied),
+            "unsealed": m.view.as_ref().map(|v| v.unsealed),
+            "error": m.error,
+        })).collect::<Vec<_>>(),
+        "problems": h.problems,
+    })
+}
+
+fn all_members_text(
+    members: &[crate::health::MemberHealth],
+    h: &crate::health::ClusterHealth,
+) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:<6} {:<6} {:<13} {:<8} {:<6} {:<10} {}",
+        "member", "voter", "role", "leader", "term", "applied", "seal"
+    )];
+    for m in members {
+        lines.push(match &m.view {
+            Some(v) => format!(
+                "{:<6} {:<6} {:<13} {:<8} {:<6} {:<10} {}",
+                m.id,
+                if m.voter { "yes" } else { "no" },
+                v.role,
+                v.leader.map_or("unknown".to_string(), |l| l.to_string()),
+                v.term,
+                v.applied,
+                if v.unsealed { "unsealed" } else { "sealed" }
+            ),
+            None => format!(
+                "{:<6} {:<6} unreachable: {}",
+                m.id,
+                if m.voter { "yes" } else { "no" },
+                m.error.as_deref().unwrap_or("?")
+            ),
+        });
+    }
+    if h.problems.is_empty() {
+        lines.push("every member agrees on the leader and is unsealed".into());
+    } else {
+        lines.extend(h.problems.iter().map(|p| format!("! {p}")));
+    }
+    lines
 }
 
 async fn status(c: &mut Client, as_json: bool) -> Result<()> {

@@ -137,6 +137,27 @@ pub enum Command {
     },
 }
 
+/// An error that ends the process with a given exit code, after what the command printed (the
+/// command has said why; `message` adds to it when not empty).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitWith {
+    /// The process exit code.
+    pub code: i32,
+    /// Printed to stderr when not empty.
+    pub message: String,
+}
+
+impl ExitWith {
+    /// Exit with `code`, nothing more to print.
+    pub fn code(code: i32) -> Self {
+        ExitWith {
+            code,
+            message: String::new(),
+        }
+    }
+}
+
 /// Backup file tools.
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
@@ -223,15 +244,27 @@ pub async fn restore(config: &std::path::Path, from: &std::path::Path) -> anyhow
     let data_dir = &c.data_dir;
     gatekeeper_raft::private_fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let (m, tmp) = unpack_backup(from, data_dir)?;
-    let meta = gatekeeper_raft::replica::Replica::restore_data_dir(c.node_id, data_dir, tmp.path())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("restoring {} from {}", data_dir.display(), from.display()))?;
+    let (manifest, tmp) = unpack_backup(from, data_dir)?;
+    let (meta, applied) =
+        gatekeeper_raft::replica::Replica::restore_data_dir(c.node_id, data_dir, tmp.path())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("restoring {} from {}", data_dir.display(), from.display()))?;
     drop(tmp);
-    let member = m.members.iter().find(|x| x.node_id == c.node_id);
-    let holders: Vec<u64> = m
-        .epochs
+    if meta.last_log_id.map_or(0, |l| l.index) != manifest.index {
+        anyhow::bail!(
+            "{}: the snapshot covers another index than its manifest says ({})",
+            from.display(),
+            manifest.index
+        );
+    }
+    // What this node is in the restored state (not the manifest's view at the time of the save).
+    let membership = meta.last_membership.membership();
+    let voters = membership.voter_ids().collect();
+    let nodes: Vec<_> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+    let (members, epochs) = crate::backup::describe(&applied.state, &voters, &nodes);
+    let member = members.iter().find(|x| x.node_id == c.node_id);
+    let holders: Vec<u64> = epochs
         .iter()
         .filter(|e| e.status == "active")
         .flat_map(|e| e.share_holders.iter().copied())
@@ -253,7 +286,7 @@ pub async fn restore(config: &std::path::Path, from: &std::path::Path) -> anyhow
         eprintln!(
             "warning: node {} is not a member in this backup (members: {:?}); it will not be part of the restored cluster",
             c.node_id,
-            m.members.iter().map(|x| x.node_id).collect::<Vec<_>>()
+            members.iter().map(|x| x.node_id).collect::<Vec<_>>()
         );
     }
     Ok(())

@@ -368,7 +368,10 @@ fn role(s: &str) -> pb::Role {
     }
 }
 
-fn members_pb(s: &StatusView) -> Vec<pb::Member> {
+fn members_pb(
+    s: &StatusView,
+    admin_addresses: &std::collections::BTreeMap<u64, String>,
+) -> Vec<pb::Member> {
     s.members
         .iter()
         .map(|m| pb::Member {
@@ -378,7 +381,20 @@ fn members_pb(s: &StatusView) -> Vec<pb::Member> {
             voter: m.voter,
             identity_public_key: vec![],
             hpke_public_key: vec![],
+            admin_address: admin_addresses.get(&m.id).cloned().unwrap_or_default(),
         })
+        .collect()
+}
+
+/// The admin addresses the members registered.
+fn admin_addresses(replica: &Replica) -> std::collections::BTreeMap<u64, String> {
+    replica
+        .sm
+        .read()
+        .state
+        .members
+        .values()
+        .filter_map(|m| m.admin_address.clone().map(|a| (m.node_id, a)))
         .collect()
 }
 
@@ -439,7 +455,7 @@ impl AdminService for AdminServer {
             last_log_index: s.last_log_index.unwrap_or(0),
             last_applied: s.last_applied.unwrap_or(0),
             commit_index: s.commit_index.unwrap_or(0),
-            members: members_pb(&s),
+            members: members_pb(&s, &admin_addresses(&self.replica)),
             seal: Some(seal),
             epochs,
             gatekeeper_id,
@@ -458,7 +474,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::MembersResponse>, Status> {
         let s = self.replica.status();
         Ok(Response::new(pb::MembersResponse {
-            members: members_pb(&s),
+            members: members_pb(&s, &admin_addresses(&self.replica)),
             leader_id: s.leader_id,
         }))
     }
@@ -754,13 +770,15 @@ impl AdminService for AdminServer {
             bytes = len,
             "streaming the newest snapshot to an operator (backup)"
         );
+        // 1 MiB chunks: well under the admin listener's message cap (8 MiB, not configurable).
+        let chunk = 1usize << 20;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
             let mut file = file.take(len);
             let mut first = Some(manifest_json);
             loop {
-                let mut data = vec![0u8; 1 << 20];
+                let mut data = vec![0u8; chunk];
                 let n = match file.read(&mut data) {
                     Ok(n) => n,
                     Err(e) => {

@@ -151,14 +151,12 @@ impl KeyServer {
             Some("GetContractKey") => "contract",
             _ => "worker",
         };
-        self.instruments.key_request(
-            kind,
-            result
-                .as_ref()
-                .err()
-                .map(|e| e.code().map_or("INTERNAL", |c| c.as_str())),
-        );
+        let refusal = result
+            .as_ref()
+            .err()
+            .map(|e| e.code().map_or("INTERNAL", |c| c.as_str()));
         let Some(a) = &self.audit else {
+            self.instruments.key_request(kind, refusal);
             return Ok(Response::new(result?));
         };
         let (code, epoch, subject) = match &result {
@@ -176,7 +174,7 @@ impl KeyServer {
                 .ok()
                 .and_then(|(e, _)| e)
         });
-        a.record(&crate::audit::Event {
+        let recorded = a.record(&crate::audit::Event {
             caller,
             method,
             epoch,
@@ -184,7 +182,17 @@ impl KeyServer {
             worker: worker.as_deref(),
             code: &code,
             hmac_epoch,
-        })?;
+        });
+        // Counted as answered: a delivery whose audit line could not be written was not made.
+        self.instruments.key_request(
+            kind,
+            if recorded.is_err() {
+                Some(ErrorCode::AuditFailed.as_str())
+            } else {
+                refusal
+            },
+        );
+        recorded?;
         Ok(Response::new(result?))
     }
 }
