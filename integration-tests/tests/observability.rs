@@ -426,3 +426,75 @@ fn admin_health_and_status_all_ask_every_member_and_report_the_failure_tolerance
         all.describe()
     );
 }
+
+#[test]
+fn rotate_wait_reports_completion_or_the_abort_reason_and_every_node_logs_it() {
+    let c = Cluster::start(3, Opts::default());
+    let _ = c.dev_worker(&[1, 2, 3], WAIT);
+    let code = |out: &gatekeeper_integration_tests::AdminOutput| out.status.and_then(|s| s.code());
+    let out = c.admin(1, &["rotate", "--rotation-id", "r-ok", "--wait"]);
+    assert_eq!(code(&out), Some(0), "{}", out.describe());
+    let last: serde_json::Value =
+        serde_json::from_str(out.stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["outcome"].as_str(), last["epoch"].as_u64()),
+        (Some("completed"), Some(1)),
+        "{last}"
+    );
+    assert!(
+        out.stderr.contains("rotation r-ok: epoch 1"),
+        "{}",
+        out.describe()
+    );
+
+    // One member down: the dealing cannot be acknowledged by all, the deadline passes, and the
+    // operator is told why; every running node logs it.
+    let leader = c.leader();
+    let down = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    let asked = [1, 2, 3].into_iter().find(|i| *i != down).unwrap();
+    c.kill9(down);
+    let out = c.admin_timeout(
+        asked,
+        &[
+            "rotate",
+            "--rotation-id",
+            "r-down",
+            "--deadline-ms",
+            "3000",
+            "--wait",
+        ],
+        Duration::from_secs(90),
+    );
+    assert_eq!(code(&out), Some(1), "{}", out.describe());
+    let last: serde_json::Value =
+        serde_json::from_str(out.stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(last["outcome"], "aborted", "{last}");
+    let reason = last["reason"].as_str().unwrap();
+    assert!(!reason.is_empty(), "{last}");
+    assert!(
+        out.stderr
+            .contains(&format!("rotation r-down aborted: {reason}")),
+        "{}",
+        out.describe()
+    );
+    for i in [1, 2, 3].into_iter().filter(|i| *i != down) {
+        c.wait_for(
+            &format!("node {i} to log the aborted rotation"),
+            WAIT,
+            || {
+                let lines = log_lines(&c, i, "rotation aborted");
+                if lines.iter().any(|l| l.contains("r-down")) {
+                    Ok(())
+                } else {
+                    Err("not yet".into())
+                }
+            },
+        );
+    }
+    let s = c.admin(asked, &["status"]);
+    assert!(
+        s.stdout.contains("rotation: r-down epoch"),
+        "{}",
+        s.describe()
+    );
+}

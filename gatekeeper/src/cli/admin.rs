@@ -130,8 +130,8 @@ pub fn explain(endpoint: &str, plaintext: bool, detail: &str) -> String {
     } else if d.contains("badcertificate") || d.contains("bad certificate") {
         "the node refused your certificate"
     } else if d.contains("invalidcontenttype") || d.contains("corrupt message") {
-        "the endpoint does not speak TLS (a development node with plaintext = true? then use \
-         --plaintext)"
+        "the endpoint does not speak TLS: a development node with plaintext = true (then use \
+         --plaintext), or not the admin listener (the metrics port speaks plain HTTP)"
     } else if d.contains("frame with invalid size") || d.contains("invalid http version") {
         "the endpoint speaks TLS (a plaintext HTTP/2 client got TLS bytes back): drop \
          --plaintext and pass --ca, --cert and --key"
@@ -238,6 +238,10 @@ pub enum AdminCommand {
         /// Reason, for the audit trail.
         #[arg(long, default_value = "")]
         reason: String,
+        /// Wait until the rotation completes or aborts, printing its progress to stderr: exit 0
+        /// when the new epoch is active, 1 with the reason when it aborted.
+        #[arg(long)]
+        wait: bool,
     },
     /// Retire every epoch below --min-epoch (never the current one).
     Retire {
@@ -633,6 +637,15 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "cluster_signing_public_key": hex::encode(&e.cluster_signing_public_key),
         })).collect::<Vec<_>>(),
         "chain": s.chain.as_ref().map(chain_json),
+        "rotation": s.rotation.as_ref().map(|r| json!({
+            "rotation_id": r.rotation_id,
+            "epoch": r.epoch,
+            "outcome": r.outcome,
+            "reason": r.reason,
+            "deadline_ms": r.deadline_ms,
+            "acked": r.acked,
+            "shares": r.shares,
+        })),
         "checkpoint": s.checkpoint.as_ref().map(|c| json!({
             "certified_index": c.certified_index,
             "voters": c.voters,
@@ -678,6 +691,21 @@ fn status_text(s: &pb::StatusResponse) -> Vec<String> {
         )
     }));
     lines.extend(chain_text(s.chain.as_ref()));
+    if let Some(r) = &s.rotation {
+        lines.push(format!(
+            "rotation: {} epoch {} {}{} ({} of {} shares acknowledged)",
+            r.rotation_id,
+            r.epoch,
+            r.outcome.replace('_', " "),
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.reason)
+            },
+            r.acked.len(),
+            r.shares
+        ));
+    }
     lines.push(match &s.checkpoint {
         Some(c) => format!(
             "checkpoint: certified at index {} by {} signature(s), voters {:?}; snapshot at \
@@ -1045,9 +1073,15 @@ async fn run_command(
             rotation_id,
             deadline_ms,
             reason,
+            wait,
         } => {
             let signer = operator_signer(tls)?;
-            rotate(&mut c, signer.as_ref(), rotation_id, deadline_ms, reason).await
+            let r = rotate(&mut c, signer.as_ref(), rotation_id, deadline_ms, reason).await?;
+            if wait {
+                wait_rotation(&mut c, &r).await
+            } else {
+                Ok(())
+            }
         }
         AdminCommand::Retire { min_epoch } => {
             retire(&mut c, operator_signer(tls)?.as_ref(), min_epoch).await
@@ -1460,7 +1494,7 @@ async fn rotate(
     rotation_id: String,
     deadline_ms: u64,
     reason: String,
-) -> Result<()> {
+) -> Result<pb::RotateResponse> {
     let mut req = pb::RotateRequest {
         rotation_id,
         deadline_ms,
@@ -1480,7 +1514,69 @@ async fn rotate(
     req.authorization = authorize(c, signer, &command).await?;
     let r = c.rotate(req).await.map_err(status_error)?.into_inner();
     outln!("{}", rotate_json(&r));
-    Ok(())
+    Ok(r)
+}
+
+/// `rotate --wait`: follows the rotation in this node's status until it ends (the node's
+/// applied state: a follower sees the outcome once it applied it). A node that cannot be asked
+/// for a while is asked again; progress lines go to stderr when they change.
+async fn wait_rotation(c: &mut Client, started: &pb::RotateResponse) -> Result<()> {
+    let mut last = String::new();
+    let mut failures = 0;
+    loop {
+        match c.status(pb::StatusRequest {}).await {
+            Err(e) => {
+                failures += 1;
+                if failures >= 30 {
+                    return Err(status_error(e).context("the node stopped answering while waiting"));
+                }
+            }
+            Ok(s) => {
+                failures = 0;
+                let s = s.into_inner();
+                let Some(r) = s.rotation.filter(|r| r.rotation_id == started.rotation_id) else {
+                    bail!(
+                        "rotation {} is not in this node's state (another rotation replaced it?)",
+                        started.rotation_id
+                    );
+                };
+                let line = format!(
+                    "rotation {}: epoch {} {} ({} of {} shares acknowledged)",
+                    r.rotation_id,
+                    r.epoch,
+                    r.outcome.replace('_', " "),
+                    r.acked.len(),
+                    r.shares
+                );
+                if line != last {
+                    eprintln!("{line}");
+                    last = line;
+                }
+                match r.outcome.as_str() {
+                    "completed" => {
+                        outln!(
+                            "{}",
+                            json!({"rotation_id": r.rotation_id, "epoch": r.epoch, "outcome": "completed"})
+                        );
+                        return Ok(());
+                    }
+                    "aborted" => {
+                        outln!(
+                            "{}",
+                            json!({"rotation_id": r.rotation_id, "epoch": r.epoch, "outcome": "aborted", "reason": r.reason})
+                        );
+                        return Err(crate::cli::ExitWith {
+                            code: 1,
+                            message: format!("rotation {} aborted: {}", r.rotation_id, r.reason),
+                        }
+                        .into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn operators(
@@ -1918,6 +2014,7 @@ mod tests {
                     "reconnects": 2,
                     "bootstrap": {"block": 7, "entries": 40, "complete": true},
                 },
+                "rotation": null,
                 "checkpoint": null,
             })
         );

@@ -408,9 +408,30 @@ impl AdminService for AdminServer {
         // One read of the state machine, released before anything else runs: a second read
         // guard taken while a writer (the apply task) waits would deadlock (std's RwLock lets a
         // waiting writer block new readers).
-        let (active, epochs, gatekeeper_id, chain_record, operators, checkpoint) = {
+        let (active, epochs, gatekeeper_id, chain_record, operators, checkpoint, rotation) = {
             let applied = self.replica.sm.read();
             let st = &applied.state;
+            let rotation = st.rotation.as_ref().map(|r| {
+                let dealing = st.epochs.get(&r.epoch).map(|e| &e.dealing);
+                let (outcome, reason) = match &r.outcome {
+                    gatekeeper_raft::state::RotationOutcome::InProgress => ("in_progress", ""),
+                    gatekeeper_raft::state::RotationOutcome::Completed => ("completed", ""),
+                    gatekeeper_raft::state::RotationOutcome::Aborted(why) => {
+                        ("aborted", why.as_str())
+                    }
+                };
+                pb::RotationStatus {
+                    rotation_id: r.rotation_id.clone(),
+                    epoch: r.epoch,
+                    outcome: outcome.into(),
+                    reason: reason.into(),
+                    deadline_ms: r.deadline_ms,
+                    acked: dealing
+                        .map(|d| d.acked.iter().copied().collect())
+                        .unwrap_or_default(),
+                    shares: dealing.map_or(0, |d| d.shares.len() as u32),
+                }
+            });
             (
                 crate::epochs::active_epochs(st),
                 epochs_pb(st),
@@ -423,6 +444,7 @@ impl AdminService for AdminServer {
                     signatures: c.signatures.len() as u32,
                     snapshot_index: self.replica.sm.snapshot_index(),
                 }),
+                rotation,
             )
         };
         // "unsealed" is computed now, from the committed epochs and the enclave, never from a
@@ -465,6 +487,7 @@ impl AdminService for AdminServer {
             enclave_hpke_public_key: self.enclave.hpke_public_key().as_bytes().to_vec(),
             operators,
             checkpoint,
+            rotation,
         }))
     }
 
