@@ -498,3 +498,51 @@ fn rotate_wait_reports_completion_or_the_abort_reason_and_every_node_logs_it() {
         s.describe()
     );
 }
+
+#[test]
+fn status_says_isolated_and_removed_instead_of_leader_and_follower() {
+    let c = Cluster::start(3, Opts::default());
+    let _ = c.dev_worker(&[1, 2, 3], WAIT);
+    let condition = |i: u64| -> Result<String, String> {
+        let out = c.admin(i, &["status", "--json"]);
+        if !out.success() {
+            return Err(out.describe());
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(out.stdout.trim()).map_err(|e| e.to_string())?;
+        Ok(v["condition"].as_str().unwrap_or("").to_string())
+    };
+    let leader = c.leader();
+    assert_eq!(condition(leader).unwrap(), "", "a healthy leader");
+
+    // The leader cut off from its peers: it still holds the leader role, and says it is isolated.
+    c.fault(leader, true).unwrap();
+    c.wait_for("the cut-off leader to say it is isolated", WAIT, || {
+        let cond = condition(leader)?;
+        if cond.starts_with("isolated, cannot reach a quorum") {
+            Ok(())
+        } else {
+            Err(format!("condition {cond:?}"))
+        }
+    });
+    let text = c.admin(leader, &["status"]);
+    assert!(
+        text.stdout.contains("! isolated, cannot reach a quorum"),
+        "{}",
+        text.describe()
+    );
+    c.fault(leader, false).unwrap();
+
+    // A member removed while running: it says it was removed, whatever its role claims.
+    let new_leader = c.wait_for("a leader again", WAIT, || c.agreed_leader(&[1, 2, 3]));
+    let removed = [1, 2, 3].into_iter().find(|i| *i != new_leader).unwrap();
+    c.leave(new_leader, removed).unwrap();
+    c.wait_for("the removed member to say so", WAIT, || {
+        let cond = condition(removed)?;
+        if cond.starts_with("removed from the cluster") {
+            Ok(())
+        } else {
+            Err(format!("condition {cond:?}"))
+        }
+    });
+}

@@ -538,6 +538,11 @@ fn status_to_rpc<E: std::error::Error>(target: NodeId, s: Status) -> RpcErr<E> {
     }
 }
 
+/// A peer's refusal because this node is not in its membership (its admission says so).
+fn is_nonmember_refusal(s: &Status) -> bool {
+    s.code() == tonic::Code::PermissionDenied && s.message().contains("not in the membership")
+}
+
 fn bad_reply<E: std::error::Error>(e: ConvertError) -> RpcErr<E> {
     // Undecodable answers back off too (see `refused_reply`).
     RPCError::Unreachable(Unreachable::new(&e))
@@ -712,10 +717,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         let mut req = Request::new(msg);
         req.set_timeout(option.hard_ttl());
-        let resp = client
-            .append_entries(req)
-            .await
-            .map_err(|s| status_to_rpc(self.target, s))?;
+        let resp = client.append_entries(req).await.map_err(|s| {
+            if is_nonmember_refusal(&s) {
+                self.network.telemetry.refused_as_nonmember(self.target);
+            }
+            status_to_rpc(self.target, s)
+        })?;
         let resp = convert::append_resp_from_pb(resp.into_inner()).map_err(bad_reply)?;
         checks::check_append_response(&rpc, &resp).map_err(|e| refused_reply(self.target, e))?;
         self.network.telemetry.peer_answered(self.target);
@@ -770,7 +777,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let resp = client
             .vote(req)
             .await
-            .map_err(|s| status_to_rpc(self.target, s))?
+            .map_err(|s| {
+                if is_nonmember_refusal(&s) {
+                    self.network.telemetry.refused_as_nonmember(self.target);
+                }
+                status_to_rpc(self.target, s)
+            })?
             .into_inner();
         let grant = resp.grant.clone();
         let mut resp = convert::vote_resp_from_pb(resp).map_err(bad_reply)?;

@@ -148,6 +148,61 @@ pub struct StatusView {
     pub members: Vec<MemberView>,
     /// Audit sequence of the applied state.
     pub audit_sequence: u64,
+    /// What is wrong with this node's place in the cluster, in words ([`condition`]); `None`
+    /// when nothing is.
+    pub condition: Option<String>,
+}
+
+/// The facts [`condition`] judges.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConditionFacts {
+    pub role: &'static str,
+    pub in_membership: bool,
+    pub quorum_ack_ms: Option<u64>,
+    pub leader_contact_ms: Option<u64>,
+    pub leader_known: bool,
+    pub election_timeout_max_ms: u64,
+    pub nonmember_refusers: Vec<NodeId>,
+}
+
+/// What `status` says about a node whose role alone would mislead: removed from the cluster, a
+/// leader that cannot reach a quorum, a node without a leader. Pure.
+pub(crate) fn condition(f: &ConditionFacts) -> Option<String> {
+    if f.role == "uninitialized" || f.role == "shutdown" {
+        return None;
+    }
+    if !f.in_membership {
+        return Some(
+            "removed from the cluster: this node is not in the membership it applied".into(),
+        );
+    }
+    if !f.nonmember_refusers.is_empty() {
+        return Some(format!(
+            "removed from the cluster: member(s) {:?} refuse this node as not in their membership",
+            f.nonmember_refusers
+        ));
+    }
+    let quiet = f.election_timeout_max_ms;
+    if f.role == "leader" {
+        return match f.quorum_ack_ms {
+            Some(ms) if ms <= quiet => None,
+            Some(ms) => Some(format!(
+                "isolated, cannot reach a quorum: no majority acknowledged this leader for {:.1} s; it commits nothing",
+                ms as f64 / 1000.0
+            )),
+            None => Some("isolated, cannot reach a quorum: no majority acknowledged this leader yet".into()),
+        };
+    }
+    if !f.leader_known {
+        return Some(match f.leader_contact_ms {
+            Some(ms) => format!(
+                "no leader: last heard from one {:.1} s ago (an election is running, or this node is cut off)",
+                ms as f64 / 1000.0
+            ),
+            None => "no leader yet".into(),
+        });
+    }
+    None
 }
 
 /// A running replica. Cheap to clone.
@@ -1237,6 +1292,15 @@ impl Replica {
             }
         };
         let last_applied = m.last_applied.map(|l| l.index);
+        let condition = condition(&ConditionFacts {
+            role,
+            in_membership: members.iter().any(|x| x.id == self.node_id),
+            quorum_ack_ms: m.millis_since_quorum_ack,
+            leader_contact_ms: self.contact.millis_since(),
+            leader_known: m.current_leader.is_some(),
+            election_timeout_max_ms: self.raft.config().election_timeout_max,
+            nonmember_refusers: self.telemetry().nonmember_refusers(Duration::from_secs(10)),
+        });
         StatusView {
             node_id: self.node_id,
             role: role.into(),
@@ -1251,6 +1315,7 @@ impl Replica {
             },
             members,
             audit_sequence: self.sm.read().state.audit_sequence,
+            condition,
         }
     }
 
@@ -1449,5 +1514,68 @@ mod event_tests {
             }]
         );
         assert!(raft_events(1, &view(Some(1), 2, Some(9)), &view(Some(1), 2, Some(9))).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod condition_tests {
+    use super::{condition, ConditionFacts};
+
+    fn facts(role: &'static str) -> ConditionFacts {
+        ConditionFacts {
+            role,
+            in_membership: true,
+            quorum_ack_ms: Some(100),
+            leader_contact_ms: Some(50),
+            leader_known: true,
+            election_timeout_max_ms: 600,
+            nonmember_refusers: vec![],
+        }
+    }
+
+    #[test]
+    fn a_healthy_leader_or_follower_has_nothing_to_say() {
+        assert_eq!(condition(&facts("leader")), None);
+        assert_eq!(condition(&facts("follower")), None);
+        assert_eq!(condition(&facts("uninitialized")), None);
+    }
+
+    #[test]
+    fn a_removed_node_says_so_from_its_own_membership_or_its_peers_refusals() {
+        let mut f = facts("follower");
+        f.in_membership = false;
+        assert!(condition(&f)
+            .unwrap()
+            .starts_with("removed from the cluster: this node is not in"));
+        let mut f = facts("candidate");
+        f.leader_known = false;
+        f.nonmember_refusers = vec![2, 3];
+        assert_eq!(
+            condition(&f).unwrap(),
+            "removed from the cluster: member(s) [2, 3] refuse this node as not in their membership"
+        );
+    }
+
+    #[test]
+    fn an_isolated_leader_is_not_called_a_leader_without_saying_it_cannot_commit() {
+        let mut f = facts("leader");
+        f.quorum_ack_ms = Some(5200);
+        assert_eq!(
+            condition(&f).unwrap(),
+            "isolated, cannot reach a quorum: no majority acknowledged this leader for 5.2 s; it commits nothing"
+        );
+        f.quorum_ack_ms = None;
+        assert!(condition(&f).unwrap().starts_with("isolated"));
+    }
+
+    #[test]
+    fn a_node_without_a_leader_says_since_when() {
+        let mut f = facts("candidate");
+        f.leader_known = false;
+        f.leader_contact_ms = Some(3000);
+        assert_eq!(
+            condition(&f).unwrap(),
+            "no leader: last heard from one 3.0 s ago (an election is running, or this node is cut off)"
+        );
     }
 }

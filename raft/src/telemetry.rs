@@ -70,6 +70,8 @@ pub struct RaftTelemetry {
     pub leader_changes: Counter,
     /// When each peer last answered a Raft message from this node.
     peer_answers: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// When each peer last refused this node because it is not in that peer's membership.
+    nonmember_refusals: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 impl Default for RaftTelemetry {
@@ -81,6 +83,7 @@ impl Default for RaftTelemetry {
             proposals: Family::default(),
             leader_changes: Counter::default(),
             peer_answers: Arc::default(),
+            nonmember_refusals: Arc::default(),
         }
     }
 }
@@ -102,6 +105,28 @@ impl RaftTelemetry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer, Instant::now());
+    }
+
+    /// Records that `peer` refused a Raft message because this node is not in its membership.
+    pub fn refused_as_nonmember(&self, peer: NodeId) {
+        self.nonmember_refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, Instant::now());
+    }
+
+    /// The peers that refused this node as a non-member within `window`.
+    pub fn nonmember_refusers(&self, window: Duration) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .nonmember_refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, at)| at.elapsed() <= window)
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Time since `peer` last answered, if it ever did.

@@ -637,6 +637,7 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "cluster_signing_public_key": hex::encode(&e.cluster_signing_public_key),
         })).collect::<Vec<_>>(),
         "chain": s.chain.as_ref().map(chain_json),
+        "condition": (!s.condition.is_empty()).then(|| s.condition.clone()),
         "rotation": s.rotation.as_ref().map(|r| json!({
             "rotation_id": r.rotation_id,
             "epoch": r.epoch,
@@ -671,6 +672,9 @@ fn status_text(s: &pb::StatusResponse) -> Vec<String> {
             s.last_log_index, s.last_applied, s.audit_sequence
         ),
     ];
+    if !s.condition.is_empty() {
+        lines.insert(1, format!("! {}", s.condition));
+    }
     lines.extend(s.members.iter().map(|m| {
         format!(
             "  {:>4}  {:<8} raft={} api={}",
@@ -2014,6 +2018,7 @@ mod tests {
                     "reconnects": 2,
                     "bootstrap": {"block": 7, "entries": 40, "complete": true},
                 },
+                "condition": null,
                 "rotation": null,
                 "checkpoint": null,
             })

@@ -488,6 +488,7 @@ impl AdminService for AdminServer {
             operators,
             checkpoint,
             rotation,
+            condition: s.condition.clone().unwrap_or_default(),
         }))
     }
 
