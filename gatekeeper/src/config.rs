@@ -232,6 +232,9 @@ pub struct NodeConfig {
     /// host:port of an HTTP listener serving Prometheus metrics at `/metrics`; none: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// OTLP/gRPC endpoint (`http://collector:4317`) to export traces to; none: no traces.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
     /// Largest snapshot this node receives or sends, bytes.
     #[serde(default = "d_max_snapshot")]
     pub max_snapshot_bytes: u64,
@@ -465,6 +468,7 @@ pub const KEYS: &[&str] = &[
     "chain_reconnect_max_ms",
     "chain_rpc_timeout_ms",
     "metrics_listen",
+    "otlp_endpoint",
     "max_snapshot_bytes",
     "raft_max_connections",
     "api_max_connections",
@@ -632,6 +636,11 @@ impl NodeConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        if let Some(e) = &self.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                bail!("otlp_endpoint {e:?} must be a URL such as http://collector:4317");
+            }
+        }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
             bail!("election_timeout_min_ms must be below election_timeout_max_ms");
         }

@@ -240,9 +240,10 @@ pub struct ClusterHealth {
 
 impl ClusterHealth {
     /// 0: healthy; 1: degraded (serving, something is wrong); 2: not serving (no quorum, or no
-    /// unsealed voter).
+    /// unsealed voter once there is an active epoch). A single voter has no failure tolerance
+    /// by construction and is not reported for it.
     pub fn exit_code(&self) -> i32 {
-        if self.raft_failure_tolerance < 0 || self.unsealed_voters == 0 {
+        if self.raft_failure_tolerance < 0 || (self.threshold > 0 && self.unsealed_voters == 0) {
             2
         } else if !self.problems.is_empty() {
             1
@@ -282,7 +283,8 @@ pub fn cluster_health(members: &[MemberHealth], threshold: u8) -> ClusterHealth 
                         leader.unwrap_or_default()
                     ));
                 }
-                if !v.unsealed {
+                // Before genesis (no active epoch, threshold 0) every node is "sealed".
+                if !v.unsealed && threshold > 0 {
                     problems.push(format!("member {} is sealed", m.id));
                 }
                 if v.role == "learner" && m.voter {
@@ -311,7 +313,7 @@ pub fn cluster_health(members: &[MemberHealth], threshold: u8) -> ClusterHealth 
         .count();
     let raft_failure_tolerance = healthy as i64 - majority as i64;
     let unseal_failure_tolerance = unsealed as i64 - i64::from(threshold);
-    if raft_failure_tolerance == 0 {
+    if raft_failure_tolerance == 0 && voters.len() > 1 {
         problems.push("one more lost voter and the cluster loses its quorum".into());
     }
     if unseal_failure_tolerance < 1 && threshold > 0 {
@@ -555,5 +557,26 @@ mod tests {
             "learners do not count"
         );
         assert_eq!(h.exit_code(), 1, "but an unreachable learner is reported");
+    }
+
+    #[test]
+    fn before_genesis_and_with_one_voter_nothing_is_reported_that_cannot_be_otherwise() {
+        let h = cluster_health(
+            &[
+                member(1, Some(1), false),
+                member(2, Some(1), false),
+                member(3, Some(1), false),
+            ],
+            0,
+        );
+        assert!(h.problems.is_empty(), "{:?}", h.problems);
+        assert_eq!(h.exit_code(), 0);
+        let h = cluster_health(&[member(1, Some(1), true)], 1);
+        assert_eq!(h.raft_failure_tolerance, 0);
+        assert!(
+            !h.problems.iter().any(|p| p.contains("quorum")),
+            "{:?}",
+            h.problems
+        );
     }
 }

@@ -23,6 +23,7 @@
 //! | [`health`] | **whether this node can serve keys**: `readiness` over facts read from the replica and enclave; what gRPC health, `/readyz` and `gatekeeper health` report | reads state only |
 //! | [`backup`] | the backup file: manifest, checks of the snapshot bytes | reads/writes the given streams |
 //! | [`metrics`] | `/metrics`, `/livez`, `/readyz` | yes |
+//! | [`traces`] | OpenTelemetry traces over OTLP, off unless configured: RPC server spans, internal spans | exports |
 //! | [`logs`] | INFO lines for state changes (epochs, rotations, members); openraft's repeats held back | logs only |
 //! | [`node`] | wiring: enclave, replica, listeners, keeper, watcher, shutdown | yes |
 //! | [`cli`] | the `admin`, `miner`, `keygen`, `certs` and `devnet` subcommands | yes |
@@ -64,6 +65,7 @@ pub mod peer;
 pub mod replay;
 pub mod service;
 pub mod tls;
+pub mod traces;
 
 #[cfg(test)]
 mod tests {

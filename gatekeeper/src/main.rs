@@ -27,8 +27,24 @@ fn main() {
         }
         Command::Node { config } => config::NodeConfig::load_from_process(config.as_deref())
             .and_then(|c| {
-                node::init_logging(c.log_format);
-                runtime()?.block_on(node::run(c))
+                runtime()?.block_on(async {
+                    // The OTLP exporter is made inside the runtime (its tonic client needs one).
+                    let traces = match &c.otlp_endpoint {
+                        Some(e) => Some(gatekeeper::traces::provider(e, c.node_id)?),
+                        None => None,
+                    };
+                    use opentelemetry::trace::TracerProvider as _;
+                    node::init_logging(
+                        c.log_format,
+                        traces.as_ref().map(|p| p.tracer("gatekeeper")),
+                    );
+                    let r = node::run(c).await;
+                    if let Some(p) = traces {
+                        // Exports what is still buffered.
+                        let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+                    }
+                    r
+                })
             }),
         Command::Miner { command } => {
             runtime().and_then(|rt| rt.block_on(cli::miner::run(command)))

@@ -214,28 +214,42 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        use tracing::Instrument;
         let method = self.instruments.method_label(req.uri().path());
         let started = std::time::Instant::now();
         let instruments = self.instruments.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await;
-            let code = match &resp {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or("OK", grpc_code_name),
-                // The connection failed under the request (no response at all).
-                Err(_) => "UNAVAILABLE",
-            };
-            instruments
-                .rpc_duration
-                .get_or_create(&RpcLabels { method, code })
-                .observe(started.elapsed().as_secs_f64());
-            resp
-        })
+        // The server span (traces on): the handler runs inside it.
+        let span = crate::traces::server_span(&method, req.headers());
+        let fut = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        let in_span = span.clone();
+        Box::pin(
+            async move {
+                let resp = fut.await;
+                let status = match &resp {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .unwrap_or(0),
+                    // The connection failed under the request (no response at all).
+                    Err(_) => 14,
+                };
+                crate::traces::record_status(&in_span, status);
+                instruments
+                    .rpc_duration
+                    .get_or_create(&RpcLabels {
+                        method,
+                        code: grpc_code_name(status),
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+                resp
+            }
+            .instrument(span),
+        )
     }
 }
 

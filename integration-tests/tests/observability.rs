@@ -546,3 +546,170 @@ fn status_says_isolated_and_removed_instead_of_leader_and_follower() {
         }
     });
 }
+
+mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use std::sync::{Arc, Mutex};
+
+    /// An OTLP/gRPC trace collector in this process: keeps every span it is sent.
+    #[derive(Clone, Default)]
+    pub struct Collector(pub Arc<Mutex<Vec<Span>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.0.lock().unwrap();
+            for rs in request.into_inner().resource_spans {
+                for ss in rs.scope_spans {
+                    spans.extend(ss.spans);
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    /// Starts the collector on a thread of its own; returns it and its address.
+    pub fn start() -> (Collector, String) {
+        let c = Collector::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let served = c.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(served))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                    .await
+                    .unwrap();
+            });
+        });
+        (c, format!("http://{addr}"))
+    }
+
+    pub fn attr(s: &Span, key: &str) -> Option<String> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        s.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+            .map(|v| match v {
+                Value::StringValue(s) => s.clone(),
+                Value::IntValue(i) => i.to_string(),
+                Value::BoolValue(b) => b.to_string(),
+                other => format!("{other:?}"),
+            })
+    }
+}
+
+#[test]
+fn a_node_exports_rpc_and_internal_spans_to_an_otlp_collector_with_their_parents() {
+    let (collector, endpoint) = otlp::start();
+    let c = Cluster::start(
+        3,
+        Opts {
+            extra_config: vec![format!("otlp_endpoint = \"{endpoint}\"")],
+            ..Opts::default()
+        },
+    );
+    let (w, _) = c.dev_worker(&[1, 2, 3], WAIT);
+    // A caller's trace context: the node's server span must continue it.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    rt().block_on(async {
+        use tonic_health::pb::health_client::HealthClient;
+        let ch = c.key_target(1).channel().unwrap();
+        let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        req.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
+        );
+        HealthClient::new(ch).check(req).await.unwrap();
+    });
+    worker_key(&c, 1, &w).unwrap();
+    let stranger = Sr25519Keypair::generate(&mut OsRng);
+    assert!(worker_key(&c, 1, &stranger).is_err());
+    c.put_ok(1, "traced", "yes");
+
+    let hex = |b: &[u8]| hex::encode(b);
+    c.wait_for(
+        "the spans at the collector",
+        Duration::from_secs(60),
+        || {
+            let spans = collector.0.lock().unwrap().clone();
+            let named = |n: &str| {
+                spans
+                    .iter()
+                    .filter(|s| s.name == n)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            // 1. The health check continues the caller's trace, as a server span.
+            let health = named("grpc.health.v1.Health/Check");
+            let continued = health
+                .iter()
+                .find(|s| hex(&s.trace_id) == trace_id)
+                .ok_or(format!(
+                    "no health span in trace {trace_id} among {} spans",
+                    spans.len()
+                ))?;
+            assert_eq!(hex(&continued.parent_span_id), parent_id);
+            assert_eq!(continued.kind, 2, "SPAN_KIND_SERVER");
+            assert_eq!(otlp::attr(continued, "rpc.system").as_deref(), Some("grpc"));
+            assert_eq!(
+                otlp::attr(continued, "rpc.method").as_deref(),
+                Some("grpc.health.v1.Health/Check")
+            );
+            // 2. Key requests: a delivery with its child span, a refusal that is not an error.
+            let keys = named("gatekeeper.v1.KeyService/GetWorkerKey");
+            let delivered = keys
+                .iter()
+                .find(|s| otlp::attr(s, "rpc.grpc.status_code").as_deref() == Some("0"))
+                .ok_or("no delivered key span yet")?;
+            let refused = keys
+                .iter()
+                .find(|s| otlp::attr(s, "rpc.grpc.status_code").as_deref() == Some("5"))
+                .ok_or("no refused key span yet")?;
+            assert_ne!(
+                refused.status.as_ref().map(|s| s.code),
+                Some(2),
+                "a refusal (NOT_FOUND) is not an error of the server"
+            );
+            let issue = named("key.issue");
+            assert!(
+                issue
+                    .iter()
+                    .any(|s| s.parent_span_id == delivered.span_id
+                        && s.trace_id == delivered.trace_id),
+                "key.issue is a child of the delivery's server span"
+            );
+            // 3. Writes: the admin call, and the node's own Raft apply.
+            if named("gatekeeper.v1.AdminService/WriteCanary").is_empty() {
+                return Err("no WriteCanary span yet".into());
+            }
+            if named("raft.apply").is_empty() {
+                return Err("no raft.apply span yet".into());
+            }
+            Ok(())
+        },
+    );
+}

@@ -538,9 +538,18 @@ fn status_to_rpc<E: std::error::Error>(target: NodeId, s: Status) -> RpcErr<E> {
     }
 }
 
+/// Response metadata naming why a cluster listener refused a caller, when a caller can act on
+/// it ([`NOT_IN_MEMBERSHIP`]).
+pub const REFUSAL_METADATA: &str = "gatekeeper-refusal";
+
+/// [`REFUSAL_METADATA`]: the caller is not in the refusing node's membership.
+pub const NOT_IN_MEMBERSHIP: &str = "not-in-membership";
+
 /// A peer's refusal because this node is not in its membership (its admission says so).
 fn is_nonmember_refusal(s: &Status) -> bool {
-    s.code() == tonic::Code::PermissionDenied && s.message().contains("not in the membership")
+    s.metadata()
+        .get(REFUSAL_METADATA)
+        .is_some_and(|v| v.as_bytes() == NOT_IN_MEMBERSHIP.as_bytes())
 }
 
 fn bad_reply<E: std::error::Error>(e: ConvertError) -> RpcErr<E> {

@@ -703,6 +703,11 @@ impl SmStore {
         Ok(Some((o.meta, file, len)))
     }
 
+    /// A snapshot file's metadata (its header line only; nothing is checked beyond it).
+    pub fn snapshot_file_meta(path: &Path) -> io::Result<SnapshotMeta<NodeId, Node>> {
+        open_snapshot_file(path).map(|o| o.meta)
+    }
+
     /// Reads a snapshot file offline (a backup's payload): its metadata and its state, decoded
     /// and checked against the metadata, the body digest and the certificate's shape.
     pub fn read_snapshot_file(
@@ -1441,6 +1446,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
+        // No await below: the span stays entered for the whole (synchronous) apply.
+        let _span = crate::telemetry::traces()
+            .then(|| tracing::info_span!("raft.apply", entries = tracing::field::Empty).entered());
         let mut replies = Vec::new();
         let interval = self.checkpoint_interval.load(Ordering::Relaxed);
         let mut checkpoints = Vec::new();
@@ -1518,6 +1526,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         self.telemetry
             .apply_batch_entries
             .observe(replies.len() as f64);
+        if let Some(s) = &_span {
+            s.record("entries", replies.len());
+        }
         Ok(replies)
     }
 

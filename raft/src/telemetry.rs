@@ -15,6 +15,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+static TRACES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the replica's trace spans on (`raft.apply`, `raft.forward_write`); the node does this
+/// when it exports traces. Off, no span is made.
+pub fn set_traces(on: bool) {
+    TRACES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the replica makes trace spans.
+pub fn traces() -> bool {
+    TRACES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Bucket bounds (seconds) for durations of local work: 100 µs to ~3 s.
 pub fn local_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.5, 12)

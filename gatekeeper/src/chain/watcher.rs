@@ -513,11 +513,14 @@ impl Watcher {
             );
             let events: usize = batch.iter().map(|b| b.events.len()).sum();
             let finished = batch.iter().filter(|b| b.complete).count() as u64;
-            let out = self
-                .replica
-                .write(&Command::ChainBlocks { blocks: batch }, Lane::Chain)
-                .await
-                .map_err(|e| format!("proposing blocks {first}..={last}: {e}"))?;
+            let span = crate::trace_span!("chain.commit_blocks", first, last, events);
+            let out = tracing::Instrument::instrument(
+                self.replica
+                    .write(&Command::ChainBlocks { blocks: batch }, Lane::Chain),
+                span,
+            )
+            .await
+            .map_err(|e| format!("proposing blocks {first}..={last}: {e}"))?;
             match out.reply {
                 Reply::Applied { .. } => {
                     self.view().blocks_proposed += finished;

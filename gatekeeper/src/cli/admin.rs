@@ -1005,6 +1005,9 @@ async fn run_command(
             if !a.unsealed {
                 problems.push(seal_text(&s.seal));
             }
+            if !s.condition.is_empty() {
+                problems.push(s.condition.clone());
+            }
             let v = json!({"node_id": s.node_id, "healthy": problems.is_empty(), "role": a.role,
                 "leader": a.leader, "seal_status": seal_text(&s.seal), "problems": problems});
             if json {
@@ -1306,11 +1309,18 @@ async fn ask_members(
                 tls.server_name = None;
                 match connect(&m.admin_address, &tls, per_member).await {
                     Err(e) => Err(format!("{}: {e:#}", m.admin_address)),
-                    Ok(mut mc) => mc
-                        .status(pb::StatusRequest {})
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(|s| format!("{}: {}", m.admin_address, s.message())),
+                    Ok(mut mc) => match mc.status(pb::StatusRequest {}).await {
+                        Err(s) => Err(format!("{}: {}", m.admin_address, s.message())),
+                        // Another node answered there (a loopback address asked from another
+                        // host, say): its view is not this member's.
+                        Ok(r) if r.get_ref().node_id != m.node_id => Err(format!(
+                            "{} answered as node {}: the registered admin address is not \
+                             reachable as this member from here",
+                            m.admin_address,
+                            r.get_ref().node_id
+                        )),
+                        Ok(r) => Ok(r.into_inner()),
+                    },
                 }
             };
             crate::health::MemberHealth {
@@ -1527,6 +1537,9 @@ async fn rotate(
 async fn wait_rotation(c: &mut Client, started: &pb::RotateResponse) -> Result<()> {
     let mut last = String::new();
     let mut failures = 0;
+    // The leader aborts a rotation at its deadline; without a leader nobody does. Give up a
+    // while after the deadline instead of waiting forever.
+    let mut give_up: Option<u64> = None;
     loop {
         match c.status(pb::StatusRequest {}).await {
             Err(e) => {
@@ -1539,11 +1552,44 @@ async fn wait_rotation(c: &mut Client, started: &pb::RotateResponse) -> Result<(
                 failures = 0;
                 let s = s.into_inner();
                 let Some(r) = s.rotation.filter(|r| r.rotation_id == started.rotation_id) else {
-                    bail!(
-                        "rotation {} is not in this node's state (another rotation replaced it?)",
-                        started.rotation_id
-                    );
+                    // Another rotation replaced it: its epoch's status tells how it ended.
+                    let status = s
+                        .epochs
+                        .iter()
+                        .find(|e| e.epoch == started.epoch)
+                        .map(|e| epoch_status_name(e.status));
+                    match status {
+                        Some("active") | Some("retired") => {
+                            outln!("{}", json!({"rotation_id": started.rotation_id, "epoch": started.epoch, "outcome": "completed"}));
+                            return Ok(());
+                        }
+                        Some("aborted") => {
+                            return Err(crate::cli::ExitWith {
+                                code: 1,
+                                message: format!(
+                                    "rotation {} aborted (another rotation followed it; its reason is in the nodes' logs)",
+                                    started.rotation_id
+                                ),
+                            }
+                            .into())
+                        }
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    }
                 };
+                let deadline = *give_up.get_or_insert(r.deadline_ms.saturating_add(30_000));
+                if r.outcome == "in_progress" && crate::clock::now_ms() > deadline {
+                    return Err(crate::cli::ExitWith {
+                        code: 2,
+                        message: format!(
+                            "rotation {} is still in progress 30 s after its deadline: no leader has aborted it (check `admin health --cluster`)",
+                            r.rotation_id
+                        ),
+                    }
+                    .into());
+                }
                 let line = format!(
                     "rotation {}: epoch {} {} ({} of {} shares acknowledged)",
                     r.rotation_id,

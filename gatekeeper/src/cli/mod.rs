@@ -245,19 +245,21 @@ pub async fn restore(config: &std::path::Path, from: &std::path::Path) -> anyhow
     gatekeeper_raft::private_fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let (manifest, tmp) = unpack_backup(from, data_dir)?;
-    let (meta, applied) =
-        gatekeeper_raft::replica::Replica::restore_data_dir(c.node_id, data_dir, tmp.path())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("restoring {} from {}", data_dir.display(), from.display()))?;
-    drop(tmp);
-    if meta.last_log_id.map_or(0, |l| l.index) != manifest.index {
+    let header = gatekeeper_raft::sm_store::SmStore::snapshot_file_meta(tmp.path())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+    if header.last_log_id.map_or(0, |l| l.index) != manifest.index {
         anyhow::bail!(
             "{}: the snapshot covers another index than its manifest says ({})",
             from.display(),
             manifest.index
         );
     }
+    let (meta, applied) =
+        gatekeeper_raft::replica::Replica::restore_data_dir(c.node_id, data_dir, tmp.path())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("restoring {} from {}", data_dir.display(), from.display()))?;
+    drop(tmp);
     // What this node is in the restored state (not the manifest's view at the time of the save).
     let membership = meta.last_membership.membership();
     let voters = membership.voter_ids().collect();

@@ -145,6 +145,24 @@ pub enum Step {
 }
 
 impl Step {
+    /// The step's name in traces (`keeper.<name>` spans).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Seal(_) => "seal",
+            Step::Register => "register",
+            Step::Blocked { .. } => "blocked",
+            Step::DealGenesis { .. } => "deal_genesis",
+            Step::RemoveMember { .. } => "remove_member",
+            Step::AbortRotation { .. } => "abort_rotation",
+            Step::DealRotation { .. } => "deal_rotation",
+            Step::StartRotation { .. } => "start_rotation",
+            Step::Redeal { .. } => "redeal",
+            Step::OpenOwnShare { .. } => "open_own_share",
+            Step::Ack { .. } => "ack",
+            Step::Unseal { .. } => "unseal",
+        }
+    }
+
     /// Steps about one epoch's shares: their failure does not stop other epochs' steps.
     pub fn epoch(&self) -> Option<u64> {
         match self {

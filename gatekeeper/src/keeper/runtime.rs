@@ -182,7 +182,22 @@ impl Keeper {
             .ok_or_else(|| format!("no epoch {epoch}"))
     }
 
+    /// Runs one step, in a `keeper.<step>` span when traces are on (dealing, rotation,
+    /// re-dealing, unsealing: the work an operator follows in a trace).
     async fn execute(&self, state: &GatekeeperState, step: Step) -> Result<(), String> {
+        use tracing::Instrument;
+        let span = match (&step, crate::traces::enabled()) {
+            (Step::Seal(_) | Step::Blocked { .. }, _) | (_, false) => tracing::Span::none(),
+            (s, true) => tracing::info_span!(
+                "keeper.step",
+                otel.name = format!("keeper.{}", s.name()),
+                epoch = s.epoch()
+            ),
+        };
+        self.execute_step(state, step).instrument(span).await
+    }
+
+    async fn execute_step(&self, state: &GatekeeperState, step: Step) -> Result<(), String> {
         match step {
             Step::Seal(s) => {
                 self.set_seal(s, 0, 0, 0);

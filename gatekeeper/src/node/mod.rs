@@ -119,7 +119,7 @@ static LOG_DEDUP: std::sync::OnceLock<crate::logs::LogDedup> = std::sync::OnceLo
 /// Sets up `tracing` to stderr in the configured format (`RUST_LOG` filters; default
 /// [`DEFAULT_LOG_FILTER`]); repeated openraft and raft-log lines are held back and counted
 /// ([`crate::logs`]).
-pub fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
     use tracing_subscriber::layer::{Layer, SubscriberExt};
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -135,9 +135,11 @@ pub fn init_logging(format: LogFormat) {
     };
     // The level filter applies to everything (a global filter); the deduplication only to the
     // log output (a per-layer filter), so other layers (traces) see every event.
+    let traces = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(layer.with_filter(dedup))
+        .with(traces)
         .try_init();
 }
 

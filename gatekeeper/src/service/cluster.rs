@@ -65,7 +65,16 @@ pub fn admit(
                 "cluster listener refused a caller"
             );
         }
-        ApiError::new(ErrorCode::PeerNotAdmitted, r.to_string())
+        let e = ApiError::new(ErrorCode::PeerNotAdmitted, r.to_string());
+        if matches!(r, admission::Refusal::NotInMembership { .. }) {
+            // Lets a removed node tell it was removed (its `status` says so).
+            e.with_metadata(
+                gatekeeper_raft::network::REFUSAL_METADATA,
+                gatekeeper_raft::network::NOT_IN_MEMBERSHIP,
+            )
+        } else {
+            e
+        }
     })?;
     // Admitted: the connection now counts as established (never evicted to make room). A
     // refused caller's connection stays pending: evictable and capped per address.

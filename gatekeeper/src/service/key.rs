@@ -60,7 +60,23 @@ impl KeyServer {
 
     /// `encoded_len` is the request's size on the wire (row 1); the header is moved in, not
     /// copied (it carries the attestation evidence).
+    /// [`KeyServer::serve_checked`] inside a `key.issue` span (traces on).
     async fn serve(
+        &self,
+        encoded_len: usize,
+        header: Option<pb::KeyRequestHeader>,
+        target_id: Option<&[u8]>,
+        kind: pb::KeyKind,
+        signature: &[u8],
+    ) -> ApiResult<pb::KeyResponse> {
+        use tracing::Instrument;
+        let span = crate::trace_span!("key.issue", key.kind = kind.as_str_name());
+        self.serve_checked(encoded_len, header, target_id, kind, signature)
+            .instrument(span)
+            .await
+    }
+
+    async fn serve_checked(
         &self,
         encoded_len: usize,
         header: Option<pb::KeyRequestHeader>,
