@@ -754,9 +754,9 @@ impl MinerClient {
                 let resp = self
                     .call(&ep, |mut c| async move {
                         match wire {
-                            WireRequest::Worker(m) => c.get_worker_key(m).await,
-                            WireRequest::Cluster(m) => c.get_cluster_key(m).await,
-                            WireRequest::Contract(m) => c.get_contract_key(m).await,
+                            WireRequest::Worker(m) => c.get_worker_key(traced(m)).await,
+                            WireRequest::Cluster(m) => c.get_cluster_key(traced(m)).await,
+                            WireRequest::Contract(m) => c.get_contract_key(traced(m)).await,
                         }
                     })
                     .await?;
@@ -820,6 +820,31 @@ pub fn merge_cluster_info(
     known.min_epoch = known.min_epoch.max(fresh.min_epoch);
     known.members = fresh.members;
     Ok(())
+}
+
+/// A request carrying the caller's trace context (W3C `traceparent`), when the application uses
+/// OpenTelemetry: the process's global propagator writes it (none is set by default, and then
+/// nothing is added), so the node's server span continues the caller's trace.
+fn traced<T>(message: T) -> tonic::Request<T> {
+    struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl opentelemetry::propagation::Injector for Metadata<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                value.parse(),
+            ) {
+                self.0.insert(k, v);
+            }
+        }
+    }
+    let mut r = tonic::Request::new(message);
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(
+            &opentelemetry::Context::current(),
+            &mut Metadata(r.metadata_mut()),
+        )
+    });
+    r
 }
 
 #[cfg(test)]

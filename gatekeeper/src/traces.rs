@@ -43,7 +43,28 @@ pub fn provider(
         .build();
     ON.store(true, Ordering::Relaxed);
     gatekeeper_raft::telemetry::set_traces(true);
+    gatekeeper_raft::telemetry::set_context_injector(inject_current);
     Ok(provider)
+}
+
+/// Writes the current span's trace context into outgoing gRPC metadata (W3C `traceparent`).
+fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
+    use opentelemetry::propagation::{Injector, TextMapPropagator};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl Injector for Metadata<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                value.parse(),
+            ) {
+                self.0.insert(k, v);
+            }
+        }
+    }
+    let cx = tracing::Span::current().context();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&cx, &mut Metadata(metadata));
 }
 
 /// Reads W3C trace context from gRPC request headers.

@@ -652,6 +652,31 @@ fn a_node_exports_rpc_and_internal_spans_to_an_otlp_collector_with_their_parents
     let stranger = Sr25519Keypair::generate(&mut OsRng);
     assert!(worker_key(&c, 1, &stranger).is_err());
     c.put_ok(1, "traced", "yes");
+    // A miner application that uses OpenTelemetry: the SDK carries its trace to the node.
+    let miner_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let sc = SpanContext::new(
+            TraceId::from_hex(miner_trace).unwrap(),
+            SpanId::from_hex("10f067aa0ba902b8").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let _attached = opentelemetry::Context::new()
+            .with_remote_span_context(sc)
+            .attach();
+        worker_key(&c, 2, &w).unwrap();
+    }
+    // A write sent to a follower is forwarded to the leader within one trace.
+    let leader = c.leader();
+    let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    c.put_ok(follower, "forwarded", "yes");
 
     let hex = |b: &[u8]| hex::encode(b);
     c.wait_for(
@@ -705,7 +730,25 @@ fn a_node_exports_rpc_and_internal_spans_to_an_otlp_collector_with_their_parents
                         && s.trace_id == delivered.trace_id),
                 "key.issue is a child of the delivery's server span"
             );
-            // 3. Writes: the admin call, and the node's own Raft apply.
+            // 3. The miner's trace continued by the node it asked.
+            if !keys.iter().any(|s| hex(&s.trace_id) == miner_trace) {
+                return Err("no key span in the miner's trace yet".into());
+            }
+            // 4. The forwarded write: the leader's ClientWrite span is the forward's child.
+            let forwards = named("raft.forward_write");
+            let client_writes = named("gatekeeper.raft.v1.RaftService/ClientWrite");
+            if !forwards.iter().any(|f| {
+                client_writes
+                    .iter()
+                    .any(|w| w.parent_span_id == f.span_id && w.trace_id == f.trace_id)
+            }) {
+                return Err(format!(
+                    "no ClientWrite span under a forward yet ({} forwards, {} client writes)",
+                    forwards.len(),
+                    client_writes.len()
+                ));
+            }
+            // 5. Writes: the admin call, and the node's own Raft apply.
             if named("gatekeeper.v1.AdminService/WriteCanary").is_empty() {
                 return Err("no WriteCanary span yet".into());
             }

@@ -954,8 +954,15 @@ impl Replica {
                 } else {
                     tracing::Span::none()
                 };
+                // Made inside the span, so the leader's server span continues this trace.
+                let request = {
+                    let _in = span.enter();
+                    let mut r = self.deadline(pb::ClientWriteRequest { command: bytes });
+                    crate::telemetry::inject_context(r.metadata_mut());
+                    r
+                };
                 let resp = client
-                    .client_write(self.deadline(pb::ClientWriteRequest { command: bytes }))
+                    .client_write(request)
                     .instrument(span)
                     .await
                     .map_err(|s| ReplicaError::NoLeader {

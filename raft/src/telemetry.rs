@@ -23,6 +23,24 @@ pub fn set_traces(on: bool) {
     TRACES.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Writes the current trace context into outgoing request metadata (set by the node when it
+/// exports traces).
+pub type ContextInjector = fn(&mut tonic::metadata::MetadataMap);
+
+static INJECTOR: std::sync::OnceLock<ContextInjector> = std::sync::OnceLock::new();
+
+/// Sets how forwarded writes carry the trace context to the leader.
+pub fn set_context_injector(f: ContextInjector) {
+    let _ = INJECTOR.set(f);
+}
+
+/// Writes the current trace context into `metadata` (nothing unless an injector is set).
+pub fn inject_context(metadata: &mut tonic::metadata::MetadataMap) {
+    if let Some(f) = INJECTOR.get() {
+        f(metadata)
+    }
+}
+
 /// Whether the replica makes trace spans.
 pub fn traces() -> bool {
     TRACES.load(std::sync::atomic::Ordering::Relaxed)
