@@ -529,6 +529,73 @@ pub const TOOL_VARIABLES: &[&str] = &[
 /// key in upper case) nor a tool's ([`TOOL_VARIABLES`]): a typo in the environment is refused as
 /// a typo in the TOML file is, instead of silently leaving the default in place. The message
 /// names each unknown variable and, when one is close, the setting it probably meant.
+/// The TOML sections a config may group settings in, and the flat setting each of their keys
+/// is: `[tls] ca_file` is `tls_ca_file` (and `GATEKEEPER_TLS_CA_FILE`).
+pub const SECTIONS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "tls",
+        &[
+            ("ca_file", "tls_ca_file"),
+            ("cert_file", "tls_cert_file"),
+            ("key_file", "tls_key_file"),
+            ("operator_ca_file", "operator_ca_file"),
+            ("operator_names", "operator_names"),
+            ("plaintext", "plaintext"),
+        ],
+    ),
+    (
+        "telemetry",
+        &[
+            ("metrics_listen", "metrics_listen"),
+            ("otlp_endpoint", "otlp_endpoint"),
+            ("log_format", "log_format"),
+        ],
+    ),
+    (
+        "audit",
+        &[("path", "audit_path"), ("required", "audit_required")],
+    ),
+    (
+        "chain",
+        &[
+            ("url", "chain_url"),
+            ("profile", "chain_profile"),
+            ("bootstrap", "chain_bootstrap"),
+            ("start_block", "chain_start_block"),
+            ("stall_ms", "chain_stall_ms"),
+            ("reconnect_min_ms", "chain_reconnect_min_ms"),
+            ("reconnect_max_ms", "chain_reconnect_max_ms"),
+            ("rpc_timeout_ms", "chain_rpc_timeout_ms"),
+        ],
+    ),
+];
+
+/// Moves the settings of the [`SECTIONS`] to their flat names. A key a section does not have,
+/// or a setting given both in a section and flat, is refused. Pure.
+pub fn flatten_sections(mut table: toml::Table) -> Result<toml::Table> {
+    for (section, keys) in SECTIONS {
+        let Some(value) = table.remove(*section) else {
+            continue;
+        };
+        let toml::Value::Table(inner) = value else {
+            bail!("[{section}] must be a table of settings");
+        };
+        for (k, v) in inner {
+            let Some((_, flat)) = keys.iter().find(|(name, _)| *name == k) else {
+                bail!(
+                    "unknown setting {k:?} in [{section}] (it has: {})",
+                    keys.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                );
+            };
+            if table.contains_key(*flat) {
+                bail!("{flat} is set twice: as {section}.{k} and as {flat}; keep one");
+            }
+            table.insert((*flat).to_string(), v);
+        }
+    }
+    Ok(table)
+}
+
 pub fn check_env_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<()> {
     let mut unknown: Vec<String> = Vec::new();
     for name in names {
@@ -613,7 +680,7 @@ impl NodeConfig {
 
     /// Loads `path` (if given), applies `GATEKEEPER_*` overrides from `env`, and validates.
     pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<NodeConfig> {
-        let mut table = match path {
+        let table = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read config {}", p.display()))?;
@@ -622,6 +689,7 @@ impl NodeConfig {
             }
             None => toml::Table::new(),
         };
+        let mut table = flatten_sections(table)?;
         for key in KEYS {
             let var = format!("GATEKEEPER_{}", key.to_uppercase());
             if let Some(v) = env(&var) {
@@ -987,6 +1055,64 @@ fn policy_name(kind: PolicyKind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sections_group_settings_under_their_flat_names() {
+        let t: toml::Table = r#"
+            node_id = 1
+            [tls]
+            ca_file = "/etc/gk/ca.pem"
+            plaintext = false
+            [telemetry]
+            otlp_endpoint = "http://collector:4317"
+            [audit]
+            path = "/var/log/gk/audit.log"
+            required = true
+            [chain]
+            url = "ws://chain:9944"
+        "#
+        .parse()
+        .unwrap();
+        let flat = flatten_sections(t).unwrap();
+        assert_eq!(flat["tls_ca_file"].as_str(), Some("/etc/gk/ca.pem"));
+        assert_eq!(flat["plaintext"].as_bool(), Some(false));
+        assert_eq!(
+            flat["otlp_endpoint"].as_str(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(flat["audit_path"].as_str(), Some("/var/log/gk/audit.log"));
+        assert_eq!(flat["audit_required"].as_bool(), Some(true));
+        assert_eq!(flat["chain_url"].as_str(), Some("ws://chain:9944"));
+        assert!(!flat.contains_key("tls") && !flat.contains_key("audit"));
+        for (section, keys) in SECTIONS {
+            for (k, flat) in *keys {
+                assert!(
+                    KEYS.contains(flat),
+                    "[{section}] {k} maps to unknown {flat}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_section_refuses_unknown_keys_and_settings_given_twice() {
+        let t: toml::Table = "[tls]\nca = \"x\"\n".parse().unwrap();
+        let e = flatten_sections(t).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown setting \"ca\" in [tls]") && e.contains("ca_file"),
+            "{e}"
+        );
+        let t: toml::Table = "tls_ca_file = \"a\"\n[tls]\nca_file = \"b\"\n"
+            .parse()
+            .unwrap();
+        let e = flatten_sections(t).unwrap_err().to_string();
+        assert!(e.contains("tls_ca_file is set twice"), "{e}");
+        let t: toml::Table = "tls = 3\n".parse().unwrap();
+        assert!(flatten_sections(t)
+            .unwrap_err()
+            .to_string()
+            .contains("must be a table"));
+    }
+
     use super::*;
     use std::collections::HashMap;
 
