@@ -38,12 +38,15 @@ fn wait_unsealed(c: &Cluster, ids: &[u64], active_epochs: usize) {
                 .as_array()
                 .map(|a| a.iter().filter(|e| e["status"] == "active").count())
                 .unwrap_or(0);
-            if s["seal_status"] == "unsealed" && active == active_epochs {
+            // Key reads are linearizable: serving also needs a known leader (after a full
+            // restart the nodes may unseal from each other before an election settles).
+            if s["seal_status"] == "unsealed" && active == active_epochs && s["leader_id"].is_u64()
+            {
                 Ok(())
             } else {
                 Err(format!(
-                    "seal_status {} with {active} active epochs",
-                    s["seal_status"]
+                    "seal_status {} with {active} active epochs, leader {}",
+                    s["seal_status"], s["leader_id"]
                 ))
             }
         });
@@ -92,8 +95,9 @@ fn setup_worker(c: &Cluster) -> Sr25519Keypair {
 /// Fetches (worker key, contract key) public keys from node `i` alone.
 fn keys_from(c: &Cluster, i: u64, w: &Sr25519Keypair, epoch: Option<u64>) -> ([u8; 32], [u8; 32]) {
     rt().block_on(async {
+        // The SDK's default retries, as a worker has them: an election may still be settling.
         let m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone())
-            .with_retry(RetryPolicy::once())
+            .with_retry(RetryPolicy::default())
             .with_tls_ca_file(c.ca_file().unwrap())
             .unwrap();
         let wk = m
