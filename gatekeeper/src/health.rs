@@ -311,8 +311,11 @@ pub fn cluster_health(members: &[MemberHealth], threshold: u8) -> ClusterHealth 
         .iter()
         .filter(|m| m.view.as_ref().is_some_and(|v| v.unsealed))
         .count();
-    let raft_failure_tolerance = healthy as i64 - majority as i64;
-    let unseal_failure_tolerance = unsealed as i64 - i64::from(threshold);
+    // The same arithmetic as the leader's gauges (`gatekeeper_raft::telemetry`).
+    let raft_failure_tolerance =
+        gatekeeper_raft::telemetry::raft_failure_tolerance(voters.len(), healthy);
+    let unseal_failure_tolerance =
+        gatekeeper_raft::telemetry::unseal_failure_tolerance(unsealed, threshold);
     if raft_failure_tolerance == 0 && voters.len() > 1 {
         problems.push("one more lost voter and the cluster loses its quorum".into());
     }

@@ -1348,37 +1348,12 @@ impl Replica {
         data_dir: &std::path::Path,
         snapshot_file: &std::path::Path,
     ) -> Result<(openraft::SnapshotMeta<NodeId, Node>, Applied), ReplicaError> {
-        let log_dir = data_dir.join("log");
-        let snapshots = data_dir.join("snapshots");
-        let leftover_snapshots = std::fs::read_dir(&snapshots)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if leftover_snapshots {
-            return Err(ReplicaError::Log {
-                path: snapshots,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the data dir holds snapshot files; restore only into a fresh data dir (empty it, keeping only the enclave directory)",
-                ),
-            });
-        }
         // Every check before anything is written: on failure below, what exists under these
         // names was written by this restore and is removed.
-        for existing in [
-            log_dir.clone(),
-            data_dir.join("vote-pledge"),
-            data_dir.join("sm"),
-            data_dir.join("sm.id"),
-        ] {
-            if existing.exists() {
-                return Err(ReplicaError::Log {
-                    path: existing,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        "the data dir already holds Raft state; restore only into a fresh data dir (empty it, keeping only the enclave directory)",
-                    ),
-                });
-            }
+        if let Some((path, source)) =
+            crate::sm_store::not_fresh(data_dir, &["log", "vote-pledge", "sm", "sm.id"])
+        {
+            return Err(ReplicaError::Log { path, source });
         }
         let r = Self::restore_fresh(node_id, data_dir, snapshot_file).await;
         if r.is_err() {

@@ -123,6 +123,27 @@ pub enum SmOpenError {
     },
 }
 
+/// Why `data_dir` is not fresh for a restore: a non-empty `snapshots/`, or one of `names`
+/// (relative to it) exists. `None`: fresh.
+pub(crate) fn not_fresh(data_dir: &Path, names: &[&str]) -> Option<(PathBuf, io::Error)> {
+    let refuse = |path: PathBuf| {
+        let e = io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the data dir already holds state; restore only into a fresh data dir (empty it, keeping only the enclave directory)",
+        );
+        Some((path, e))
+    };
+    let snapshots = data_dir.join("snapshots");
+    if fs::read_dir(&snapshots).is_ok_and(|mut d| d.next().is_some()) {
+        return refuse(snapshots);
+    }
+    names
+        .iter()
+        .map(|n| data_dir.join(n))
+        .find(|p| p.exists())
+        .and_then(refuse)
+}
+
 /// A snapshot file opened at its first byte: its metadata, the file, its length.
 pub type WholeSnapshotFile = (SnapshotMeta<NodeId, Node>, fs::File, u64);
 
@@ -735,29 +756,8 @@ impl SmStore {
             let path = path.to_path_buf();
             move |source| SmOpenError::Io { path, source }
         };
-        let leftover_snapshots = fs::read_dir(data_dir.join("snapshots"))
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if leftover_snapshots {
-            return Err(SmOpenError::Io {
-                path: data_dir.join("snapshots"),
-                source: io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "the data dir holds snapshot files; restore only into a fresh data dir (empty it, keeping only the enclave directory)",
-                ),
-            });
-        }
-        for existing in ["sm.id", "sm"] {
-            let p = data_dir.join(existing);
-            if p.exists() {
-                return Err(SmOpenError::Io {
-                    path: p,
-                    source: io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        "the data dir already holds a state store; restore only into a fresh data dir",
-                    ),
-                });
-            }
+        if let Some((path, source)) = not_fresh(data_dir, &["sm.id", "sm"]) {
+            return Err(SmOpenError::Io { path, source });
         }
         let mut o = open_snapshot_file(snapshot_file).map_err(io(snapshot_file))?;
         let start = o.file.stream_position().map_err(io(snapshot_file))?;
