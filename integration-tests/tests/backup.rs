@@ -2,43 +2,30 @@
 //! snapshot inspect`, `gatekeeper restore` into fresh data dirs, and what a restore needs — the
 //! members' enclave identities (at least the threshold of them).
 
-use gatekeeper_client::{MinerClient, RetryPolicy};
 use gatekeeper_integration_tests::{
     gatekeeper_bin, run_command, AdminOutput, Cluster, Consistency, Opts,
 };
-use keyring::sign::KeyTarget;
 use keyring::Sr25519Keypair;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn worker_key(c: &Cluster, i: u64, w: &Sr25519Keypair) -> Result<[u8; 32], String> {
-    rt().block_on(async {
-        let m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone())
-            .with_retry(RetryPolicy::once())
-            .with_tls_ca_file(c.ca_file().unwrap())
-            .map_err(|e| e.to_string())?;
-        m.fetch(KeyTarget::Worker, None)
-            .await
-            .map(|k| *k.keypair.public_key().as_bytes())
-            .map_err(|e| e.to_string())
-    })
-}
-
-fn status_json(c: &Cluster, i: u64) -> Result<serde_json::Value, String> {
-    let out = c.admin(i, &["status", "--json"]);
-    if !out.success() {
-        return Err(out.describe());
-    }
-    serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
+/// Waits until node `i` is unsealed, then checks it serves `worker` the key `key`.
+fn wait_serving(c: &Cluster, i: u64, worker: &Sr25519Keypair, key: [u8; 32]) {
+    c.wait_for(
+        &format!("node {i} to unseal after the restore"),
+        WAIT,
+        || {
+            let s = c.status_json(i)?;
+            if s["seal_status"] == "unsealed" {
+                Ok(())
+            } else {
+                Err(format!("{}", s["seal_status"]))
+            }
+        },
+    );
+    assert_eq!(c.worker_key(i, worker).unwrap(), key, "node {i}");
 }
 
 fn tool(args: &[&str]) -> AdminOutput {
@@ -102,7 +89,7 @@ fn cluster_with_backup() -> (Cluster, Sr25519Keypair, [u8; 32], PathBuf) {
         },
     );
     let (w, _) = c.dev_worker(&[1, 2, 3], WAIT);
-    let key = worker_key(&c, 1, &w).unwrap();
+    let key = c.worker_key(1, &w).unwrap();
     let mut last = 0;
     for n in 0..20 {
         last = c.put_ok(1, &format!("before-backup-{n}"), "kept").log_index;
@@ -110,7 +97,7 @@ fn cluster_with_backup() -> (Cluster, Sr25519Keypair, [u8; 32], PathBuf) {
     let leader = c.leader();
     let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
     c.wait_for("a certified snapshot covering the writes", WAIT, || {
-        let s = status_json(&c, follower)?;
+        let s = c.status_json(follower)?;
         let at = s["checkpoint"]["snapshot_index"].as_u64().unwrap_or(0);
         if at >= last {
             Ok(())
@@ -215,19 +202,7 @@ fn a_backup_restores_a_cluster_into_fresh_data_dirs_with_the_same_keys() {
         c.restart(i);
     }
     for i in [1, 2, 3] {
-        c.wait_for(
-            &format!("node {i} to unseal after the restore"),
-            WAIT,
-            || {
-                let s = status_json(&c, i)?;
-                if s["seal_status"] == "unsealed" {
-                    Ok(())
-                } else {
-                    Err(format!("{}", s["seal_status"]))
-                }
-            },
-        );
-        assert_eq!(worker_key(&c, i, &w).unwrap(), key, "node {i}");
+        wait_serving(&c, i, &w, key);
     }
     let got = c
         .get(2, "before-backup-19", Consistency::Linearizable)
@@ -262,9 +237,9 @@ fn a_restore_unseals_only_with_at_least_the_threshold_of_the_old_enclave_identit
     // the restored member records, so no quorum forms, and no key is served anywhere.
     std::thread::sleep(Duration::from_secs(8));
     for i in [1, 2, 3] {
-        let s = status_json(&c, i).unwrap();
+        let s = c.status_json(i).unwrap();
         assert_ne!(s["seal_status"], "unsealed", "node {i}: {s}");
-        let refused = worker_key(&c, i, &w).unwrap_err();
+        let refused = c.worker_key(i, &w).unwrap_err();
         assert!(
             refused.contains("NODE_SEALED") || refused.contains("NO_LEADER"),
             "node {i}: {refused}"
@@ -293,14 +268,6 @@ fn a_restore_unseals_only_with_at_least_the_threshold_of_the_old_enclave_identit
         c.restart(i);
     }
     for i in [1, 2] {
-        c.wait_for(&format!("node {i} to unseal"), WAIT, || {
-            let s = status_json(&c, i)?;
-            if s["seal_status"] == "unsealed" {
-                Ok(())
-            } else {
-                Err(format!("{}", s["seal_status"]))
-            }
-        });
-        assert_eq!(worker_key(&c, i, &w).unwrap(), key, "node {i}");
+        wait_serving(&c, i, &w, key);
     }
 }

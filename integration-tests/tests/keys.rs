@@ -22,18 +22,10 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn status_json(c: &Cluster, i: u64) -> Result<serde_json::Value, String> {
-    let out = c.admin(i, &["status", "--json"]);
-    if !out.success() {
-        return Err(out.describe());
-    }
-    serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
-}
-
 fn wait_unsealed(c: &Cluster, ids: &[u64], active_epochs: usize) {
     for &i in ids {
         c.wait_for(&format!("node {i} to be unsealed"), WAIT, || {
-            let s = status_json(c, i)?;
+            let s = c.status_json(i)?;
             let active = s["epochs"]
                 .as_array()
                 .map(|a| a.iter().filter(|e| e["status"] == "active").count())
@@ -120,7 +112,7 @@ fn keys_from(c: &Cluster, i: u64, w: &Sr25519Keypair, epoch: Option<u64>) -> ([u
 fn genesis_then_every_node_serves_the_same_keys_and_full_restart_unseals_unattended() {
     let mut c = Cluster::start(3, Opts::default());
     wait_unsealed(&c, &[1, 2, 3], 1);
-    let s = status_json(&c, 2).unwrap();
+    let s = c.status_json(2).unwrap();
     assert_eq!(
         s["epochs"][0]["threshold"], 2,
         "default threshold is a majority"
@@ -232,7 +224,7 @@ fn with_fewer_than_t_nodes_a_restarted_node_stays_sealed_and_says_so() {
     }
     c.restart(1);
     c.wait_for("node 1 to report that it is still sealed", WAIT, || {
-        let s = status_json(&c, 1)?;
+        let s = c.status_json(1)?;
         let seal = s["seal_status"].as_str().unwrap_or_default().to_string();
         if seal.starts_with("unsealing 1/2") {
             Ok(())
@@ -417,12 +409,7 @@ fn every_bad_request_gets_its_code_and_changes_nothing() {
             &hex::encode(outsider.public_key().as_bytes()),
         ],
     );
-    let gk = hex::decode(
-        status_json(&c, 1).unwrap()["gatekeeper_id"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let gk = hex::decode(c.status_json(1).unwrap()["gatekeeper_id"].as_str().unwrap()).unwrap();
     let url = c.key_target(2);
     let admin_url = c.admin_target(1);
     rt().block_on(async move {
@@ -666,7 +653,7 @@ fn a_rotation_that_cannot_complete_aborts_at_its_deadline_and_keeps_the_old_epoc
     );
     assert!(out.success(), "{}", out.describe());
     c.wait_for("the rotation epoch to be aborted", WAIT, || {
-        let s = status_json(&c, leader)?;
+        let s = c.status_json(leader)?;
         let e1 = s["epochs"]
             .as_array()
             .and_then(|a| a.iter().find(|e| e["epoch"] == 1).cloned())
@@ -718,7 +705,7 @@ fn an_imported_master_gives_locally_derivable_keys_and_never_touches_disk_in_cle
         hex::encode(master.public_key().as_bytes())
     );
     wait_unsealed(&c, &[1, 2, 3], 1);
-    let s = status_json(&c, 3).unwrap();
+    let s = c.status_json(3).unwrap();
     assert_eq!(
         s["epochs"][0]["master_public_key"],
         hex::encode(master.public_key().as_bytes())
@@ -799,10 +786,10 @@ fn a_removed_node_keeps_its_old_share_but_stays_sealed_and_serves_nothing() {
     // opens its one old share and asks its former peers, who refuse it: it can never get past
     // 1 of 2 shares. Watch it for several seconds of retries.
     c.wait_for("the removed node to answer status", WAIT, || {
-        status_json(&c, n4)
+        c.status_json(n4)
     });
     for _ in 0..40 {
-        let s = status_json(&c, n4).unwrap();
+        let s = c.status_json(n4).unwrap();
         assert_ne!(s["seal_status"], "unsealed", "a removed node unsealed");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -1,9 +1,7 @@
 //! What an operator observes, against real `gatekeeper` processes: `/metrics` scraped from live
 //! nodes (names, types, labels, histograms that move, failure tolerance as members go down).
 
-use gatekeeper_client::{MinerClient, RetryPolicy};
 use gatekeeper_integration_tests::{Cluster, Opts};
-use keyring::sign::KeyTarget;
 use keyring::Sr25519Keypair;
 use rand_core::OsRng;
 use std::collections::BTreeMap;
@@ -57,20 +55,6 @@ impl Scrape {
     }
 }
 
-/// Fetches a worker key from node `i` alone; `Err` carries the refusal.
-fn worker_key(c: &Cluster, i: u64, w: &Sr25519Keypair) -> Result<(), String> {
-    rt().block_on(async {
-        let m = MinerClient::new(vec![c.api_addr(i).to_string()], w.clone())
-            .with_retry(RetryPolicy::once())
-            .with_tls_ca_file(c.ca_file().unwrap())
-            .map_err(|e| e.to_string())?;
-        m.fetch(KeyTarget::Worker, None)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
-}
-
 #[test]
 fn a_live_node_exports_the_documented_metrics_and_its_histograms_move() {
     let c = Cluster::start(
@@ -89,9 +73,9 @@ fn a_live_node_exports_the_documented_metrics_and_its_histograms_move() {
     for n in 0..5 {
         c.put_ok(leader, &format!("metrics-{n}"), "v");
     }
-    worker_key(&c, leader, &w).unwrap();
+    c.worker_key(leader, &w).unwrap();
     let stranger = Sr25519Keypair::generate(&mut OsRng);
-    let refused = worker_key(&c, leader, &stranger).unwrap_err();
+    let refused = c.worker_key(leader, &stranger).unwrap_err();
     assert!(refused.contains("WORKER_NOT_REGISTERED"), "{refused}");
     let after = Scrape::of(&c, leader).unwrap();
 
@@ -648,9 +632,9 @@ fn a_node_exports_rpc_and_internal_spans_to_an_otlp_collector_with_their_parents
         );
         HealthClient::new(ch).check(req).await.unwrap();
     });
-    worker_key(&c, 1, &w).unwrap();
+    c.worker_key(1, &w).unwrap();
     let stranger = Sr25519Keypair::generate(&mut OsRng);
-    assert!(worker_key(&c, 1, &stranger).is_err());
+    assert!(c.worker_key(1, &stranger).is_err());
     c.put_ok(1, "traced", "yes");
     // A miner application that uses OpenTelemetry: the SDK carries its trace to the node.
     let miner_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
@@ -671,7 +655,7 @@ fn a_node_exports_rpc_and_internal_spans_to_an_otlp_collector_with_their_parents
         let _attached = opentelemetry::Context::new()
             .with_remote_span_context(sc)
             .attach();
-        worker_key(&c, 2, &w).unwrap();
+        c.worker_key(2, &w).unwrap();
     }
     // A write sent to a follower is forwarded to the leader within one trace.
     let leader = c.leader();

@@ -19,6 +19,38 @@ impl Cluster {
         run_admin(&self.bin, &self.admin_target(i), args, timeout)
     }
 
+    /// `admin status --json` on node `i`, as raw JSON (every field, also those [`Status`]
+    /// leaves out).
+    pub fn status_json(&self, i: u64) -> Result<serde_json::Value, String> {
+        let out = self.admin(i, &["status", "--json"]);
+        if !out.success() {
+            return Err(out.describe());
+        }
+        serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Fetches `worker`'s worker key from node `i` alone, in one attempt, over TLS with the
+    /// cluster's CA (the miner SDK): its public key, or the refusal as text.
+    pub fn worker_key(&self, i: u64, worker: &keyring::Sr25519Keypair) -> Result<[u8; 32], String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let m = gatekeeper_client::MinerClient::new(
+                vec![self.api_addr(i).to_string()],
+                worker.clone(),
+            )
+            .with_retry(gatekeeper_client::RetryPolicy::once())
+            .with_tls_ca_file(self.ca_file().ok_or("this cluster runs without TLS")?)
+            .map_err(|e| e.to_string())?;
+            m.fetch(keyring::sign::KeyTarget::Worker, None)
+                .await
+                .map(|k| *k.keypair.public_key().as_bytes())
+                .map_err(|e| e.to_string())
+        })
+    }
+
     /// `admin status --json` on node `i`.
     pub fn status(&self, i: u64) -> Result<Status, String> {
         self.admin(i, &["status", "--json"]).json()
